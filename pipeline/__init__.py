@@ -1,0 +1,1 @@
+"""Keras/TensorFlow image-classification pipeline: one module per DVC stage."""

@@ -1,0 +1,131 @@
+"""The prepared-data format: per split, TFRecord shards of (raw uint8 image, label), plus meta.json.
+
+    data/prepared/meta.json                      shape, class names, normalisation, counts, shards
+    data/prepared/<split>/part-00000-of-00006.tfrecord
+
+TFRecord streams from any filesystem `tf.io.gfile` reads (local, gs://, s3://) without loading
+everything into memory, and shards by file across workers. TensorFlow is imported only by the
+functions that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.normalization import Normalization
+
+SPLITS = ("train", "val", "test")
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PreparedMeta:
+    image_shape: tuple[int, int, int]
+    class_names: list[str]
+    normalization: Normalization
+    counts: dict[str, int]
+    shards: dict[str, list[str]]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "image_shape": list(self.image_shape),
+            "class_names": self.class_names,
+            "normalization": self.normalization.to_dict(),
+            "counts": self.counts,
+            "shards": self.shards,
+        }
+
+
+def shard_names(count: int, shard_size: int) -> list[str]:
+    n = max(1, -(-count // shard_size))
+    return [f"part-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)]
+
+
+def write_split(directory: Path, images: np.ndarray, labels: np.ndarray, shard_size: int) -> list[str]:
+    """Write one split as TFRecord shards of tf.train.Example; returns the shard file names."""
+    import tensorflow as tf
+
+    directory.mkdir(parents=True, exist_ok=True)
+    names = shard_names(len(images), shard_size)
+    for i, name in enumerate(names):
+        with tf.io.TFRecordWriter(str(directory / name)) as writer:
+            for image, label in zip(images[i * shard_size:(i + 1) * shard_size],
+                                    labels[i * shard_size:(i + 1) * shard_size]):
+                example = tf.train.Example(features=tf.train.Features(feature={
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                }))
+                writer.write(example.SerializeToString())
+    return names
+
+
+def read_meta(prepared_dir: str) -> PreparedMeta:
+    path = posixpath.join(str(prepared_dir), META_FILE)
+    try:
+        if "://" in str(prepared_dir):
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(path) as f:
+                raw = json.load(f)
+        else:
+            raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: prepared data not found (run `dvc repro prepare`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise PipelineError(f"{path}: not valid JSON") from None
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise PipelineError(f"{path}: format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION}")
+    return PreparedMeta(
+        image_shape=tuple(raw["image_shape"]),
+        class_names=list(raw["class_names"]),
+        normalization=Normalization.from_dict(raw["normalization"]),
+        counts={k: int(v) for k, v in raw["counts"].items()},
+        shards={k: list(v) for k, v in raw["shards"].items()},
+    )
+
+
+def split_files(prepared_dir: str, meta: PreparedMeta, split: str) -> list[str]:
+    if split not in meta.shards:
+        raise PipelineError(f"{prepared_dir}/{META_FILE}: has no split {split!r}")
+    return [posixpath.join(str(prepared_dir), split, name) for name in meta.shards[split]]
+
+
+def read_split(prepared_dir: str, meta: PreparedMeta, split: str, files: list[str] | None = None):
+    """A tf.data.Dataset of (uint8 image of meta.image_shape, int64 label), in file order."""
+    import tensorflow as tf
+
+    files = split_files(prepared_dir, meta, split) if files is None else files
+    shape = meta.image_shape
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+    }
+
+    def decode(record):
+        example = tf.io.parse_single_example(record, spec)
+        image = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), shape)
+        return image, example["label"]
+
+    return tf.data.TFRecordDataset(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def read_split_arrays(prepared_dir: str, meta: PreparedMeta, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split as NumPy arrays, for evaluation and parity checks (not for training)."""
+    images, labels = [], []
+    for x, y in read_split(prepared_dir, meta, split).batch(4096).as_numpy_iterator():
+        images.append(x)
+        labels.append(y)
+    return np.concatenate(images), np.concatenate(labels)

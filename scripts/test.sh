@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command 2 (and CI's): set up if needed, then run the whole test suite.
+# Extra arguments go to pytest (e.g. -k prepare, -x).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+exec python -m pytest "$@"

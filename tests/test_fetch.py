@@ -1,0 +1,93 @@
+"""Stage fetch: local copy and HTTP download, checksum verification, no half-written data/raw."""
+
+import functools
+import http.server
+import threading
+
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.fetch import fetch
+from pipeline.params import parse_params
+
+from conftest import run
+
+
+def data_params(data: dict, **changes):
+    return parse_params({"data": {**data, **changes}}).data
+
+
+def test_local_copy_verifies_every_file(tiny_data, tmp_path):
+    hashes = fetch(data_params(tiny_data), tmp_path / "raw")
+    assert hashes == tiny_data["sha256"]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(tiny_data["files"].values())
+
+
+def test_checksum_mismatch_names_file_and_hashes_and_leaves_nothing(tiny_data, tmp_path):
+    name = tiny_data["files"]["test_labels"]
+    wrong = {**tiny_data["sha256"], name: "0" * 64}
+    with pytest.raises(PipelineError) as info:
+        fetch(data_params(tiny_data, sha256=wrong), tmp_path / "raw")
+    message = str(info.value)
+    assert message.startswith(f"{name}: checksum mismatch: data.sha256 expects {'0' * 64}")
+    assert tiny_data["sha256"][name] in message
+    assert not (tmp_path / "raw").exists()
+    assert list(tmp_path.glob(".raw*")) == []
+
+
+def test_failure_keeps_previous_output(tiny_data, tmp_path):
+    fetch(data_params(tiny_data), tmp_path / "raw")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
+    with pytest.raises(PipelineError):
+        fetch(data_params(tiny_data, sha256={tiny_data["files"]["train_images"]: "f" * 64}), tmp_path / "raw")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before
+
+
+def test_missing_source_and_missing_file(tiny_data, tmp_path):
+    with pytest.raises(PipelineError, match=r"^data\.source: .*nowhere is not a directory"):
+        fetch(data_params(tiny_data, source=str(tmp_path / "nowhere")), tmp_path / "raw")
+    (tmp_path / "source" / tiny_data["files"]["test_images"]).unlink()
+    with pytest.raises(PipelineError, match=r"t10k-images-idx3-ubyte\.gz: file not found"):
+        fetch(data_params(tiny_data), tmp_path / "raw")
+
+
+@pytest.fixture
+def http_source(tiny_data):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=tiny_data["source"])
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_download(tiny_data, tmp_path, http_source):
+    hashes = fetch(data_params(tiny_data, source=http_source), tmp_path / "raw")
+    assert hashes == tiny_data["sha256"]
+
+
+def test_http_missing_file_is_one_line(tiny_data, tmp_path, http_source):
+    files = {**tiny_data["files"], "test_labels": "absent.gz"}
+    sha = {k: v for k, v in tiny_data["sha256"].items() if k in files.values()}
+    with pytest.raises(PipelineError, match=r"absent\.gz: download failed \("):
+        fetch(data_params(tiny_data, source=http_source, files=files, sha256=sha), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_cli_does_not_import_tensorflow_and_reports_errors(tiny_data, tmp_path):
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": tiny_data}))
+    probe = ("import sys; from pipeline.fetch import main; main(['--params', sys.argv[1], '--out', sys.argv[2]]);"
+             "assert 'tensorflow' not in sys.modules, 'fetch imported tensorflow'")
+    run(["python", "-c", probe, str(params), str(tmp_path / "raw")], tmp_path)
+
+    params.write_text(yaml.safe_dump({"data": {**tiny_data, "source": str(tmp_path / "gone")}}))
+    proc = run(["python", "-m", "pipeline.fetch", "--params", str(params), "--out", str(tmp_path / "raw2")],
+               tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("error: data.source:")

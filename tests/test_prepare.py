@@ -1,0 +1,122 @@
+"""Stage prepare: validated, stratified, seeded splits in TFRecord shards that read back exactly."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.fetch import fetch
+from pipeline.idx import read_images_and_labels, write_idx
+from pipeline.params import parse_params
+from pipeline.prepare import prepare
+from pipeline.records import read_meta, read_split_arrays
+
+from conftest import make_images
+
+
+@pytest.fixture
+def raw(tiny_data, tmp_path):
+    fetch(parse_params({"data": tiny_data}).data, tmp_path / "raw")
+    return tmp_path / "raw"
+
+
+def run_prepare(tiny_data, raw, out, **prepare_params):
+    params = parse_params({"data": tiny_data, "prepare": {"shard_size": 50, **prepare_params}})
+    return prepare(raw, out, params.data, params.prepare)
+
+
+def test_splits_are_stratified_complete_and_read_back(tiny_data, raw, tmp_path):
+    report = run_prepare(tiny_data, raw, tmp_path / "prepared", val_fraction=0.25)
+    assert report["counts"] == {"train": 90, "val": 30, "test": 40}
+    assert sorted(report["per_class"]["val"].values()) == [7, 7, 8, 8]
+    assert set(report["per_class"]["train"].values()) <= {22, 23}
+
+    meta = read_meta(str(tmp_path / "prepared"))
+    assert meta.image_shape == (28, 28, 1) and meta.num_classes == 4
+    assert meta.shards["train"] == ["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
+
+    x_raw, y_raw = read_images_and_labels(raw / tiny_data["files"]["train_images"],
+                                          raw / tiny_data["files"]["train_labels"], 4)
+    x_tr, y_tr = read_split_arrays(str(tmp_path / "prepared"), meta, "train")
+    x_va, y_va = read_split_arrays(str(tmp_path / "prepared"), meta, "val")
+    # Every training example lands in exactly one of train/val, unchanged.
+    together = np.concatenate([x_tr, x_va]).reshape(120, -1)
+    assert sorted(map(bytes, together)) == sorted(map(bytes, x_raw.reshape(120, -1)))
+    assert np.bincount(np.concatenate([y_tr, y_va])).tolist() == np.bincount(y_raw).tolist()
+    x_te, y_te = read_split_arrays(str(tmp_path / "prepared"), meta, "test")
+    assert x_te.shape == (40, 28, 28, 1) and len(y_te) == 40
+
+
+def test_split_is_seeded(tiny_data, raw, tmp_path):
+    run_prepare(tiny_data, raw, tmp_path / "a", seed=1)
+    run_prepare(tiny_data, raw, tmp_path / "b", seed=1)
+    run_prepare(tiny_data, raw, tmp_path / "c", seed=2)
+    val = {name: read_split_arrays(str(tmp_path / name), read_meta(str(tmp_path / name)), "val")[0]
+           for name in "abc"}
+    np.testing.assert_array_equal(val["a"], val["b"])
+    assert not np.array_equal(val["a"], val["c"])
+
+
+def test_normalization_from_data_or_params(tiny_data, raw, tmp_path):
+    report = run_prepare(tiny_data, raw, tmp_path / "p")
+    meta = read_meta(str(tmp_path / "p"))
+    x, _ = read_split_arrays(str(tmp_path / "p"), meta, "train")
+    normalized = meta.normalization.apply(x.astype(np.float32))
+    assert abs(float(normalized.mean())) < 1e-3 and abs(float(normalized.std()) - 1) < 1e-3
+    assert report["pixels"]["train_mean"] == pytest.approx(x.mean() / 255)
+
+    run_prepare(tiny_data, raw, tmp_path / "q", normalization={"mode": "fixed", "mean": 0.5, "std": 0.5})
+    fixed = read_meta(str(tmp_path / "q")).normalization
+    assert (fixed.mean, fixed.std) == (0.5, 0.5)
+    assert fixed.apply(np.array([0.0, 255.0])).tolist() == [-1.0, 1.0]
+
+
+def test_duplicates_between_train_and_test_are_counted(tiny_data, raw, tmp_path):
+    files = tiny_data["files"]
+    x, y = read_images_and_labels(raw / files["train_images"], raw / files["train_labels"], 4)
+    xt, yt = read_images_and_labels(raw / files["test_images"], raw / files["test_labels"], 4)
+    xt = xt.copy()
+    xt[[0, 5, 9]] = x[[3, 4, 5]]
+    write_idx(raw / files["test_images"], xt[..., 0])
+    report = run_prepare(tiny_data, raw, tmp_path / "p")
+    assert report["duplicates"]["test_in_train"] == 3
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda raw, f: (raw / f["train_labels"]).write_bytes((raw / f["train_labels"]).read_bytes()[:20]),
+     "train-labels-idx1-ubyte.gz: truncated gzip stream"),
+    (lambda raw, f: write_idx(raw / f["test_labels"], np.array([0, 1, 9] * 13 + [0], np.uint8)),
+     "t10k-labels-idx1-ubyte.gz: label 9 at index 2 is outside the 4 classes"),
+    (lambda raw, f: write_idx(raw / f["test_labels"], np.zeros(39, np.uint8)),
+     "t10k-labels-idx1-ubyte.gz: holds 39 labels but"),
+    (lambda raw, f: write_idx(raw / f["test_images"], np.zeros((40, 27, 28), np.uint8)),
+     r"t10k-images-idx3-ubyte.gz: image shape \(27, 28, 1\) differs"),
+])
+def test_bad_input_fails_and_keeps_previous_output(tiny_data, raw, tmp_path, corrupt, message):
+    out = tmp_path / "prepared"
+    run_prepare(tiny_data, raw, out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    corrupt(raw, tiny_data["files"])
+    with pytest.raises(PipelineError, match=message):
+        run_prepare(tiny_data, raw, out)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".prepared")] == []
+
+
+def test_bad_input_leaves_no_output_when_there_was_none(tiny_data, raw, tmp_path):
+    files = tiny_data["files"]
+    (raw / files["train_images"]).write_bytes(b"\x1f\x8b" + b"garbage" * 10)
+    with pytest.raises(PipelineError, match="train-images-idx3-ubyte.gz: corrupt gzip data"):
+        run_prepare(tiny_data, raw, tmp_path / "prepared")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_class_too_small_to_stratify(tiny_data, raw, tmp_path):
+    files = tiny_data["files"]
+    labels = np.zeros(120, np.uint8)
+    labels[0] = 3
+    labels[1:60] = 1
+    write_idx(raw / files["train_labels"], labels)
+    with pytest.raises(PipelineError, match="class 2 has 0|class 3 has 1"):
+        run_prepare(tiny_data, raw, tmp_path / "prepared")
