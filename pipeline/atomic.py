@@ -37,11 +37,12 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success it is renamed onto `target`."""
+def atomic_file(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `target` (ending in `suffix`, for writers that insist on one);
+    on success it is renamed onto `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     tmp.chmod(0o644)

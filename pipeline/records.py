@@ -107,7 +107,8 @@ def read_split(prepared_dir: str, meta: PreparedMeta, split: str, files: list[st
     """A tf.data.Dataset of (uint8 image of meta.image_shape, int64 label), in file order."""
     import tensorflow as tf
 
-    files = split_files(prepared_dir, meta, split) if files is None else files
+    whole_split = files is None
+    files = split_files(prepared_dir, meta, split) if whole_split else files
     shape = meta.image_shape
     spec = {
         "image": tf.io.FixedLenFeature([], tf.string),
@@ -119,7 +120,11 @@ def read_split(prepared_dir: str, meta: PreparedMeta, split: str, files: list[st
         image = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), shape)
         return image, example["label"]
 
-    return tf.data.TFRecordDataset(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = tf.data.TFRecordDataset(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if whole_split:
+        # A known length gives Keras a real progress bar and no "ran out of data" warning.
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(meta.counts[split]))
+    return dataset
 
 
 def read_split_arrays(prepared_dir: str, meta: PreparedMeta, split: str) -> tuple[np.ndarray, np.ndarray]:

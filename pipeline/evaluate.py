@@ -1,0 +1,229 @@
+"""Stage `evaluate`: the held-out test split's verdict on the trained model.
+
+Metrics (scikit-learn) to reports/metrics.json, one row per test example to reports/predictions.csv
+(DVC's confusion plot), figures to reports/figures/, everything into the training's MLflow run,
+and a quality gate whose failure stops the pipeline before export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.atomic import atomic_dir, atomic_file, write_json
+from pipeline.errors import PipelineError, run_cli
+from pipeline.params import GateParams, load_params
+
+FIGURES = ("training_curves.png", "confusion_matrix.png", "worst_errors.png")
+
+
+# ----------------------------------------------------------------------------- metrics
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int) -> float:
+    """Top-label ECE: scikit-learn's calibration_curve per confidence bin, weighted by bin size."""
+    from sklearn.calibration import calibration_curve
+
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(int)
+    if correct.min() == correct.max():  # calibration_curve needs both outcomes present
+        return float(abs(correct.mean() - confidence.mean()))
+    accuracy_in_bin, confidence_in_bin = calibration_curve(correct, confidence, n_bins=bins, strategy="uniform")
+    counts = np.histogram(confidence, bins=np.linspace(0, 1, bins + 1))[0]
+    weights = counts[counts > 0] / len(labels)
+    return float(np.sum(weights * np.abs(accuracy_in_bin - confidence_in_bin)))
+
+
+def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str], bins: int = 15) -> dict:
+    from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_support, top_k_accuracy_score
+
+    classes = list(range(len(class_names)))
+    predicted = probs.argmax(axis=1)
+    metrics: dict[str, Any] = {
+        "loss": float(log_loss(labels, probs, labels=classes)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "top2_accuracy": float(top_k_accuracy_score(labels, probs, k=2, labels=classes)),
+    }
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(labels, predicted, labels=classes, average=average,
+                                                     zero_division=0)
+        metrics.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
+    p, r, f, s = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
+    metrics["ece"] = expected_calibration_error(labels, probs, bins)
+    metrics["examples"] = int(len(labels))
+    metrics["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, name in enumerate(class_names)
+    }
+    return metrics
+
+
+# ----------------------------------------------------------------------------- gate
+def apply_gate(test: dict, gate: GateParams, baseline_path: Path | None) -> dict:
+    """The verdict: passed, and one reason per failed check (metric, threshold, value)."""
+    reasons = []
+    accuracy = test["accuracy"]
+    if accuracy < gate.min_accuracy:
+        reasons.append(f"test.accuracy {accuracy:.4f} is below evaluate.gate.min_accuracy {gate.min_accuracy:.4f}")
+    baseline_accuracy = None
+    if gate.max_drop is not None and baseline_path is not None:
+        if not baseline_path.exists():
+            raise PipelineError(f"{baseline_path}: baseline metrics file not found (evaluate.gate.baseline)")
+        try:
+            baseline_accuracy = float(json.loads(baseline_path.read_text())["test"]["accuracy"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise PipelineError(f"{baseline_path}: has no test.accuracy to compare against") from None
+        drop = baseline_accuracy - accuracy
+        if drop > gate.max_drop:
+            reasons.append(f"test.accuracy {accuracy:.4f} dropped {drop:.4f} below the baseline "
+                           f"{baseline_accuracy:.4f} from {baseline_path}, more than evaluate.gate.max_drop "
+                           f"{gate.max_drop:.4f}")
+    return {"passed": not reasons, "reason": "; ".join(reasons) or "all checks passed",
+            "min_accuracy": gate.min_accuracy, "max_drop": gate.max_drop, "baseline_accuracy": baseline_accuracy}
+
+
+# ----------------------------------------------------------------------------- figures
+def plot_training_curves(history_csv: Path, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with open(history_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for split, style in (("", "-o"), ("val_", "--s")):
+            values = [float(r[f"{split}{metric}"]) for r in rows if r.get(f"{split}{metric}")]
+            ax.plot(epochs[:len(values)], values, style, markersize=3, label="validation" if split else "train")
+        ax.set(title=f"{metric.capitalize()} per epoch", xlabel="epoch", ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Training curves")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(labels, predicted, class_names: list[str], out: Path) -> None:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(6.0, 0.75 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
+    ConfusionMatrixDisplay.from_predictions(
+        labels, predicted, labels=list(range(len(class_names))), display_labels=class_names,
+        normalize="true", values_format=".2f", cmap="Blues", ax=ax, colorbar=False, xticks_rotation=45,
+        text_kw={"fontsize": 8},
+    )
+    ax.set(title="Confusion matrix (test, each row normalised to 1)", xlabel="predicted class", ylabel="true class")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_worst_errors(images, labels, probs, class_names: list[str], count: int, out: Path) -> int:
+    """The test images the model got wrong with the most confidence; returns how many are shown."""
+    import matplotlib.pyplot as plt
+
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    worst = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]
+    cols = 4
+    rows = max(1, -(-len(worst) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.9), layout="constrained", squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, worst):
+        image = images[i]
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
+        ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({probs[i, predicted[i]]:.2f})",
+                     fontsize=8)
+    if not len(worst):
+        axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
+    fig.suptitle("Most confidently wrong test images")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return len(worst)
+
+
+# ----------------------------------------------------------------------------- the core
+def predict_split(model, prepared_dir: str, meta, split: str, batch_size: int) -> tuple[np.ndarray, float]:
+    """Probabilities for a whole split, and the inference throughput in examples/s."""
+    from pipeline.dataset import make_dataset
+
+    dataset = make_dataset(prepared_dir, meta, split, batch_size, training=False, cache=False)
+    started = time.perf_counter()
+    probs = model.predict(dataset, verbose=0)
+    seconds = time.perf_counter() - started
+    return probs.astype(np.float64), len(probs) / seconds
+
+
+def write_predictions(path: Path, labels, probs, class_names: list[str]) -> None:
+    predicted = probs.argmax(axis=1)
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "actual", "predicted", "confidence"])
+        for i, (a, p) in enumerate(zip(labels, predicted)):
+            writer.writerow([i, class_names[a], class_names[p], f"{probs[i, p]:.4f}"])
+
+
+def flat_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_metrics(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--model", default="models/model.keras")
+    parser.add_argument("--history", default="models/history.csv")
+    parser.add_argument("--run-file", default="models/mlflow_run.json")
+    parser.add_argument("--metrics", default="reports/metrics.json")
+    parser.add_argument("--predictions", default="reports/predictions.csv")
+    parser.add_argument("--figures", default="reports/figures")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params).evaluate
+    from pipeline.model import load_keras_model
+    from pipeline.records import read_meta, read_split_arrays
+    from pipeline.tracking import Tracker
+
+    meta = read_meta(args.prepared)
+    tracker = Tracker.resume(args.run_file)
+    model = load_keras_model(args.model)
+    images, labels = read_split_arrays(args.prepared, meta, "test")
+    probs, throughput = predict_split(model, args.prepared, meta, "test", params.batch_size)
+
+    test = compute_metrics(labels, probs, meta.class_names, params.calibration_bins)
+    test["examples_per_second"] = round(throughput, 1)
+    gate = apply_gate(test, params.gate, Path(params.gate.baseline) if params.gate.baseline else None)
+    write_predictions(Path(args.predictions), labels, probs, meta.class_names)
+    with atomic_dir(args.figures) as tmp:
+        plot_training_curves(Path(args.history), tmp / FIGURES[0])
+        plot_confusion_matrix(labels, probs.argmax(axis=1), meta.class_names, tmp / FIGURES[1])
+        plot_worst_errors(images, labels, probs, meta.class_names, params.worst_examples, tmp / FIGURES[2])
+    write_json(args.metrics, {"test": test, "gate": gate})
+
+    tracker.log_metrics(flat_metrics(test, "test."))
+    tracker.set_tags({"evaluate.gate": "passed" if gate["passed"] else "failed", "evaluate.gate_reason": gate["reason"]})
+    tracker.log_artifact(args.figures, "figures")
+    tracker.log_artifact(args.metrics, "evaluation")
+    tracker.log_artifact(args.predictions, "evaluation")
+    print(f"evaluate: test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, "
+          f"loss {test['loss']:.4f}, ECE {test['ece']:.4f}; {throughput:,.0f} examples/s; "
+          f"gate {'passed' if gate['passed'] else 'FAILED'}")
+    if not gate["passed"]:
+        raise PipelineError(f"quality gate failed: {gate['reason']}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

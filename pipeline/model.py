@@ -1,0 +1,135 @@
+"""The Keras Sequential model from `train.model`: a preset name or an explicit, validated layer list.
+
+Every model is `keras.Sequential([keras.Input(shape), <body>, Dense(n_classes), Softmax])`: the
+body comes from params, the head from the data (its class count). The softmax runs in float32 so
+mixed-precision models still output float32 probabilities.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+# Keyword arguments every Keras layer takes through **kwargs.
+_BASE_LAYER_ARGS = {"name", "dtype", "trainable", "autocast", "input_shape", "input_dim"}
+
+
+def _conv_block(filters: int) -> list[dict[str, dict[str, Any]]]:
+    return [
+        {"Conv2D": {"filters": filters, "kernel_size": 3, "padding": "same", "use_bias": False}},
+        {"BatchNormalization": {}},
+        {"Activation": {"activation": "relu"}},
+    ]
+
+
+def preset_layers(name: str, input_shape: tuple[int, ...]) -> list[dict[str, dict[str, Any]]]:
+    """The body of a preset, in the same form as an explicit `train.model` list."""
+    if name == "mlp":
+        return [
+            {"Flatten": {}},
+            {"Dense": {"units": 256, "activation": "relu"}},
+            {"Dropout": {"rate": 0.2}},
+            {"Dense": {"units": 128, "activation": "relu"}},
+            {"Dropout": {"rate": 0.2}},
+        ]
+    if name == "cnn":
+        # Three conv blocks with batch norm, pooled early to stay cheap on CPU (~7.5M MACs/image).
+        return [
+            *_conv_block(32), {"MaxPooling2D": {"pool_size": 2}},
+            *_conv_block(64), {"MaxPooling2D": {"pool_size": 2}},
+            *_conv_block(128), {"MaxPooling2D": {"pool_size": 2}},
+            {"Flatten": {}},
+            {"Dropout": {"rate": 0.3}},
+            {"Dense": {"units": 128, "use_bias": False}},
+            {"BatchNormalization": {}},
+            {"Activation": {"activation": "relu"}},
+            {"Dropout": {"rate": 0.3}},
+        ]
+    if name == "rnn":
+        # Each image row is one time step: (height, width * channels).
+        height, width, channels = input_shape
+        return [
+            {"Reshape": {"target_shape": [height, width * channels]}},
+            {"LSTM": {"units": 128}},
+            {"Dropout": {"rate": 0.2}},
+        ]
+    raise PipelineError(f"params.yaml: train.model: unknown preset {name!r}")
+
+
+def _layer_class(name: str, where: str):
+    import keras
+
+    cls = getattr(keras.layers, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, keras.layers.Layer)) or name in ("Layer", "InputLayer"):
+        known = [n for n in dir(keras.layers) if n[:1].isupper()]
+        hint = difflib.get_close_matches(name, known, n=1)
+        suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise PipelineError(f"params.yaml: {where}: unknown Keras layer {name!r}{suffix}")
+    if name == "Lambda":
+        raise PipelineError(f"params.yaml: {where}: Lambda layers run arbitrary code and cannot be exported safely")
+    return cls
+
+
+def _check_arguments(cls, args: dict[str, Any], where: str) -> None:
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+    accepted |= _BASE_LAYER_ARGS
+    for arg in args:
+        if arg not in accepted:
+            hint = difflib.get_close_matches(arg, sorted(accepted), n=1)
+            suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise PipelineError(f"params.yaml: {where}: {cls.__name__} has no argument {arg!r}{suffix}")
+
+
+def make_layers(spec: list[dict[str, dict[str, Any]]]) -> list:
+    layers = []
+    for index, entry in enumerate(spec):
+        (name, args), = entry.items()
+        where = f"train.model[{index}]"
+        args = dict(args or {})
+        cls = _layer_class(name, where)
+        _check_arguments(cls, args, where)
+        try:
+            layers.append(cls(**args))
+        except (TypeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PipelineError(f"params.yaml: {where}: {name}({args}) failed: {first}") from None
+    return layers
+
+
+def build_model(model: str | list, input_shape: tuple[int, ...], num_classes: int):
+    """keras.Sequential: Input(input_shape) → body from params → Dense(num_classes) → float32 softmax."""
+    import keras
+
+    spec = preset_layers(model, input_shape) if isinstance(model, str) else model
+    name = model if isinstance(model, str) else "custom"
+    body = make_layers(spec)
+    head = [keras.layers.Dense(num_classes, name="logits"),
+            keras.layers.Activation("softmax", dtype="float32", name="probabilities")]
+    try:
+        return keras.Sequential([keras.Input(shape=tuple(input_shape), name="image"), *body, *head], name=name)
+    except (ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise PipelineError(
+            f"params.yaml: train.model: the layers do not fit input shape {tuple(input_shape)}: {first}"
+        ) from None
+
+
+def load_keras_model(path: str):
+    """Load a .keras file in safe mode (no code from Lambda layers); anything else is a clear error."""
+    import zipfile
+
+    import keras
+
+    if not Path(path).is_file():
+        raise PipelineError(f"{path}: model file not found (run `dvc repro train`)")
+    if not zipfile.is_zipfile(path):
+        raise PipelineError(f"{path}: not a Keras model file (.keras zip archive)")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad archive
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{path}: cannot load Keras model ({first})") from None

@@ -1,0 +1,287 @@
+"""Stage `train`: a Keras Sequential model from params, fed by tf.data, on whatever devices are
+visible, resumable after a kill, tracked in MLflow.
+
+Writes models/model.keras, models/history.csv (one row per epoch), reports/train.json and the MLflow
+run file that later stages log into.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import atomic_file, write_json
+from pipeline.errors import PipelineError, run_cli
+from pipeline.params import Params, TrainParams, flatten, load_params
+from pipeline.records import PreparedMeta, read_meta
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+
+# ----------------------------------------------------------------------------- pure pieces
+def make_optimizer(params: TrainParams, steps_per_epoch: int):
+    import keras
+
+    total_steps = max(1, params.epochs * steps_per_epoch)
+    lr = params.learning_rate
+    if params.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=total_steps)
+    elif params.schedule == "exponential":
+        # Halve the rate every quarter of training.
+        lr = keras.optimizers.schedules.ExponentialDecay(params.learning_rate, total_steps // 4 or 1, 0.5)
+    if params.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if params.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=params.weight_decay or 0.004)
+    if params.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=params.momentum)
+    return keras.optimizers.RMSprop(lr, momentum=params.momentum)
+
+
+def make_loss(params: TrainParams, num_classes: int):
+    import keras
+
+    if params.label_smoothing == 0:
+        return keras.losses.SparseCategoricalCrossentropy()
+    # Label smoothing needs one-hot targets; smooth them inside the loss so the data stay sparse.
+    smoothing = params.label_smoothing
+
+    @keras.saving.register_keras_serializable(package="pipeline")
+    def smoothed_sparse_crossentropy(y_true, y_pred):
+        y_true = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32"), num_classes)
+        return keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=smoothing)
+
+    return smoothed_sparse_crossentropy
+
+
+def current_learning_rate(model) -> float:
+    import keras
+
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def training_fingerprint(params: TrainParams, data_hash: str) -> str:
+    """What a resumed backup must match: the same params and the same data."""
+    blob = json.dumps({"train": params.model_dump(mode="json"), "data": data_hash}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def prepared_hash(prepared_dir: Path) -> str:
+    """Content hash of the prepared data (shard names, sizes and meta.json), logged with the run."""
+    digest = hashlib.sha256((prepared_dir / "meta.json").read_bytes())
+    for path in sorted(prepared_dir.rglob("*.tfrecord")):
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """Rows by epoch; an epoch redone after a kill (recorded, then killed before its backup) keeps its last row."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = {int(row["epoch"]): {k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)}
+    return [rows[epoch] for epoch in sorted(rows)]
+
+
+def write_history(rows: list[dict[str, float]], path: Path) -> None:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**row, "epoch": int(row["epoch"])} for row in rows)
+
+
+def model_summary(model) -> str:
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the core
+def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, verbose: int = 2) -> dict[str, Any]:
+    """Train on the prepared splits. `work_dir` holds the resumable state (backup, history so far).
+
+    Returns model, history rows, device setup, timing. `on_epoch(epoch, row)` sees each finished epoch.
+    """
+    import keras
+    import tensorflow as tf
+
+    from pipeline.dataset import augmenter, make_dataset
+    from pipeline.devices import setup_devices
+    from pipeline.model import build_model
+
+    p = params.train
+    meta: PreparedMeta = read_meta(str(prepared_dir))
+    strategy, devices = setup_devices(p.mixed_precision, p.jit_compile, p.deterministic, p.seed)
+    global_batch = p.batch_size * devices.replicas
+
+    augment = augmenter(p.augment.horizontal_flip, p.augment.translate, p.seed)
+    train_ds = make_dataset(str(prepared_dir), meta, "train", global_batch, training=True,
+                            shuffle_buffer=p.shuffle_buffer, seed=p.seed, cache=p.cache, augment=augment)
+    val_ds = make_dataset(str(prepared_dir), meta, "val", global_batch, training=False, cache=p.cache)
+    steps_per_epoch = -(-meta.counts["train"] // global_batch)
+
+    with strategy.scope():
+        model = build_model(p.model, meta.image_shape, meta.num_classes)
+        model.compile(optimizer=make_optimizer(p, steps_per_epoch), loss=make_loss(p, meta.num_classes),
+                      metrics=["accuracy"], jit_compile=devices.jit_compile)
+
+    history_path = work_dir / "history.csv"
+
+    class EpochRecorder(keras.callbacks.Callback):
+        """Adds the learning rate to the epoch's logs and appends the row to history.csv."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+            row["learning_rate"] = current_learning_rate(self.model)
+            new = not history_path.exists()
+            with open(history_path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, row)
+
+    # The recorder runs before the backup: a kill between them redoes the epoch, whose row is then replaced.
+    callbacks = [EpochRecorder(),
+                 keras.callbacks.BackupAndRestore(str(work_dir / "backup"), delete_checkpoint=False)]
+    if p.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.early_stopping_patience,
+                                                       restore_best_weights=True))
+    started = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, callbacks=callbacks, verbose=verbose)
+    seconds = time.perf_counter() - started
+
+    history = read_history(history_path)
+    if not history:
+        raise PipelineError("train: no epoch finished")
+    best = min(history, key=lambda row: row.get("val_loss", float("inf")))
+    return {
+        "model": model,
+        "history": history,
+        "devices": devices,
+        "seconds": seconds,
+        "summary": model_summary(model),
+        "report": {
+            "epochs_run": len(history),
+            "best_epoch": int(best["epoch"]),
+            "final": {k: history[-1][k] for k in HISTORY_COLUMNS[1:] if k in history[-1]},
+            "best": {k: best[k] for k in HISTORY_COLUMNS[1:] if k in best},
+            "training_seconds": round(seconds, 2),
+            "examples_per_second": round(meta.counts["train"] * len(history) / seconds, 1) if seconds else None,
+            "global_batch_size": global_batch,
+            "devices": devices.to_dict(),
+            "parameters": int(model.count_params()),
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- the stage
+def prepare_work_dir(work_dir: Path, fingerprint: str) -> str | None:
+    """Keep a backup only if it belongs to this exact training; returns the run id it was logging to."""
+    stamp = work_dir / "fingerprint.json"
+    if stamp.exists():
+        saved = json.loads(stamp.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            print(f"train: resuming interrupted training from {work_dir}", file=sys.stderr)
+            return saved.get("run_id")
+        shutil.rmtree(work_dir)
+    elif work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--model", default="models/model.keras")
+    parser.add_argument("--history", default="models/history.csv")
+    parser.add_argument("--report", default="reports/train.json")
+    parser.add_argument("--run-file", default="models/mlflow_run.json")
+    parser.add_argument("--work-dir", default="models/.train-state",
+                        help="resumable state of an unfinished training (kept until it finishes)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    prepared = Path(args.prepared)
+    meta = read_meta(str(prepared))  # fails early, before MLflow or TensorFlow start
+    data_hash = prepared_hash(prepared)
+    work_dir = Path(args.work_dir)
+    resume_id = prepare_work_dir(work_dir, training_fingerprint(params.train, data_hash))
+
+    from pipeline.devices import cluster_spec, is_chief
+    from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, project_root
+
+    chief = is_chief(cluster_spec())
+    tracker = None
+    if chief:
+        model_name = params.train.model if isinstance(params.train.model, str) else "custom"
+        tags = {**git_state(project_root()), **dvc_experiment_tags(), "data.sha256": data_hash,
+                "model.preset": model_name}
+        tracker = Tracker.start(params.mlflow.tracking_uri, params.mlflow.experiment_name,
+                                run_name=f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                tags=tags, resume_run_id=resume_id)
+        (work_dir / "fingerprint.json").write_text(json.dumps(
+            {"fingerprint": training_fingerprint(params.train, data_hash), "run_id": tracker.run_id}))
+        tracker.log_params(flatten(params))
+
+    def log_epoch(epoch: int, row: dict[str, float]) -> None:
+        if tracker is not None:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+
+    verbose = 1 if sys.stdout.isatty() else 2
+    try:
+        result = train(params, prepared, work_dir, on_epoch=log_epoch, verbose=verbose)
+    except BaseException:
+        if tracker is not None:
+            tracker.end("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
+        raise
+
+    report = {**result["report"], "class_names": meta.class_names}
+    if not chief:
+        # Other workers save to a temporary location that is removed: only the chief writes models/.
+        scratch = Path(tempfile.mkdtemp(prefix="worker-model-"))
+        result["model"].save(scratch / "model.keras")
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
+
+    with atomic_file(args.model, suffix=".keras") as tmp:
+        result["model"].save(tmp)
+    write_history(result["history"], Path(args.history))
+    write_json(args.report, report)
+
+    devices = result["devices"]
+    tracker.set_tags({"train.strategy": devices.strategy, "train.devices": ",".join(devices.devices),
+                      "train.mixed_precision": devices.mixed_precision, "train.jit_compile": devices.jit_compile,
+                      "train.deterministic": devices.deterministic, "train.replicas": devices.replicas})
+    tracker.log_metrics({"training_seconds": report["training_seconds"],
+                         "examples_per_second": report["examples_per_second"] or 0.0,
+                         "best_epoch": report["best_epoch"]})
+    tracker.log_text(result["summary"], "model/summary.txt")
+    tracker.log_artifact(args.history, "training")
+    tracker.log_artifact(args.report, "training")
+    tracker.log_artifact(args.model, "model")
+    tracker.write_run_file(args.run_file)
+    tracker.end()
+    shutil.rmtree(work_dir, ignore_errors=True)
+    best = report["best"]
+    print(f"train: {report['epochs_run']} epochs in {report['training_seconds']:.0f} s on {devices.strategy} "
+          f"({devices.replicas} replica(s)); best epoch {report['best_epoch']} val_accuracy "
+          f"{best.get('val_accuracy', float('nan')):.4f}; MLflow run {tracker.run_id}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,78 @@
+"""Strategy, precision and XLA choices, as far as a CPU-only machine can exercise them."""
+
+import json
+import textwrap
+
+import pytest
+
+from pipeline.devices import cluster_spec, is_chief, resolve, strategy_kind
+
+from conftest import run
+
+
+@pytest.mark.parametrize("mode, on_gpu, expected", [
+    ("auto", True, True), ("auto", False, False), ("on", False, True), ("off", True, False)])
+def test_auto_means_gpu_only(mode, on_gpu, expected):
+    assert resolve(mode, on_gpu) is expected
+
+
+@pytest.mark.parametrize("config, gpus, expected", [
+    (None, 0, "default"), (None, 1, "default"), (None, 4, "mirrored"),
+    ({"cluster": {"worker": ["a:1", "b:2"]}}, 0, "multi_worker_mirrored"),
+    ({"cluster": {"worker": ["a:1", "b:2"]}}, 8, "multi_worker_mirrored")])
+def test_strategy_follows_what_is_visible(config, gpus, expected):
+    assert strategy_kind(config, gpus) == expected
+
+
+def test_tf_config_chief_rules(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert cluster_spec() is None and is_chief(None)
+    workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": workers, "task": {"type": "worker", "index": 1}}))
+    assert not is_chief(cluster_spec())
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": workers, "task": {"type": "worker", "index": 0}}))
+    assert is_chief(cluster_spec())
+    with_chief = {**workers, "chief": ["127.0.0.1:3"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}}))
+    assert not is_chief(cluster_spec())
+
+
+def test_cpu_setup_is_default_strategy_float32_no_xla(tmp_path):
+    code = textwrap.dedent("""
+        import json, keras
+        from pipeline.devices import setup_devices
+        strategy, setup = setup_devices("auto", "auto", "auto", seed=1)
+        print(json.dumps({**setup.to_dict(), "policy": keras.mixed_precision.global_policy().name}))
+    """)
+    setup = json.loads(run(["python", "-c", code], tmp_path, TF_CONFIG="").stdout.strip().splitlines()[-1])
+    assert setup["strategy"] == "_DefaultDistributionStrategy"
+    assert setup["gpus"] == 0 and setup["replicas"] == 1
+    assert setup["mixed_precision"] is False and setup["jit_compile"] is False
+    assert setup["deterministic"] is True and setup["policy"] == "float32"
+
+
+def test_model_trains_under_mirrored_strategy_with_mixed_precision(tmp_path):
+    """Two logical CPUs stand in for two GPUs: our model compiles and fits in a MirroredStrategy scope
+    under the mixed_float16 policy, and its softmax head still outputs float32."""
+    code = textwrap.dedent("""
+        import json, keras, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        from pipeline.devices import setup_devices
+        _, setup = setup_devices("on", "off", "off", seed=1)
+        from pipeline.model import build_model
+        with strategy.scope():
+            model = build_model("mlp", (8, 8, 1), 3)
+            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        import numpy as np
+        x = np.random.rand(16, 8, 8, 1).astype("float32"); y = np.arange(16) % 3
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+        model.fit(ds, epochs=1, verbose=0)
+        print(json.dumps({"replicas": strategy.num_replicas_in_sync,
+                          "policy": keras.mixed_precision.global_policy().name,
+                          "mixed": setup.mixed_precision,
+                          "out_dtype": str(model.predict(x[:2], verbose=0).dtype)}))
+    """)
+    out = json.loads(run(["python", "-c", code], tmp_path).stdout.strip().splitlines()[-1])
+    assert out == {"replicas": 2, "policy": "mixed_float16", "mixed": True, "out_dtype": "float32"}

@@ -1,0 +1,154 @@
+"""Export parity: for every preset and an explicit layer list, onnxruntime ≈ Keras ≈ SavedModel."""
+
+import json
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+
+from pipeline.errors import PipelineError
+from pipeline.export import export, float32_model
+from pipeline.fetch import fetch
+from pipeline.model import build_model
+from pipeline.params import parse_params
+from pipeline.prepare import prepare
+from pipeline.records import read_meta, read_split_arrays
+from pipeline.verify import verify
+
+pytestmark = pytest.mark.slow
+
+EXPLICIT = [{"Conv2D": {"filters": 6, "kernel_size": 3}}, {"BatchNormalization": {}}, {"Activation": {"activation": "relu"}},
+            {"MaxPooling2D": {}}, {"Dropout": {"rate": 0.3}}, {"Flatten": {}}, {"Dense": {"units": 16}},
+            {"BatchNormalization": {}}, {"Dropout": {"rate": 0.3}}]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from conftest import write_idx_dataset
+
+    root = tmp_path_factory.mktemp("export")
+    data = write_idx_dataset(root / "source")
+    params = parse_params({"data": data, "prepare": {"shard_size": 50}})
+    fetch(params.data, root / "raw")
+    prepare(root / "raw", root / "prepared", params.data, params.prepare)
+    return str(root / "prepared")
+
+
+def trained_model(model_spec, prepared: str, path):
+    """A model trained one epoch on the tiny data, so BatchNorm statistics are not the defaults."""
+    from pipeline.dataset import make_dataset
+
+    keras.utils.set_random_seed(0)
+    meta = read_meta(prepared)
+    model = build_model(model_spec, meta.image_shape, meta.num_classes)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(make_dataset(prepared, meta, "train", 16, training=True, shuffle_buffer=64, seed=0), epochs=1, verbose=0)
+    model.save(path)
+    return model
+
+
+@pytest.mark.parametrize("model_spec, tolerance", [
+    ("mlp", 1e-5),
+    ("cnn", 1e-5),
+    # LSTM: ONNX's fused LSTM op and TF's unrolled kernel sum the gates in another order, and 28
+    # recurrent steps compound float32 rounding; 1e-4 still catches any real difference.
+    ("rnn", 1e-4),
+    (EXPLICIT, 1e-5),
+], ids=["mlp", "cnn", "rnn", "explicit-bn-dropout"])
+def test_onnx_and_saved_model_match_keras(model_spec, tolerance, prepared, tmp_path):
+    model = trained_model(model_spec, prepared, tmp_path / "model.keras")
+    params = parse_params({"data": {"class_names": ["a", "b"]}, "export": {"quantize": False}}).export
+    info = export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id="run-123")
+
+    meta = read_meta(prepared)
+    images, labels = read_split_arrays(prepared, meta, "test")
+    x = meta.normalization.apply(images.astype(np.float32)).astype(np.float32)
+    expected = model(x, training=False).numpy()
+
+    session = ort.InferenceSession(str(tmp_path / "exported/model.onnx"), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.shape, out.name) == ("image", ["batch", 28, 28, 1], "probabilities")
+    got_onnx = session.run(None, {"image": x})[0]
+    np.testing.assert_allclose(got_onnx, expected, atol=tolerance, rtol=tolerance)
+
+    signature = tf.saved_model.load(str(tmp_path / "exported/saved_model")).signatures["serving_default"]
+    got_saved = signature(image=tf.constant(x))["probabilities"].numpy()
+    np.testing.assert_allclose(got_saved, expected, atol=tolerance, rtol=tolerance)
+
+    assert (got_onnx.argmax(1) == expected.argmax(1)).all() and (got_saved.argmax(1) == expected.argmax(1)).all()
+    assert info["files"]["model.onnx"]["bytes"] == (tmp_path / "exported/model.onnx").stat().st_size
+
+
+def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path):
+    trained_model("mlp", prepared, tmp_path / "model.keras")
+    params = parse_params({"data": {"class_names": ["a", "b"]}, "export": {"calibration_size": 60}}).export
+    info = export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id="run-123")
+    model = onnx.load(str(tmp_path / "exported/model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["class_names"]) == [f"class_{i}" for i in range(4)]
+    assert props["input_layout"] == "NHWC" and props["mlflow_run_id"] == "run-123"
+    assert set(json.loads(props["normalization"])) == {"mean", "std", "scale"}
+    assert "tensorflow" in json.loads(props["producer_versions"])
+    assert model.opset_import[0].version == 17
+    assert not list((tmp_path / "exported").glob("*.data"))  # one file, no external data
+
+    metadata = json.loads((tmp_path / "exported/metadata.json").read_text())
+    assert set(metadata["files"]) == {"model.onnx", "model.int8.onnx", "saved_model"}
+    assert metadata["input"]["shape"] == ["batch", 28, 28, 1] and metadata["opset"] == 17
+    assert metadata == json.loads(json.dumps(info))
+    int8 = onnx.load(str(tmp_path / "exported/model.int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+
+
+def test_verify_passes_then_fails_on_a_corrupted_weight(prepared, tmp_path):
+    trained_model("cnn", prepared, tmp_path / "model.keras")
+    params = parse_params({"data": {"class_names": ["a", "b"]}, "export": {"calibration_size": 60}}).export
+    export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id=None)
+    report = verify(tmp_path / "model.keras", tmp_path / "exported", prepared, 256, max_int8_drop=0.5)
+    assert report["passed"], report["failures"]
+    assert report["formats"]["onnx"]["argmax_agreement"] == 1.0
+    assert report["formats"]["saved_model"]["max_abs_diff"] <= 1e-5
+
+    model = onnx.load(str(tmp_path / "exported/model.onnx"))
+    weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array.flat[: array.size // 2] *= -3.0
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    onnx.save(model, str(tmp_path / "exported/model.onnx"))
+    report = verify(tmp_path / "model.keras", tmp_path / "exported", prepared, 256, max_int8_drop=0.5)
+    assert not report["passed"]
+    assert any(f.startswith("onnx: max |Δ|") for f in report["failures"])
+
+
+def test_export_refuses_what_is_not_a_keras_model(prepared, tmp_path):
+    params = parse_params({"data": {"class_names": ["a", "b"]}}).export
+    (tmp_path / "model.keras").write_text("not a model")
+    with pytest.raises(PipelineError, match=r"model\.keras: not a Keras model file"):
+        export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id=None)
+    assert not (tmp_path / "exported").exists()
+
+
+def test_lambda_layers_are_not_loaded(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2), keras.layers.Dense(2)])
+    model.save(tmp_path / "lambda.keras")
+    from pipeline.model import load_keras_model
+
+    with pytest.raises(PipelineError, match=r"lambda\.keras: cannot load Keras model \(.*safe_mode"):
+        load_keras_model(str(tmp_path / "lambda.keras"))
+
+
+def test_mixed_precision_models_export_in_float32():
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        mixed = build_model(EXPLICIT, (28, 28, 1), 4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert mixed.layers[0].dtype_policy.name == "mixed_float16"
+    plain = float32_model(mixed)
+    assert all(layer.dtype_policy.name == "float32" for layer in plain.layers)
+    x = np.random.default_rng(0).random((5, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(plain(x).numpy(), mixed(x).numpy().astype(np.float32), atol=2e-2)

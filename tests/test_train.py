@@ -1,0 +1,134 @@
+"""Stage train on tiny data: outputs, MLflow run read back, determinism, resume after a kill."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.fetch import fetch
+from pipeline.params import parse_params
+from pipeline.prepare import prepare
+
+from conftest import TINY_TRAIN, tool_env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def project(tiny_data, tmp_path):
+    """A working directory with prepared tiny data and params, as DVC would run the stage in."""
+    params = {"data": tiny_data, "prepare": {"shard_size": 50}, "train": dict(TINY_TRAIN),
+              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "experiment_name": "t"}}
+    (tmp_path / "store").mkdir()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    typed = parse_params(params)
+    fetch(typed.data, tmp_path / "data/raw")
+    prepare(tmp_path / "data/raw", tmp_path / "data/prepared", typed.data, typed.prepare)
+    return tmp_path
+
+
+def set_train(project, **changes):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(changes)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def train_cmd():
+    return ["python", "-m", "pipeline.train", "--params", "params.yaml"]
+
+
+def run_train(project, **env):
+    proc = subprocess.run(train_cmd(), cwd=project, env=tool_env(MLFLOW_TRACKING_URI="", **env),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_train_writes_outputs_and_one_mlflow_run(project):
+    from mlflow.tracking import MlflowClient
+
+    set_train(project, epochs=3, early_stopping_patience=0)
+    run_train(project)
+    assert (project / "models/model.keras").is_file()
+    rows = list(csv.DictReader(open(project / "models/history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    # The cosine schedule decays the rate epoch by epoch.
+    assert float(rows[0]["learning_rate"]) > float(rows[2]["learning_rate"])
+    report = json.loads((project / "reports/train.json").read_text())
+    assert report["epochs_run"] == 3 and report["devices"]["strategy"] == "_DefaultDistributionStrategy"
+    assert report["examples_per_second"] > 0
+    assert not (project / "models/.train-state").exists()
+
+    run_info = json.loads((project / "models/mlflow_run.json").read_text())
+    client = MlflowClient(run_info["tracking_uri"])
+    run = client.get_run(run_info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "3"
+    assert run.data.params["data.class_names"].startswith("['class_0'")
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"):
+        points = client.get_metric_history(run.info.run_id, key)
+        assert sorted(p.step for p in points) == [1, 2, 3], key
+    assert run.data.tags["train.strategy"] == "_DefaultDistributionStrategy"
+    assert run.data.tags["train.mixed_precision"] == "False"
+    assert len(run.data.tags["data.sha256"]) == 64
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "training")}
+    assert {"training/history.csv", "training/train.json"} <= artifacts
+    assert client.list_artifacts(run.info.run_id, "model")
+
+
+def test_training_is_deterministic(project):
+    from pipeline.params import load_params
+    from pipeline.train import train
+
+    params = load_params(project / "params.yaml")
+    weights, histories = [], []
+    for attempt in range(2):
+        work = project / f"work{attempt}"
+        work.mkdir()
+        result = train(params, project / "data/prepared", work, verbose=0)
+        weights.append(result["model"].get_weights())
+        histories.append(result["history"])
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+    assert histories[0] == histories[1]  # every epoch's loss and accuracy, bit for bit
+
+
+def test_learns_the_tiny_task(project):
+    set_train(project, epochs=8, early_stopping_patience=0, learning_rate=0.01)
+    run_train(project)
+    report = json.loads((project / "reports/train.json").read_text())
+    assert report["final"]["val_accuracy"] >= 0.9
+
+
+def test_killed_training_resumes_from_its_last_epoch(project):
+    epochs = 100
+    set_train(project, epochs=epochs, early_stopping_patience=0, schedule="constant")
+    state = project / "models/.train-state"
+    proc = subprocess.Popen(train_cmd(), cwd=project, env=tool_env(MLFLOW_TRACKING_URI=""),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        history = state / "history.csv"
+        if history.exists() and len(history.read_text().splitlines()) > 5 and (state / "backup").exists():
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len((state / "history.csv").read_text().splitlines()) - 1
+    assert 3 < done_before < epochs, "training finished before it could be killed"
+    run_before = json.loads((state / "fingerprint.json").read_text())["run_id"]
+
+    again = run_train(project)
+    assert "resuming interrupted training" in again.stderr
+    first_epoch = next(int(line.split()[1].split("/")[0]) for line in again.stdout.splitlines()
+                       if line.startswith("Epoch "))
+    assert first_epoch >= done_before - 1  # continued, not restarted from epoch 1
+    epochs_seen = [int(r["epoch"]) for r in csv.DictReader(open(project / "models/history.csv"))]
+    assert epochs_seen == list(range(1, epochs + 1))
+    assert json.loads((project / "models/mlflow_run.json").read_text())["run_id"] == run_before
