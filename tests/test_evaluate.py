@@ -1,0 +1,86 @@
+"""Evaluation: metrics checked by hand on a tiny prediction set, the gate, and the figures."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import PipelineError
+from pipeline.evaluate import (apply_gate, compute_metrics, expected_calibration_error, plot_confusion_matrix,
+                               plot_training_curves, plot_worst_errors)
+from pipeline.params import GateParams
+
+# Four examples, three classes. Predicted: 0, 1, 1, 2; actual: 0, 1, 2, 2.
+LABELS = np.array([0, 1, 2, 2])
+PROBS = np.array([
+    [0.8, 0.1, 0.1],
+    [0.2, 0.7, 0.1],
+    [0.1, 0.6, 0.3],
+    [0.3, 0.1, 0.6],
+])
+NAMES = ["a", "b", "c"]
+
+
+def test_metrics_match_hand_computation():
+    m = compute_metrics(LABELS, PROBS, NAMES, bins=10)
+    assert m["accuracy"] == pytest.approx(0.75)
+    # Top-2: example 3's true class c is 2nd (0.3 after 0.6), so all four hit.
+    assert m["top2_accuracy"] == pytest.approx(1.0)
+    assert m["loss"] == pytest.approx(-np.mean(np.log([0.8, 0.7, 0.3, 0.6])))
+    # a: P=1 R=1; b: P=1/2 R=1; c: P=1 R=1/2.
+    assert m["per_class"]["a"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    assert m["per_class"]["b"]["precision"] == pytest.approx(0.5) and m["per_class"]["b"]["f1"] == pytest.approx(2 / 3)
+    assert m["per_class"]["c"]["recall"] == pytest.approx(0.5) and m["per_class"]["c"]["support"] == 2
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert m["weighted_f1"] == pytest.approx((1 * 1 + 1 * 2 / 3 + 2 * 2 / 3) / 4)
+    assert m["macro_precision"] == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+def test_calibration_error_by_hand():
+    # Confidences 0.8, 0.7, 0.6, 0.6 with correctness 1, 1, 0, 1; ten bins:
+    # bin (0.5, 0.6]: conf 0.6, 0.6 acc 0.5 → |0.5 - 0.6| * 2/4; (0.6, 0.7]: 0.7 vs 1 → 0.3/4; (0.7, 0.8]: 0.8 vs 1 → 0.2/4
+    assert expected_calibration_error(LABELS, PROBS, bins=10) == pytest.approx(0.1 * 2 / 4 + 0.3 / 4 + 0.2 / 4)
+
+
+def test_gate_passes_and_fails_with_the_numbers():
+    test = {"accuracy": 0.91}
+    assert apply_gate(test, GateParams(min_accuracy=0.9), None)["passed"]
+    verdict = apply_gate(test, GateParams(min_accuracy=0.93), None)
+    assert not verdict["passed"]
+    assert verdict["reason"] == "test.accuracy 0.9100 is below evaluate.gate.min_accuracy 0.9300"
+
+
+def test_gate_against_a_baseline(tmp_path):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"test": {"accuracy": 0.93}}))
+    gate = GateParams(min_accuracy=0.5, max_drop=0.01, baseline=str(baseline))
+    assert apply_gate({"accuracy": 0.925}, gate, baseline)["passed"]
+    verdict = apply_gate({"accuracy": 0.90}, gate, baseline)
+    assert not verdict["passed"] and verdict["baseline_accuracy"] == 0.93
+    assert "dropped 0.0300 below the baseline 0.9300" in verdict["reason"]
+    assert "evaluate.gate.max_drop 0.0100" in verdict["reason"]
+    with pytest.raises(PipelineError, match="missing.json: baseline metrics file not found"):
+        apply_gate({"accuracy": 0.9}, gate, tmp_path / "missing.json")
+    baseline.write_text("{}")
+    with pytest.raises(PipelineError, match="has no test.accuracy"):
+        apply_gate({"accuracy": 0.9}, gate, baseline)
+
+
+def test_figures_are_drawn_without_a_display(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss,accuracy,val_loss,val_accuracy,learning_rate\n"
+                       "1,1.0,0.5,1.1,0.45,0.001\n2,0.6,0.7,0.7,0.65,0.0005\n3,0.4,0.8,0.5,0.75,0.0001\n")
+    plot_training_curves(history, tmp_path / "curves.png")
+    names = [f"class name {i}" for i in range(10)]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 200)
+    probs = rng.dirichlet(np.ones(10), 200)
+    plot_confusion_matrix(labels, probs.argmax(1), names, tmp_path / "cm.png")
+    shown = plot_worst_errors(rng.integers(0, 255, (200, 28, 28, 1)), labels, probs, names, 16, tmp_path / "worst.png")
+    assert shown == 16
+    for name, min_size in (("curves.png", (1000, 400)), ("cm.png", (800, 800)), ("worst.png", (1000, 1000))):
+        with Image.open(tmp_path / name) as image:
+            assert image.size[0] >= min_size[0] and image.size[1] >= min_size[1], (name, image.size)
+            assert len(set(image.convert("L").getdata())) > 10  # something drawn, not a blank canvas
