@@ -87,7 +87,7 @@ class TrainParams(Section):
     # A preset name, or an explicit list of Keras layers: [{Conv2D: {filters: 32, kernel_size: 3}}, ...].
     # The classifier head (Dense(n_classes) + softmax) is always appended from the data's class count.
     model: Union[Literal["mlp", "cnn", "rnn"], list[dict[str, dict[str, Any]]]] = "cnn"
-    epochs: Annotated[int, Field(ge=1)] = 15
+    epochs: Annotated[int, Field(ge=1)] = 20
     batch_size: Annotated[int, Field(ge=1)] = 128
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
