@@ -34,12 +34,26 @@ def augmenter(horizontal_flip: bool, translate: float, seed: int):
     return keras.Sequential(layers, name="augment") if layers else None
 
 
+def shard_policy(num_files: int, workers: int) -> str:
+    """How a multi-worker strategy splits a split: by file when every worker gets one, else by example."""
+    return "FILE" if num_files >= workers else "DATA"
+
+
 def make_dataset(prepared_dir: str, meta: PreparedMeta, split: str, batch_size: int, *, training: bool,
-                 shuffle_buffer: int = 10_000, seed: int = 0, cache: bool = True, augment=None, files=None):
-    """Batched (normalised float32 image, int64 label) for `split`; shuffled and augmented when training."""
+                 shuffle_buffer: int = 10_000, seed: int = 0, cache: bool = True, augment=None, files=None,
+                 workers: int = 1):
+    """Batched (normalised float32 image, int64 label) for `split`; shuffled and augmented when training.
+
+    `batch_size` is the global batch; under a multi-worker strategy each worker reads its shard
+    (see `shard_policy`), set explicitly rather than left to tf.data's AUTO guess.
+    """
     import tensorflow as tf
 
     dataset = normalize_examples(read_split(prepared_dir, meta, split, files), meta.normalization)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = getattr(
+        tf.data.experimental.AutoShardPolicy, shard_policy(len(meta.shards[split]), workers))
+    dataset = dataset.with_options(options)
     if cache:
         dataset = dataset.cache()
     if training:

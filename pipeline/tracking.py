@@ -36,6 +36,15 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return uri
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts. For a local store, beside it at the repo root:
+    MLflow's default (./mlruns of whoever creates the experiment) would put them inside a temp
+    `dvc exp run` copy, deleted afterwards. A server decides for itself (None)."""
+    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+        return (project_root() / "mlartifacts").as_uri()
+    return None
+
+
 def git_state(directory: Path) -> dict[str, str]:
     def git(*args: str) -> str | None:
         try:
@@ -61,6 +70,22 @@ def dvc_experiment_tags() -> dict[str, str]:
     return tags
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast on an unreachable tracking server: MLflow's own client retries for minutes."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # something answered; MLflow reports what is wrong with it
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+
+
 class Tracker:
     """One MLflow run, addressed by id through an explicit client (no global active run)."""
 
@@ -73,10 +98,8 @@ class Tracker:
     # ------------------------------------------------------------------ opening
     @staticmethod
     def _client(tracking_uri: str):
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        mlflow.set_tracking_uri(tracking_uri)  # for mlflow.<flavor>.log_model, which use the fluent API
         return MlflowClient(tracking_uri=tracking_uri)
 
     @classmethod
@@ -86,6 +109,7 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         uri = resolve_tracking_uri(configured_uri)
+        check_reachable(uri)
         try:
             client = cls._client(uri)
             if resume_run_id:
@@ -97,7 +121,7 @@ class Tracker:
                     pass  # the store was reset since: start afresh
             experiment = client.get_experiment_by_name(experiment_name)
             experiment_id = (experiment.experiment_id if experiment is not None
-                             else client.create_experiment(experiment_name))
+                             else client.create_experiment(experiment_name, artifact_location=artifact_root(uri)))
             run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
         except MlflowException as exc:
             raise PipelineError(f"MLflow tracking URI {uri}: {str(exc).splitlines()[0]}") from None
@@ -179,6 +203,9 @@ class Tracker:
         (output_meta,) = session.get_outputs()
         output = session.run(None, {input_meta.name: example})[0]
         signature = infer_signature({input_meta.name: example}, {output_meta.name: output})
+        # mlflow.<flavor>.log_model only speaks the fluent API, which needs the global tracking URI
+        # (mlflow.set_tracking_uri also exports it as MLFLOW_TRACKING_URI to this process).
+        mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.run_id):
             info = mlflow.onnx.log_model(
                 model, name="onnx_model", signature=signature, input_example={input_meta.name: example},

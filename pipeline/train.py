@@ -126,8 +126,10 @@ def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, ver
 
     augment = augmenter(p.augment.horizontal_flip, p.augment.translate, p.seed)
     train_ds = make_dataset(str(prepared_dir), meta, "train", global_batch, training=True,
-                            shuffle_buffer=p.shuffle_buffer, seed=p.seed, cache=p.cache, augment=augment)
-    val_ds = make_dataset(str(prepared_dir), meta, "val", global_batch, training=False, cache=p.cache)
+                            shuffle_buffer=p.shuffle_buffer, seed=p.seed, cache=p.cache, augment=augment,
+                            workers=devices.workers)
+    val_ds = make_dataset(str(prepared_dir), meta, "val", global_batch, training=False, cache=p.cache,
+                          workers=devices.workers)
     steps_per_epoch = -(-meta.counts["train"] // global_batch)
 
     with strategy.scope():
@@ -219,13 +221,14 @@ def main(argv: list[str] | None = None) -> None:
     prepared = Path(args.prepared)
     meta = read_meta(str(prepared))  # fails early, before MLflow or TensorFlow start
     data_hash = prepared_hash(prepared)
-    work_dir = Path(args.work_dir)
-    resume_id = prepare_work_dir(work_dir, training_fingerprint(params.train, data_hash))
 
     from pipeline.devices import cluster_spec, is_chief
     from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, project_root
 
     chief = is_chief(cluster_spec())
+    # Only the chief keeps resumable state in the shared place; other workers use a scratch directory.
+    work_dir = Path(args.work_dir) if chief else Path(tempfile.mkdtemp(prefix="train-worker-"))
+    resume_id = prepare_work_dir(work_dir, training_fingerprint(params.train, data_hash))
     tracker = None
     if chief:
         model_name = params.train.model if isinstance(params.train.model, str) else "custom"
@@ -252,10 +255,11 @@ def main(argv: list[str] | None = None) -> None:
 
     report = {**result["report"], "class_names": meta.class_names}
     if not chief:
-        # Other workers save to a temporary location that is removed: only the chief writes models/.
-        scratch = Path(tempfile.mkdtemp(prefix="worker-model-"))
-        result["model"].save(scratch / "model.keras")
-        shutil.rmtree(scratch, ignore_errors=True)
+        # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the others to a
+        # scratch location that is removed. Only the chief writes models/ and reports/.
+        result["model"].save(work_dir / "model.keras")
+        shutil.rmtree(work_dir, ignore_errors=True)
+        print(f"train: worker done ({result['report']['epochs_run']} epochs); the chief wrote the outputs")
         return
 
     with atomic_file(args.model, suffix=".keras") as tmp:

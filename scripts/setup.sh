@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up the project: uv, the locked dependencies in .venv (uv.lock), and, on Debian as root,
-# the default data set (package dataset-fashion-mnist). Safe to run again: it only fills gaps.
+# the default data set (package dataset-fashion-mnist). With --tests also what the test suite
+# drives: Debian's chromium (the MLflow UI test) and postgresql (the team tracking server test).
+# Safe to run again: it only fills gaps.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,15 +21,21 @@ else
 fi
 
 echo "setup: installing locked dependencies into .venv/ (uv sync --locked)" >&2
-"$UV" sync --locked --quiet
+"$UV" sync --locked --quiet --extra pipeline
 
 DATA=/usr/share/datasets/fashion-mnist
-if [ ! -d "$DATA" ]; then
+missing=()
+[ -d "$DATA" ] || missing+=(dataset-fashion-mnist)
+if [ "${1:-}" = "--tests" ]; then
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing Debian's dataset-fashion-mnist into $DATA" >&2
+        echo "setup: installing Debian packages: ${missing[*]}" >&2
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "setup: $DATA is missing; install Debian's dataset-fashion-mnist or set data.source in params.yaml" >&2
+        echo "setup: missing Debian packages: ${missing[*]} (install them, or set data.source in params.yaml)" >&2
     fi
 fi

@@ -3,6 +3,6 @@
 # Extra arguments go to pytest (e.g. -k prepare, -x).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 export PATH="$PWD/.venv/bin:$PATH"
 exec python -m pytest "$@"

@@ -23,6 +23,12 @@ FILES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def isolated_tracking_uri(monkeypatch):
+    """Each test starts without MLFLOW_TRACKING_URI, and whatever MLflow sets is undone afterwards."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 def make_images(labels: np.ndarray, shape=(28, 28), seed: int = 0) -> np.ndarray:
     """Learnable images: each class lights its own horizontal band, on noise."""
     rng = np.random.default_rng(seed)
@@ -84,6 +90,13 @@ def tiny_params(data: dict, **sections) -> dict:
     return params
 
 
+def set_params(directory: Path, section: str, **values) -> None:
+    """Change keys of one section of `directory`/params.yaml."""
+    params = yaml.safe_load((directory / "params.yaml").read_text())
+    params.setdefault(section, {}).update(values)
+    (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def tool_env(**extra) -> dict:
     """Environment for subprocesses: the project's venv first on PATH, TF quiet."""
     env = dict(os.environ)
@@ -116,3 +129,20 @@ def dvc_repo(tmp_path, tiny_data) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "init"], repo)
     return repo
+
+
+@pytest.fixture
+def project(tiny_data, tmp_path):
+    """A working directory with prepared tiny data and params, as DVC would run the stage in."""
+    params = {"data": tiny_data, "prepare": {"shard_size": 50}, "train": dict(TINY_TRAIN),
+              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "experiment_name": "t"}}
+    (tmp_path / "store").mkdir()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    from pipeline.fetch import fetch
+    from pipeline.params import parse_params
+    from pipeline.prepare import prepare
+
+    typed = parse_params(params)
+    fetch(typed.data, tmp_path / "data/raw")
+    prepare(tmp_path / "data/raw", tmp_path / "data/prepared", typed.data, typed.prepare)
+    return tmp_path

@@ -52,3 +52,22 @@ def test_augmentation_changes_training_batches_only(prepared):
     x_plain, _ = next(plain.as_numpy_iterator())
     x_aug, _ = next(augmented.as_numpy_iterator())
     assert x_plain.shape == x_aug.shape and not np.allclose(x_plain, x_aug)
+
+
+def test_workers_shard_by_file_when_each_gets_one_else_by_example():
+    from pipeline.dataset import shard_policy
+
+    assert shard_policy(num_files=6, workers=2) == "FILE"
+    assert shard_policy(num_files=2, workers=2) == "FILE"
+    assert shard_policy(num_files=1, workers=2) == "DATA"
+
+
+def test_shard_policy_is_set_on_the_dataset(prepared):
+    import tensorflow as tf
+
+    meta = read_meta(prepared)  # train: 108 examples in 3 shards of up to 50
+    by_file = make_dataset(prepared, meta, "train", 8, training=False, workers=3)
+    by_data = make_dataset(prepared, meta, "train", 8, training=False, workers=4)
+    policy = tf.data.experimental.AutoShardPolicy
+    assert by_file.options().experimental_distribute.auto_shard_policy == policy.FILE
+    assert by_data.options().experimental_distribute.auto_shard_policy == policy.DATA

@@ -4,17 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import yaml
-
-from conftest import run
+from conftest import run, set_params
 
 pytestmark = pytest.mark.slow
-
-
-def set_params(repo, section, **values):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def test_repro_data_stages_then_nothing_to_do(dvc_repo):

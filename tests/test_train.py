@@ -9,34 +9,10 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
-from pipeline.fetch import fetch
-from pipeline.params import parse_params
-from pipeline.prepare import prepare
-
-from conftest import TINY_TRAIN, tool_env
+from conftest import set_params, tool_env
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def project(tiny_data, tmp_path):
-    """A working directory with prepared tiny data and params, as DVC would run the stage in."""
-    params = {"data": tiny_data, "prepare": {"shard_size": 50}, "train": dict(TINY_TRAIN),
-              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "experiment_name": "t"}}
-    (tmp_path / "store").mkdir()
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    typed = parse_params(params)
-    fetch(typed.data, tmp_path / "data/raw")
-    prepare(tmp_path / "data/raw", tmp_path / "data/prepared", typed.data, typed.prepare)
-    return tmp_path
-
-
-def set_train(project, **changes):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"].update(changes)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 def train_cmd():
@@ -53,7 +29,7 @@ def run_train(project, **env):
 def test_train_writes_outputs_and_one_mlflow_run(project):
     from mlflow.tracking import MlflowClient
 
-    set_train(project, epochs=3, early_stopping_patience=0)
+    set_params(project, "train", epochs=3, early_stopping_patience=0)
     run_train(project)
     assert (project / "models/model.keras").is_file()
     rows = list(csv.DictReader(open(project / "models/history.csv")))
@@ -100,7 +76,7 @@ def test_training_is_deterministic(project):
 
 
 def test_learns_the_tiny_task(project):
-    set_train(project, epochs=8, early_stopping_patience=0, learning_rate=0.01)
+    set_params(project, "train", epochs=8, early_stopping_patience=0, learning_rate=0.01)
     run_train(project)
     report = json.loads((project / "reports/train.json").read_text())
     assert report["final"]["val_accuracy"] >= 0.9
@@ -108,7 +84,7 @@ def test_learns_the_tiny_task(project):
 
 def test_killed_training_resumes_from_its_last_epoch(project):
     epochs = 100
-    set_train(project, epochs=epochs, early_stopping_patience=0, schedule="constant")
+    set_params(project, "train", epochs=epochs, early_stopping_patience=0, schedule="constant")
     state = project / "models/.train-state"
     proc = subprocess.Popen(train_cmd(), cwd=project, env=tool_env(MLFLOW_TRACKING_URI=""),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -1,0 +1,133 @@
+"""Inference speed, side by side on the test split: Keras model.predict, a direct Keras call, the
+SavedModel signature, onnxruntime float32 and int8.
+
+Batch 1: median and p99 latency over --calls calls (after --warmup calls); batch 256: throughput in
+images/s. Every engine runs with the same intra-op thread count (physical cores, or --threads) and
+one inter-op thread. Writes reports/bench.json and prints a table with ratios to the fastest.
+
+    python benchmarks/inference.py [--calls 500] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def latency_ms(fn, x, calls: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {"median_ms": round(statistics.median(times), 4),
+            "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4)}
+
+
+def throughput(fn, x, batch: int, repeats: int) -> float:
+    fn(x[:batch])
+    started = time.perf_counter()
+    n = 0
+    for _ in range(repeats):
+        for i in range(0, len(x) - batch + 1, batch):
+            fn(x[i:i + batch])
+            n += batch
+    return round(n / (time.perf_counter() - started), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/model.keras")
+    parser.add_argument("--exported", default="exported")
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=1, help="passes over the test split for throughput")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="reports/bench.json")
+    args = parser.parse_args()
+    threads = args.threads or physical_cores()
+
+    import numpy as np
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+    from pipeline.model import load_keras_model
+    from pipeline.records import read_meta, read_split_arrays
+
+    meta = read_meta(args.prepared)
+    images, _ = read_split_arrays(args.prepared, meta, "test")
+    x = meta.normalization.apply(images.astype(np.float32)).astype(np.float32)
+    one = x[:1]
+
+    model = load_keras_model(args.model)
+    signature = tf.saved_model.load(f"{args.exported}/saved_model").signatures["serving_default"]
+
+    def ort_session(path):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return lambda batch: session.run(None, {"image": batch})[0]
+
+    engines = {
+        "keras_predict": lambda b: model.predict(b, verbose=0, batch_size=len(b)),
+        "keras_call": lambda b: model(b, training=False).numpy(),
+        "saved_model": lambda b: signature(image=tf.constant(b))["probabilities"].numpy(),
+        "onnxruntime_fp32": ort_session(f"{args.exported}/model.onnx"),
+    }
+    if Path(f"{args.exported}/model.int8.onnx").exists():
+        engines["onnxruntime_int8"] = ort_session(f"{args.exported}/model.int8.onnx")
+
+    results = {}
+    for name, fn in engines.items():
+        results[name] = {"batch1": latency_ms(fn, one, args.calls, args.warmup),
+                         "batch256_images_per_s": throughput(fn, x, 256, args.repeats)}
+        print(f"{name}: {results[name]}", flush=True)
+
+    fastest_latency = min(r["batch1"]["median_ms"] for r in results.values())
+    fastest_throughput = max(r["batch256_images_per_s"] for r in results.values())
+    for r in results.values():
+        r["batch1_vs_fastest"] = round(r["batch1"]["median_ms"] / fastest_latency, 2)
+        r["batch256_vs_fastest"] = round(fastest_throughput / r["batch256_images_per_s"], 2)
+    report = {
+        "machine": {"logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
+                    "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+                    "tensorflow": tf.__version__, "onnxruntime": ort.__version__},
+        "threads": {"intra_op": threads, "inter_op": 1},
+        "calls": args.calls, "warmup": args.warmup, "test_examples": int(len(x)),
+        "engines": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"\n{'engine':<18} {'b1 median ms':>12} {'b1 p99 ms':>10} {'× fastest':>9} {'b256 img/s':>11} {'× fastest':>9}")
+    for name, r in results.items():
+        print(f"{name:<18} {r['batch1']['median_ms']:>12.3f} {r['batch1']['p99_ms']:>10.3f} "
+              f"{r['batch1_vs_fastest']:>9.2f} {r['batch256_images_per_s']:>11,.0f} {r['batch256_vs_fastest']:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Predict with the exported ONNX model and onnxruntime alone: no TensorFlow, no Keras, no params.
+
+    pipeline-predict [--model exported/model.onnx] [--top-k 3] [--json] INPUT [INPUT ...]
+
+INPUT is a PNG/JPEG file, a directory of them, or a .npy array of one image (h×w or h×w×c) or many
+(n×h×w or n×h×w×c) with pixel values 0..255. Class names, input shape and normalisation come from
+the model's own metadata. An image of another size is resized (bilinear) and converted to the
+model's colour mode (grey: Pillow's "L", ITU-R 601 luma; colour: RGB), so any photo works.
+A bad input is reported on stderr, one line naming it; the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError, run_cli
+from pipeline.normalization import Normalization
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+REQUIRED_METADATA = ("class_names", "input_shape", "normalization", "input_layout")
+
+
+@dataclass
+class Item:
+    """One thing to classify: a name for the user, and its pixels (or why there are none)."""
+    name: str
+    pixels: np.ndarray | None = None
+    error: str | None = None
+
+
+class OnnxClassifier:
+    def __init__(self, model_path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise PipelineError(f"{self.path}: model file not found (run `dvc repro export`)")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception types
+            raise PipelineError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        missing = [key for key in REQUIRED_METADATA if key not in props]
+        if missing:
+            raise PipelineError(f"{self.path}: metadata lacks {', '.join(missing)} (not exported by this pipeline?)")
+        try:
+            self.class_names: list[str] = json.loads(props["class_names"])
+            self.image_shape = tuple(int(d) for d in json.loads(props["input_shape"])[1:])
+            self.normalization = Normalization.from_dict(json.loads(props["normalization"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise PipelineError(f"{self.path}: metadata is malformed") from None
+        if props["input_layout"] != "NHWC" or len(self.image_shape) != 3:
+            raise PipelineError(f"{self.path}: input layout {props['input_layout']} {self.image_shape} is not NHWC")
+        self.input_name = self.session.get_inputs()[0].name
+
+    def probabilities(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities for uint8/float pixels (0..255) of shape (n, *image_shape)."""
+        x = self.normalization.apply(pixels.astype(np.float32)).astype(np.float32)
+        return np.concatenate([self.session.run(None, {self.input_name: x[i:i + batch_size]})[0]
+                               for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, len(self.class_names)))
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[(self.class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+
+
+# ----------------------------------------------------------------------------- inputs
+def load_image(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    height, width, channels = image_shape
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise PipelineError(f"{path}: not an image Pillow can read") from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    return pixels.reshape(image_shape)
+
+
+def load_array(path: Path, image_shape: tuple[int, int, int]) -> list[Item]:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        return [Item(str(path), error=f"{path}: not a NumPy .npy array ({str(exc).splitlines()[0]})")]
+    h, w, c = image_shape
+    if array.ndim in (2, 3) and array.shape[:2] == (h, w) and (array.ndim == 2 or array.shape[2] == c):
+        array = array[np.newaxis]
+    if array.ndim == 3 and c == 1:
+        array = array[..., np.newaxis]
+    if array.ndim != 4 or array.shape[1:] != image_shape:
+        return [Item(str(path), error=f"{path}: array shape {array.shape} is not (n,) + {image_shape} "
+                                      f"or {image_shape[:2]}")]
+    if not np.issubdtype(array.dtype, np.number):
+        return [Item(str(path), error=f"{path}: array dtype {array.dtype} is not numeric")]
+    if len(array) == 1:
+        return [Item(str(path), array[0])]
+    return [Item(f"{path}[{i}]", a) for i, a in enumerate(array)]
+
+
+def collect_inputs(paths: list[str], image_shape: tuple[int, int, int]) -> list[Item]:
+    items: list[Item] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                items.append(Item(raw, error=f"{path}: directory holds no PNG or JPEG files"))
+            targets = files
+        else:
+            targets = [path]
+        for target in targets:
+            if not target.exists():
+                items.append(Item(str(target), error=f"{target}: no such file"))
+            elif target.suffix.lower() == ".npy":
+                items.extend(load_array(target, image_shape))
+            else:
+                try:
+                    items.append(Item(str(target), load_image(target, image_shape)))
+                except PipelineError as exc:
+                    items.append(Item(str(target), error=str(exc)))
+    return items
+
+
+def predict_items(classifier: OnnxClassifier, items: list[Item], k: int) -> list[dict]:
+    good = [item for item in items if item.error is None]
+    probs = classifier.probabilities(np.stack([item.pixels for item in good])) if good else np.zeros((0, 0))
+    ranked = iter(classifier.top_k(probs, k)) if good else iter(())
+    results = []
+    for item in items:
+        if item.error is not None:
+            results.append({"input": item.name, "error": item.error})
+        else:
+            results.append({"input": item.name,
+                            "predictions": [{"class": c, "probability": round(p, 6)} for c, p in next(ranked)]})
+    return results
+
+
+def format_table(results: list[dict]) -> str:
+    rows = [(r["input"], "   ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"]))
+            for r in results if "predictions" in r]
+    if not rows:
+        return ""
+    width = max(len(name) for name, _ in rows)
+    return "\n".join([f"{'input':<{width}}  top classes (probability)"] +
+                     [f"{name:<{width}}  {preds}" for name, preds in rows])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pipeline-predict", description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG file, directory of them, or .npy")
+    parser.add_argument("--model", default="exported/model.onnx")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="one JSON object per input (JSON lines)")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+
+    classifier = OnnxClassifier(args.model, args.threads)
+    k = max(1, min(args.top_k, len(classifier.class_names)))
+    results = predict_items(classifier, collect_inputs(args.inputs, classifier.image_shape), k)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"error: {r['error']}", file=sys.stderr)
+    if args.json:
+        for r in results:
+            if "predictions" in r:
+                print(json.dumps(r))
+    else:
+        table = format_table(results)
+        if table:
+            print(table)
+    if failed:
+        sys.exit(1)
+
+
+def cli() -> None:
+    """Console-script entry point (`pipeline-predict`)."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,175 @@
+"""The ONNX-only predictor: no TensorFlow, metadata from the model, batches of files, clear errors,
+and a clean virtualenv with only the base (predictor) dependencies."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from conftest import REPO, run
+
+PYTHON = os.path.abspath(sys.executable)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A model trained on the tiny data set and exported, plus its test images as PNG and .npy."""
+    import keras
+
+    from conftest import write_idx_dataset
+    from pipeline.dataset import make_dataset
+    from pipeline.export import export
+    from pipeline.fetch import fetch
+    from pipeline.model import build_model
+    from pipeline.params import parse_params
+    from pipeline.prepare import prepare
+    from pipeline.records import read_meta, read_split_arrays
+
+    root = tmp_path_factory.mktemp("predict")
+    params = parse_params({"data": write_idx_dataset(root / "source"), "prepare": {"shard_size": 50},
+                           "export": {"quantize": False}})
+    fetch(params.data, root / "raw")
+    prepare(root / "raw", root / "prepared", params.data, params.prepare)
+    prepared = str(root / "prepared")
+    meta = read_meta(prepared)
+    keras.utils.set_random_seed(0)
+    model = build_model("mlp", meta.image_shape, meta.num_classes)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(make_dataset(prepared, meta, "train", 16, training=True, seed=0), epochs=8, verbose=0)
+    model.save(root / "model.keras")
+    export(root / "model.keras", prepared, root / "exported", params.export, seed=0, run_id=None)
+
+    images, labels = read_split_arrays(prepared, meta, "test")
+    pngs = root / "pngs"
+    pngs.mkdir()
+    for i, image in enumerate(images[:12]):
+        Image.fromarray(image[..., 0]).save(pngs / f"{i:02d}_{meta.class_names[labels[i]]}.png")
+    np.save(root / "test.npy", images)
+    return {"root": root, "model": root / "exported/model.onnx", "pngs": pngs, "images": images,
+            "labels": labels, "class_names": meta.class_names}
+
+
+def predict(args, cwd, python=PYTHON, check=True):
+    proc = subprocess.run([python, "-m", "pipeline.predict", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": ""})
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_import_does_not_load_tensorflow_or_keras(exported, tmp_path):
+    code = ("import sys; import pipeline.predict as p; p.main(['--json', '--model', sys.argv[1], sys.argv[2]]);"
+            "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'mlflow') if m in sys.modules];"
+            "assert not bad, bad")
+    run([PYTHON, "-c", code, str(exported["model"]), str(exported["pngs"])], tmp_path)
+
+
+def test_pngs_directory_and_npy_agree_with_the_labels(exported, tmp_path):
+    out = json_lines(predict(["--json", "--top-k", "2", "--model", exported["model"], exported["pngs"]], tmp_path).stdout)
+    assert len(out) == 12 and all(len(r["predictions"]) == 2 for r in out)
+    names = exported["class_names"]
+    correct = [r["predictions"][0]["class"] == Path(r["input"]).stem.split("_", 1)[1] for r in out]
+    assert np.mean(correct) >= 0.9
+
+    npy = json_lines(predict(["--json", "--model", exported["model"], exported["root"] / "test.npy"], tmp_path).stdout)
+    assert len(npy) == 40 and npy[0]["input"].endswith("test.npy[0]")
+    top1 = [names.index(r["predictions"][0]["class"]) for r in npy]
+    assert np.mean(np.array(top1) == exported["labels"]) >= 0.9
+    # The PNG of test image i and row i of the array get the same answer.
+    assert [r["predictions"][0] for r in out] == [r["predictions"][0] for r in npy[:12]]
+
+
+def test_matches_onnxruntime_on_normalised_input(exported):
+    import onnxruntime as ort
+
+    from pipeline.predict import OnnxClassifier
+
+    classifier = OnnxClassifier(exported["model"])
+    props = {p.key: p.value for p in onnx.load(str(exported["model"])).metadata_props}
+    norm = json.loads(props["normalization"])
+    x = ((exported["images"].astype(np.float32) * norm["scale"] - norm["mean"]) / norm["std"]).astype(np.float32)
+    expected = ort.InferenceSession(str(exported["model"])).run(None, {"image": x})[0]
+    np.testing.assert_allclose(classifier.probabilities(exported["images"], batch_size=7), expected, atol=1e-6)
+
+
+def test_other_sizes_and_colour_are_resized_and_greyed(exported, tmp_path):
+    from pipeline.predict import OnnxClassifier, load_image
+
+    grey = exported["images"][3][..., 0]
+    big = Image.fromarray(grey).resize((84, 84), Image.Resampling.NEAREST).convert("RGB")
+    big.save(tmp_path / "big.jpg", quality=95)
+    pixels = load_image(tmp_path / "big.jpg", (28, 28, 1))
+    assert pixels.shape == (28, 28, 1)
+    assert np.abs(pixels[..., 0].astype(int) - grey.astype(int)).mean() < 12
+    classifier = OnnxClassifier(exported["model"])
+    probs = classifier.probabilities(np.stack([pixels, exported["images"][3]]))
+    assert probs[0].argmax() == probs[1].argmax()
+
+
+def test_bad_inputs_are_named_and_the_rest_still_predicted(exported, tmp_path):
+    (tmp_path / "fake.png").write_text("not an image")
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 5)))
+    (tmp_path / "pickle.npy").write_bytes(b"garbage")
+    good = sorted(exported["pngs"].iterdir())[0]
+    proc = predict(["--json", "--model", exported["model"], tmp_path / "fake.png", good, tmp_path / "wrong.npy",
+                    tmp_path / "missing.png", tmp_path / "pickle.npy"], tmp_path, check=False)
+    assert proc.returncode == 1
+    errors = proc.stderr.strip().splitlines()
+    assert errors[0] == f"error: {tmp_path / 'fake.png'}: not an image Pillow can read"
+    assert errors[1].startswith(f"error: {tmp_path / 'wrong.npy'}: array shape (3, 5) is not")
+    assert errors[2] == f"error: {tmp_path / 'missing.png'}: no such file"
+    assert errors[3].startswith(f"error: {tmp_path / 'pickle.npy'}: not a NumPy .npy array")
+    assert [r["input"] for r in json_lines(proc.stdout)] == [str(good)]
+
+
+def test_model_without_metadata_is_refused(exported, tmp_path):
+    model = onnx.load(str(exported["model"]))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    proc = predict(["--model", tmp_path / "bare.onnx", exported["pngs"]], tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"error: {tmp_path / 'bare.onnx'}: metadata lacks class_names, input_shape, "
+                                   "normalization, input_layout (not exported by this pipeline?)")
+
+
+def test_table_output_in_a_terminal_format(exported, tmp_path):
+    out = predict(["--model", exported["model"], sorted(exported["pngs"].iterdir())[0]], tmp_path).stdout
+    header, row = out.strip().splitlines()
+    assert header.split()[:3] == ["input", "top", "classes"]
+    name, predictions = row.split(None, 1)
+    assert name.endswith(".png") and predictions.count("class_") == 3
+
+
+def test_clean_virtualenv_with_only_the_predictor_dependencies(exported, tmp_path):
+    """A deployment: the base install (onnxruntime, NumPy, Pillow) and the console script, nothing else."""
+    venv = tmp_path / "deploy"
+    uv = [PYTHON, "-m", "uv"]
+    env = {"UV_PYTHON_DOWNLOADS": "never"}
+    run([*uv, "venv", "--quiet", "--python", PYTHON, str(venv)], tmp_path, **env)
+    requirements = tmp_path / "requirements.txt"
+    run([*uv, "export", "--quiet", "--locked", "--no-dev", "--no-emit-project", "--no-hashes",
+         "--output-file", str(requirements)], REPO, **env)
+    python = str(venv / "bin/python")
+    run([*uv, "pip", "install", "--quiet", "--python", python, "-r", str(requirements)], tmp_path, **env)
+    run([*uv, "pip", "install", "--quiet", "--python", python, "--no-deps", str(REPO)], tmp_path, **env)
+    installed = run([*uv, "pip", "list", "--python", python, "--format", "json"], tmp_path, **env).stdout
+    names = {p["name"].lower() for p in json.loads(installed)}
+    assert not names & {"tensorflow", "keras", "tf2onnx", "mlflow", "onnx"}, names
+    proc = subprocess.run([str(venv / "bin/pipeline-predict"), "--json", "--model", str(exported["model"]),
+                           str(exported["pngs"])], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json_lines(proc.stdout)
+    correct = [r["predictions"][0]["class"] == Path(r["input"]).stem.split("_", 1)[1] for r in out]
+    assert len(out) == 12 and np.mean(correct) >= 0.9
