@@ -119,9 +119,7 @@ class Tracker:
                     return cls(client, resume_run_id, run.info.experiment_id, uri)
                 except MlflowException:
                     pass  # the store was reset since: start afresh
-            experiment = client.get_experiment_by_name(experiment_name)
-            experiment_id = (experiment.experiment_id if experiment is not None
-                             else client.create_experiment(experiment_name, artifact_location=artifact_root(uri)))
+            experiment_id = cls._experiment_id(client, experiment_name, uri)
             run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
         except MlflowException as exc:
             raise PipelineError(f"MLflow tracking URI {uri}: {str(exc).splitlines()[0]}") from None
@@ -130,6 +128,21 @@ class Tracker:
                 raise PipelineError(f"MLflow tracking URI {uri}: cannot connect ({type(exc).__name__})") from None
             raise
         return cls(client, run.info.run_id, experiment_id, uri)
+
+    @staticmethod
+    def _experiment_id(client, name: str, uri: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_root(uri))
+        except MlflowException as exc:
+            # Another training created it between our look-up and our create: use theirs.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client.get_experiment_by_name(name).experiment_id
 
     @classmethod
     def resume(cls, run_file: str | os.PathLike) -> "Tracker":

@@ -1,0 +1,73 @@
+"""The MLflow UI in a real headless browser (Debian's chromium driven by Playwright): the run the
+pipeline made, its test metrics and its logged figures are on the page. Screenshots go to tmp_path."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run, set_params
+from servers import mlflow_server
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run must install Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    return path
+
+
+@pytest.fixture
+def pipeline_run(project):
+    """A run made by the real train and evaluate stages on tiny data."""
+    set_params(project, "train", epochs=2)
+    set_params(project, "evaluate", gate={"min_accuracy": 0.0})
+    run(["python", "-m", "pipeline.train"], project, MLFLOW_TRACKING_URI="")
+    run(["python", "-m", "pipeline.evaluate"], project, MLFLOW_TRACKING_URI="")
+    return json.loads((project / "models/mlflow_run.json").read_text())
+
+
+def test_ui_shows_the_pipeline_run_its_metrics_and_figures(pipeline_run, project, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from playwright.sync_api import sync_playwright
+
+    browser_path = chromium_path()
+    client = MlflowClient(pipeline_run["tracking_uri"])
+    mlrun = client.get_run(pipeline_run["run_id"])
+    accuracy = mlrun.data.metrics["test.accuracy"]
+    experiment, run_id = pipeline_run["experiment_id"], pipeline_run["run_id"]
+
+    with mlflow_server(pipeline_run["tracking_uri"], tmp_path / "served", tmp_path / "server.log") as url, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        try:
+            page.goto(f"{url}/#/experiments/{experiment}/runs/{run_id}")
+            page.get_by_text(mlrun.info.run_name).first.wait_for(timeout=90_000)
+            page.get_by_text("test.accuracy", exact=True).first.wait_for(timeout=30_000)
+            page.get_by_text(f"{accuracy:.4g}"[:5]).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+
+            page.goto(f"{url}/#/experiments/{experiment}/runs/{run_id}/artifacts")
+            page.get_by_text("figures", exact=True).first.click(timeout=60_000)
+            page.get_by_text("confusion_matrix.png", exact=True).first.click(timeout=30_000)
+            page.get_by_text("figures/confusion_matrix.png", exact=True).first.wait_for(timeout=30_000)
+            # The viewer fetches the artifact and shows it from a blob: URL.
+            image = page.locator("img[src^='blob:']").first
+            image.wait_for(state="visible", timeout=30_000)
+            page.wait_for_function("img => img.complete && img.naturalWidth > 100",
+                                   arg=image.element_handle(), timeout=30_000)
+            page.screenshot(path=str(tmp_path / "figure.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "run.png").stat().st_size > 10_000
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
