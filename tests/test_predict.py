@@ -173,3 +173,41 @@ def test_clean_virtualenv_with_only_the_predictor_dependencies(exported, tmp_pat
     out = json_lines(proc.stdout)
     correct = [r["predictions"][0]["class"] == Path(r["input"]).stem.split("_", 1)[1] for r in out]
     assert len(out) == 12 and np.mean(correct) >= 0.9
+
+
+def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_path):
+    """`mlflow models serve` (--env-manager local) on loopback answers like the local predictor."""
+    import urllib.request
+
+    from pipeline.predict import OnnxClassifier
+    from pipeline.tracking import Tracker
+    from servers import free_port, stop, wait_for_http
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker.start(uri, "serving")
+    version = tracker.log_onnx_model(exported["model"], "tiny-classifier", input_shape=[28, 28, 1])
+    tracker.end()
+
+    port = free_port()
+    mlflow = str(Path(PYTHON).parent / "mlflow")
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen([mlflow, "models", "serve", "-m", f"models:/tiny-classifier/{version}",
+                                   "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                                  cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, timeout=180)
+        classifier = OnnxClassifier(exported["model"])
+        pixels = exported["images"][:6]
+        x = classifier.normalization.apply(pixels.astype(np.float32)).astype(np.float32)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"inputs": {"image": x.tolist()}}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.asarray(json.load(response)["predictions"]["probabilities"])
+    finally:
+        stop(server)
+    local = classifier.probabilities(pixels)
+    assert served.shape == (6, len(exported["class_names"]))
+    assert served.argmax(1).tolist() == local.argmax(1).tolist()
+    np.testing.assert_allclose(served, local, atol=1e-5)

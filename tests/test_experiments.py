@@ -1,0 +1,74 @@
+"""DVC experiments and MLflow pointing at each other: `dvc exp run -S`, a queue run two at a time in
+temp copies, `dvc exp show`, `dvc exp apply`, and one MLflow run per experiment in the repo's store."""
+
+import json
+import time
+
+import pytest
+import yaml
+
+from conftest import run, set_params
+
+pytestmark = pytest.mark.slow
+
+
+def experiments(repo) -> dict[str, dict]:
+    """name -> {params, metrics} from `dvc exp show --json`."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for revision in exp.get("revs", []):
+                data = revision.get("data") or {}
+                found[revision.get("name") or exp.get("name")] = {
+                    "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
+                    "metrics": data.get("metrics", {}).get("reports/metrics.json", {}).get("data", {}),
+                }
+    return found
+
+
+def test_experiments_each_become_one_tagged_mlflow_run(dvc_repo):
+    from mlflow.tracking import MlflowClient
+
+    set_params(dvc_repo, "train", epochs=2, early_stopping_patience=0)
+    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0})
+    set_params(dvc_repo, "export", quantize=False)
+    run(["git", "commit", "-qam", "tiny sweep baseline"], dvc_repo)
+    baseline = run(["git", "rev-parse", "HEAD"], dvc_repo).stdout.strip()
+
+    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.epochs=3", "-S", "train.learning_rate=0.01"], dvc_repo)
+    for lr in ("0.003", "0.0003"):
+        run(["dvc", "exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"train.learning_rate={lr}"], dvc_repo)
+    run(["dvc", "queue", "start", "-j", "2"], dvc_repo)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], dvc_repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status + run(["dvc", "queue", "logs", "lr-0.003"], dvc_repo, check=False).stdout
+
+    shown = experiments(dvc_repo)
+    assert {"lr-high", "lr-0.003", "lr-0.0003"} <= set(shown), shown.keys()
+    assert shown["lr-high"]["params"]["train"]["epochs"] == 3
+    assert shown["lr-0.003"]["params"]["train"]["learning_rate"] == 0.003
+    for name in ("lr-high", "lr-0.003", "lr-0.0003"):
+        assert 0.0 <= shown[name]["metrics"]["test"]["accuracy"] <= 1.0
+
+    # All three trained into the repo's own store, also the two that ran in temp copies.
+    client = MlflowClient(f"sqlite:///{dvc_repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
+    by_exp = {r.data.tags.get("dvc.experiment"): r for r in runs}
+    assert {"lr-high", "lr-0.003", "lr-0.0003"} <= set(by_exp)
+    assert len({r.info.run_id for r in runs}) == len(runs) == 3
+    for name, mlrun in by_exp.items():
+        assert mlrun.data.tags["dvc.baseline_rev"] == baseline
+        assert mlrun.data.tags["verify.parity"] == "passed"
+        assert mlrun.data.metrics["test.accuracy"] == pytest.approx(shown[name]["metrics"]["test"]["accuracy"])
+        artifacts = client.list_artifacts(mlrun.info.run_id, "figures")
+        assert artifacts, f"{name}: figures missing (artifacts of a temp copy lost?)"
+    assert by_exp["lr-0.003"].data.params["train.learning_rate"] == "0.003"
+
+    run(["dvc", "exp", "apply", "lr-0.003"], dvc_repo)
+    applied = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    assert applied["train"]["learning_rate"] == 0.003
