@@ -61,9 +61,11 @@ def choose_strategy():
     """The strategy for what this process sees; `tf.distribute`, no code of ours."""
     import tensorflow as tf
 
-    kind = strategy_kind(cluster_spec(), len(tf.config.list_logical_devices("GPU")))
-    if kind == "multi_worker_mirrored":
+    config = cluster_spec()
+    if config is not None:
+        # Collective ops must be set up before TensorFlow's context starts: decide before listing devices.
         return tf.distribute.MultiWorkerMirroredStrategy()
+    kind = strategy_kind(config, len(tf.config.list_logical_devices("GPU")))
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()  # all visible GPUs
     return tf.distribute.get_strategy()
@@ -93,8 +95,10 @@ def setup_devices(mixed_precision: str, jit_compile: str, deterministic: str, se
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
     strategy = choose_strategy()
     config = cluster_spec()
+    # MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy: report the public name.
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     setup = DeviceSetup(
-        strategy=type(strategy).__name__,
+        strategy="MultiWorkerMirroredStrategy" if multi_worker else type(strategy).__name__,
         devices=[d.name for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU")],
         gpus=len(gpus),
         replicas=int(strategy.num_replicas_in_sync),

@@ -119,6 +119,7 @@ def dvc_repo(tmp_path, tiny_data) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(REPO / "dvc.yaml", repo)
+    shutil.copy(REPO / ".gitignore", repo)
     shutil.copytree(REPO / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_data), sort_keys=False))
     run(["git", "init", "-q"], repo)
