@@ -1,35 +1,5 @@
-"""The one error type a stage reports to its user, and the wrapper that turns it into one line."""
-
-from __future__ import annotations
-
-import os
-import sys
-from collections.abc import Callable
+"""The one error type a stage reports to its user (pipeline.cli turns it into one line)."""
 
 
 class PipelineError(Exception):
     """Bad data, params or environment: the message is one line naming the file or key."""
-
-
-def debug_enabled(argv: list[str] | None = None) -> bool:
-    argv = sys.argv[1:] if argv is None else argv
-    return "--debug" in argv or os.environ.get("PIPELINE_DEBUG", "") not in ("", "0")
-
-
-def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a stage's main; a PipelineError becomes `error: <message>` and exit status 1.
-
-    With `--debug` or PIPELINE_DEBUG=1 the traceback is shown instead.
-    """
-    # TensorFlow's C++ INFO/WARNING chatter hides the one line that matters; users can override.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        main(argv)
-    except PipelineError as exc:
-        if debug_enabled(argv):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)

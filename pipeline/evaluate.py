@@ -7,7 +7,6 @@ and a quality gate whose failure stops the pipeline before export.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import time
@@ -17,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_dir, atomic_file, write_json
-from pipeline.errors import PipelineError, run_cli
+from pipeline.cli import run_cli, stage_parser
+from pipeline.errors import PipelineError
 from pipeline.params import GateParams, load_params
 
 FIGURES = ("training_curves.png", "confusion_matrix.png", "worst_errors.png")
@@ -180,8 +180,7 @@ def flat_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser("evaluate", __doc__)
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--model", default="models/model.keras")
     parser.add_argument("--history", default="models/history.csv")
@@ -189,7 +188,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", default="reports/metrics.json")
     parser.add_argument("--predictions", default="reports/predictions.csv")
     parser.add_argument("--figures", default="reports/figures")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
     params = load_params(args.params).evaluate

@@ -11,7 +11,6 @@ Everything is built in a temporary directory beside exported/ and renamed into p
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_dir
-from pipeline.errors import PipelineError, run_cli
+from pipeline.cli import run_cli, stage_parser
+from pipeline.errors import PipelineError
 from pipeline.params import ExportParams, load_params
 
 INPUT_NAME = "image"
@@ -201,13 +201,11 @@ def export(model_path: Path, prepared_dir: str, out_dir: Path, params: ExportPar
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser("export", __doc__)
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--model", default="models/model.keras")
     parser.add_argument("--run-file", default="models/mlflow_run.json")
     parser.add_argument("--out", default="exported")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)

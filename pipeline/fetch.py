@@ -7,7 +7,6 @@ against `data.sha256`, the sha256 of its decompressed content. Does not import T
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import urllib.error
@@ -17,7 +16,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir
-from pipeline.errors import PipelineError, run_cli
+from pipeline.cli import run_cli, stage_parser
+from pipeline.errors import PipelineError
 from pipeline.idx import content_sha256
 from pipeline.params import DataParams, load_params
 
@@ -79,10 +79,8 @@ def fetch(data: DataParams, out_dir: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.fetch", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser("fetch", __doc__)
     parser.add_argument("--out", default="data/raw", help="directory for the raw files")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     hashes = fetch(params.data, Path(args.out))

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import PipelineError, run_cli
+from pipeline.cli import run_cli
+from pipeline.errors import PipelineError
 from pipeline.normalization import Normalization
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}

@@ -3,14 +3,14 @@ write TFRecord shards to data/prepared/ and the data report reports/data.json.""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.atomic import atomic_dir, write_json
-from pipeline.errors import PipelineError, run_cli
+from pipeline.cli import run_cli, stage_parser
+from pipeline.errors import PipelineError
 from pipeline.idx import read_images_and_labels
 from pipeline.normalization import PIXEL_SCALE, Normalization
 from pipeline.params import DataParams, PrepareParams, load_params
@@ -113,12 +113,10 @@ def prepare(raw_dir: Path, out_dir: Path, data: DataParams, params: PrepareParam
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser("prepare", __doc__)
     parser.add_argument("--raw", default="data/raw")
     parser.add_argument("--out", default="data/prepared")
     parser.add_argument("--report", default="reports/data.json")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     report = prepare(Path(args.raw), Path(args.out), params.data, params.prepare)

@@ -7,7 +7,6 @@ run file that later stages log into.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_file, write_json
-from pipeline.errors import PipelineError, run_cli
+from pipeline.cli import run_cli, stage_parser
+from pipeline.errors import PipelineError
 from pipeline.params import Params, TrainParams, flatten, load_params
 from pipeline.records import PreparedMeta, read_meta
 
@@ -205,8 +205,7 @@ def prepare_work_dir(work_dir: Path, fingerprint: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser("train", __doc__)
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--model", default="models/model.keras")
     parser.add_argument("--history", default="models/history.csv")
@@ -214,7 +213,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-file", default="models/mlflow_run.json")
     parser.add_argument("--work-dir", default="models/.train-state",
                         help="resumable state of an unfinished training (kept until it finishes)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)

@@ -8,7 +8,6 @@ within `max_abs_diff` with 100% agreement; int8 may lose at most `export.max_int
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Callable
@@ -16,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 from pipeline.atomic import write_json
-from pipeline.errors import PipelineError, run_cli
+from pipeline.cli import run_cli, stage_parser
+from pipeline.errors import PipelineError
 from pipeline.params import load_params
 
 MAX_ABS_DIFF = 1e-4
@@ -110,14 +110,12 @@ def verify(model_path: Path, exported: Path, prepared_dir: str, batch_size: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.verify", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser("verify", __doc__)
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--model", default="models/model.keras")
     parser.add_argument("--exported", default="exported")
     parser.add_argument("--run-file", default="models/mlflow_run.json")
     parser.add_argument("--report", default="reports/parity.json")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
     params = load_params(args.params).export
