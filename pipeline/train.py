@@ -113,7 +113,6 @@ def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, ver
     Returns model, history rows, device setup, timing. `on_epoch(epoch, row)` sees each finished epoch.
     """
     import keras
-    import tensorflow as tf
 
     from pipeline.dataset import augmenter, make_dataset
     from pipeline.devices import setup_devices

@@ -1,7 +1,5 @@
 """Stage prepare: validated, stratified, seeded splits in TFRecord shards that read back exactly."""
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -11,8 +9,6 @@ from pipeline.idx import read_images_and_labels, write_idx
 from pipeline.params import parse_params
 from pipeline.prepare import prepare
 from pipeline.records import read_meta, read_split_arrays
-
-from conftest import make_images
 
 
 @pytest.fixture
