@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_dir
+from pipeline.atomic import atomic_dir, write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.params import ExportParams, load_params
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     tracker.log_artifact(out / "saved_model", "saved_model")
     tracker.log_artifact(out / "metadata.json", "export")
     info["mlflow_registered_model"] = {"name": params.export.registered_model_name, "version": version}
-    (out / "metadata.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "metadata.json", info)
     sizes = ", ".join(f"{name} {f['bytes'] / 1024:,.0f} KiB" for name, f in info["files"].items())
     print(f"export: {sizes}; registered {params.export.registered_model_name} v{version}")
 
