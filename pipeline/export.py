@@ -11,7 +11,6 @@ Everything is built in a temporary directory beside exported/ and renamed into p
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,28 +20,13 @@ import numpy as np
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
+from pipeline.hashing import file_sha256, tree_sha256
 from pipeline.params import ExportParams, load_params
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 BATCH_DIM = "batch"
 LAYOUT = "NHWC"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def tree_sha256(directory: Path) -> str:
-    """One hash for a directory: relative paths and contents, in sorted order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode() + b"\0" + file_sha256(path).encode())
-    return digest.hexdigest()
 
 
 def float32_model(model):

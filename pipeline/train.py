@@ -20,6 +20,7 @@ from typing import Any
 from pipeline.atomic import atomic_file, write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
+from pipeline.hashing import tree_sha256
 from pipeline.params import Params, TrainParams, flatten, load_params
 from pipeline.records import PreparedMeta, read_meta
 
@@ -72,16 +73,6 @@ def training_fingerprint(params: TrainParams, data_hash: str) -> str:
     """What a resumed backup must match: the same params and the same data."""
     blob = json.dumps({"train": params.model_dump(mode="json"), "data": data_hash}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def prepared_hash(prepared_dir: Path) -> str:
-    """Content hash of the prepared data (shard names, sizes and meta.json), logged with the run."""
-    digest = hashlib.sha256((prepared_dir / "meta.json").read_bytes())
-    for path in sorted(prepared_dir.rglob("*.tfrecord")):
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -217,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     prepared = Path(args.prepared)
     meta = read_meta(str(prepared))  # fails early, before MLflow or TensorFlow start
-    data_hash = prepared_hash(prepared)
+    data_hash = tree_sha256(prepared)  # logged with the run; part of the resume fingerprint
 
     from pipeline.devices import cluster_spec, is_chief
     from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, project_root
@@ -225,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     chief = is_chief(cluster_spec())
     # Only the chief keeps resumable state in the shared place; other workers use a scratch directory.
     work_dir = Path(args.work_dir) if chief else Path(tempfile.mkdtemp(prefix="train-worker-"))
-    resume_id = prepare_work_dir(work_dir, training_fingerprint(params.train, data_hash))
+    fingerprint = training_fingerprint(params.train, data_hash)
+    resume_id = prepare_work_dir(work_dir, fingerprint)
     tracker = None
     if chief:
         model_name = params.train.model if isinstance(params.train.model, str) else "custom"
@@ -234,8 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         tracker = Tracker.start(params.mlflow.tracking_uri, params.mlflow.experiment_name,
                                 run_name=f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                 tags=tags, resume_run_id=resume_id)
-        (work_dir / "fingerprint.json").write_text(json.dumps(
-            {"fingerprint": training_fingerprint(params.train, data_hash), "run_id": tracker.run_id}))
+        (work_dir / "fingerprint.json").write_text(json.dumps({"fingerprint": fingerprint, "run_id": tracker.run_id}))
         tracker.log_params(flatten(params))
 
     def log_epoch(epoch: int, row: dict[str, float]) -> None:
