@@ -145,8 +145,11 @@ def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, ver
                 on_epoch(epoch + 1, row)
 
     # The recorder runs before the backup: a kill between them redoes the epoch, whose row is then replaced.
+    # double_checkpoint keeps the previous epoch's backup, which Keras falls back to when a kill tore the
+    # latest one mid-write.
     callbacks = [EpochRecorder(),
-                 keras.callbacks.BackupAndRestore(str(work_dir / "backup"), delete_checkpoint=False)]
+                 keras.callbacks.BackupAndRestore(str(work_dir / "backup"), delete_checkpoint=False,
+                                                  double_checkpoint=True)]
     if p.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.early_stopping_patience,
                                                        restore_best_weights=True))
