@@ -59,7 +59,7 @@ def main() -> None:
 
     def epoch_times(dataset) -> list[float]:
         keras.utils.set_random_seed(params.seed)
-        model = build_model(params.model, meta.image_shape, meta.num_classes)
+        model = build_model(params.model, meta.input_shape, meta.num_classes)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         times = []
 

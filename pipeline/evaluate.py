@@ -42,6 +42,8 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str
     from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_support, top_k_accuracy_score
 
     classes = list(range(len(class_names)))
+    # A float32 softmax sums to 1 within ~1e-7; sklearn's log_loss wants float64 exactness.
+    probs = probs / probs.sum(axis=1, keepdims=True)
     predicted = probs.argmax(axis=1)
     metrics: dict[str, Any] = {
         "loss": float(log_loss(labels, probs, labels=classes)),
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(args.figures) as tmp:
         plot_training_curves(Path(args.history), tmp / FIGURES[0])
         plot_confusion_matrix(labels, probs.argmax(axis=1), meta.class_names, tmp / FIGURES[1])
-        plot_worst_errors(images, labels, probs, meta.class_names, params.worst_examples, tmp / FIGURES[2])
+        if meta.is_image:  # a table's rows are no pictures
+            plot_worst_errors(images, labels, probs, meta.class_names, params.worst_examples, tmp / FIGURES[2])
     write_json(args.metrics, {"test": test, "gate": gate})
 
     tracker.log_metrics(flat_metrics(test, "test."))

@@ -43,10 +43,10 @@ def float32_model(model):
     return clone
 
 
-def serving_function(model, image_shape: tuple[int, ...]):
+def serving_function(model, input_shape: tuple[int, ...]):
     import tensorflow as tf
 
-    spec = tf.TensorSpec([None, *image_shape], tf.float32, name=INPUT_NAME)
+    spec = tf.TensorSpec([None, *input_shape], tf.float32, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec])
     def serve(image):
@@ -64,6 +64,10 @@ def export_saved_model(model, serve, out: Path) -> None:
     archive.write_out(str(out), verbose=False)
 
 
+def input_layout(meta) -> str:
+    return LAYOUT if meta.is_image else "NC"
+
+
 def onnx_metadata(meta, run_id: str | None) -> dict[str, str]:
     import keras
     import onnx
@@ -72,11 +76,12 @@ def onnx_metadata(meta, run_id: str | None) -> dict[str, str]:
 
     return {
         "class_names": json.dumps(meta.class_names),
-        "input_layout": LAYOUT,
-        "input_shape": json.dumps([BATCH_DIM, *meta.image_shape]),
+        "input_layout": input_layout(meta),
+        "input_shape": json.dumps([BATCH_DIM, *meta.input_shape]),
         "input_dtype": "float32",
         "normalization": meta.normalization.to_json(),
-        "pixel_range": "0..255 before normalization",
+        "input_range": "pixels 0..255 before normalization" if meta.is_image else "raw feature values before normalization",
+        "feature_names": json.dumps(meta.feature_names or []),
         "output": f"{OUTPUT_NAME}: softmax over class_names",
         "producer_versions": json.dumps({"tensorflow": tf.__version__, "keras": keras.__version__,
                                          "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__}),
@@ -95,7 +100,7 @@ def export_onnx(serve, opset: int, metadata: dict[str, str], out: Path):
         raise PipelineError(f"{out}: tf2onnx named the graph {graph_input.name} -> {graph_output.name}")
     for value in (graph_input, graph_output):
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
-    model_proto.doc_string = "Image classifier exported by the fashion-mnist pipeline"
+    model_proto.doc_string = "Classifier exported by the Keras → ONNX pipeline"
     model_proto.producer_name = "tf2onnx"
     del model_proto.metadata_props[:]
     for key, value in metadata.items():
@@ -147,10 +152,10 @@ def export(model_path: Path, prepared_dir: str, out_dir: Path, params: ExportPar
 
     meta = read_meta(prepared_dir)
     model = float32_model(load_keras_model(str(model_path)))
-    if tuple(model.input_shape[1:]) != tuple(meta.image_shape):
+    if tuple(model.input_shape[1:]) != tuple(meta.input_shape):
         raise PipelineError(f"{model_path}: model input {model.input_shape[1:]} does not match the prepared "
-                            f"data's {tuple(meta.image_shape)}")
-    serve = serving_function(model, meta.image_shape)
+                            f"data's {tuple(meta.input_shape)}")
+    serve = serving_function(model, meta.input_shape)
     metadata = onnx_metadata(meta, run_id)
     with atomic_dir(out_dir) as tmp:
         export_saved_model(model, serve, tmp / "saved_model")
@@ -167,13 +172,14 @@ def export(model_path: Path, prepared_dir: str, out_dir: Path, params: ExportPar
         files["saved_model"] = {"bytes": sum(p.stat().st_size for p in saved.rglob("*") if p.is_file()),
                                 "sha256": tree_sha256(saved)}
         info = {
-            "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [BATCH_DIM, *meta.image_shape],
-                      "layout": LAYOUT, "pixel_range": [0, 255]},
+            "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [BATCH_DIM, *meta.input_shape],
+                      "layout": input_layout(meta), "feature_names": meta.feature_names,
+                      "range": [0, 255] if meta.is_image else None},
             "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [BATCH_DIM, meta.num_classes],
                        "meaning": "softmax probabilities over class_names"},
             "class_names": meta.class_names,
             "normalization": meta.normalization.to_dict(),
-            "normalization_formula": "(pixel * scale - mean) / std",
+            "normalization_formula": "(input * scale - mean) / std",
             "opset": params.opset,
             "files": files,
             "source_model": {"path": str(model_path), "sha256": file_sha256(model_path)},

@@ -1,16 +1,20 @@
 """Stage `fetch`: make the raw data set available under data/raw/ and verify its checksums.
 
-`data.source` is a local directory (default: Debian's dataset-fashion-mnist) or an http(s) URL
-prefix. Each file in `data.files` is copied or downloaded (with a progress bar), then checked
-against `data.sha256`, the sha256 of its decompressed content. Does not import TensorFlow.
+`data.source` is a local directory (default: Debian's dataset-fashion-mnist), an http(s) URL prefix,
+or an archive (.tar.gz, .tgz, .tar, .zip; a path or a URL). The files the chosen format reads
+(`data.<format>`) are copied, downloaded (with a progress bar) or extracted, then checked against
+`data.<format>.sha256`, the sha256 of each file's decompressed content. Does not import TensorFlow.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+import tarfile
+import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,13 +23,18 @@ from pipeline.atomic import atomic_dir
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.idx import content_sha256
-from pipeline.params import DataParams, load_params
+from pipeline.params import DataParams, FormatSection, load_params
 
 _DOWNLOAD_CHUNK = 1 << 16
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
 def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
+
+
+def is_archive(source: str) -> bool:
+    return source.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def download(url: str, dest: Path) -> None:
@@ -41,41 +50,99 @@ def download(url: str, dest: Path) -> None:
         raise PipelineError(f"{url}: download failed ({reason})") from None
 
 
-def copy_local(source_dir: Path, name: str, dest: Path) -> None:
+def copy_local(source_dir: Path, name: str, dest: Path, data: DataParams) -> None:
     src = source_dir / name
+    if name.endswith("/"):
+        if not src.is_dir():
+            raise PipelineError(f"{src}: directory not found (data.{data.format} names it under data.source)")
+        shutil.copytree(src, dest)
+        return
     if not src.is_file():
-        raise PipelineError(f"{src}: file not found (data.files names it under data.source)")
+        raise PipelineError(f"{src}: file not found (data.{data.format} names it under data.source)")
     shutil.copyfile(src, dest)
 
 
-def verify(path: Path, expected: str | None) -> str:
+def extract(archive: Path, dest: Path) -> Path:
+    """Unpack `archive` into `dest` (no paths outside it, no links or devices); returns the data root:
+    the single top-level directory when there is one (e.g. cifar-10-batches-bin/), else `dest`."""
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    target = (dest / member).resolve()
+                    if not target.is_relative_to(dest.resolve()):
+                        raise PipelineError(f"{archive.name}: member {member!r} would extract outside the data directory")
+                zf.extractall(dest)
+        else:
+            with tarfile.open(archive) as tf:
+                tf.extractall(dest, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise PipelineError(f"{archive.name}: cannot extract archive ({exc})") from None
+    entries = [p for p in dest.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
+def verify(path: Path, expected: str | None, where: str = "data.sha256") -> str:
     actual = content_sha256(path)
     if expected is not None and actual != expected:
         raise PipelineError(
-            f"{path.name}: checksum mismatch: data.sha256 expects {expected}, decompressed content has {actual}"
+            f"{path.name}: checksum mismatch: {where} expects {expected}, decompressed content has {actual} "
+            f"(set {where} to {{}} for data without published checksums)"
         )
     return actual
 
 
+def check_source(data: DataParams) -> None:
+    if is_url(data.source):
+        if data.format == "image_folder" and not is_archive(data.source):
+            raise PipelineError(f"data.source: {data.source}: image folders come from a directory or an archive "
+                                "(.zip, .tar.gz), not a URL prefix")
+        return
+    path = Path(data.source)
+    if is_archive(data.source) and path.is_file():
+        return
+    if not path.is_dir():
+        hint = " (on Debian: apt-get install dataset-fashion-mnist)" if data.source.startswith("/usr/share/datasets") else ""
+        raise PipelineError(f"data.source: {data.source} is not a directory or an archive{hint}")
+
+
+def gather(data: DataParams, dest: Path, scratch: Path) -> None:
+    """Put the files the chosen format reads under `dest`, from wherever data.source points."""
+    section: FormatSection = data.selected
+    names = section.files()
+    root: Path | None = None
+    if is_archive(data.source):
+        archive = scratch / Path(data.source.split("?")[0]).name
+        if is_url(data.source):
+            download(data.source, archive)
+        else:
+            shutil.copyfile(data.source, archive)
+        root = extract(archive, scratch / "extracted")
+    elif not is_url(data.source):
+        root = Path(data.source)
+    for name in names:
+        target = dest / name.rstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if root is None:
+            download(f"{data.source.rstrip('/')}/{name}", target)
+        else:
+            copy_local(root, name, target, data)
+
+
 def fetch(data: DataParams, out_dir: Path) -> dict[str, str]:
-    """Fill `out_dir` with the verified raw files; returns name -> sha256 of decompressed content."""
-    remote = is_url(data.source)
-    source_dir = Path(data.source)
-    if not remote and not source_dir.is_dir():
-        raise PipelineError(
-            f"data.source: {data.source} is not a directory "
-            "(on Debian: apt-get install dataset-fashion-mnist; or set data.source to a directory or URL)"
-        )
-    hashes = {}
-    with atomic_dir(out_dir) as tmp:
-        for name in data.files.names():
-            dest = tmp / name
-            if remote:
-                download(f"{data.source.rstrip('/')}/{name}", dest)
-            else:
-                copy_local(source_dir, name, dest)
-            hashes[name] = verify(dest, data.sha256.get(name))
-    return hashes
+    """Fill `out_dir` with the verified raw files. Returns relative path -> sha256 of decompressed
+    content for each file of a fixed-list format (idx, cifar10, csv) and each file named in sha256."""
+    check_source(data)
+    section = data.selected
+    where = f"data.{data.format}.sha256"
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".fetch-") as scratch:
+        gather(data, tmp, Path(scratch))
+        missing = sorted(name for name in section.sha256 if not (tmp / name).is_file())
+        if missing:
+            raise PipelineError(f"{where}: names {missing[0]!r}, which data.source does not hold")
+        files = [n for n in section.files() if not n.endswith("/")]
+        return {name: verify(tmp / name, section.sha256.get(name), where)
+                for name in sorted(set(files) | set(section.sha256))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,9 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="data/raw", help="directory for the raw files")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    hashes = fetch(params.data, Path(args.out))
-    checked = sum(name in params.data.sha256 for name in hashes)
-    print(f"fetch: {len(hashes)} files in {args.out} ({checked} checksums verified)")
+    data = params.data
+    fetch(data, Path(args.out))
+    count = sum(1 for p in Path(args.out).rglob("*") if p.is_file())
+    print(f"fetch: {count} {data.format} files in {args.out} ({len(data.selected.sha256)} checksums verified)")
 
 
 if __name__ == "__main__":

@@ -83,8 +83,10 @@ def read_idx(path: str | Path, ndims: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def read_images_and_labels(images: str | Path, labels: str | Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images as (n, height, width, channels) uint8 and labels as (n,) int64, cross-checked."""
+def read_images_and_labels(images: str | Path, labels: str | Path,
+                           n_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images as (n, height, width, channels) uint8 and labels as (n,) int64, cross-checked
+    (labels against `n_classes` too, unless it is None)."""
     x = read_idx(images, ndims=(3, 4))
     y = read_idx(labels, ndims=(1,))
     if x.ndim == 3:
@@ -93,11 +95,11 @@ def read_images_and_labels(images: str | Path, labels: str | Path, n_classes: in
         raise PipelineError(f"{labels}: holds {len(y)} labels but {images} holds {len(x)} images")
     if len(y) == 0:
         raise PipelineError(f"{labels}: holds no examples")
-    bad = np.flatnonzero(y >= n_classes)
-    if bad.size:
+    bad = np.flatnonzero(y >= n_classes) if n_classes is not None else []
+    if len(bad):
         i = int(bad[0])
         raise PipelineError(
-            f"{labels}: label {int(y[i])} at index {i} is outside the {n_classes} classes in data.class_names"
+            f"{labels}: label {int(y[i])} at index {i} is outside the {n_classes} classes in data.idx.class_names"
         )
     return x, y.astype(np.int64)
 

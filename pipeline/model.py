@@ -1,4 +1,5 @@
-"""The Keras Sequential model from `train.model`: a preset name or an explicit, validated layer list.
+"""The Keras Sequential model from `train.model`: a preset (pipeline/presets.py) or an explicit,
+validated layer list.
 
 Every model is `keras.Sequential([keras.Input(shape), <body>, Dense(n_classes), Softmax])`: the
 body comes from params, the head from the data (its class count). The softmax runs in float32 so
@@ -13,51 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.presets import check_fits, preset_layers
 
 # Keyword arguments every Keras layer takes through **kwargs.
 _BASE_LAYER_ARGS = {"name", "dtype", "trainable", "autocast", "input_shape", "input_dim"}
-
-
-def _conv_block(filters: int) -> list[dict[str, dict[str, Any]]]:
-    return [
-        {"Conv2D": {"filters": filters, "kernel_size": 3, "padding": "same", "use_bias": False}},
-        {"BatchNormalization": {}},
-        {"Activation": {"activation": "relu"}},
-    ]
-
-
-def preset_layers(name: str, input_shape: tuple[int, ...]) -> list[dict[str, dict[str, Any]]]:
-    """The body of a preset, in the same form as an explicit `train.model` list."""
-    if name == "mlp":
-        return [
-            {"Flatten": {}},
-            {"Dense": {"units": 256, "activation": "relu"}},
-            {"Dropout": {"rate": 0.2}},
-            {"Dense": {"units": 128, "activation": "relu"}},
-            {"Dropout": {"rate": 0.2}},
-        ]
-    if name == "cnn":
-        # Three conv blocks with batch norm, pooled early to stay cheap on CPU (~7.5M MACs/image).
-        return [
-            *_conv_block(32), {"MaxPooling2D": {"pool_size": 2}},
-            *_conv_block(64), {"MaxPooling2D": {"pool_size": 2}},
-            *_conv_block(128), {"MaxPooling2D": {"pool_size": 2}},
-            {"Flatten": {}},
-            {"Dropout": {"rate": 0.3}},
-            {"Dense": {"units": 128, "use_bias": False}},
-            {"BatchNormalization": {}},
-            {"Activation": {"activation": "relu"}},
-            {"Dropout": {"rate": 0.3}},
-        ]
-    if name == "rnn":
-        # Each image row is one time step: (height, width * channels).
-        height, width, channels = input_shape
-        return [
-            {"Reshape": {"target_shape": [height, width * channels]}},
-            {"LSTM": {"units": 128}},
-            {"Dropout": {"rate": 0.2}},
-        ]
-    raise PipelineError(f"params.yaml: train.model: unknown preset {name!r}")
 
 
 def _layer_class(name: str, where: str):
@@ -104,6 +64,9 @@ def build_model(model: str | list, input_shape: tuple[int, ...], num_classes: in
     """keras.Sequential: Input(input_shape) → body from params → Dense(num_classes) → float32 softmax."""
     import keras
 
+    misfit = check_fits(model, input_shape)
+    if misfit:
+        raise PipelineError(f"params.yaml: train.model: {misfit}")
     spec = preset_layers(model, input_shape) if isinstance(model, str) else model
     name = model if isinstance(model, str) else "custom"
     body = make_layers(spec)

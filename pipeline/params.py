@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import PipelineError
+from pipeline.presets import CUSTOM, PRESET_NAMES, hyper_for
 
 
 class Section(BaseModel):
@@ -21,54 +22,136 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- data / fetch
-class IdxFiles(Section):
+Checksums = dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _unique(names: list[str] | None) -> list[str] | None:
+    if names is not None:
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"must be unique, {dupes[0]!r} repeats")
+    return names
+
+
+class FormatSection(Section):
+    # sha256 of each file's *decompressed* content, keyed by its path relative to data.source
+    # (mirrors recompress .gz files). Files not listed are not checked; {} checks nothing.
+    sha256: Checksums = {}
+    # null: from the data (IDX/CIFAR labels 0..n-1, folder names, distinct CSV labels).
+    class_names: Annotated[list[str], Field(min_length=2)] | None = None
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique_names(cls, names: list[str] | None) -> list[str] | None:
+        return _unique(names)
+
+    def files(self) -> list[str]:
+        """Paths, relative to data.source, that fetch copies (directories end with '/')."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _checksums_name_known_files(self) -> "FormatSection":
+        known = self._known_files()
+        unknown = sorted(set(self.sha256) - set(known)) if known is not None else []
+        if unknown:
+            raise ValueError(f".sha256 names {unknown[0]!r}, which is not one of this format's files {known}")
+        return self
+
+    def _known_files(self) -> list[str] | None:
+        """The file names sha256 may name, where they are known before fetching."""
+        return None
+
+
+class IdxData(FormatSection):
+    """MNIST-style gzip'd (or plain) IDX files: images (n, h, w) or (n, h, w, c) and labels (n,)."""
+
     train_images: str = "train-images-idx3-ubyte.gz"
     train_labels: str = "train-labels-idx1-ubyte.gz"
     test_images: str = "t10k-images-idx3-ubyte.gz"
     test_labels: str = "t10k-labels-idx1-ubyte.gz"
 
-    def names(self) -> list[str]:
+    def files(self) -> list[str]:
         return [self.train_images, self.train_labels, self.test_images, self.test_labels]
+
+    def _known_files(self) -> list[str] | None:
+        return self.files()
+
+
+class Cifar10Data(FormatSection):
+    """The CIFAR-10 *binary* version: records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32)."""
+
+    train: Annotated[list[str], Field(min_length=1)] = [f"data_batch_{i}.bin" for i in range(1, 6)]
+    test: Annotated[list[str], Field(min_length=1)] = ["test_batch.bin"]
+    class_names: Annotated[list[str], Field(min_length=2)] | None = CIFAR10_CLASSES
+
+    def files(self) -> list[str]:
+        return [*self.train, *self.test]
+
+    def _known_files(self) -> list[str] | None:
+        return self.files()
+
+
+class ImageFolderData(FormatSection):
+    """One subdirectory per class of PNG/JPEG files, under `train` (and `test`)."""
+
+    train: str = "train"
+    test: str | None = "test"      # null: prepare.test_fraction of `train` becomes the test split
+    image_size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] = (28, 28)
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    unreadable: Literal["fail", "skip"] = "fail"   # an image that cannot be decoded: stop, or skip and report
+
+    def files(self) -> list[str]:
+        return [f"{self.train}/"] + ([f"{self.test}/"] if self.test else [])
+
+
+class CsvData(FormatSection):
+    """A table with a header row: numeric feature columns and a label column."""
+
+    train: str = "train.csv"
+    test: str | None = "test.csv"  # null: prepare.test_fraction of `train` becomes the test split
+    label_column: str = "label"
+    feature_columns: Annotated[list[str], Field(min_length=1)] | None = None  # null: every column but the label
+
+    def files(self) -> list[str]:
+        return [self.train] + ([self.test] if self.test else [])
+
+    def _known_files(self) -> list[str] | None:
+        return self.files()
+
+
+FORMATS = ("idx", "cifar10", "image_folder", "csv")
 
 
 class DataParams(Section):
-    format: Literal["idx"] = "idx"
-    # A local directory or an http(s) URL prefix that holds `files`.
+    # Which reader prepare uses; its section below says which files and how to read them.
+    format: Literal["idx", "cifar10", "image_folder", "csv"] = "idx"
+    # A local directory, an http(s) URL prefix, or an archive (.tar.gz, .tgz, .tar, .zip; path or URL).
     source: str = "/usr/share/datasets/fashion-mnist"
-    files: IdxFiles = IdxFiles()
-    # sha256 of each file's *decompressed* content, keyed by file name (mirrors recompress the .gz).
-    # Files not listed are not checked; an empty mapping checks nothing.
-    sha256: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = {}
-    class_names: list[str] = Field(min_length=2)
+    idx: IdxData = IdxData()
+    cifar10: Cifar10Data = Cifar10Data()
+    image_folder: ImageFolderData = ImageFolderData()
+    csv: CsvData = CsvData()
 
-    @field_validator("class_names")
-    @classmethod
-    def _unique_names(cls, names: list[str]) -> list[str]:
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"must be unique, {dupes[0]!r} repeats")
-        return names
-
-    @field_validator("sha256")
-    @classmethod
-    def _checksums_name_known_files(cls, sha256: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        files = info.data.get("files")
-        unknown = sorted(set(sha256) - set(files.names() if files else []))
-        if unknown:
-            raise ValueError(f"names {unknown[0]!r}, which is not one of data.files")
-        return sha256
+    @property
+    def selected(self) -> FormatSection:
+        """The section of the chosen format."""
+        return getattr(self, self.format)
 
 
 # --------------------------------------------------------------------------- prepare
 class NormalizationParams(Section):
-    # dataset: mean/std of the train split's pixels (scaled to [0, 1]); fixed: the mean/std given here.
-    mode: Literal["dataset", "fixed"] = "dataset"
+    # preset: the model preset's own convention (train.model; dataset for layer lists);
+    # dataset: mean/std of the train split (per feature for csv data); fixed: the mean/std given here.
+    mode: Literal["preset", "dataset", "fixed"] = "preset"
     mean: float = 0.0
     std: Annotated[float, Field(gt=0)] = 1.0
 
 
 class PrepareParams(Section):
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    # Only for data without a test part (image_folder.test or csv.test null).
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     seed: int = 42
     shard_size: Annotated[int, Field(ge=1)] = 10_000
     normalization: NormalizationParams = NormalizationParams()
@@ -79,21 +162,27 @@ Auto = Literal["auto", "on", "off"]
 
 
 class AugmentParams(Section):
-    horizontal_flip: bool = False
+    horizontal_flip: bool = False   # null in params.yaml: the preset's choice
     translate: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
 
 
+ModelName = Literal[PRESET_NAMES]  # type: ignore[valid-type]
+# train.* keys a preset supplies when params.yaml leaves them null (or out).
+PRESET_KEYS = ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "schedule")
+
+
 class TrainParams(Section):
-    # A preset name, or an explicit list of Keras layers: [{Conv2D: {filters: 32, kernel_size: 3}}, ...].
-    # The classifier head (Dense(n_classes) + softmax) is always appended from the data's class count.
-    model: Union[Literal["mlp", "cnn", "rnn"], list[dict[str, dict[str, Any]]]] = "cnn"
-    epochs: Annotated[int, Field(ge=1)] = 20
-    batch_size: Annotated[int, Field(ge=1)] = 128
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    # A preset name (pipeline/presets.py), or an explicit list of Keras layers:
+    # [{Conv2D: {filters: 32, kernel_size: 3}}, ...]. The classifier head (Dense(n_classes) + softmax)
+    # is always appended from the data's class count.
+    model: Union[ModelName, list[dict[str, dict[str, Any]]]] = "cnn"
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"]
+    learning_rate: Annotated[float, Field(gt=0, le=10)]
+    momentum: Annotated[float, Field(ge=0, lt=1)]
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    schedule: Literal["constant", "cosine", "exponential"] = "cosine"
+    schedule: Literal["constant", "cosine", "exponential"]
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     early_stopping_patience: Annotated[int, Field(ge=0)] = 5
     augment: AugmentParams = AugmentParams()
@@ -105,6 +194,26 @@ class TrainParams(Section):
     mixed_precision: Auto = "auto"
     jit_compile: Auto = "auto"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_fills_unset_keys(cls, raw: Any) -> Any:
+        """Unset (null or absent) hyperparameters take the preset's values; set ones win."""
+        if not isinstance(raw, dict):
+            return raw
+        model = raw.get("model", "cnn")
+        # A bad model name is the model field's error; fill the rest anyway so it is the only one.
+        hyper = hyper_for(model) if isinstance(model, list) or model in PRESET_NAMES else CUSTOM
+        filled = dict(raw)
+        for key in PRESET_KEYS:
+            if filled.get(key) is None:
+                filled[key] = getattr(hyper, key)
+        augment = filled.get("augment")
+        if augment is None:
+            filled["augment"] = {"horizontal_flip": hyper.horizontal_flip}
+        elif isinstance(augment, dict) and augment.get("horizontal_flip") is None:
+            filled["augment"] = {**augment, "horizontal_flip": hyper.horizontal_flip}
+        return filled
+
     @field_validator("model")
     @classmethod
     def _layers_are_single_key(cls, model: Any) -> Any:
@@ -115,6 +224,10 @@ class TrainParams(Section):
                 if len(layer) != 1:
                     raise ValueError(f"[{i}] must map one layer class name to its arguments, got {layer!r}")
         return model
+
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else "custom"
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -150,9 +263,9 @@ class MlflowParams(Section):
 
 
 class Params(Section):
-    data: DataParams
+    data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
-    train: TrainParams = TrainParams()
+    train: TrainParams = Field(default_factory=lambda: TrainParams.model_validate({}))
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     mlflow: MlflowParams = MlflowParams()
@@ -217,7 +330,8 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     errors.sort(key=lambda e: -len(e["loc"]))
     first = errors[0]
     key = _dotted(first["loc"])
-    if first["type"] == "value_error" and str(first.get("ctx", {}).get("error", "")).startswith("["):
+    if first["type"] == "value_error" and str(first.get("ctx", {}).get("error", "")).startswith(("[", ".")):
+        # A validator of a whole section names the key inside it: "[3] ..." or ".sha256 ...".
         key, _, rest = f"{key}{first['ctx']['error']}".partition(" ")
         line = f"{source}: {key} {rest}"
     else:
@@ -251,7 +365,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
 
 
 def flatten(params: Params) -> dict[str, Any]:
-    """Dotted keys to scalar values, as MLflow and DVC show them."""
+    """Dotted keys to scalar values, as MLflow and DVC show them; of the data formats, only the chosen one."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -261,5 +375,9 @@ def flatten(params: Params) -> dict[str, Any]:
         else:
             out[prefix] = value
 
-    walk("", params.model_dump(mode="json"))
+    dumped = params.model_dump(mode="json")
+    for name in FORMATS:
+        if name != params.data.format:
+            del dumped["data"][name]
+    walk("", dumped)
     return out

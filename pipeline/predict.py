@@ -3,7 +3,9 @@
     pipeline-predict [--model exported/model.onnx] [--top-k 3] [--json] INPUT [INPUT ...]
 
 INPUT is a PNG/JPEG file, a directory of them, or a .npy array of one image (h×w or h×w×c) or many
-(n×h×w or n×h×w×c) with pixel values 0..255. Class names, input shape and normalisation come from
+(n×h×w or n×h×w×c) with pixel values 0..255. For a model trained on a CSV table, INPUT is a .csv
+file with a header naming the model's feature columns (other columns are ignored), or a .npy array
+of feature rows. Class names, input shape and normalisation come from
 the model's own metadata. An image of another size is resized (bilinear) and converted to the
 model's colour mode (grey: Pillow's "L", ITU-R 601 luma; colour: RGB), so any photo works.
 A bad input is reported on stderr, one line naming it; the others are still predicted.
@@ -55,16 +57,23 @@ class OnnxClassifier:
             raise PipelineError(f"{self.path}: metadata lacks {', '.join(missing)} (not exported by this pipeline?)")
         try:
             self.class_names: list[str] = json.loads(props["class_names"])
-            self.image_shape = tuple(int(d) for d in json.loads(props["input_shape"])[1:])
+            self.input_shape = tuple(int(d) for d in json.loads(props["input_shape"])[1:])
             self.normalization = Normalization.from_dict(json.loads(props["normalization"]))
+            self.feature_names: list[str] = json.loads(props.get("feature_names") or "[]")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise PipelineError(f"{self.path}: metadata is malformed") from None
-        if props["input_layout"] != "NHWC" or len(self.image_shape) != 3:
-            raise PipelineError(f"{self.path}: input layout {props['input_layout']} {self.image_shape} is not NHWC")
+        layouts = {"NHWC": 3, "NC": 1}
+        if len(self.input_shape) != layouts.get(props["input_layout"]):
+            raise PipelineError(f"{self.path}: input layout {props['input_layout']} {self.input_shape} "
+                                "is neither NHWC images nor NC feature vectors")
         self.input_name = self.session.get_inputs()[0].name
 
+    @property
+    def is_image(self) -> bool:
+        return len(self.input_shape) == 3
+
     def probabilities(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities for uint8/float pixels (0..255) of shape (n, *image_shape)."""
+        """Class probabilities for uint8/float pixels (0..255), or raw features, of shape (n, *input_shape)."""
         x = self.normalization.apply(pixels.astype(np.float32)).astype(np.float32)
         return np.concatenate([self.session.run(None, {self.input_name: x[i:i + batch_size]})[0]
                                for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, len(self.class_names)))
@@ -75,10 +84,10 @@ class OnnxClassifier:
 
 
 # ----------------------------------------------------------------------------- inputs
-def load_image(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
+def load_image(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    height, width, channels = image_shape
+    height, width, channels = input_shape
     try:
         with Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
@@ -89,22 +98,30 @@ def load_image(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
         raise PipelineError(f"{path}: not an image Pillow can read") from None
     except OSError as exc:
         raise PipelineError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    return pixels.reshape(image_shape)
+    return pixels.reshape(input_shape)
 
 
-def load_array(path: Path, image_shape: tuple[int, int, int]) -> list[Item]:
+def load_array(path: Path, input_shape: tuple[int, ...]) -> list[Item]:
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         return [Item(str(path), error=f"{path}: not a NumPy .npy array ({str(exc).splitlines()[0]})")]
-    h, w, c = image_shape
+    if len(input_shape) == 1:
+        return split_rows(path, array[np.newaxis] if array.ndim == 1 else array, input_shape)
+    h, w, c = input_shape
     if array.ndim in (2, 3) and array.shape[:2] == (h, w) and (array.ndim == 2 or array.shape[2] == c):
         array = array[np.newaxis]
     if array.ndim == 3 and c == 1:
         array = array[..., np.newaxis]
-    if array.ndim != 4 or array.shape[1:] != image_shape:
-        return [Item(str(path), error=f"{path}: array shape {array.shape} is not (n,) + {image_shape} "
-                                      f"or {image_shape[:2]}")]
+    if array.ndim != 4 or array.shape[1:] != input_shape:
+        return [Item(str(path), error=f"{path}: array shape {array.shape} is not (n,) + {input_shape} "
+                                      f"or {input_shape[:2]}")]
+    return split_rows(path, array, input_shape)
+
+
+def split_rows(path: Path, array: np.ndarray, input_shape: tuple[int, ...]) -> list[Item]:
+    if array.shape[1:] != input_shape:
+        return [Item(str(path), error=f"{path}: array shape {array.shape} is not (n,) + {input_shape}")]
     if not np.issubdtype(array.dtype, np.number):
         return [Item(str(path), error=f"{path}: array dtype {array.dtype} is not numeric")]
     if len(array) == 1:
@@ -112,7 +129,18 @@ def load_array(path: Path, image_shape: tuple[int, int, int]) -> list[Item]:
     return [Item(f"{path}[{i}]", a) for i, a in enumerate(array)]
 
 
-def collect_inputs(paths: list[str], image_shape: tuple[int, int, int]) -> list[Item]:
+def load_table(path: Path, feature_names: list[str]) -> list[Item]:
+    """Rows of a CSV file with a header naming (at least) the model's feature columns."""
+    from pipeline.tabular import read_table
+
+    try:
+        table = read_table(path, label_column=None, feature_columns=feature_names)
+    except PipelineError as exc:
+        return [Item(str(path), error=str(exc))]
+    return [Item(f"{path}:{row}", x) for row, x in zip(table.row_numbers, table.features)]
+
+
+def collect_inputs(paths: list[str], input_shape: tuple[int, ...], feature_names: list[str] | None = None) -> list[Item]:
     items: list[Item] = []
     for raw in paths:
         path = Path(raw)
@@ -127,10 +155,12 @@ def collect_inputs(paths: list[str], image_shape: tuple[int, int, int]) -> list[
             if not target.exists():
                 items.append(Item(str(target), error=f"{target}: no such file"))
             elif target.suffix.lower() == ".npy":
-                items.extend(load_array(target, image_shape))
+                items.extend(load_array(target, input_shape))
+            elif target.suffix.lower() == ".csv" and len(input_shape) == 1:
+                items.extend(load_table(target, feature_names or []))
             else:
                 try:
-                    items.append(Item(str(target), load_image(target, image_shape)))
+                    items.append(Item(str(target), load_image(target, input_shape)))
                 except PipelineError as exc:
                     items.append(Item(str(target), error=str(exc)))
     return items
@@ -172,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
 
     classifier = OnnxClassifier(args.model, args.threads)
     k = max(1, min(args.top_k, len(classifier.class_names)))
-    results = predict_items(classifier, collect_inputs(args.inputs, classifier.image_shape), k)
+    results = predict_items(classifier, collect_inputs(args.inputs, classifier.input_shape, classifier.feature_names), k)
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"error: {r['error']}", file=sys.stderr)

@@ -1,9 +1,11 @@
-"""Stage `prepare`: parse and validate the raw IDX files, split train/val (stratified, seeded),
-write TFRecord shards to data/prepared/ and the data report reports/data.json."""
+"""Stage `prepare`: read and validate the raw data in its format (IDX, CIFAR-10 binary, image folders,
+CSV), split off validation (and test, when the data has none) stratified and seeded, write TFRecord
+shards to data/prepared/ and the data report reports/data.json."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,52 +13,137 @@ import numpy as np
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
-from pipeline.idx import read_images_and_labels
 from pipeline.normalization import PIXEL_SCALE, Normalization
-from pipeline.params import DataParams, PrepareParams, load_params
+from pipeline.params import DataParams, Params, load_params
+from pipeline.presets import normalization_for_model
 from pipeline.records import META_FILE, PreparedMeta, write_split
 
-
-def load_raw(raw_dir: Path, data: DataParams) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    n = len(data.class_names)
-    files = data.files
-    train = read_images_and_labels(raw_dir / files.train_images, raw_dir / files.train_labels, n)
-    test = read_images_and_labels(raw_dir / files.test_images, raw_dir / files.test_labels, n)
-    if train[0].shape[1:] != test[0].shape[1:]:
-        raise PipelineError(
-            f"{raw_dir / files.test_images}: image shape {test[0].shape[1:]} differs from "
-            f"{files.train_images}'s {train[0].shape[1:]}"
-        )
-    return {"train": train, "test": test}
+Split = tuple[np.ndarray, np.ndarray]
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of train and val: each class split in the same proportion, reproducibly."""
+@dataclass
+class RawData:
+    train: Split
+    test: Split | None            # None: the data has no test part; prepare splits one off train
+    class_names: list[str]
+    feature_names: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def is_image(self) -> bool:
+        return self.train[0].ndim == 4
+
+
+def _check_same_shape(train: np.ndarray, test: np.ndarray, test_path: Path) -> None:
+    if train.shape[1:] != test.shape[1:]:
+        raise PipelineError(f"{test_path}: input shape {test.shape[1:]} differs from the train part's {train.shape[1:]}")
+
+
+def load_idx(raw_dir: Path, data: DataParams) -> RawData:
+    from pipeline.idx import read_images_and_labels
+
+    section = data.idx
+    n = len(section.class_names) if section.class_names else None
+    train = read_images_and_labels(raw_dir / section.train_images, raw_dir / section.train_labels, n)
+    n = n or int(train[1].max()) + 1
+    test = read_images_and_labels(raw_dir / section.test_images, raw_dir / section.test_labels, n)
+    _check_same_shape(train[0], test[0], raw_dir / section.test_images)
+    names = section.class_names or [str(i) for i in range(n)]
+    return RawData(train, test, list(names))
+
+
+def load_cifar10(raw_dir: Path, data: DataParams) -> RawData:
+    from pipeline.cifar10 import read_batches
+
+    section = data.cifar10
+    names = section.class_names or [str(i) for i in range(10)]
+    train = read_batches([raw_dir / f for f in section.train], len(names))
+    test = read_batches([raw_dir / f for f in section.test], len(names))
+    return RawData(train, test, list(names))
+
+
+def load_image_folder(raw_dir: Path, data: DataParams) -> RawData:
+    from pipeline.image_folder import read_image_folder
+
+    section = data.image_folder
+    args = (tuple(section.image_size), section.color_mode, section.unreadable)
+    train = read_image_folder(raw_dir / section.train, *args, class_names=section.class_names)
+    test = None
+    skipped = list(train.skipped)
+    if section.test:
+        test = read_image_folder(raw_dir / section.test, *args, class_names=train.class_names)
+        skipped += test.skipped
+    return RawData((train.images, train.labels), (test.images, test.labels) if test else None,
+                   train.class_names, skipped=skipped)
+
+
+def load_csv(raw_dir: Path, data: DataParams) -> RawData:
+    from pipeline.tabular import class_names_of, encode_labels, read_table
+
+    section = data.csv
+    train_path = raw_dir / section.train
+    train = read_table(train_path, section.label_column, section.feature_columns)
+    test_path = raw_dir / section.test if section.test else None
+    test = read_table(test_path, section.label_column, train.feature_names) if test_path else None
+    names = section.class_names or class_names_of(train.labels)
+    if len(names) < 2:
+        raise PipelineError(f"{train_path}: column {section.label_column!r} holds one class ({names[0]!r}); "
+                            "a classifier needs at least 2")
+    y_train = encode_labels(train_path, train, names, section.label_column)
+    test_split = (test.features, encode_labels(test_path, test, names, section.label_column)) if test else None
+    return RawData((train.features, y_train), test_split, list(names), feature_names=train.feature_names)
+
+
+LOADERS = {"idx": load_idx, "cifar10": load_cifar10, "image_folder": load_image_folder, "csv": load_csv}
+
+
+def load_raw(raw_dir: Path, data: DataParams) -> RawData:
+    """The raw data of `data.format`, validated, with its class names."""
+    if not raw_dir.is_dir():
+        raise PipelineError(f"{raw_dir}: raw data not found (run `dvc repro fetch`)")
+    return LOADERS[data.format](raw_dir, data)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int,
+                     key: str = "prepare.val_fraction") -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the rest and of `fraction`: each class split in the same proportion, reproducibly."""
     from sklearn.model_selection import train_test_split
 
     classes, counts = np.unique(labels, return_counts=True)
     if counts.min() < 2:
         raise PipelineError(
-            f"prepare.val_fraction: class {int(classes[counts.argmin()])} has {counts.min()} training "
+            f"{key}: class {int(classes[counts.argmin()])} has {counts.min()} training "
             "example; a stratified split needs at least 2 per class"
         )
     try:
         train_idx, val_idx = train_test_split(
-            np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=seed
+            np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed
         )
     except ValueError as exc:
-        raise PipelineError(f"prepare.val_fraction: {val_fraction} cannot split {len(labels)} examples ({exc})") from None
+        raise PipelineError(f"{key}: {fraction} cannot split {len(labels)} examples ({exc})") from None
     return np.sort(train_idx), np.sort(val_idx)
 
 
-def normalization_for(params: PrepareParams, train_images: np.ndarray) -> Normalization:
-    if params.normalization.mode == "fixed":
-        return Normalization(mean=params.normalization.mean, std=params.normalization.std)
-    pixels = train_images.astype(np.float64) * PIXEL_SCALE
-    return Normalization(mean=float(pixels.mean()), std=float(pixels.std()) or 1.0)
+def normalization_for(params: Params, train_x: np.ndarray) -> Normalization:
+    """Images: pixels scaled by 1/255, one mean/std. Tables: raw features, a mean/std per feature."""
+    setting = params.prepare.normalization
+    mode = resolved_mode(params)
+    fixed = (setting.mean, setting.std)
+    if setting.mode == "preset" and mode == "fixed":
+        fixed = normalization_for_model(params.train.model)[1:]
+    image = train_x.ndim == 4
+    scale = PIXEL_SCALE if image else 1.0
+    if mode == "fixed":
+        return Normalization(mean=float(fixed[0]), std=float(fixed[1]), scale=scale)
+    values = train_x.astype(np.float64) * scale
+    if image:
+        return Normalization(mean=float(values.mean()), std=float(values.std()) or 1.0, scale=scale)
+    std = values.std(axis=0)
+    return Normalization(mean=tuple(float(m) for m in values.mean(axis=0)),
+                         std=tuple(float(s) if s > 0 else 1.0 for s in std), scale=scale)
 
 
-def image_digests(images: np.ndarray) -> list[bytes]:
+def digests_of(images: np.ndarray) -> list[bytes]:
     flat = images.reshape(len(images), -1)
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
 
@@ -72,44 +159,65 @@ def per_class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, in
     return {name: int(c) for name, c in zip(class_names, counts)}
 
 
-def prepare(raw_dir: Path, out_dir: Path, data: DataParams, params: PrepareParams) -> dict:
+def split_test(raw: RawData, params: Params) -> tuple[Split, Split]:
+    """Train and test: as the data has them, or a stratified test fraction split off train."""
+    x, y = raw.train
+    if raw.test is not None:
+        return raw.train, raw.test
+    keep, test = stratified_split(y, params.prepare.test_fraction, params.prepare.seed, "prepare.test_fraction")
+    return (x[keep], y[keep]), (x[test], y[test])
+
+
+def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
     """Write the prepared splits to `out_dir`; returns the data report."""
-    raw = load_raw(raw_dir, data)
-    x_all, y_all = raw["train"]
-    train_idx, val_idx = stratified_split(y_all, params.val_fraction, params.seed)
+    raw = load_raw(raw_dir, params.data)
+    (x_all, y_all), test = split_test(raw, params)
+    train_idx, val_idx = stratified_split(y_all, params.prepare.val_fraction, params.prepare.seed)
     splits = {
         "train": (x_all[train_idx], y_all[train_idx]),
         "val": (x_all[val_idx], y_all[val_idx]),
-        "test": raw["test"],
+        "test": test,
     }
     normalization = normalization_for(params, splits["train"][0])
+    class_names = raw.class_names
     with atomic_dir(out_dir) as tmp:
         shards = {
-            name: write_split(tmp / name, x, y, params.shard_size) for name, (x, y) in splits.items()
+            name: write_split(tmp / name, x, y, params.prepare.shard_size) for name, (x, y) in splits.items()
         }
         meta = PreparedMeta(
-            image_shape=tuple(int(d) for d in x_all.shape[1:]),
-            class_names=list(data.class_names),
+            input_shape=tuple(int(d) for d in x_all.shape[1:]),
+            class_names=list(class_names),
             normalization=normalization,
             counts={name: int(len(y)) for name, (_, y) in splits.items()},
             shards=shards,
+            dtype=str(x_all.dtype),
+            feature_names=raw.feature_names,
         )
         write_json(tmp / META_FILE, meta.to_dict())
 
-    digests = {name: image_digests(x) for name, (x, _) in splits.items()}
+    digests = {name: digests_of(x) for name, (x, _) in splits.items()}
     train_and_val = digests["train"] + digests["val"]
+    values = splits["train"][0].astype(np.float64) * normalization.scale
     return {
-        "image_shape": list(meta.image_shape),
+        "format": params.data.format,
+        "input_shape": list(meta.input_shape),
         "num_classes": meta.num_classes,
         "counts": meta.counts,
-        "per_class": {name: per_class_counts(y, data.class_names) for name, (_, y) in splits.items()},
-        "pixels": {"train_mean": normalization.mean, "train_std": normalization.std,
-                   "normalization": params.normalization.mode},
+        "per_class": {name: per_class_counts(y, class_names) for name, (_, y) in splits.items()},
+        "inputs": {"train_mean": float(values.mean()), "train_std": float(values.std()),
+                   "normalization": resolved_mode(params)},
         "duplicates": {
             "test_in_train": count_shared(train_and_val, digests["test"]),
             "val_in_train": count_shared(digests["train"], digests["val"]),
         },
+        "skipped": {"count": len(raw.skipped), "files": raw.skipped},
     }
+
+
+def resolved_mode(params: Params) -> str:
+    """`dataset` or `fixed`: what prepare.normalization.mode means for this model."""
+    mode = params.prepare.normalization.mode
+    return normalization_for_model(params.train.model)[0] if mode == "preset" else mode
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,11 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", default="reports/data.json")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    report = prepare(Path(args.raw), Path(args.out), params.data, params.prepare)
+    report = prepare(Path(args.raw), Path(args.out), params)
     write_json(args.report, report)
     counts = ", ".join(f"{k} {v}" for k, v in report["counts"].items())
     print(f"prepare: {counts} examples in {args.out}; "
-          f"{report['duplicates']['test_in_train']} test images also in train/val")
+          f"{report['duplicates']['test_in_train']} test examples also in train/val"
+          + (f"; {report['skipped']['count']} unreadable files skipped" if report["skipped"]["count"] else ""))
 
 
 if __name__ == "__main__":

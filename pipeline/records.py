@@ -1,4 +1,7 @@
-"""The prepared-data format: per split, TFRecord shards of (raw uint8 image, label), plus meta.json.
+"""The prepared-data format: per split, TFRecord shards of (raw input bytes, label), plus meta.json.
+
+Inputs are uint8 pixels (images, shape (h, w, c)) or float32 features (tables, shape (n_features,));
+meta.json says which, with the shape, class names and the normalisation.
 
     data/prepared/meta.json                      shape, class names, normalisation, counts, shards
     data/prepared/<split>/part-00000-of-00006.tfrecord
@@ -23,16 +26,24 @@ from pipeline.normalization import Normalization
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DTYPES = ("uint8", "float32")
 
 
 @dataclass(frozen=True)
 class PreparedMeta:
-    image_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     class_names: list[str]
     normalization: Normalization
     counts: dict[str, int]
     shards: dict[str, list[str]]
+    dtype: str = "uint8"
+    # Names of the feature columns, for tabular data (the deployed model's metadata carries them).
+    feature_names: list[str] | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.input_shape) == 3
 
     @property
     def num_classes(self) -> int:
@@ -41,7 +52,9 @@ class PreparedMeta:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
-            "image_shape": list(self.image_shape),
+            "input_shape": list(self.input_shape),
+            "dtype": self.dtype,
+            "feature_names": self.feature_names,
             "class_names": self.class_names,
             "normalization": self.normalization.to_dict(),
             "counts": self.counts,
@@ -87,13 +100,16 @@ def read_meta(prepared_dir: str) -> PreparedMeta:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise PipelineError(f"{path}: not valid JSON") from None
     if raw.get("format_version") != FORMAT_VERSION:
-        raise PipelineError(f"{path}: format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise PipelineError(f"{path}: format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION} "
+                            "(rerun `dvc repro prepare`)")
     return PreparedMeta(
-        image_shape=tuple(raw["image_shape"]),
+        input_shape=tuple(raw["input_shape"]),
         class_names=list(raw["class_names"]),
         normalization=Normalization.from_dict(raw["normalization"]),
         counts={k: int(v) for k, v in raw["counts"].items()},
         shards={k: list(v) for k, v in raw["shards"].items()},
+        dtype=raw["dtype"],
+        feature_names=raw.get("feature_names"),
     )
 
 
@@ -104,12 +120,13 @@ def split_files(prepared_dir: str, meta: PreparedMeta, split: str) -> list[str]:
 
 
 def read_split(prepared_dir: str, meta: PreparedMeta, split: str, files: list[str] | None = None):
-    """A tf.data.Dataset of (uint8 image of meta.image_shape, int64 label), in file order."""
+    """A tf.data.Dataset of (input of meta.input_shape and meta.dtype, int64 label), in file order."""
     import tensorflow as tf
 
     whole_split = files is None
     files = split_files(prepared_dir, meta, split) if whole_split else files
-    shape = meta.image_shape
+    shape = meta.input_shape
+    dtype = tf.as_dtype(meta.dtype)
     spec = {
         "image": tf.io.FixedLenFeature([], tf.string),
         "label": tf.io.FixedLenFeature([], tf.int64),
@@ -117,7 +134,7 @@ def read_split(prepared_dir: str, meta: PreparedMeta, split: str, files: list[st
 
     def decode(record):
         example = tf.io.parse_single_example(record, spec)
-        image = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), shape)
+        image = tf.reshape(tf.io.decode_raw(example["image"], dtype), shape)
         return image, example["label"]
 
     dataset = tf.data.TFRecordDataset(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -22,6 +22,7 @@ from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.hashing import tree_sha256
 from pipeline.params import Params, TrainParams, flatten, load_params
+from pipeline.presets import check_fits
 from pipeline.records import PreparedMeta, read_meta
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -123,7 +124,7 @@ def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, ver
     steps_per_epoch = -(-meta.counts["train"] // global_batch)
 
     with strategy.scope():
-        model = build_model(p.model, meta.image_shape, meta.num_classes)
+        model = build_model(p.model, meta.input_shape, meta.num_classes)
         model.compile(optimizer=make_optimizer(p, steps_per_epoch), loss=make_loss(p, meta.num_classes),
                       metrics=["accuracy"], jit_compile=devices.jit_compile)
 
@@ -211,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     prepared = Path(args.prepared)
     meta = read_meta(str(prepared))  # fails early, before MLflow or TensorFlow start
+    misfit = check_fits(params.train.model, meta.input_shape)
+    if misfit:
+        raise PipelineError(f"params.yaml: train.model: {misfit} ({prepared}/meta.json)")
     data_hash = tree_sha256(prepared)  # logged with the run; part of the resume fingerprint
 
     from pipeline.devices import cluster_spec, is_chief
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     resume_id = prepare_work_dir(work_dir, fingerprint)
     tracker = None
     if chief:
-        model_name = params.train.model if isinstance(params.train.model, str) else "custom"
+        model_name = params.train.model_name
         tags = {**git_state(project_root()), **dvc_experiment_tags(), "data.sha256": data_hash,
                 "model.preset": model_name}
         tracker = Tracker.start(params.mlflow.tracking_uri, params.mlflow.experiment_name,

@@ -58,10 +58,17 @@ def write_idx_dataset(directory: Path, n_train=120, n_test=40, n_classes=4, shap
     return {
         "format": "idx",
         "source": str(directory),
-        "files": dict(FILES),
-        "sha256": {name: content_sha256(directory / name) for name in FILES.values()},
-        "class_names": [f"class_{i}" for i in range(n_classes)],
+        "idx": {
+            **FILES,
+            "sha256": {name: content_sha256(directory / name) for name in FILES.values()},
+            "class_names": [f"class_{i}" for i in range(n_classes)],
+        },
     }
+
+
+def with_idx(data: dict, **changes) -> dict:
+    """The `data` section with keys of its `idx` part changed."""
+    return {**data, "idx": {**data["idx"], **changes}}
 
 
 @pytest.fixture
@@ -145,5 +152,5 @@ def project(tiny_data, tmp_path):
 
     typed = parse_params(params)
     fetch(typed.data, tmp_path / "data/raw")
-    prepare(tmp_path / "data/raw", tmp_path / "data/prepared", typed.data, typed.prepare)
+    prepare(tmp_path / "data/raw", tmp_path / "data/prepared", typed)
     return tmp_path

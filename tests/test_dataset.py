@@ -14,7 +14,7 @@ from pipeline.records import read_meta, read_split_arrays
 def prepared(tiny_data, tmp_path):
     params = parse_params({"data": tiny_data, "prepare": {"shard_size": 50}})
     fetch(params.data, tmp_path / "raw")
-    prepare(tmp_path / "raw", tmp_path / "prepared", params.data, params.prepare)
+    prepare(tmp_path / "raw", tmp_path / "prepared", params)
     return str(tmp_path / "prepared")
 
 

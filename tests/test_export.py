@@ -33,7 +33,7 @@ def prepared(tmp_path_factory):
     data = write_idx_dataset(root / "source")
     params = parse_params({"data": data, "prepare": {"shard_size": 50}})
     fetch(params.data, root / "raw")
-    prepare(root / "raw", root / "prepared", params.data, params.prepare)
+    prepare(root / "raw", root / "prepared", params)
     return str(root / "prepared")
 
 
@@ -43,7 +43,7 @@ def trained_model(model_spec, prepared: str, path):
 
     keras.utils.set_random_seed(0)
     meta = read_meta(prepared)
-    model = build_model(model_spec, meta.image_shape, meta.num_classes)
+    model = build_model(model_spec, meta.input_shape, meta.num_classes)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     model.fit(make_dataset(prepared, meta, "train", 16, training=True, shuffle_buffer=64, seed=0), epochs=1, verbose=0)
     model.save(path)
@@ -60,7 +60,7 @@ def trained_model(model_spec, prepared: str, path):
 ], ids=["mlp", "cnn", "rnn", "explicit-bn-dropout"])
 def test_onnx_and_saved_model_match_keras(model_spec, tolerance, prepared, tmp_path):
     model = trained_model(model_spec, prepared, tmp_path / "model.keras")
-    params = parse_params({"data": {"class_names": ["a", "b"]}, "export": {"quantize": False}}).export
+    params = parse_params({"export": {"quantize": False}}).export
     info = export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id="run-123")
 
     meta = read_meta(prepared)
@@ -84,7 +84,7 @@ def test_onnx_and_saved_model_match_keras(model_spec, tolerance, prepared, tmp_p
 
 def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path):
     trained_model("mlp", prepared, tmp_path / "model.keras")
-    params = parse_params({"data": {"class_names": ["a", "b"]}, "export": {"calibration_size": 60}}).export
+    params = parse_params({"export": {"calibration_size": 60}}).export
     info = export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id="run-123")
     model = onnx.load(str(tmp_path / "exported/model.onnx"))
     onnx.checker.check_model(model, full_check=True)
@@ -106,7 +106,7 @@ def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path):
 
 def test_verify_passes_then_fails_on_a_corrupted_weight(prepared, tmp_path):
     trained_model("cnn", prepared, tmp_path / "model.keras")
-    params = parse_params({"data": {"class_names": ["a", "b"]}, "export": {"calibration_size": 60}}).export
+    params = parse_params({"export": {"calibration_size": 60}}).export
     export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id=None)
     report = verify(tmp_path / "model.keras", tmp_path / "exported", prepared, 256, max_int8_drop=0.5)
     assert report["passed"], report["failures"]
@@ -125,7 +125,7 @@ def test_verify_passes_then_fails_on_a_corrupted_weight(prepared, tmp_path):
 
 
 def test_export_refuses_what_is_not_a_keras_model(prepared, tmp_path):
-    params = parse_params({"data": {"class_names": ["a", "b"]}}).export
+    params = parse_params({}).export
     (tmp_path / "model.keras").write_text("not a model")
     with pytest.raises(PipelineError, match=r"model\.keras: not a Keras model file"):
         export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id=None)

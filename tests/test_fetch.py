@@ -10,27 +10,31 @@ from pipeline.errors import PipelineError
 from pipeline.fetch import fetch
 from pipeline.params import parse_params
 
-from conftest import run
+from conftest import FILES, run, with_idx
 
 
 def data_params(data: dict, **changes):
     return parse_params({"data": {**data, **changes}}).data
 
 
+def idx_params(data: dict, **changes):
+    return parse_params({"data": with_idx(data, **changes)}).data
+
+
 def test_local_copy_verifies_every_file(tiny_data, tmp_path):
     hashes = fetch(data_params(tiny_data), tmp_path / "raw")
-    assert hashes == tiny_data["sha256"]
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(tiny_data["files"].values())
+    assert hashes == tiny_data["idx"]["sha256"]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(FILES.values())
 
 
 def test_checksum_mismatch_names_file_and_hashes_and_leaves_nothing(tiny_data, tmp_path):
-    name = tiny_data["files"]["test_labels"]
-    wrong = {**tiny_data["sha256"], name: "0" * 64}
+    name = FILES["test_labels"]
+    wrong = {**tiny_data["idx"]["sha256"], name: "0" * 64}
     with pytest.raises(PipelineError) as info:
-        fetch(data_params(tiny_data, sha256=wrong), tmp_path / "raw")
+        fetch(idx_params(tiny_data, sha256=wrong), tmp_path / "raw")
     message = str(info.value)
-    assert message.startswith(f"{name}: checksum mismatch: data.sha256 expects {'0' * 64}")
-    assert tiny_data["sha256"][name] in message
+    assert message.startswith(f"{name}: checksum mismatch: data.idx.sha256 expects {'0' * 64}")
+    assert tiny_data["idx"]["sha256"][name] in message
     assert not (tmp_path / "raw").exists()
     assert list(tmp_path.glob(".raw*")) == []
 
@@ -39,14 +43,14 @@ def test_failure_keeps_previous_output(tiny_data, tmp_path):
     fetch(data_params(tiny_data), tmp_path / "raw")
     before = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
     with pytest.raises(PipelineError):
-        fetch(data_params(tiny_data, sha256={tiny_data["files"]["train_images"]: "f" * 64}), tmp_path / "raw")
+        fetch(idx_params(tiny_data, sha256={FILES["train_images"]: "f" * 64}), tmp_path / "raw")
     assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before
 
 
 def test_missing_source_and_missing_file(tiny_data, tmp_path):
-    with pytest.raises(PipelineError, match=r"^data\.source: .*nowhere is not a directory"):
+    with pytest.raises(PipelineError, match=r"^data\.source: .*nowhere is not a directory or an archive$"):
         fetch(data_params(tiny_data, source=str(tmp_path / "nowhere")), tmp_path / "raw")
-    (tmp_path / "source" / tiny_data["files"]["test_images"]).unlink()
+    (tmp_path / "source" / FILES["test_images"]).unlink()
     with pytest.raises(PipelineError, match=r"t10k-images-idx3-ubyte\.gz: file not found"):
         fetch(data_params(tiny_data), tmp_path / "raw")
 
@@ -65,14 +69,14 @@ def http_source(tiny_data):
 
 def test_http_download(tiny_data, tmp_path, http_source):
     hashes = fetch(data_params(tiny_data, source=http_source), tmp_path / "raw")
-    assert hashes == tiny_data["sha256"]
+    assert hashes == tiny_data["idx"]["sha256"]
 
 
 def test_http_missing_file_is_one_line(tiny_data, tmp_path, http_source):
-    files = {**tiny_data["files"], "test_labels": "absent.gz"}
-    sha = {k: v for k, v in tiny_data["sha256"].items() if k in files.values()}
+    sha = {k: v for k, v in tiny_data["idx"]["sha256"].items() if k != FILES["test_labels"]}
+    data = with_idx({**tiny_data, "source": http_source}, test_labels="absent.gz", sha256=sha)
     with pytest.raises(PipelineError, match=r"absent\.gz: download failed \("):
-        fetch(data_params(tiny_data, source=http_source, files=files, sha256=sha), tmp_path / "raw")
+        fetch(parse_params({"data": data}).data, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
 

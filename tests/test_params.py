@@ -8,7 +8,7 @@ from pipeline.params import flatten, load_params, parse_params
 
 from conftest import REPO
 
-BASE = {"data": {"class_names": ["a", "b"]}}
+BASE = {"data": {"format": "idx"}}
 
 
 def error_for(raw) -> str:
@@ -21,8 +21,8 @@ def error_for(raw) -> str:
 
 def test_committed_params_validate():
     params = load_params(REPO / "params.yaml")
-    assert len(params.data.class_names) == 10
-    assert set(params.data.sha256) == set(params.data.files.names())
+    assert params.data.format == "idx" and len(params.data.idx.class_names) == 10
+    assert set(params.data.idx.sha256) == set(params.data.idx.files())
 
 
 @pytest.mark.parametrize(
@@ -33,15 +33,25 @@ def test_committed_params_validate():
         ({**BASE, "prepare": {"seeds": 1}}, "params.yaml: prepare.seeds is not a known key"),
         ({**BASE, "prepare": {"val_fraction": 1.5}}, "params.yaml: prepare.val_fraction must be < 1.0, got 1.5"),
         ({**BASE, "train": {"batch_size": "big"}}, "params.yaml: train.batch_size must be an integer, got 'big'"),
-        ({**BASE, "train": {"model": "cnnx"}}, "params.yaml: train.model must be 'mlp', 'cnn' or 'rnn', got 'cnnx'"),
+        ({**BASE, "train": {"model": "cnnx"}}, "params.yaml: train.model must be 'cnn', 'mlp', 'rnn', 'keras_mlp', "
+         "'mlp_128_64', 'lenet', 'cnn4', 'cnn2' or 'tabular_mlp', got 'cnnx'"),
         ({**BASE, "train": {"model": [{"Dense": {}, "Flatten": {}}]}}, "params.yaml: train.model[0] must map one layer"),
         ({**BASE, "train": {"mixed_precision": "yes"}}, "params.yaml: train.mixed_precision must be 'auto', 'on' or 'off', got 'yes'"),
-        ({"data": {"class_names": ["a", "a"]}}, "params.yaml: data.class_names must be unique, 'a' repeats"),
-        ({"data": {"class_names": ["a", "b"], "sha256": {"nope.gz": "0" * 64}}},
-         "params.yaml: data.sha256 names 'nope.gz', which is not one of data.files"),
-        ({"data": {"class_names": ["a", "b"], "sha256": {"train-images-idx3-ubyte.gz": "xyz"}}},
-         "params.yaml: data.sha256.train-images-idx3-ubyte.gz must match"),
-        ({}, "params.yaml: data is required"),
+        ({"data": {"idx": {"class_names": ["a", "a"]}}}, "params.yaml: data.idx.class_names must be unique, 'a' repeats"),
+        ({"data": {"idx": {"sha256": {"nope.gz": "0" * 64}}}},
+         "params.yaml: data.idx.sha256 names 'nope.gz', which is not one of this format's files"),
+        ({"data": {"cifar10": {"sha256": {"data_batch_9.bin": "0" * 64}}}},
+         "params.yaml: data.cifar10.sha256 names 'data_batch_9.bin', which is not one of this format's files"),
+        ({"data": {"idx": {"sha256": {"train-images-idx3-ubyte.gz": "xyz"}}}},
+         "params.yaml: data.idx.sha256.train-images-idx3-ubyte.gz must match"),
+        ({"data": {"format": "parquet"}},
+         "params.yaml: data.format must be 'idx', 'cifar10', 'image_folder' or 'csv', got 'parquet'"),
+        ({"data": {"image_folder": {"color_mode": "cmyk"}}},
+         "params.yaml: data.image_folder.color_mode must be 'grayscale' or 'rgb', got 'cmyk'"),
+        ({"data": {"image_folder": {"image_size": [28, 0]}}}, "params.yaml: data.image_folder.image_size[1] must be >= 1, got 0"),
+        ({"data": {"csv": {"feature_columns": []}}}, "params.yaml: data.csv.feature_columns must have at least 1 item"),
+        ({"prepare": {"normalization": {"mode": "minmax"}}},
+         "params.yaml: prepare.normalization.mode must be 'preset', 'dataset' or 'fixed', got 'minmax'"),
         ([1, 2], "params.yaml: must be a mapping of sections, got list"),
     ],
 )
@@ -69,7 +79,7 @@ def test_params_are_frozen_and_flatten_to_dotted_keys():
         params.train.epochs = 3
     flat = flatten(params)
     assert flat["train.epochs"] == params.train.epochs
-    assert flat["prepare.normalization.mode"] == "dataset"
+    assert flat["prepare.normalization.mode"] == "preset"
     assert all(not isinstance(v, dict) for v in flat.values())
 
 
@@ -80,3 +90,28 @@ def test_every_dvc_params_key_exists_in_the_schema():
     for name, stage in stages.items():
         for key in stage.get("params", []):
             assert any(k == key or k.startswith(key + ".") for k in flat), f"{name}: {key}"
+
+
+@pytest.mark.parametrize("preset", ["cnn", "keras_mlp", "mlp_128_64", "lenet", "cnn2"])
+def test_unset_train_keys_take_the_presets_values(preset):
+    from pipeline.presets import PRESETS
+
+    hyper = PRESETS[preset].hyper
+    train = parse_params({"train": {"model": preset, "epochs": None}}).train
+    assert (train.epochs, train.batch_size, train.optimizer, train.learning_rate, train.momentum, train.schedule) == (
+        hyper.epochs, hyper.batch_size, hyper.optimizer, hyper.learning_rate, hyper.momentum, hyper.schedule)
+    assert train.augment.horizontal_flip == hyper.horizontal_flip
+
+
+def test_set_train_keys_override_the_preset():
+    train = parse_params({"train": {"model": "mlp_128_64", "learning_rate": 0.05, "augment": {"translate": 0.1}}}).train
+    assert (train.optimizer, train.learning_rate, train.batch_size) == ("sgd", 0.05, 64)
+    assert (train.augment.translate, train.augment.horizontal_flip) == (0.1, False)
+
+
+def test_committed_params_leave_the_hyperparameters_to_the_preset():
+    """So `dvc exp run -S train.model=<preset>` alone trains the preset as its origin does."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    from pipeline.params import PRESET_KEYS
+
+    assert all(raw[key] is None for key in PRESET_KEYS) and raw["augment"]["horizontal_flip"] is None

@@ -37,11 +37,11 @@ def exported(tmp_path_factory):
     params = parse_params({"data": write_idx_dataset(root / "source"), "prepare": {"shard_size": 50},
                            "export": {"quantize": False}})
     fetch(params.data, root / "raw")
-    prepare(root / "raw", root / "prepared", params.data, params.prepare)
+    prepare(root / "raw", root / "prepared", params)
     prepared = str(root / "prepared")
     meta = read_meta(prepared)
     keras.utils.set_random_seed(0)
-    model = build_model("mlp", meta.image_shape, meta.num_classes)
+    model = build_model("mlp", meta.input_shape, meta.num_classes)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     model.fit(make_dataset(prepared, meta, "train", 16, training=True, seed=0), epochs=8, verbose=0)
     model.save(root / "model.keras")

@@ -10,6 +10,8 @@ from pipeline.params import parse_params
 from pipeline.prepare import prepare
 from pipeline.records import read_meta, read_split_arrays
 
+from conftest import FILES
+
 
 @pytest.fixture
 def raw(tiny_data, tmp_path):
@@ -19,7 +21,7 @@ def raw(tiny_data, tmp_path):
 
 def run_prepare(tiny_data, raw, out, **prepare_params):
     params = parse_params({"data": tiny_data, "prepare": {"shard_size": 50, **prepare_params}})
-    return prepare(raw, out, params.data, params.prepare)
+    return prepare(raw, out, params)
 
 
 def test_splits_are_stratified_complete_and_read_back(tiny_data, raw, tmp_path):
@@ -29,11 +31,10 @@ def test_splits_are_stratified_complete_and_read_back(tiny_data, raw, tmp_path):
     assert set(report["per_class"]["train"].values()) <= {22, 23}
 
     meta = read_meta(str(tmp_path / "prepared"))
-    assert meta.image_shape == (28, 28, 1) and meta.num_classes == 4
+    assert meta.input_shape == (28, 28, 1) and meta.num_classes == 4
     assert meta.shards["train"] == ["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
 
-    x_raw, y_raw = read_images_and_labels(raw / tiny_data["files"]["train_images"],
-                                          raw / tiny_data["files"]["train_labels"], 4)
+    x_raw, y_raw = read_images_and_labels(raw / FILES["train_images"], raw / FILES["train_labels"], 4)
     x_tr, y_tr = read_split_arrays(str(tmp_path / "prepared"), meta, "train")
     x_va, y_va = read_split_arrays(str(tmp_path / "prepared"), meta, "val")
     # Every training example lands in exactly one of train/val, unchanged.
@@ -60,7 +61,7 @@ def test_normalization_from_data_or_params(tiny_data, raw, tmp_path):
     x, _ = read_split_arrays(str(tmp_path / "p"), meta, "train")
     normalized = meta.normalization.apply(x.astype(np.float32))
     assert abs(float(normalized.mean())) < 1e-3 and abs(float(normalized.std()) - 1) < 1e-3
-    assert report["pixels"]["train_mean"] == pytest.approx(x.mean() / 255)
+    assert report["inputs"]["train_mean"] == pytest.approx(x.mean() / 255)
 
     run_prepare(tiny_data, raw, tmp_path / "q", normalization={"mode": "fixed", "mean": 0.5, "std": 0.5})
     fixed = read_meta(str(tmp_path / "q")).normalization
@@ -69,7 +70,7 @@ def test_normalization_from_data_or_params(tiny_data, raw, tmp_path):
 
 
 def test_duplicates_between_train_and_test_are_counted(tiny_data, raw, tmp_path):
-    files = tiny_data["files"]
+    files = FILES
     x, y = read_images_and_labels(raw / files["train_images"], raw / files["train_labels"], 4)
     xt, yt = read_images_and_labels(raw / files["test_images"], raw / files["test_labels"], 4)
     xt = xt.copy()
@@ -87,13 +88,13 @@ def test_duplicates_between_train_and_test_are_counted(tiny_data, raw, tmp_path)
     (lambda raw, f: write_idx(raw / f["test_labels"], np.zeros(39, np.uint8)),
      "t10k-labels-idx1-ubyte.gz: holds 39 labels but"),
     (lambda raw, f: write_idx(raw / f["test_images"], np.zeros((40, 27, 28), np.uint8)),
-     r"t10k-images-idx3-ubyte.gz: image shape \(27, 28, 1\) differs"),
+     r"t10k-images-idx3-ubyte.gz: input shape \(27, 28, 1\) differs"),
 ])
 def test_bad_input_fails_and_keeps_previous_output(tiny_data, raw, tmp_path, corrupt, message):
     out = tmp_path / "prepared"
     run_prepare(tiny_data, raw, out)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    corrupt(raw, tiny_data["files"])
+    corrupt(raw, FILES)
     with pytest.raises(PipelineError, match=message):
         run_prepare(tiny_data, raw, out)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
@@ -101,7 +102,7 @@ def test_bad_input_fails_and_keeps_previous_output(tiny_data, raw, tmp_path, cor
 
 
 def test_bad_input_leaves_no_output_when_there_was_none(tiny_data, raw, tmp_path):
-    files = tiny_data["files"]
+    files = FILES
     (raw / files["train_images"]).write_bytes(b"\x1f\x8b" + b"garbage" * 10)
     with pytest.raises(PipelineError, match="train-images-idx3-ubyte.gz: corrupt gzip data"):
         run_prepare(tiny_data, raw, tmp_path / "prepared")
@@ -109,7 +110,7 @@ def test_bad_input_leaves_no_output_when_there_was_none(tiny_data, raw, tmp_path
 
 
 def test_class_too_small_to_stratify(tiny_data, raw, tmp_path):
-    files = tiny_data["files"]
+    files = FILES
     labels = np.zeros(120, np.uint8)
     labels[0] = 3
     labels[1:60] = 1

@@ -27,11 +27,11 @@ def params():
 
 def test_fetch_and_prepare_the_real_files(params, tmp_path):
     hashes = fetch(params.data, tmp_path / "raw")
-    assert hashes == params.data.sha256  # all four decompressed checksums verified
-    report = prepare(tmp_path / "raw", tmp_path / "prepared", params.data, params.prepare)
+    assert hashes == params.data.idx.sha256  # all four decompressed checksums verified
+    report = prepare(tmp_path / "raw", tmp_path / "prepared", params)
     assert report["counts"]["train"] + report["counts"]["val"] == 60_000
     assert report["counts"]["test"] == 10_000
     assert report["counts"]["val"] == 6_000
     assert set(report["per_class"]["test"].values()) == {1_000}
-    assert report["image_shape"] == [28, 28, 1]
-    assert 0.28 < report["pixels"]["train_mean"] < 0.30
+    assert report["input_shape"] == [28, 28, 1]
+    assert 0.28 < report["inputs"]["train_mean"] < 0.30

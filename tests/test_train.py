@@ -47,7 +47,7 @@ def test_train_writes_outputs_and_one_mlflow_run(project):
     run = client.get_run(run_info["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "3"
-    assert run.data.params["data.class_names"].startswith("['class_0'")
+    assert run.data.params["data.idx.class_names"].startswith("['class_0'")
     for key in ("loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"):
         points = client.get_metric_history(run.info.run_id, key)
         assert sorted(p.step for p in points) == [1, 2, 3], key

@@ -1,0 +1,104 @@
+"""What each preset scores: the whole pipeline (fetch → prepare → train → evaluate → export → verify)
+per preset, with the preset's own epochs, optimizer, batch size and normalisation, on the data set
+of params.yaml (default: Fashion-MNIST). Writes reports/presets.json, the numbers of the README's
+preset table.
+
+    python benchmarks/presets.py [--presets keras_mlp mlp_128_64 cnn2 rnn mlp] [--out reports/presets.json]
+
+Each preset runs in its own scratch directory with its own MLflow store; the quality gate is off
+(this measures, it does not judge). Presets that do not fit the data (lenet/cnn4 need 32×32×3,
+tabular_mlp a CSV table) are refused by the pipeline itself and reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# `cnn`, the default, is what `dvc repro` itself measures (reports/metrics.json).
+DEFAULT_PRESETS = ["keras_mlp", "mlp_128_64", "cnn2", "rnn", "mlp"]
+
+
+def run_preset(preset: str, base: dict, work: Path) -> dict:
+    from pipeline import evaluate, export, fetch, prepare, train, verify
+    from pipeline.errors import PipelineError
+
+    params = json.loads(json.dumps(base))
+    params["train"]["model"] = preset
+    params["evaluate"]["gate"] = {"min_accuracy": 0.0, "max_drop": None, "baseline": None}
+    params["export"]["registered_model_name"] = f"bench-{preset}"
+    params["mlflow"] = {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "experiment_name": "presets"}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    previous = Path.cwd()
+    os.chdir(work)
+    try:
+        started = time.perf_counter()
+        for stage in (fetch, prepare, train, evaluate, export, verify):
+            stage.main([])
+        total = time.perf_counter() - started
+    except PipelineError as exc:
+        return {"refused": str(exc)}
+    finally:
+        os.chdir(previous)
+    trained = json.loads((work / "reports/train.json").read_text())
+    metrics = json.loads((work / "reports/metrics.json").read_text())["test"]
+    parity = json.loads((work / "reports/parity.json").read_text())
+    files = json.loads((work / "exported/metadata.json").read_text())["files"]
+    from pipeline.params import load_params
+
+    train_params = load_params(work / "params.yaml").train
+    return {
+        "hyperparameters": {k: getattr(train_params, k) for k in
+                            ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "schedule")},
+        "epochs_run": trained["epochs_run"],
+        "parameters": trained["parameters"],
+        "training_seconds": trained["training_seconds"],
+        "test_accuracy": metrics["accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "test_loss": metrics["loss"],
+        "int8_test_accuracy": parity["formats"].get("onnx_int8", {}).get("accuracy"),
+        "onnx_max_abs_diff": parity["formats"]["onnx"]["max_abs_diff"],
+        "bytes": {name: info["bytes"] for name, info in files.items()},
+        "pipeline_seconds": round(total, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS)
+    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--out", default=str(REPO / "reports/presets.json"))
+    args = parser.parse_args()
+
+    base = yaml.safe_load(Path(args.params).read_text())
+    base["data"]["source"] = str(Path(base["data"]["source"]).resolve()) if "://" not in base["data"]["source"] else base["data"]["source"]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-presets-") as scratch:
+        for preset in args.presets:
+            print(f"== {preset}", flush=True)
+            results[preset] = run_preset(preset, base, Path(scratch) / preset)
+            print(json.dumps(results[preset]), flush=True)
+    report = {
+        "data": {"format": base["data"]["format"], "source": base["data"]["source"]},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "presets": results,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

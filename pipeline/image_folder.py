@@ -1,0 +1,75 @@
+"""Image folders: <root>/<class name>/<image>.png|.jpg|.jpeg, decoded with Pillow, converted to the
+colour mode and resized to the size in params. Class names are the folder names, in sorted order,
+unless params give them. An image that cannot be decoded stops the stage, or is skipped and
+reported, as `data.image_folder.unreadable` says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class FolderImages:
+    images: np.ndarray            # (n, height, width, channels) uint8
+    labels: np.ndarray            # (n,) int64
+    class_names: list[str]
+    skipped: list[str] = field(default_factory=list)   # unreadable files, relative to the data root
+
+
+def class_folders(root: Path, class_names: list[str] | None) -> list[str]:
+    if not root.is_dir():
+        raise PipelineError(f"{root}: image folder not found")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise PipelineError(f"{root}: no class subdirectories (expected {root}/<class>/<image>.png)")
+    if class_names is None:
+        return found
+    if sorted(class_names) != found:
+        extra = sorted(set(found) - set(class_names)) or sorted(set(class_names) - set(found))
+        raise PipelineError(f"{root}: class folders {found} do not match data.image_folder.class_names "
+                            f"(differ in {extra[0]!r})")
+    return list(class_names)
+
+
+def load_image(path: Path, size: tuple[int, int], color_mode: str) -> np.ndarray:
+    """One image as (height, width, channels) uint8; raises OSError/ValueError when undecodable."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("L" if color_mode == "grayscale" else "RGB")
+        height, width = size
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def read_image_folder(root: Path, size: tuple[int, int], color_mode: str, unreadable: str,
+                      class_names: list[str] | None = None) -> FolderImages:
+    names = class_folders(root, class_names)
+    images, labels, skipped = [], [], []
+    for label, name in enumerate(names):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        if not files:
+            raise PipelineError(f"{root / name}: no images ({', '.join(EXTENSIONS)}) for class {name!r}")
+        for path in files:
+            try:
+                images.append(load_image(path, size, color_mode))
+            except (OSError, ValueError, SyntaxError) as exc:
+                if unreadable == "fail":
+                    raise PipelineError(f"{path}: unreadable image ({type(exc).__name__}: {exc}); "
+                                        "set data.image_folder.unreadable: skip to leave such files out") from None
+                skipped.append(str(path.relative_to(root.parent)))
+                continue
+            labels.append(label)
+    if not images:
+        raise PipelineError(f"{root}: no readable images")
+    return FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), names, skipped)

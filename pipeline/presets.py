@@ -1,0 +1,195 @@
+"""The model presets (`train.model: <name>`): each one's layers, the inputs it fits, its own training
+hyperparameters and input normalisation. Pure data and small functions; no TensorFlow.
+
+A `train.*` key left unset (null) in params.yaml takes the preset's value; a value set there wins.
+An explicit layer list (no preset) takes `CUSTOM`'s values. Every body ends before the classifier
+head, Dense(classes) + softmax, which `model.build_model` appends from the data's class count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+Layers = list[dict[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Training hyperparameters a preset brings; each fills the `train.*` key of the same name."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 0.001
+    momentum: float = 0.0
+    schedule: str = "constant"
+    horizontal_flip: bool = False
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    origin: str
+    layers: Callable[[tuple[int, ...]], Layers]
+    hyper: Hyper
+    # Normalisation when prepare.normalization.mode is `preset`: ("dataset",) or ("fixed", mean, std).
+    normalization: tuple = ("dataset",)
+    # What the input must look like: "image" (H, W, C), "vector" (features,), or "any".
+    input_kind: str = "image"
+    channels: int | None = None          # required channel count, for presets made for colour images
+    min_size: int = 1                    # smallest height/width the spatial layers can reduce
+    intended_for: str = ""
+
+    def check_input(self, input_shape: tuple[int, ...]) -> str | None:
+        """Why this preset cannot take inputs of `input_shape`, or None when it can."""
+        shape = "×".join(map(str, input_shape))
+        if self.input_kind == "image" and len(input_shape) != 3:
+            return f"preset {self.name!r} needs images (height, width, channels), the data has {shape} feature vectors"
+        if self.input_kind == "vector" and len(input_shape) != 1:
+            return f"preset {self.name!r} needs feature vectors (a csv data set), the data has {shape} images"
+        if self.input_kind == "image":
+            height, width, channels = input_shape
+            if self.channels is not None and channels != self.channels:
+                return (f"preset {self.name!r} is for {self.intended_for}; the data has {shape} images "
+                        f"({channels} channel{'s' if channels != 1 else ''}, it needs {self.channels})")
+            if min(height, width) < self.min_size:
+                return (f"preset {self.name!r} needs images of at least {self.min_size}×{self.min_size} "
+                        f"(it is for {self.intended_for}); the data has {shape}")
+        return None
+
+
+def _conv_bn_relu(filters: int) -> Layers:
+    return [
+        {"Conv2D": {"filters": filters, "kernel_size": 3, "padding": "same", "use_bias": False}},
+        {"BatchNormalization": {}},
+        {"Activation": {"activation": "relu"}},
+    ]
+
+
+def _cnn(_: tuple[int, ...]) -> Layers:
+    # Three conv blocks with batch norm, pooled early to stay cheap on CPU (~7.5M MACs/image).
+    return [
+        *_conv_bn_relu(32), {"MaxPooling2D": {"pool_size": 2}},
+        *_conv_bn_relu(64), {"MaxPooling2D": {"pool_size": 2}},
+        *_conv_bn_relu(128), {"MaxPooling2D": {"pool_size": 2}},
+        {"Flatten": {}},
+        {"Dropout": {"rate": 0.3}},
+        {"Dense": {"units": 128, "use_bias": False}},
+        {"BatchNormalization": {}},
+        {"Activation": {"activation": "relu"}},
+        {"Dropout": {"rate": 0.3}},
+    ]
+
+
+def _mlp(_: tuple[int, ...]) -> Layers:
+    return [
+        {"Flatten": {}},
+        {"Dense": {"units": 256, "activation": "relu"}},
+        {"Dropout": {"rate": 0.2}},
+        {"Dense": {"units": 128, "activation": "relu"}},
+        {"Dropout": {"rate": 0.2}},
+    ]
+
+
+def _rnn(input_shape: tuple[int, ...]) -> Layers:
+    # Each image row is one time step: (height, width * channels).
+    height, width, channels = input_shape
+    return [
+        {"Reshape": {"target_shape": [height, width * channels]}},
+        {"LSTM": {"units": 128}},
+        {"Dropout": {"rate": 0.2}},
+    ]
+
+
+def _keras_mlp(_: tuple[int, ...]) -> Layers:
+    return [{"Flatten": {}}, {"Dense": {"units": 64, "activation": "relu"}}, {"Dense": {"units": 64, "activation": "relu"}}]
+
+
+def _mlp_128_64(_: tuple[int, ...]) -> Layers:
+    return [{"Flatten": {}}, {"Dense": {"units": 128, "activation": "relu"}}, {"Dense": {"units": 64, "activation": "relu"}}]
+
+
+def _lenet(_: tuple[int, ...]) -> Layers:
+    return [
+        {"Conv2D": {"filters": 6, "kernel_size": 5, "activation": "relu"}}, {"MaxPooling2D": {"pool_size": 2}},
+        {"Conv2D": {"filters": 16, "kernel_size": 5, "activation": "relu"}}, {"MaxPooling2D": {"pool_size": 2}},
+        {"Flatten": {}},
+        {"Dense": {"units": 120, "activation": "relu"}},
+        {"Dense": {"units": 84, "activation": "relu"}},
+    ]
+
+
+def _cnn4(_: tuple[int, ...]) -> Layers:
+    blocks: Layers = []
+    for filters in (16, 32, 64, 128):
+        blocks += [{"Conv2D": {"filters": filters, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+                   {"MaxPooling2D": {"pool_size": 2}}]
+    return [*blocks, {"Flatten": {}}, {"Dense": {"units": 512, "activation": "relu"}}]
+
+
+def _cnn2(_: tuple[int, ...]) -> Layers:
+    return [
+        {"Conv2D": {"filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+        {"MaxPooling2D": {"pool_size": 2}},
+        {"Conv2D": {"filters": 64, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+        {"MaxPooling2D": {"pool_size": 2}},
+        {"Flatten": {}},
+        {"Dense": {"units": 128, "activation": "relu"}},
+    ]
+
+
+def _tabular_mlp(_: tuple[int, ...]) -> Layers:
+    return [{"Dense": {"units": 10, "activation": "relu"}}]
+
+
+_HALF = ("fixed", 0.5, 0.5)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("cnn", "this project's default: three conv/batch-norm blocks, dropout, cosine-decayed Adam",
+           _cnn, Hyper(epochs=20, batch_size=128, schedule="cosine", horizontal_flip=True),
+           min_size=8, intended_for="small grey or colour images"),
+    Preset("mlp", "this project's baseline MLP: 256-128 with dropout", _mlp,
+           Hyper(epochs=20, batch_size=128, schedule="cosine"), input_kind="any"),
+    Preset("rnn", "an LSTM reading each image row as one time step", _rnn,
+           Hyper(epochs=10, batch_size=128, schedule="cosine"), intended_for="images read row by row"),
+    Preset("keras_mlp", "the Keras/TensorFlow beginner tutorial: 64-64 MLP, Adam, 5 epochs, inputs in [0, 1]",
+           _keras_mlp, Hyper(epochs=5, batch_size=32), normalization=("fixed", 0.0, 1.0), input_kind="any"),
+    Preset("mlp_128_64", "the PyTorch-style MLP: 128-64, SGD lr 0.01 momentum 0.9, batch 64, mean/std 0.5",
+           _mlp_128_64, Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01, momentum=0.9),
+           normalization=_HALF, input_kind="any"),
+    Preset("lenet", "the PyTorch CIFAR-10 tutorial's LeNet: batch 4, 2 epochs, SGD lr 0.001 momentum 0.9",
+           _lenet, Hyper(epochs=2, batch_size=4, optimizer="sgd", learning_rate=0.001, momentum=0.9),
+           normalization=_HALF, channels=3, min_size=32, intended_for="32×32×3 colour images (CIFAR-10)"),
+    Preset("cnn4", "a classic CIFAR-10 CNN: four conv/pool blocks 16-32-64-128, Dense 512, SGD lr 0.01",
+           _cnn4, Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01),
+           channels=3, min_size=16, intended_for="32×32×3 colour images (CIFAR-10)"),
+    Preset("cnn2", "the classic MNIST CNN: two conv/pool blocks 32-64, Dense 128, SGD lr 0.01",
+           _cnn2, Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01),
+           min_size=4, intended_for="28×28 grey images"),
+    Preset("tabular_mlp", "the tabular (Iris-style) classifier: one Dense(10, relu) layer, Adam",
+           _tabular_mlp, Hyper(epochs=50, batch_size=32), input_kind="vector",
+           intended_for="feature vectors"),
+]}
+
+# Values for an explicit layer list (no preset).
+CUSTOM = Hyper(epochs=20, batch_size=128, schedule="cosine")
+
+PRESET_NAMES = tuple(PRESETS)
+
+
+def hyper_for(model: str | list) -> Hyper:
+    return PRESETS[model].hyper if isinstance(model, str) else CUSTOM
+
+
+def normalization_for_model(model: str | list) -> tuple:
+    return PRESETS[model].normalization if isinstance(model, str) else ("dataset",)
+
+
+def check_fits(model: str | list, input_shape: tuple[int, ...]) -> str | None:
+    return PRESETS[model].check_input(tuple(input_shape)) if isinstance(model, str) else None
+
+
+def preset_layers(name: str, input_shape: tuple[int, ...]) -> Layers:
+    return PRESETS[name].layers(tuple(input_shape))
+

@@ -1,0 +1,209 @@
+"""The data formats beside IDX: CIFAR-10 binary, image folders, CSV tables, and archives as a source.
+Each is written here in its exact format, fetched and prepared by the real stages, read back, and
+broken once to show its one-line error."""
+
+import tarfile
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.cifar10 import RECORD, read_batch
+from pipeline.errors import PipelineError
+from pipeline.fetch import fetch
+from pipeline.params import parse_params
+from pipeline.prepare import prepare
+from pipeline.records import read_meta, read_split_arrays
+
+from conftest import run
+from datasets import write_cifar10_dataset, write_csv_dataset, write_image_folder_dataset
+
+
+def fetch_and_prepare(data: dict, tmp_path, **sections):
+    params = parse_params({"data": data, "prepare": {"shard_size": 50}, **sections})
+    fetch(params.data, tmp_path / "raw")
+    report = prepare(tmp_path / "raw", tmp_path / "prepared", params)
+    return report, read_meta(str(tmp_path / "prepared"))
+
+
+def split(tmp_path, meta, name):
+    return read_split_arrays(str(tmp_path / "prepared"), meta, name)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 binary
+def test_cifar10_binary_reads_back_exactly(tmp_path):
+    data = write_cifar10_dataset(tmp_path / "cifar")
+    report, meta = fetch_and_prepare(data, tmp_path)
+    assert meta.input_shape == (32, 32, 3) and meta.dtype == "uint8" and meta.class_names == ["c0", "c1", "c2", "c3"]
+    assert report["counts"] == {"train": 108, "val": 12, "test": 40}
+    expected, labels = read_batch(tmp_path / "cifar/test_batch.bin", 4)
+    x, y = split(tmp_path, meta, "test")
+    np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(y, labels)
+    # Channel planes land in the last axis: red is plane 0 of the record.
+    record = (tmp_path / "cifar/test_batch.bin").read_bytes()[:RECORD]
+    assert x[0, 0, :, 0].tolist() == list(record[1:33]) and x[0, 0, :, 1].tolist() == list(record[1025:1057])
+
+
+def test_cifar10_truncated_batch_is_one_clear_line(tmp_path):
+    data = write_cifar10_dataset(tmp_path / "cifar")
+    batch = tmp_path / "cifar/data_batch_2.bin"
+    batch.write_bytes(batch.read_bytes()[:-100])
+    with pytest.raises(PipelineError, match=r"data_batch_2\.bin: 184280 bytes is not a whole number of "
+                                            r"3073-byte CIFAR-10 records \(59 records and 2973 bytes over"):
+        fetch_and_prepare(data, tmp_path)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_cifar10_label_outside_the_classes(tmp_path):
+    data = write_cifar10_dataset(tmp_path / "cifar")
+    batch = tmp_path / "cifar/test_batch.bin"
+    content = bytearray(batch.read_bytes())
+    content[RECORD * 3] = 7  # record 3's label byte; only 4 classes
+    batch.write_bytes(bytes(content))
+    with pytest.raises(PipelineError, match=r"test_batch\.bin: record 3 has label 7, outside the 4 classes"):
+        fetch_and_prepare(data, tmp_path)
+
+
+def test_archive_source_is_extracted_and_its_top_folder_dropped(tmp_path):
+    write_cifar10_dataset(tmp_path / "cifar-10-batches-bin")
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
+    data = {**write_cifar10_dataset(tmp_path / "unused"), "source": str(archive)}
+    _, meta = fetch_and_prepare(data, tmp_path)
+    assert meta.counts["test"] == 40
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
+        "data_batch_1.bin", "data_batch_2.bin", "test_batch.bin"]
+
+
+def test_archive_members_cannot_escape_the_data_directory(tmp_path):
+    archive = tmp_path / "evil.tar.gz"
+    (tmp_path / "payload").write_bytes(b"x")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "payload", arcname="../escaped")
+    data = {**write_cifar10_dataset(tmp_path / "unused"), "source": str(archive)}
+    with pytest.raises(PipelineError, match=r"^evil\.tar\.gz: cannot extract archive"):
+        fetch(parse_params({"data": data}).data, tmp_path / "work/raw")
+    assert not (tmp_path / "work/escaped").exists() and not (tmp_path / "work/raw").exists()
+
+
+# ----------------------------------------------------------------------------- image folders
+def test_image_folder_grey_resized_with_classes_from_folders(tmp_path):
+    data = write_image_folder_dataset(tmp_path / "images", size=36, image_size=(28, 28))
+    report, meta = fetch_and_prepare(data, tmp_path)
+    assert meta.input_shape == (28, 28, 1) and meta.class_names == ["kind_a", "kind_b", "kind_c", "kind_d"]
+    assert report["counts"]["test"] == 40 and report["skipped"]["count"] == 0
+    x, y = split(tmp_path, meta, "test")
+    assert x.dtype == np.uint8 and np.bincount(y).tolist() == [10, 10, 10, 10]
+
+
+def test_image_folder_rgb_without_test_folder_splits_a_test_fraction(tmp_path):
+    data = write_image_folder_dataset(tmp_path / "images", size=32, rgb=True)
+    data["image_folder"]["test"] = None
+    report, meta = fetch_and_prepare(data, tmp_path, prepare={"test_fraction": 0.25, "shard_size": 50})
+    assert meta.input_shape == (32, 32, 3)
+    assert report["counts"] == {"train": 81, "val": 9, "test": 30}
+    assert sorted(report["per_class"]["test"].values()) == [7, 7, 8, 8]
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_unreadable_image_fails_or_is_skipped_and_reported(tmp_path, policy):
+    data = write_image_folder_dataset(tmp_path / "images")
+    bad = tmp_path / "images/train/kind_b/0999.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    data["image_folder"]["unreadable"] = policy
+    if policy == "fail":
+        with pytest.raises(PipelineError, match=r"raw/train/kind_b/0999\.png: unreadable image .*"
+                                                r"set data\.image_folder\.unreadable: skip"):
+            fetch_and_prepare(data, tmp_path)
+        assert not (tmp_path / "prepared").exists()
+    else:
+        report, meta = fetch_and_prepare(data, tmp_path)
+        assert report["skipped"] == {"count": 1, "files": ["train/kind_b/0999.png"]}
+        assert meta.counts["train"] + meta.counts["val"] == 120
+
+
+def test_test_folder_with_other_classes_is_an_error(tmp_path):
+    data = write_image_folder_dataset(tmp_path / "images")
+    (tmp_path / "images/test/kind_d").rename(tmp_path / "images/test/kind_z")
+    with pytest.raises(PipelineError, match=r"raw/test: class folders .* do not match"):
+        fetch_and_prepare(data, tmp_path)
+
+
+def test_image_folder_from_a_url_prefix_is_refused(tmp_path):
+    data = {**write_image_folder_dataset(tmp_path / "images"), "source": "http://127.0.0.1:9/images"}
+    with pytest.raises(PipelineError, match=r"^data\.source: .*image folders come from a directory or an archive"):
+        fetch(parse_params({"data": data}).data, tmp_path / "raw")
+
+
+# ----------------------------------------------------------------------------- CSV tables
+def test_csv_table_with_per_feature_standardisation(tmp_path):
+    data = write_csv_dataset(tmp_path / "table")
+    report, meta = fetch_and_prepare(data, tmp_path)
+    assert meta.input_shape == (4,) and meta.dtype == "float32" and not meta.is_image
+    assert meta.class_names == ["setosa", "versicolor", "virginica"]
+    assert meta.feature_names == ["f0", "f1", "f2", "f3"]
+    x, _ = split(tmp_path, meta, "train")
+    z = meta.normalization.apply(x)
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-5)
+    assert meta.normalization.scale == 1.0 and len(meta.normalization.mean) == 4
+    assert report["counts"] == {"train": 135, "val": 15, "test": 60}
+
+
+def test_csv_class_names_in_params_fix_the_order(tmp_path):
+    data = write_csv_dataset(tmp_path / "table")
+    data["csv"]["class_names"] = ["virginica", "setosa", "versicolor"]
+    _, meta = fetch_and_prepare(data, tmp_path)
+    assert meta.class_names == ["virginica", "setosa", "versicolor"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda rows: rows[4].__setitem__(2, "abc"), r"train\.csv: row 5, column 'f2': 'abc' is not a number"),
+    (lambda rows: rows[2].__setitem__(0, ""), r"train\.csv: row 3, column 'f0': missing value"),
+    (lambda rows: rows[6].__setitem__(4, ""), r"train\.csv: row 7, column 'species': missing label"),
+    (lambda rows: rows[3].pop(), r"train\.csv: row 4 has 4 cells, the header has 5"),
+    (lambda rows: rows[0].__setitem__(4, "kind"), r"train\.csv: no label column 'species' \(data\.csv\.label_column\)"),
+    (lambda rows: rows[8].__setitem__(1, "inf"), r"train\.csv: row 9, column 'f1': 'inf' is not a finite number"),
+])
+def test_malformed_csv_names_row_and_column(tmp_path, edit, message):
+    data = write_csv_dataset(tmp_path / "table")
+    path = tmp_path / "table/train.csv"
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    edit(rows)
+    path.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    with pytest.raises(PipelineError, match=message):
+        fetch_and_prepare(data, tmp_path)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_csv_label_unknown_to_class_names(tmp_path):
+    data = write_csv_dataset(tmp_path / "table")
+    data["csv"]["class_names"] = ["setosa", "versicolor"]
+    with pytest.raises(PipelineError, match=r"train\.csv: row \d+, column 'species': label 'virginica' is not one of"):
+        fetch_and_prepare(data, tmp_path)
+
+
+def test_prepare_cli_reports_a_bad_csv_in_one_line(tmp_path):
+    data = write_csv_dataset(tmp_path / "table")
+    (tmp_path / "table/test.csv").write_text("f0,f1,f2,f3,species\n1,2,x,4,setosa\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": data}))
+    run(["python", "-m", "pipeline.fetch", "--params", "params.yaml", "--out", "raw"], tmp_path)
+    proc = run(["python", "-m", "pipeline.prepare", "--params", "params.yaml", "--raw", "raw", "--out", "prepared",
+                "--report", "data.json"], tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: raw/test.csv: row 2, column 'f2': 'x' is not a number"
+    assert not (tmp_path / "prepared").exists() and not (tmp_path / "data.json").exists()
+
+
+def test_checksums_apply_to_any_format(tmp_path):
+    data = write_csv_dataset(tmp_path / "table")
+    data["csv"]["sha256"] = {"train.csv": "0" * 64}
+    with pytest.raises(PipelineError, match=r"^train\.csv: checksum mismatch: data\.csv\.sha256 expects 0{64}"):
+        fetch(parse_params({"data": data}).data, tmp_path / "raw")
+    images = write_image_folder_dataset(tmp_path / "images")
+    images["image_folder"]["sha256"] = {"train/kind_a/nope.png": "0" * 64}
+    with pytest.raises(PipelineError, match=r"data\.image_folder\.sha256: names 'train/kind_a/nope\.png', which"):
+        fetch(parse_params({"data": images}).data, tmp_path / "raw")
+

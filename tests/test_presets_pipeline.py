@@ -1,0 +1,77 @@
+"""Every preset, on a tiny data set of its kind, through the real stages in order:
+fetch → prepare → train → evaluate → export → verify; then the ONNX model alone, as deployed.
+
+Only `train.model` and the `data` section change between cases (plus 3 epochs, to stay quick):
+the preset brings its own optimizer, batch size and normalisation.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import evaluate, export, fetch, prepare, train, verify
+from pipeline.model import load_keras_model
+from pipeline.predict import OnnxClassifier
+from pipeline.presets import PRESETS
+from pipeline.records import read_meta, read_split_arrays
+
+from conftest import write_idx_dataset
+from datasets import write_cifar10_dataset, write_csv_dataset, write_image_folder_dataset
+
+DATA = {
+    "idx": lambda d: write_idx_dataset(d),
+    "cifar10": lambda d: write_cifar10_dataset(d),
+    "image_folder_grey": lambda d: write_image_folder_dataset(d),
+    "image_folder_rgb_no_test": lambda d: {**write_image_folder_dataset(d, size=32, rgb=True),
+                                           "image_folder": {"test": None, "color_mode": "rgb", "image_size": [32, 32]}},
+    "csv": lambda d: write_csv_dataset(d),
+}
+
+CASES = [
+    ("cnn", "idx"), ("mlp", "cifar10"), ("rnn", "idx"), ("keras_mlp", "idx"),
+    ("mlp_128_64", "image_folder_grey"), ("lenet", "cifar10"), ("cnn4", "image_folder_rgb_no_test"),
+    ("cnn2", "idx"), ("tabular_mlp", "csv"),
+]
+
+
+def test_every_preset_has_a_case():
+    assert {preset for preset, _ in CASES} == set(PRESETS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, data_kind", CASES)
+def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, monkeypatch):
+    data = DATA[data_kind](tmp_path / "source")
+    params = {
+        "data": data,
+        "prepare": {"shard_size": 64},
+        "train": {"model": preset, "epochs": 3, "shuffle_buffer": 256},
+        "evaluate": {"gate": {"min_accuracy": 0.0}, "worst_examples": 4},
+        "export": {"calibration_size": 40, "max_int8_drop": 1.0, "registered_model_name": f"tiny-{preset}"},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment_name": "presets"},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    for stage in (fetch, prepare, train, evaluate, export, verify):
+        stage.main([])
+
+    hyper = PRESETS[preset].hyper
+    trained = json.loads((tmp_path / "reports/train.json").read_text())
+    assert trained["global_batch_size"] == hyper.batch_size
+    parity = json.loads((tmp_path / "reports/parity.json").read_text())
+    onnx = parity["formats"]["onnx"]
+    assert parity["passed"] and onnx["max_abs_diff"] <= 1e-4 and onnx["argmax_agreement"] == 1.0
+
+    # Deployed: onnxruntime with the model's own metadata (normalisation, shape) on the raw test inputs.
+    meta = read_meta("data/prepared")
+    raw_inputs, _ = read_split_arrays("data/prepared", meta, "test")
+    keras_probs = load_keras_model("models/model.keras")(meta.normalization.apply(raw_inputs.astype(np.float32))).numpy()
+    classifier = OnnxClassifier("exported/model.onnx")
+    assert classifier.class_names == meta.class_names and classifier.input_shape == meta.input_shape
+    onnx_probs = classifier.probabilities(raw_inputs)
+    assert np.abs(onnx_probs - keras_probs).max() <= 1e-4
+    assert (onnx_probs.argmax(1) == keras_probs.argmax(1)).all()
+    figures = {p.name for p in (tmp_path / "reports/figures").iterdir()}
+    assert ("worst_errors.png" in figures) == meta.is_image
