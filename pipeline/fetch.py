@@ -121,6 +121,8 @@ def gather(data: DataParams, dest: Path, scratch: Path) -> None:
     elif not is_url(data.source):
         root = Path(data.source)
     for name in names:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise PipelineError(f"data.{data.format}: {name!r} must be a relative path inside data.source")
         target = dest / name.rstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         if root is None:

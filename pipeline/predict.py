@@ -192,7 +192,7 @@ def format_table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pipeline-predict", description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG file, directory of them, or .npy")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG file, directory of them, .npy, or .csv (table models)")
     parser.add_argument("--model", default="exported/model.onnx")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON object per input (JSON lines)")

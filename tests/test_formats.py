@@ -131,6 +131,13 @@ def test_test_folder_with_other_classes_is_an_error(tmp_path):
         fetch_and_prepare(data, tmp_path)
 
 
+def test_file_names_cannot_leave_the_source(tmp_path):
+    data = write_csv_dataset(tmp_path / "table")
+    data["csv"]["test"] = "../outside.csv"
+    with pytest.raises(PipelineError, match=r"^data\.csv: '\.\./outside\.csv' must be a relative path inside"):
+        fetch(parse_params({"data": data}).data, tmp_path / "raw")
+
+
 def test_image_folder_from_a_url_prefix_is_refused(tmp_path):
     data = {**write_image_folder_dataset(tmp_path / "images"), "source": "http://127.0.0.1:9/images"}
     with pytest.raises(PipelineError, match=r"^data\.source: .*image folders come from a directory or an archive"):

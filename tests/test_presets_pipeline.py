@@ -17,7 +17,7 @@ from pipeline.predict import OnnxClassifier
 from pipeline.presets import PRESETS
 from pipeline.records import read_meta, read_split_arrays
 
-from conftest import write_idx_dataset
+from conftest import run, write_idx_dataset
 from datasets import write_cifar10_dataset, write_csv_dataset, write_image_folder_dataset
 
 DATA = {
@@ -75,3 +75,11 @@ def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, mo
     assert (onnx_probs.argmax(1) == keras_probs.argmax(1)).all()
     figures = {p.name for p in (tmp_path / "reports/figures").iterdir()}
     assert ("worst_errors.png" in figures) == meta.is_image
+
+    if not meta.is_image:
+        # The deployed table model reads a CSV with the training columns (labels and all) as it is.
+        proc = run(["pipeline-predict", "--json", "--top-k", "1", "data/raw/test.csv"], tmp_path)
+        lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [line["input"] for line in lines] == [f"data/raw/test.csv:{row}" for row in range(2, 62)]
+        predicted = [line["predictions"][0]["class"] for line in lines]
+        assert predicted == [meta.class_names[i] for i in keras_probs.argmax(1)]
