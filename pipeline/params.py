@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import PipelineError
 from pipeline.presets import CUSTOM, PRESET_NAMES, hyper_for
@@ -60,7 +60,7 @@ class FormatSection(Section):
 
     def _known_files(self) -> list[str] | None:
         """The file names sha256 may name, where they are known before fetching."""
-        return None
+        return self.files()
 
 
 class IdxData(FormatSection):
@@ -74,9 +74,6 @@ class IdxData(FormatSection):
     def files(self) -> list[str]:
         return [self.train_images, self.train_labels, self.test_images, self.test_labels]
 
-    def _known_files(self) -> list[str] | None:
-        return self.files()
-
 
 class Cifar10Data(FormatSection):
     """The CIFAR-10 *binary* version: records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32)."""
@@ -87,9 +84,6 @@ class Cifar10Data(FormatSection):
 
     def files(self) -> list[str]:
         return [*self.train, *self.test]
-
-    def _known_files(self) -> list[str] | None:
-        return self.files()
 
 
 class ImageFolderData(FormatSection):
@@ -104,6 +98,9 @@ class ImageFolderData(FormatSection):
     def files(self) -> list[str]:
         return [f"{self.train}/"] + ([f"{self.test}/"] if self.test else [])
 
+    def _known_files(self) -> list[str] | None:
+        return None  # any image under the folders may be named
+
 
 class CsvData(FormatSection):
     """A table with a header row: numeric feature columns and a label column."""
@@ -115,9 +112,6 @@ class CsvData(FormatSection):
 
     def files(self) -> list[str]:
         return [self.train] + ([self.test] if self.test else [])
-
-    def _known_files(self) -> list[str] | None:
-        return self.files()
 
 
 FORMATS = ("idx", "cifar10", "image_folder", "csv")
