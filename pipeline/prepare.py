@@ -125,7 +125,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int,
 
 
 def normalization_for(params: Params, train_x: np.ndarray) -> Normalization:
-    """Images: pixels scaled by 1/255, one mean/std. Tables: raw features, a mean/std per feature."""
+    """Images: pixels scaled by 1/255, one mean/std (grey) or one per channel (colour).
+    Tables: raw features, a mean/std per feature."""
     setting = params.prepare.normalization
     mode = resolved_mode(params)
     fixed = (setting.mean, setting.std)
@@ -136,10 +137,12 @@ def normalization_for(params: Params, train_x: np.ndarray) -> Normalization:
     if mode == "fixed":
         return Normalization(mean=float(fixed[0]), std=float(fixed[1]), scale=scale)
     values = train_x.astype(np.float64) * scale
-    if image:
+    if image and train_x.shape[-1] == 1:
         return Normalization(mean=float(values.mean()), std=float(values.std()) or 1.0, scale=scale)
-    std = values.std(axis=0)
-    return Normalization(mean=tuple(float(m) for m in values.mean(axis=0)),
+    # Colour images: per channel; tables: per feature. Both are the last axis.
+    axes = tuple(range(values.ndim - 1))
+    std = values.std(axis=axes)
+    return Normalization(mean=tuple(float(m) for m in values.mean(axis=axes)),
                          std=tuple(float(s) if s > 0 else 1.0 for s in std), scale=scale)
 
 

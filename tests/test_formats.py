@@ -104,6 +104,12 @@ def test_image_folder_rgb_without_test_folder_splits_a_test_fraction(tmp_path):
     report, meta = fetch_and_prepare(data, tmp_path, prepare={"test_fraction": 0.25, "shard_size": 50})
     assert meta.input_shape == (32, 32, 3)
     assert report["counts"] == {"train": 81, "val": 9, "test": 30}
+    # Colour images are standardised per channel (the last axis).
+    x, _ = split(tmp_path, meta, "train")
+    z = meta.normalization.apply(x.astype(np.float32))
+    assert len(meta.normalization.mean) == 3
+    np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=(0, 1, 2)), 1, atol=1e-4)
     assert sorted(report["per_class"]["test"].values()) == [7, 7, 8, 8]
 
 
