@@ -2,7 +2,12 @@
 Each is written here in its exact format, fetched and prepared by the real stages, read back, and
 broken once to show its one-line error."""
 
+import functools
+import http.server
+import shutil
 import tarfile
+import threading
+import zipfile
 
 import numpy as np
 import pytest
@@ -86,6 +91,43 @@ def test_archive_members_cannot_escape_the_data_directory(tmp_path):
     with pytest.raises(PipelineError, match=r"^evil\.tar\.gz: cannot extract archive"):
         fetch(parse_params({"data": data}).data, tmp_path / "work/raw")
     assert not (tmp_path / "work/escaped").exists() and not (tmp_path / "work/raw").exists()
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A real HTTP server over tmp_path/www; yields (directory, base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_archive_by_url_as_the_official_cifar10_download_is(tmp_path, http_dir):
+    www, url = http_dir
+    write_cifar10_dataset(tmp_path / "cifar-10-batches-bin")
+    with tarfile.open(www / "cifar-10-binary.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
+    data = {**write_cifar10_dataset(tmp_path / "unused"), "source": f"{url}/cifar-10-binary.tar.gz"}
+    _, meta = fetch_and_prepare(data, tmp_path)
+    assert meta.input_shape == (32, 32, 3) and meta.counts["test"] == 40
+
+
+def test_zipped_image_folder_and_a_zip_member_escaping(tmp_path):
+    data = write_image_folder_dataset(tmp_path / "images")
+    archive = shutil.make_archive(str(tmp_path / "images"), "zip", root_dir=tmp_path / "images")
+    _, meta = fetch_and_prepare({**data, "source": archive}, tmp_path)
+    assert meta.counts["test"] == 40 and meta.class_names == ["kind_a", "kind_b", "kind_c", "kind_d"]
+
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
+        zf.writestr("../../escaped.txt", "x")
+    with pytest.raises(PipelineError, match=r"^evil\.zip: member '\.\./\.\./escaped\.txt' would extract outside"):
+        fetch(parse_params({"data": {**data, "source": str(tmp_path / "evil.zip")}}).data, tmp_path / "raw2")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "raw2").exists()
 
 
 # ----------------------------------------------------------------------------- image folders
