@@ -1,19 +1,36 @@
-"""Servers the tests start on loopback (MLflow, PostgreSQL): free ports, readiness, clean stop."""
+"""Servers the tests start on loopback (static files, MLflow, PostgreSQL): free ports, readiness, clean stop."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 from conftest import tool_env
+
+
+@contextlib.contextmanager
+def static_http(directory: str | Path):
+    """A real HTTP server over `directory`; yields its base URL (no trailing slash)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def free_port() -> int:

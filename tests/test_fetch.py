@@ -1,9 +1,5 @@
 """Stage fetch: local copy and HTTP download, checksum verification, no half-written data/raw."""
 
-import functools
-import http.server
-import threading
-
 import pytest
 
 from pipeline.errors import PipelineError
@@ -11,6 +7,7 @@ from pipeline.fetch import fetch
 from pipeline.params import parse_params
 
 from conftest import FILES, run, with_idx
+from servers import static_http
 
 
 def data_params(data: dict, **changes):
@@ -57,14 +54,8 @@ def test_missing_source_and_missing_file(tiny_data, tmp_path):
 
 @pytest.fixture
 def http_source(tiny_data):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=tiny_data["source"])
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with static_http(tiny_data["source"]) as url:
+        yield f"{url}/"
 
 
 def test_http_download(tiny_data, tmp_path, http_source):

@@ -2,11 +2,8 @@
 Each is written here in its exact format, fetched and prepared by the real stages, read back, and
 broken once to show its one-line error."""
 
-import functools
-import http.server
 import shutil
 import tarfile
-import threading
 import zipfile
 
 import numpy as np
@@ -22,6 +19,7 @@ from pipeline.records import read_meta, read_split_arrays
 
 from conftest import run
 from datasets import write_cifar10_dataset, write_csv_dataset, write_image_folder_dataset
+from servers import static_http
 
 
 def fetch_and_prepare(data: dict, tmp_path, **sections):
@@ -93,27 +91,15 @@ def test_archive_members_cannot_escape_the_data_directory(tmp_path):
     assert not (tmp_path / "work/escaped").exists() and not (tmp_path / "work/raw").exists()
 
 
-@pytest.fixture
-def http_dir(tmp_path):
-    """A real HTTP server over tmp_path/www; yields (directory, base URL)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_archive_by_url_as_the_official_cifar10_download_is(tmp_path, http_dir):
-    www, url = http_dir
+def test_archive_by_url_as_the_official_cifar10_download_is(tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
     write_cifar10_dataset(tmp_path / "cifar-10-batches-bin")
     with tarfile.open(www / "cifar-10-binary.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
-    data = {**write_cifar10_dataset(tmp_path / "unused"), "source": f"{url}/cifar-10-binary.tar.gz"}
-    _, meta = fetch_and_prepare(data, tmp_path)
+    with static_http(www) as url:
+        data = {**write_cifar10_dataset(tmp_path / "unused"), "source": f"{url}/cifar-10-binary.tar.gz"}
+        _, meta = fetch_and_prepare(data, tmp_path)
     assert meta.input_shape == (32, 32, 3) and meta.counts["test"] == 40
 
 
