@@ -124,18 +124,25 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int,
     return np.sort(train_idx), np.sort(val_idx)
 
 
+def normalization_setting(params: Params) -> tuple[str, float, float]:
+    """(`dataset` or `fixed`, mean, std): what prepare.normalization means for this model."""
+    setting = params.prepare.normalization
+    if setting.mode == "preset":
+        mode, *fixed = normalization_for_model(params.train.model)
+        if fixed:
+            return mode, *fixed
+        return mode, setting.mean, setting.std
+    return setting.mode, setting.mean, setting.std
+
+
 def normalization_for(params: Params, train_x: np.ndarray) -> Normalization:
     """Images: pixels scaled by 1/255, one mean/std (grey) or one per channel (colour).
     Tables: raw features, a mean/std per feature."""
-    setting = params.prepare.normalization
-    mode = resolved_mode(params)
-    fixed = (setting.mean, setting.std)
-    if setting.mode == "preset" and mode == "fixed":
-        fixed = normalization_for_model(params.train.model)[1:]
+    mode, mean, std = normalization_setting(params)
     image = train_x.ndim == 4
     scale = PIXEL_SCALE if image else 1.0
     if mode == "fixed":
-        return Normalization(mean=float(fixed[0]), std=float(fixed[1]), scale=scale)
+        return Normalization(mean=float(mean), std=float(std), scale=scale)
     values = train_x.astype(np.float64) * scale
     if image and train_x.shape[-1] == 1:
         return Normalization(mean=float(values.mean()), std=float(values.std()) or 1.0, scale=scale)
@@ -164,9 +171,9 @@ def per_class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, in
 
 def split_test(raw: RawData, params: Params) -> tuple[Split, Split]:
     """Train and test: as the data has them, or a stratified test fraction split off train."""
-    x, y = raw.train
     if raw.test is not None:
         return raw.train, raw.test
+    x, y = raw.train
     keep, test = stratified_split(y, params.prepare.test_fraction, params.prepare.seed, "prepare.test_fraction")
     return (x[keep], y[keep]), (x[test], y[test])
 
@@ -208,19 +215,13 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
         "counts": meta.counts,
         "per_class": {name: per_class_counts(y, class_names) for name, (_, y) in splits.items()},
         "inputs": {"train_mean": float(values.mean()), "train_std": float(values.std()),
-                   "normalization": resolved_mode(params)},
+                   "normalization": normalization_setting(params)[0]},
         "duplicates": {
             "test_in_train": count_shared(train_and_val, digests["test"]),
             "val_in_train": count_shared(digests["train"], digests["val"]),
         },
         "skipped": {"count": len(raw.skipped), "files": raw.skipped},
     }
-
-
-def resolved_mode(params: Params) -> str:
-    """`dataset` or `fixed`: what prepare.normalization.mode means for this model."""
-    mode = params.prepare.normalization.mode
-    return normalization_for_model(params.train.model)[0] if mode == "preset" else mode
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -117,3 +117,18 @@ def test_class_too_small_to_stratify(tiny_data, raw, tmp_path):
     write_idx(raw / files["train_labels"], labels)
     with pytest.raises(PipelineError, match="class 2 has 0|class 3 has 1"):
         run_prepare(tiny_data, raw, tmp_path / "prepared")
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("keras_mlp", (0.0, 1.0)), ("mlp_128_64", (0.5, 0.5)), ("lenet", (0.5, 0.5)), ("cnn2", "dataset"),
+    ([{"Flatten": {}}], "dataset"),
+])
+def test_preset_mode_takes_the_models_own_normalisation(tiny_data, raw, tmp_path, model, expected):
+    params = parse_params({"data": tiny_data, "train": {"model": model}})
+    report = prepare(raw, tmp_path / "p", params)
+    norm = read_meta(str(tmp_path / "p")).normalization
+    if expected == "dataset":
+        assert report["inputs"]["normalization"] == "dataset"
+        assert (norm.mean, norm.std) == pytest.approx((report["inputs"]["train_mean"], report["inputs"]["train_std"]))
+    else:
+        assert report["inputs"]["normalization"] == "fixed" and (norm.mean, norm.std) == expected
