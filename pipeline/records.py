@@ -81,7 +81,9 @@ def write_split(directory: Path, images: np.ndarray, labels: np.ndarray, shard_s
                     "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
                     "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
                 }))
-                writer.write(example.SerializeToString())
+                # deterministic: map entries in key order, so the same data gives the same bytes
+                # (and DVC the same hash) in every process.
+                writer.write(example.SerializeToString(deterministic=True))
     return names
 
 

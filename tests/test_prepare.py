@@ -132,3 +132,26 @@ def test_preset_mode_takes_the_models_own_normalisation(tiny_data, raw, tmp_path
         assert (norm.mean, norm.std) == pytest.approx((report["inputs"]["train_mean"], report["inputs"]["train_std"]))
     else:
         assert report["inputs"]["normalization"] == "fixed" and (norm.mean, norm.std) == expected
+
+
+def test_shards_are_byte_identical_across_processes(tmp_path):
+    """Protobuf (upb) serialises map entries in an order seeded per process unless asked not to, and
+    DVC hashes the bytes. Seven processes (this one and six more) must write the same shard: with a
+    per-process order, all seven would agree by chance once in 64 runs."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from pipeline.records import write_split
+
+    script = ("import sys, hashlib, numpy as np; from pathlib import Path; from pipeline.records import write_split;"
+              "d = Path(sys.argv[1]); write_split(d, np.arange(24, dtype=np.uint8).reshape(3, 2, 4, 1),"
+              " np.array([0, 1, 2]), 10); print(hashlib.sha256((d / 'part-00000-of-00001.tfrecord').read_bytes()).hexdigest())")
+    from conftest import tool_env
+
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"p{i}")], stdout=subprocess.PIPE,
+                              text=True, env=tool_env()) for i in range(6)]
+    digests = {proc.communicate()[0].strip() for proc in procs}
+    write_split(tmp_path / "here", np.arange(24, dtype=np.uint8).reshape(3, 2, 4, 1), np.array([0, 1, 2]), 10)
+    digests.add(hashlib.sha256((tmp_path / "here/part-00000-of-00001.tfrecord").read_bytes()).hexdigest())
+    assert len(digests) == 1 and len(next(iter(digests))) == 64, digests
