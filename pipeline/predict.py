@@ -68,10 +68,6 @@ class OnnxClassifier:
                                 "is neither NHWC images nor NC feature vectors")
         self.input_name = self.session.get_inputs()[0].name
 
-    @property
-    def is_image(self) -> bool:
-        return len(self.input_shape) == 3
-
     def probabilities(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities for uint8/float pixels (0..255), or raw features, of shape (n, *input_shape)."""
         x = self.normalization.apply(pixels.astype(np.float32)).astype(np.float32)
@@ -85,15 +81,14 @@ class OnnxClassifier:
 
 # ----------------------------------------------------------------------------- inputs
 def load_image(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """Decoded exactly as prepare decodes an image folder, so deployed inputs match training's."""
+    from PIL import UnidentifiedImageError
+
+    from pipeline.image_folder import load_image as decode
 
     height, width, channels = input_shape
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.uint8)
+        pixels = decode(path, (height, width), "grayscale" if channels == 1 else "rgb")
     except UnidentifiedImageError:
         raise PipelineError(f"{path}: not an image Pillow can read") from None
     except OSError as exc:
