@@ -82,7 +82,7 @@ def extract(archive: Path, dest: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
 
 
-def verify(path: Path, expected: str | None, where: str = "data.sha256") -> str:
+def verify(path: Path, expected: str | None, where: str) -> str:
     actual = content_sha256(path)
     if expected is not None and actual != expected:
         raise PipelineError(

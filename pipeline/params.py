@@ -119,7 +119,7 @@ FORMATS = ("idx", "cifar10", "image_folder", "csv")
 
 class DataParams(Section):
     # Which reader prepare uses; its section below says which files and how to read them.
-    format: Literal["idx", "cifar10", "image_folder", "csv"] = "idx"
+    format: Literal[FORMATS] = "idx"  # type: ignore[valid-type]
     # A local directory, an http(s) URL prefix, or an archive (.tar.gz, .tgz, .tar, .zip; path or URL).
     source: str = "/usr/share/datasets/fashion-mnist"
     idx: IdxData = IdxData()

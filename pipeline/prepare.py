@@ -135,16 +135,13 @@ def normalization_setting(params: Params) -> tuple[str, float, float]:
     return setting.mode, setting.mean, setting.std
 
 
-def normalization_for(params: Params, train_x: np.ndarray) -> Normalization:
-    """Images: pixels scaled by 1/255, one mean/std (grey) or one per channel (colour).
-    Tables: raw features, a mean/std per feature."""
+def normalization_for(params: Params, values: np.ndarray, scale: float) -> Normalization:
+    """From the train inputs already scaled (`values` = raw · scale): for images one mean/std (grey)
+    or one per channel (colour); for tables a mean/std per feature."""
     mode, mean, std = normalization_setting(params)
-    image = train_x.ndim == 4
-    scale = PIXEL_SCALE if image else 1.0
     if mode == "fixed":
         return Normalization(mean=float(mean), std=float(std), scale=scale)
-    values = train_x.astype(np.float64) * scale
-    if image and train_x.shape[-1] == 1:
+    if values.ndim == 4 and values.shape[-1] == 1:
         return Normalization(mean=float(values.mean()), std=float(values.std()) or 1.0, scale=scale)
     # Colour images: per channel; tables: per feature. Both are the last axis.
     axes = tuple(range(values.ndim - 1))
@@ -188,7 +185,9 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
         "val": (x_all[val_idx], y_all[val_idx]),
         "test": test,
     }
-    normalization = normalization_for(params, splits["train"][0])
+    scale = PIXEL_SCALE if raw.is_image else 1.0
+    values = splits["train"][0].astype(np.float64) * scale  # the train inputs as normalisation sees them
+    normalization = normalization_for(params, values, scale)
     class_names = raw.class_names
     with atomic_dir(out_dir) as tmp:
         shards = {
@@ -207,7 +206,6 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
 
     digests = {name: digests_of(x) for name, (x, _) in splits.items()}
     train_and_val = digests["train"] + digests["val"]
-    values = splits["train"][0].astype(np.float64) * normalization.scale
     return {
         "format": params.data.format,
         "input_shape": list(meta.input_shape),

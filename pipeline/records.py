@@ -27,7 +27,6 @@ from pipeline.normalization import Normalization
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
 FORMAT_VERSION = 2
-DTYPES = ("uint8", "float32")
 
 
 @dataclass(frozen=True)
