@@ -1,11 +1,15 @@
 """Inference speed, side by side on the test split: Keras model.predict, a direct Keras call, the
-SavedModel signature, onnxruntime float32 and int8.
+SavedModel signature, onnxruntime float32 and int8, all fed raw inputs (uint8 pixels): every form
+normalises inside its graph.
 
 Batch 1: median and p99 latency over --calls calls (after --warmup calls); batch 256: throughput in
 images/s. Every engine runs with the same intra-op thread count (physical cores, or --threads) and
 one inter-op thread. Writes reports/bench.json and prints a table with ratios to the fastest.
 
-    python benchmarks/inference.py [--calls 500] [--threads N]
+    python benchmarks/inference.py [--calls 500] [--threads N] [--compare NAME=PATH.onnx ...]
+
+--compare adds other ONNX files (e.g. an earlier export) as engines in the same run, fed the test
+inputs in the dtype the file declares (timing does not depend on the values).
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="passes over the test split for throughput")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="reports/bench.json")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
+                        help="another ONNX file to time side by side")
     args = parser.parse_args()
     threads = args.threads or physical_cores()
 
@@ -78,11 +84,11 @@ def main() -> None:
     from pipeline.records import read_meta, read_split_arrays
 
     meta = read_meta(args.prepared)
-    images, _ = read_split_arrays(args.prepared, meta, "test")
-    x = meta.normalization.apply(images.astype(np.float32)).astype(np.float32)
+    x, _ = read_split_arrays(args.prepared, meta, "test")  # raw, as a deployer feeds them
     one = x[:1]
 
     model = load_keras_model(args.model)
+    name = model.inputs[0].name
     signature = tf.saved_model.load(f"{args.exported}/saved_model").signatures["serving_default"]
 
     def ort_session(path):
@@ -90,16 +96,21 @@ def main() -> None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        return lambda batch: session.run(None, {"image": batch})[0]
+        (graph_input,) = session.get_inputs()
+        dtype = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}[graph_input.type]
+        return lambda batch: session.run(None, {graph_input.name: batch.astype(dtype, copy=False)})[0]
 
     engines = {
         "keras_predict": lambda b: model.predict(b, verbose=0, batch_size=len(b)),
         "keras_call": lambda b: model(b, training=False).numpy(),
-        "saved_model": lambda b: signature(image=tf.constant(b))["probabilities"].numpy(),
+        "saved_model": lambda b: signature(**{name: tf.constant(b)})["probabilities"].numpy(),
         "onnxruntime_fp32": ort_session(f"{args.exported}/model.onnx"),
     }
     if Path(f"{args.exported}/model.int8.onnx").exists():
         engines["onnxruntime_int8"] = ort_session(f"{args.exported}/model.int8.onnx")
+    for spec in args.compare:
+        label, _, path = spec.partition("=")
+        engines[label] = ort_session(path)
 
     results = {}
     for name, fn in engines.items():

@@ -1,29 +1,21 @@
 """The tf.data input pipeline shared by train and evaluate.
 
-    TFRecord shards → parse + decode + normalise (map, AUTOTUNE) → cache → shuffle (seeded,
-    reshuffled each epoch) → batch → [augment] → prefetch(AUTOTUNE)
+    TFRecord shards → parse + decode (map, AUTOTUNE) → cache → shuffle (seeded, reshuffled each
+    epoch) → batch → [augment] → prefetch(AUTOTUNE)
 
-`cache()` holds the decoded, normalised examples and comes *before* shuffle: cached after shuffle,
-every epoch would replay the first epoch's order.
+Examples stay raw (uint8 pixels, float32 features): the model normalises them itself, so the cache
+holds a quarter of what float32 pixels would take. `cache()` comes *before* shuffle: cached after
+shuffle, every epoch would replay the first epoch's order.
 """
 
 from __future__ import annotations
 
-from pipeline.normalization import Normalization
 from pipeline.records import PreparedMeta, read_split
 
 
-def normalize_examples(dataset, normalization: Normalization):
-    import tensorflow as tf
-
-    def normalize(image, label):
-        return normalization.apply(tf.cast(image, tf.float32)), label
-
-    return dataset.map(normalize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
 def augmenter(horizontal_flip: bool, translate: float, seed: int):
-    """Keras' random augmentation layers, applied in tf.data so they never enter the model graph."""
+    """Keras' random augmentation layers, applied in tf.data so they never enter the model graph.
+    They work on raw pixels (translation fills with black, 0)."""
     import keras
 
     layers = []
@@ -39,17 +31,28 @@ def shard_policy(num_files: int, workers: int) -> str:
     return "FILE" if num_files >= workers else "DATA"
 
 
+def augment_raw(augment, images, dtype):
+    """`augment` on a batch of raw inputs, returned in their raw dtype: Keras' layers compute in
+    float32; uint8 pixels come back rounded and clipped (a flip is exact)."""
+    import tensorflow as tf
+
+    out = augment(images, training=True)
+    if dtype == tf.uint8:
+        out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+    return tf.cast(out, dtype)
+
+
 def make_dataset(prepared_dir: str, meta: PreparedMeta, split: str, batch_size: int, *, training: bool,
                  shuffle_buffer: int = 10_000, seed: int = 0, cache: bool = True, augment=None, files=None,
                  workers: int = 1):
-    """Batched (normalised float32 image, int64 label) for `split`; shuffled and augmented when training.
+    """Batched (raw input, int64 label) for `split`; shuffled and augmented when training.
 
     `batch_size` is the global batch; under a multi-worker strategy each worker reads its shard
     (see `shard_policy`), set explicitly rather than left to tf.data's AUTO guess.
     """
     import tensorflow as tf
 
-    dataset = normalize_examples(read_split(prepared_dir, meta, split, files), meta.normalization)
+    dataset = read_split(prepared_dir, meta, split, files)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = getattr(
         tf.data.experimental.AutoShardPolicy, shard_policy(len(meta.shards[split]), workers))
@@ -60,5 +63,6 @@ def make_dataset(prepared_dir: str, meta: PreparedMeta, split: str, batch_size: 
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if training and augment is not None:
-        dataset = dataset.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        dtype = tf.as_dtype(meta.dtype)
+        dataset = dataset.map(lambda x, y: (augment_raw(augment, x, dtype), y), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

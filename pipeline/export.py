@@ -1,10 +1,13 @@
 """Stage `export`: the trained Keras model as a TensorFlow SavedModel and ONNX (float32, optionally
 static int8), with the metadata a deployer needs, registered in MLflow.
 
-    exported/saved_model/    serving signature: image (float32, [batch, h, w, c]) -> probabilities
-    exported/model.onnx      tf2onnx, input `image` with symbolic dim `batch`, output `probabilities`
-    exported/model.int8.onnx onnxruntime static QDQ quantization, calibrated on a seeded train sample
-    exported/metadata.json   input spec, class names, normalisation, opset, sizes and sha256 of files
+Every form takes the model's raw input (its normalisation is inside the graph) and returns
+`probabilities` (float32 [batch, classes]):
+
+    exported/saved_model/    serving signature: image (uint8 [batch, h, w, c]) or features (float32 [batch, n])
+    exported/model.onnx      tf2onnx, the same input name and dtype with symbolic dim `batch`
+    exported/model.int8.onnx onnxruntime static QDQ quantization, calibrated on a seeded raw train sample
+    exported/metadata.json   input spec, class names, opset, provenance, sizes and sha256 of files
 
 Everything is built in a temporary directory beside exported/ and renamed into place.
 """
@@ -23,7 +26,6 @@ from pipeline.errors import PipelineError
 from pipeline.hashing import file_sha256, tree_sha256
 from pipeline.params import ExportParams, load_params
 
-INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 BATCH_DIM = "batch"
 LAYOUT = "NHWC"
@@ -37,22 +39,41 @@ def float32_model(model):
         return model
     config = model.get_config()
     for layer in config["layers"]:
-        layer["config"]["dtype"] = "float32"
+        if layer["class_name"] != "InputLayer":  # the input keeps its raw dtype (uint8 pixels)
+            layer["config"]["dtype"] = "float32"
     clone = keras.Sequential.from_config(config)
     clone.set_weights(model.get_weights())
     return clone
 
 
-def serving_function(model, input_shape: tuple[int, ...]):
+def model_input(model) -> tuple[str, str, tuple[int, ...]]:
+    """The model's raw input: name, dtype and shape without the batch dimension."""
+    (tensor,) = model.inputs
+    return tensor.name, str(tensor.dtype), tuple(int(d) for d in tensor.shape[1:])
+
+
+def serving_function(model):
+    """A tf.function over the model's raw input, named as the model names it, any batch size."""
     import tensorflow as tf
 
-    spec = tf.TensorSpec([None, *input_shape], tf.float32, name=INPUT_NAME)
+    name, dtype, shape = model_input(model)
+    spec = tf.TensorSpec([None, *shape], tf.as_dtype(dtype), name=name)
 
     @tf.function(input_signature=[spec])
-    def serve(image):
-        return {OUTPUT_NAME: model(image, training=False)}
+    def serve(inputs):
+        return {OUTPUT_NAME: model(inputs, training=False)}
 
     return serve
+
+
+def normalization_of(model) -> dict | None:
+    """The normalisation the model's own first layer applies (information for the metadata)."""
+    import keras
+
+    first = next((layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)), None)
+    if not isinstance(first, keras.layers.Rescaling):
+        return None
+    return {"formula": "input * scale + offset", "scale": first.scale, "offset": first.offset}
 
 
 def export_saved_model(model, serve, out: Path) -> None:
@@ -68,7 +89,13 @@ def input_layout(meta) -> str:
     return LAYOUT if meta.is_image else "NC"
 
 
-def onnx_metadata(meta, run_id: str | None) -> dict[str, str]:
+def input_description(meta) -> str:
+    if meta.is_image:
+        return "decoded pixels 0..255 as Pillow, OpenCV or an IDX/CIFAR file give them; normalised inside the model"
+    return "raw feature values in feature_names order; normalised inside the model"
+
+
+def onnx_metadata(meta, input_dtype: str, normalization: dict | None, run_id: str | None) -> dict[str, str]:
     import keras
     import onnx
     import tensorflow as tf
@@ -78,9 +105,10 @@ def onnx_metadata(meta, run_id: str | None) -> dict[str, str]:
         "class_names": json.dumps(meta.class_names),
         "input_layout": input_layout(meta),
         "input_shape": json.dumps([BATCH_DIM, *meta.input_shape]),
-        "input_dtype": "float32",
-        "normalization": meta.normalization.to_json(),
-        "input_range": "pixels 0..255 before normalization" if meta.is_image else "raw feature values before normalization",
+        "input_dtype": input_dtype,
+        "input": input_description(meta),
+        # Information only: the graph applies it (no consumer needs to).
+        "normalization_inside": json.dumps(normalization),
         "feature_names": json.dumps(meta.feature_names or []),
         "output": f"{OUTPUT_NAME}: softmax over class_names",
         "producer_versions": json.dumps({"tensorflow": tf.__version__, "keras": keras.__version__,
@@ -96,7 +124,7 @@ def export_onnx(serve, opset: int, metadata: dict[str, str], out: Path):
     model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
     (graph_input,) = model_proto.graph.input
     (graph_output,) = model_proto.graph.output
-    if graph_input.name != INPUT_NAME or graph_output.name != OUTPUT_NAME:
+    if graph_input.name != serve.input_signature[0].name or graph_output.name != OUTPUT_NAME:
         raise PipelineError(f"{out}: tf2onnx named the graph {graph_input.name} -> {graph_output.name}")
     for value in (graph_input, graph_output):
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
@@ -105,19 +133,32 @@ def export_onnx(serve, opset: int, metadata: dict[str, str], out: Path):
     del model_proto.metadata_props[:]
     for key, value in metadata.items():
         model_proto.metadata_props.add(key=key, value=value)
+    keep_used_domains(model_proto)
     onnx.checker.check_model(model_proto, full_check=True)
     onnx.save_model(model_proto, str(out), save_as_external_data=False)
     return model_proto
 
 
-def calibration_batches(images: np.ndarray, normalization, size: int, seed: int, batch: int = 50):
+def keep_used_domains(model_proto) -> None:
+    """Drop opset imports that no node uses (quant_pre_process leaves onnxruntime-internal ones),
+    so another runtime is not asked for domains the file never needs. The default domain stays."""
+    used = {node.domain or "" for node in model_proto.graph.node}
+    for function in model_proto.functions:
+        used |= {node.domain or "" for node in function.node}
+    keep = [o for o in model_proto.opset_import if (o.domain or "") in used or (o.domain or "") == ""]
+    del model_proto.opset_import[:]
+    model_proto.opset_import.extend(keep)
+
+
+def calibration_batches(inputs: np.ndarray, size: int, seed: int, batch: int = 50) -> list[np.ndarray]:
+    """A seeded sample of raw train inputs, as the deployed model receives them."""
     rng = np.random.default_rng(seed)
-    picked = images[np.sort(rng.choice(len(images), size=min(size, len(images)), replace=False))]
-    x = normalization.apply(picked.astype(np.float32)).astype(np.float32)
-    return [x[i:i + batch] for i in range(0, len(x), batch)]
+    picked = inputs[np.sort(rng.choice(len(inputs), size=min(size, len(inputs)), replace=False))]
+    return [picked[i:i + batch] for i in range(0, len(picked), batch)]
 
 
-def quantize_int8(fp32_path: Path, batches: list[np.ndarray], out: Path, metadata: dict[str, str]) -> None:
+def quantize_int8(fp32_path: Path, input_name: str, batches: list[np.ndarray], out: Path,
+                  metadata: dict[str, str]) -> None:
     """onnxruntime static quantization (QDQ, int8 weights, uint8 activations) after quant_pre_process."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -129,7 +170,7 @@ def quantize_int8(fp32_path: Path, batches: list[np.ndarray], out: Path, metadat
 
         def get_next(self):
             batch = next(self.batches, None)
-            return None if batch is None else {INPUT_NAME: batch}
+            return None if batch is None else {input_name: batch}
 
     pre = out.with_name(out.stem + ".pre.onnx")
     quant_pre_process(str(fp32_path), str(pre))
@@ -140,6 +181,7 @@ def quantize_int8(fp32_path: Path, batches: list[np.ndarray], out: Path, metadat
     del model.metadata_props[:]
     for key, value in {**metadata, "quantization": "static QDQ int8 (onnxruntime)"}.items():
         model.metadata_props.add(key=key, value=value)
+    keep_used_domains(model)
     onnx.checker.check_model(model)
     onnx.save_model(model, str(out), save_as_external_data=False)
 
@@ -152,18 +194,20 @@ def export(model_path: Path, prepared_dir: str, out_dir: Path, params: ExportPar
 
     meta = read_meta(prepared_dir)
     model = float32_model(load_keras_model(str(model_path)))
-    if tuple(model.input_shape[1:]) != tuple(meta.input_shape):
-        raise PipelineError(f"{model_path}: model input {model.input_shape[1:]} does not match the prepared "
-                            f"data's {tuple(meta.input_shape)}")
-    serve = serving_function(model, meta.input_shape)
-    metadata = onnx_metadata(meta, run_id)
+    input_name, input_dtype, input_shape = model_input(model)
+    if input_shape != tuple(meta.input_shape) or input_dtype != meta.dtype:
+        raise PipelineError(f"{model_path}: model input {input_dtype} {input_shape} does not match the prepared "
+                            f"data's {meta.dtype} {tuple(meta.input_shape)} (rerun `dvc repro train`)")
+    serve = serving_function(model)
+    normalization = normalization_of(model)
+    metadata = onnx_metadata(meta, input_dtype, normalization, run_id)
     with atomic_dir(out_dir) as tmp:
         export_saved_model(model, serve, tmp / "saved_model")
         export_onnx(serve, params.opset, metadata, tmp / "model.onnx")
         if params.quantize:
-            train_images, _ = read_split_arrays(prepared_dir, meta, "train")
-            batches = calibration_batches(train_images, meta.normalization, params.calibration_size, seed)
-            quantize_int8(tmp / "model.onnx", batches, tmp / "model.int8.onnx", metadata)
+            train_inputs, _ = read_split_arrays(prepared_dir, meta, "train")
+            batches = calibration_batches(train_inputs, params.calibration_size, seed)
+            quantize_int8(tmp / "model.onnx", input_name, batches, tmp / "model.int8.onnx", metadata)
         files = {}
         for name in ("model.onnx", "model.int8.onnx"):
             if (tmp / name).exists():
@@ -172,14 +216,14 @@ def export(model_path: Path, prepared_dir: str, out_dir: Path, params: ExportPar
         files["saved_model"] = {"bytes": sum(p.stat().st_size for p in saved.rglob("*") if p.is_file()),
                                 "sha256": tree_sha256(saved)}
         info = {
-            "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [BATCH_DIM, *meta.input_shape],
+            "input": {"name": input_name, "dtype": input_dtype, "shape": [BATCH_DIM, *meta.input_shape],
                       "layout": input_layout(meta), "feature_names": meta.feature_names,
-                      "range": [0, 255] if meta.is_image else None},
+                      "range": [0, 255] if meta.is_image else None, "meaning": input_description(meta)},
             "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [BATCH_DIM, meta.num_classes],
                        "meaning": "softmax probabilities over class_names"},
             "class_names": meta.class_names,
-            "normalization": meta.normalization.to_dict(),
-            "normalization_formula": "(input * scale - mean) / std",
+            # Information only: the model applies it to its raw input.
+            "normalization_inside": normalization,
             "opset": params.opset,
             "files": files,
             "source_model": {"path": str(model_path), "sha256": file_sha256(model_path)},
@@ -205,8 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     info = export(Path(args.model), args.prepared, out, params.export, params.prepare.seed, tracker.run_id)
 
-    version = tracker.log_onnx_model(out / "model.onnx", params.export.registered_model_name,
-                                     input_shape=info["input"]["shape"][1:])
+    version = tracker.log_onnx_model(out / "model.onnx", params.export.registered_model_name)
     tracker.log_artifact(out / "saved_model", "saved_model")
     tracker.log_artifact(out / "metadata.json", "export")
     info["mlflow_registered_model"] = {"name": params.export.registered_model_name, "version": version}

@@ -1,9 +1,16 @@
 """The Keras Sequential model from `train.model`: a preset (pipeline/presets.py) or an explicit,
 validated layer list.
 
-Every model is `keras.Sequential([keras.Input(shape), <body>, Dense(n_classes), Softmax])`: the
-body comes from params, the head from the data (its class count). The softmax runs in float32 so
-mixed-precision models still output float32 probabilities.
+Every model is
+
+    keras.Sequential([keras.Input(shape, raw dtype), <preprocessing>, <body>, Dense(n_classes), Softmax])
+
+The input is raw: images as decoders give them (`image`, uint8 [batch, h, w, c]), tables as raw
+feature vectors (`features`, float32 [batch, n]). The preprocessing (pipeline/normalization.py)
+casts and normalises inside the model, so the model and everything exported from it take the same
+raw input. The body comes from params, the head from the data (its class count). Preprocessing and
+softmax run in float32, so mixed-precision models still take raw input and output float32
+probabilities.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.presets import check_fits, preset_layers
+from pipeline.normalization import Normalization, choose, preprocessing_layers
+from pipeline.presets import check_fits, normalization_for_model, preset_layers
 
 # Keyword arguments every Keras layer takes through **kwargs.
 _BASE_LAYER_ARGS = {"name", "dtype", "trainable", "autocast", "input_shape", "input_dim"}
@@ -60,8 +68,26 @@ def make_layers(spec: list[dict[str, dict[str, Any]]]) -> list:
     return layers
 
 
-def build_model(model: str | list, input_shape: tuple[int, ...], num_classes: int):
-    """keras.Sequential: Input(input_shape) → body from params → Dense(num_classes) → float32 softmax."""
+def input_name(input_shape: tuple[int, ...]) -> str:
+    """The model's input name: `image` for (h, w, c) images, `features` for table rows."""
+    return "image" if len(input_shape) == 3 else "features"
+
+
+def model_normalization(model: str | list, mode: str, measured: Normalization, mean: float,
+                        std: float) -> Normalization:
+    """What the model's preprocessing applies for `train.normalization`: `preset` is the preset's own
+    convention (`dataset` for a layer list), `dataset` the measured train statistics, `fixed` mean/std."""
+    if mode == "preset":
+        mode, *fixed = normalization_for_model(model)
+        if fixed:
+            mean, std = fixed
+    return choose(mode, measured, mean, std)
+
+
+def build_model(model: str | list, input_shape: tuple[int, ...], num_classes: int, normalization: Normalization,
+                input_dtype: str = "uint8"):
+    """keras.Sequential: raw Input → float32 normalisation → body from params → Dense(num_classes) →
+    float32 softmax."""
     import keras
 
     misfit = check_fits(model, input_shape)
@@ -73,7 +99,8 @@ def build_model(model: str | list, input_shape: tuple[int, ...], num_classes: in
     head = [keras.layers.Dense(num_classes, name="logits"),
             keras.layers.Activation("softmax", dtype="float32", name="probabilities")]
     try:
-        return keras.Sequential([keras.Input(shape=tuple(input_shape), name="image"), *body, *head], name=name)
+        return keras.Sequential([keras.Input(shape=tuple(input_shape), dtype=input_dtype, name=input_name(input_shape)),
+                                 *preprocessing_layers(normalization), *body, *head], name=name)
     except (ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise PipelineError(

@@ -134,25 +134,25 @@ class DataParams(Section):
 
 
 # --------------------------------------------------------------------------- prepare
-class NormalizationParams(Section):
-    # preset: the model preset's own convention (train.model; dataset for layer lists);
-    # dataset: mean/std of the train split (per feature for csv data); fixed: the mean/std given here.
-    mode: Literal["preset", "dataset", "fixed"] = "preset"
-    mean: float = 0.0
-    std: Annotated[float, Field(gt=0)] = 1.0
-
-
 class PrepareParams(Section):
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     # Only for data without a test part (image_folder.test or csv.test null).
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     seed: int = 42
     shard_size: Annotated[int, Field(ge=1)] = 10_000
-    normalization: NormalizationParams = NormalizationParams()
 
 
 # --------------------------------------------------------------------------- train
 Auto = Literal["auto", "on", "off"]
+
+
+class NormalizationParams(Section):
+    # What the model's first layers do to raw input (pixels are scaled by 1/255 first):
+    # preset: the preset's own convention (dataset for layer lists); dataset: mean/std of the
+    # train split that prepare measured (per channel, per feature for csv); fixed: mean/std below.
+    mode: Literal["preset", "dataset", "fixed"] = "preset"
+    mean: float = 0.0
+    std: Annotated[float, Field(gt=0)] = 1.0
 
 
 class AugmentParams(Section):
@@ -178,6 +178,7 @@ class TrainParams(Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     schedule: Literal["constant", "cosine", "exponential"]
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    normalization: NormalizationParams = NormalizationParams()
     early_stopping_patience: Annotated[int, Field(ge=0)] = 5
     augment: AugmentParams = AugmentParams()
     shuffle_buffer: Annotated[int, Field(ge=1)] = 10_000

@@ -5,10 +5,11 @@
 INPUT is a PNG/JPEG file, a directory of them, or a .npy array of one image (h×w or h×w×c) or many
 (n×h×w or n×h×w×c) with pixel values 0..255. For a model trained on a CSV table, INPUT is a .csv
 file with a header naming the model's feature columns (other columns are ignored), or a .npy array
-of feature rows. Class names, input shape and normalisation come from
-the model's own metadata. An image of another size is resized (bilinear) and converted to the
-model's colour mode (grey: Pillow's "L", ITU-R 601 luma; colour: RGB), so any photo works.
-A bad input is reported on stderr, one line naming it; the others are still predicted.
+of feature rows. Class names and input shape come from the model's own metadata; the model
+normalises its raw input itself, so this only decodes. An image of another size is resized
+(bilinear) and converted to the model's colour mode (grey: Pillow's "L", ITU-R 601 luma; colour:
+RGB), so any photo works. A bad input is reported on stderr, one line naming it; the others are
+still predicted.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import numpy as np
 
 from pipeline.cli import run_cli
 from pipeline.errors import PipelineError
-from pipeline.normalization import Normalization
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-REQUIRED_METADATA = ("class_names", "input_shape", "normalization", "input_layout")
+REQUIRED_METADATA = ("class_names", "input_shape", "input_layout")
+INPUT_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
 
 
 @dataclass
@@ -58,7 +59,6 @@ class OnnxClassifier:
         try:
             self.class_names: list[str] = json.loads(props["class_names"])
             self.input_shape = tuple(int(d) for d in json.loads(props["input_shape"])[1:])
-            self.normalization = Normalization.from_dict(json.loads(props["normalization"]))
             self.feature_names: list[str] = json.loads(props.get("feature_names") or "[]")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise PipelineError(f"{self.path}: metadata is malformed") from None
@@ -66,17 +66,29 @@ class OnnxClassifier:
         if len(self.input_shape) != layouts.get(props["input_layout"]):
             raise PipelineError(f"{self.path}: input layout {props['input_layout']} {self.input_shape} "
                                 "is neither NHWC images nor NC feature vectors")
-        self.input_name = self.session.get_inputs()[0].name
+        (graph_input,) = self.session.get_inputs()
+        self.input_name = graph_input.name
+        if graph_input.type not in INPUT_DTYPES:
+            raise PipelineError(f"{self.path}: input {graph_input.name} is {graph_input.type}, not raw uint8 pixels "
+                                "or float32 features (exported by an older version of this pipeline?)")
+        self.input_dtype = INPUT_DTYPES[graph_input.type]
 
-    def probabilities(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities for uint8/float pixels (0..255), or raw features, of shape (n, *input_shape)."""
-        x = self.normalization.apply(pixels.astype(np.float32)).astype(np.float32)
+    def probabilities(self, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities for raw inputs of shape (n, *input_shape): pixels 0..255 or features."""
+        x = raw_input(inputs, self.input_dtype)
         return np.concatenate([self.session.run(None, {self.input_name: x[i:i + batch_size]})[0]
                                for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, len(self.class_names)))
 
     def top_k(self, probs: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[(self.class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+
+
+def raw_input(values: np.ndarray, dtype) -> np.ndarray:
+    """Values as the model's input dtype: pixels rounded to uint8 (callers checked 0..255), features float32."""
+    if dtype == np.uint8 and values.dtype != np.uint8:
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return values.astype(dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -117,8 +129,13 @@ def load_array(path: Path, input_shape: tuple[int, ...]) -> list[Item]:
 def split_rows(path: Path, array: np.ndarray, input_shape: tuple[int, ...]) -> list[Item]:
     if array.shape[1:] != input_shape:
         return [Item(str(path), error=f"{path}: array shape {array.shape} is not (n,) + {input_shape}")]
-    if not np.issubdtype(array.dtype, np.number):
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         return [Item(str(path), error=f"{path}: array dtype {array.dtype} is not numeric")]
+    if not np.isfinite(array).all():
+        return [Item(str(path), error=f"{path}: array holds NaN or infinite values")]
+    if len(input_shape) == 3 and (array.min(initial=0) < 0 or array.max(initial=0) > 255):
+        return [Item(str(path), error=f"{path}: pixel values must lie in 0..255, "
+                                      f"got {array.min()}..{array.max()}")]
     if len(array) == 1:
         return [Item(str(path), array[0])]
     return [Item(f"{path}[{i}]", a) for i, a in enumerate(array)]

@@ -13,9 +13,8 @@ import numpy as np
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
-from pipeline.normalization import PIXEL_SCALE, Normalization
+from pipeline.normalization import PIXEL_SCALE, measure
 from pipeline.params import DataParams, Params, load_params
-from pipeline.presets import normalization_for_model
 from pipeline.records import META_FILE, PreparedMeta, write_split
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -124,32 +123,6 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int,
     return np.sort(train_idx), np.sort(val_idx)
 
 
-def normalization_setting(params: Params) -> tuple[str, float, float]:
-    """(`dataset` or `fixed`, mean, std): what prepare.normalization means for this model."""
-    setting = params.prepare.normalization
-    if setting.mode == "preset":
-        mode, *fixed = normalization_for_model(params.train.model)
-        if fixed:
-            return mode, *fixed
-        return mode, setting.mean, setting.std
-    return setting.mode, setting.mean, setting.std
-
-
-def normalization_for(params: Params, values: np.ndarray, scale: float) -> Normalization:
-    """From the train inputs already scaled (`values` = raw · scale): for images one mean/std (grey)
-    or one per channel (colour); for tables a mean/std per feature."""
-    mode, mean, std = normalization_setting(params)
-    if mode == "fixed":
-        return Normalization(mean=float(mean), std=float(std), scale=scale)
-    if values.ndim == 4 and values.shape[-1] == 1:
-        return Normalization(mean=float(values.mean()), std=float(values.std()) or 1.0, scale=scale)
-    # Colour images: per channel; tables: per feature. Both are the last axis.
-    axes = tuple(range(values.ndim - 1))
-    std = values.std(axis=axes)
-    return Normalization(mean=tuple(float(m) for m in values.mean(axis=axes)),
-                         std=tuple(float(s) if s > 0 else 1.0 for s in std), scale=scale)
-
-
 def digests_of(images: np.ndarray) -> list[bytes]:
     flat = images.reshape(len(images), -1)
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
@@ -185,9 +158,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
         "val": (x_all[val_idx], y_all[val_idx]),
         "test": test,
     }
-    scale = PIXEL_SCALE if raw.is_image else 1.0
-    values = splits["train"][0].astype(np.float64) * scale  # the train inputs as normalisation sees them
-    normalization = normalization_for(params, values, scale)
+    statistics = measure(splits["train"][0], PIXEL_SCALE if raw.is_image else 1.0)
     class_names = raw.class_names
     with atomic_dir(out_dir) as tmp:
         shards = {
@@ -196,7 +167,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
         meta = PreparedMeta(
             input_shape=tuple(int(d) for d in x_all.shape[1:]),
             class_names=list(class_names),
-            normalization=normalization,
+            statistics=statistics,
             counts={name: int(len(y)) for name, (_, y) in splits.items()},
             shards=shards,
             dtype=str(x_all.dtype),
@@ -212,8 +183,8 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
         "num_classes": meta.num_classes,
         "counts": meta.counts,
         "per_class": {name: per_class_counts(y, class_names) for name, (_, y) in splits.items()},
-        "inputs": {"train_mean": float(values.mean()), "train_std": float(values.std()),
-                   "normalization": normalization_setting(params)[0]},
+        "inputs": {"train_mean": float(np.mean(splits["train"][0], dtype=np.float64) * statistics.scale),
+                   "train_std": float(np.std(splits["train"][0], dtype=np.float64) * statistics.scale)},
         "duplicates": {
             "test_in_train": count_shared(train_and_val, digests["test"]),
             "val_in_train": count_shared(digests["train"], digests["val"]),

@@ -33,7 +33,7 @@ class Preset:
     origin: str
     layers: Callable[[tuple[int, ...]], Layers]
     hyper: Hyper
-    # Normalisation when prepare.normalization.mode is `preset`: ("dataset",) or ("fixed", mean, std).
+    # Normalisation when train.normalization.mode is `preset`: ("dataset",) or ("fixed", mean, std).
     normalization: tuple = ("dataset",)
     # What the input must look like: "image" (H, W, C), "vector" (features,), or "any".
     input_kind: str = "image"

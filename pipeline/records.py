@@ -1,9 +1,10 @@
 """The prepared-data format: per split, TFRecord shards of (raw input bytes, label), plus meta.json.
 
-Inputs are uint8 pixels (images, shape (h, w, c)) or float32 features (tables, shape (n_features,));
-meta.json says which, with the shape, class names and the normalisation.
+Inputs are raw: uint8 pixels (images, shape (h, w, c)) or float32 features (tables, shape
+(n_features,)); meta.json says which, with the shape, class names, the train split's statistics
+(which the model's own normalisation layers may use) and counts.
 
-    data/prepared/meta.json                      shape, class names, normalisation, counts, shards
+    data/prepared/meta.json                      shape, dtype, class names, statistics, counts, shards
     data/prepared/<split>/part-00000-of-00006.tfrecord
 
 TFRecord streams from any filesystem `tf.io.gfile` reads (local, gs://, s3://) without loading
@@ -26,14 +27,14 @@ from pipeline.normalization import Normalization
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
 class PreparedMeta:
     input_shape: tuple[int, ...]
     class_names: list[str]
-    normalization: Normalization
+    statistics: Normalization     # of the train split: scale, mean and std (pipeline/normalization.py)
     counts: dict[str, int]
     shards: dict[str, list[str]]
     dtype: str = "uint8"
@@ -55,7 +56,7 @@ class PreparedMeta:
             "dtype": self.dtype,
             "feature_names": self.feature_names,
             "class_names": self.class_names,
-            "normalization": self.normalization.to_dict(),
+            "statistics": self.statistics.to_dict(),
             "counts": self.counts,
             "shards": self.shards,
         }
@@ -106,7 +107,7 @@ def read_meta(prepared_dir: str) -> PreparedMeta:
     return PreparedMeta(
         input_shape=tuple(raw["input_shape"]),
         class_names=list(raw["class_names"]),
-        normalization=Normalization.from_dict(raw["normalization"]),
+        statistics=Normalization.from_dict(raw["statistics"]),
         counts={k: int(v) for k, v in raw["counts"].items()},
         shards={k: list(v) for k, v in raw["shards"].items()},
         dtype=raw["dtype"],

@@ -20,6 +20,8 @@ from typing import Any
 from pipeline.errors import PipelineError
 
 RUN_FILE_KEYS = ("run_id", "experiment_id", "tracking_uri")
+# onnxruntime's names of the input types an exported model may take.
+ONNX_INPUT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
 
 
 def project_root() -> Path:
@@ -199,9 +201,11 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
-    def log_onnx_model(self, path: str | os.PathLike, registered_name: str, input_shape: list[int]) -> str:
-        """Log the ONNX file as an MLflow model (signature, input example, one file) and register it;
-        returns the new registry version."""
+    def log_onnx_model(self, path: str | os.PathLike, registered_name: str) -> str:
+        """Log the ONNX file as an MLflow model and register it; returns the new registry version.
+
+        The signature is the file's own input (name, dtype, shape with a dynamic batch), so
+        `mlflow models serve` rejects a wrong name, dtype or shape with MLflow's schema error."""
         import mlflow
         import numpy as np
         import onnx
@@ -210,10 +214,11 @@ class Tracker:
         import onnxruntime as ort
 
         model = onnx.load(str(path))
-        example = np.zeros((1, *input_shape), dtype=np.float32)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (input_meta,) = session.get_inputs()
         (output_meta,) = session.get_outputs()
+        dtype = ONNX_INPUT_DTYPES[input_meta.type]
+        example = np.zeros((1, *input_meta.shape[1:]), dtype=dtype)
         output = session.run(None, {input_meta.name: example})[0]
         signature = infer_signature({input_meta.name: example}, {output_meta.name: output})
         # mlflow.<flavor>.log_model only speaks the fluent API, which needs the global tracking URI
@@ -225,6 +230,13 @@ class Tracker:
                 registered_model_name=registered_name, save_as_external_data=False,
             )
         return str(info.registered_model_version)
+
+    def load_registered_model(self, name: str, version: str):
+        """The registered version as MLflow serves it (`mlflow.pyfunc`, with its schema enforcement)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
 
     def tag_model_version(self, name: str, version: str, tags: dict[str, Any]) -> None:
         for key, value in tags.items():

@@ -108,7 +108,7 @@ def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, ver
 
     from pipeline.dataset import augmenter, make_dataset
     from pipeline.devices import setup_devices
-    from pipeline.model import build_model
+    from pipeline.model import build_model, model_normalization
 
     p = params.train
     meta: PreparedMeta = read_meta(str(prepared_dir))
@@ -124,10 +124,13 @@ def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, ver
     steps_per_epoch = -(-meta.counts["train"] // global_batch)
 
     with strategy.scope():
-        model = build_model(p.model, meta.input_shape, meta.num_classes)
+        normalization = model_normalization(p.model, p.normalization.mode, meta.statistics,
+                                            p.normalization.mean, p.normalization.std)
+        model = build_model(p.model, meta.input_shape, meta.num_classes, normalization, meta.dtype)
         model.compile(optimizer=make_optimizer(p, steps_per_epoch), loss=make_loss(p, meta.num_classes),
                       metrics=["accuracy"], jit_compile=devices.jit_compile)
 
+    work_dir.mkdir(parents=True, exist_ok=True)
     history_path = work_dir / "history.csv"
 
     class EpochRecorder(keras.callbacks.Callback):
@@ -178,6 +181,7 @@ def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, ver
             "global_batch_size": global_batch,
             "devices": devices.to_dict(),
             "parameters": int(model.count_params()),
+            "normalization": normalization.to_dict(),
         },
     }
 

@@ -1,9 +1,11 @@
-"""Stage `verify`: prove on the whole test split that the exported models compute what Keras computes.
+"""Stage `verify`: prove on the whole test split that the exported models compute what Keras computes,
+all fed the same raw inputs (uint8 pixels or raw features) that a deployer would feed them.
 
-Runs the Keras model, the SavedModel (tf.saved_model.load, no project code) and each ONNX file
-(onnxruntime, CPU provider) in batches, and records per format the max/mean |Δ| of probabilities
-against Keras, argmax agreement and accuracy, plus a dynamic-batch check. float32 formats must be
-within `max_abs_diff` with 100% agreement; int8 may lose at most `export.max_int8_drop` accuracy.
+Runs the Keras model, the SavedModel (tf.saved_model.load, no project code), each ONNX file
+(onnxruntime, CPU provider) and the registered MLflow model loaded back with `mlflow.pyfunc` in
+batches, and records per format the max/mean |Δ| of probabilities against Keras, argmax agreement
+and accuracy, plus a dynamic-batch check. float32 formats must be within `max_abs_diff` with 100%
+agreement; int8 may lose at most `export.max_int8_drop` accuracy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pipeline.atomic import write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
+
+OUTPUT_NAME = "probabilities"
 
 MAX_ABS_DIFF = 1e-4
 BATCH_SIZES = (1, 7, 256)
@@ -36,11 +40,20 @@ def onnx_predictor(path: Path):
     return lambda x: session.run(None, {name: x})[0]
 
 
-def saved_model_predictor(path: Path):
+def saved_model_predictor(path: Path, input_name: str):
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-    return lambda x: signature(image=tf.constant(x))["probabilities"].numpy()
+    return lambda x: signature(**{input_name: tf.constant(x)})[OUTPUT_NAME].numpy()
+
+
+def pyfunc_predictor(model, input_name: str):
+    """An MLflow pyfunc model, fed as `mlflow models serve` feeds it: a dict of named tensors."""
+    def predict(x: np.ndarray) -> np.ndarray:
+        out = model.predict({input_name: x})
+        return out[OUTPUT_NAME] if isinstance(out, dict) else np.asarray(out)
+
+    return predict
 
 
 def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -59,14 +72,20 @@ def batch_consistency(fn, x: np.ndarray) -> float:
     return float(max(np.abs(o - outputs[-1]).max() for o in outputs))
 
 
+def int8_drops(results: dict[str, dict]) -> dict[str, float]:
+    """Accuracy lost by each int8 format against float32 ONNX."""
+    return {fmt: results["onnx"]["accuracy"] - r["accuracy"] for fmt, r in results.items() if fmt.endswith("int8")}
+
+
 def check(results: dict[str, dict], max_int8_drop: float) -> list[str]:
+    """One failure line per format outside its limit; `results` is left as it is."""
     failures = []
+    drops = int8_drops(results)
     for fmt, r in results.items():
         if fmt == "keras":
             continue
-        if fmt.endswith("int8"):
-            drop = results["onnx"]["accuracy"] - r["accuracy"]
-            r["accuracy_drop_vs_float32"] = drop
+        if fmt in drops:
+            drop = drops[fmt]
             if drop > max_int8_drop:
                 failures.append(f"{fmt}: accuracy {r['accuracy']:.4f} is {drop:.4f} below float32 ONNX "
                                 f"{results['onnx']['accuracy']:.4f}, more than export.max_int8_drop {max_int8_drop}")
@@ -79,17 +98,19 @@ def check(results: dict[str, dict], max_int8_drop: float) -> list[str]:
     return failures
 
 
-def verify(model_path: Path, exported: Path, prepared_dir: str, batch_size: int, max_int8_drop: float) -> dict:
-    from pipeline.model import load_keras_model
+def verify(model_path: Path, exported: Path, prepared_dir: str, batch_size: int, max_int8_drop: float,
+           registered=None) -> dict:
+    """Parity of every exported form on the raw test split; `registered` is the MLflow pyfunc model."""
+    from pipeline.model import input_name, load_keras_model
     from pipeline.records import read_meta, read_split_arrays
 
     meta = read_meta(prepared_dir)
-    images, labels = read_split_arrays(prepared_dir, meta, "test")
-    x = meta.normalization.apply(images.astype(np.float32)).astype(np.float32)
+    x, labels = read_split_arrays(prepared_dir, meta, "test")  # raw, as a deployer has them
+    feed = input_name(meta.input_shape)
 
     model = load_keras_model(str(model_path))
     reference = predict_in_batches(lambda b: model(b, training=False).numpy(), x, batch_size)
-    predictors = {"saved_model": saved_model_predictor(exported / "saved_model")}
+    predictors = {"saved_model": saved_model_predictor(exported / "saved_model", feed)}
     for name, path in (("onnx", exported / "model.onnx"), ("onnx_int8", exported / "model.int8.onnx")):
         if path.exists():
             try:
@@ -98,6 +119,8 @@ def verify(model_path: Path, exported: Path, prepared_dir: str, batch_size: int,
                 raise PipelineError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
     if "onnx" not in predictors:
         raise PipelineError(f"{exported / 'model.onnx'}: not found (run `dvc repro export`)")
+    if registered is not None:
+        predictors["mlflow_pyfunc"] = pyfunc_predictor(registered, feed)
 
     results = {"keras": {"accuracy": float(np.mean(reference.argmax(1) == labels))}}
     for fmt, fn in predictors.items():
@@ -105,8 +128,21 @@ def verify(model_path: Path, exported: Path, prepared_dir: str, batch_size: int,
         if fmt != "onnx_int8":
             results[fmt]["batch_max_abs_diff"] = batch_consistency(fn, x[:BATCH_CHECK_EXAMPLES])
     failures = check(results, max_int8_drop)
+    for fmt, drop in int8_drops(results).items():
+        results[fmt]["accuracy_drop_vs_float32"] = drop
     return {"examples": int(len(labels)), "max_abs_diff_limit": MAX_ABS_DIFF, "batch_sizes": list(BATCH_SIZES),
             "formats": results, "passed": not failures, "failures": failures}
+
+
+def read_registered(exported: Path) -> dict | None:
+    """The registry name and version that export recorded in metadata.json, if any."""
+    path = exported / "metadata.json"
+    try:
+        return json.loads(path.read_text()).get("mlflow_registered_model")
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found (run `dvc repro export`)") from None
+    except json.JSONDecodeError:
+        raise PipelineError(f"{path}: not valid JSON") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,16 +155,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params).export
-    report = verify(Path(args.model), Path(args.exported), args.prepared, params.batch_size, params.max_int8_drop)
-    write_json(args.report, report)
-
     from pipeline.tracking import Tracker
 
     tracker = Tracker.resume(args.run_file)
+    registered = read_registered(Path(args.exported))
+    pyfunc = tracker.load_registered_model(registered["name"], registered["version"]) if registered else None
+    report = verify(Path(args.model), Path(args.exported), args.prepared, params.batch_size, params.max_int8_drop,
+                    registered=pyfunc)
+    write_json(args.report, report)
+
     tracker.log_metrics({f"parity.{fmt}.{k}": v for fmt, r in report["formats"].items() for k, v in r.items()})
     verdict = "passed" if report["passed"] else "failed"
     tracker.set_tags({"verify.parity": verdict})
-    registered = json.loads((Path(args.exported) / "metadata.json").read_text()).get("mlflow_registered_model")
     if registered:
         tracker.tag_model_version(registered["name"], registered["version"], {
             "parity": verdict,

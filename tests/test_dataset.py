@@ -1,4 +1,4 @@
-"""The tf.data input pipeline: normalised, cached before the shuffle, reshuffled each epoch, seeded."""
+"""The tf.data input pipeline: raw examples, cached before the shuffle, reshuffled each epoch, seeded."""
 
 import numpy as np
 import pytest
@@ -31,14 +31,14 @@ def test_each_epoch_reshuffles_and_the_seed_repeats_it(prepared):
     assert labels_of(again) == first
 
 
-def test_evaluation_order_is_the_file_order_and_images_are_normalised(prepared):
+def test_evaluation_order_is_the_file_order_and_images_stay_raw(prepared):
     meta = read_meta(prepared)
     images, labels = read_split_arrays(prepared, meta, "test")
     ds = make_dataset(prepared, meta, "test", 16, training=False)
     xs = np.concatenate([x for x, _ in ds.as_numpy_iterator()])
     assert labels_of(ds) == labels.tolist()
-    np.testing.assert_allclose(xs, meta.normalization.apply(images.astype(np.float32)), rtol=1e-6)
-    assert xs.dtype == np.float32
+    np.testing.assert_array_equal(xs, images)  # the model normalises; tf.data only decodes
+    assert xs.dtype == np.uint8
     assert int(ds.cardinality()) == 3  # 40 examples in batches of 16
 
 
@@ -51,7 +51,22 @@ def test_augmentation_changes_training_batches_only(prepared):
     augmented = make_dataset(prepared, meta, "train", 108, training=True, shuffle_buffer=1, seed=0, augment=aug)
     x_plain, _ = next(plain.as_numpy_iterator())
     x_aug, _ = next(augmented.as_numpy_iterator())
-    assert x_plain.shape == x_aug.shape and not np.allclose(x_plain, x_aug)
+    assert x_plain.shape == x_aug.shape and not np.array_equal(x_plain, x_aug)
+    assert x_aug.dtype == np.uint8  # augmented examples are still raw pixels
+
+
+def test_a_flip_on_raw_pixels_is_exact(prepared):
+    from pipeline.dataset import augmenter
+
+    meta = read_meta(prepared)
+    flip = augmenter(True, 0.0, 0)
+    plain = make_dataset(prepared, meta, "train", 108, training=True, shuffle_buffer=1, seed=0)
+    flipped = make_dataset(prepared, meta, "train", 108, training=True, shuffle_buffer=1, seed=0, augment=flip)
+    x_plain, _ = next(plain.as_numpy_iterator())
+    x_flip, _ = next(flipped.as_numpy_iterator())
+    for a, b in zip(x_plain, x_flip):
+        assert np.array_equal(a, b) or np.array_equal(a[:, ::-1], b)
+    assert not np.array_equal(x_plain, x_flip)
 
 
 def test_workers_shard_by_file_when_each_gets_one_else_by_example():

@@ -62,11 +62,12 @@ def test_model_trains_under_mirrored_strategy_with_mixed_precision(tmp_path):
         from pipeline.devices import setup_devices
         _, setup = setup_devices("on", "off", "off", seed=1)
         from pipeline.model import build_model
+        from pipeline.normalization import Normalization
         with strategy.scope():
-            model = build_model("mlp", (8, 8, 1), 3)
+            model = build_model("mlp", (8, 8, 1), 3, Normalization(mean=0.5, std=0.25))
             model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         import numpy as np
-        x = np.random.rand(16, 8, 8, 1).astype("float32"); y = np.arange(16) % 3
+        x = np.random.randint(0, 256, (16, 8, 8, 1)).astype("uint8"); y = np.arange(16) % 3
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
         model.fit(ds, epochs=1, verbose=0)
         print(json.dumps({"replicas": strategy.num_replicas_in_sync,

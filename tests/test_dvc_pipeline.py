@@ -1,6 +1,7 @@
 """The real `dvc repro` in a throwaway repo on tiny data, from raw files to verified exports."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,8 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tmp_path):
     parity = json.loads((dvc_repo / "reports/parity.json").read_text())
     assert parity["passed"] and parity["examples"] == 40
     assert parity["formats"]["onnx"]["max_abs_diff"] <= 1e-4
+    assert set(parity["formats"]) == {"keras", "saved_model", "onnx", "onnx_int8", "mlflow_pyfunc"}
+    assert parity["formats"]["mlflow_pyfunc"]["argmax_agreement"] == 1.0
     assert (dvc_repo / "exported/model.onnx").is_file() and (dvc_repo / "exported/saved_model").is_dir()
 
     again = run(["dvc", "repro"], dvc_repo)
@@ -78,13 +81,55 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tmp_path):
 
     import mlflow.pyfunc
     import onnxruntime as ort
+    from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(run_info["tracking_uri"])
     pyfunc = mlflow.pyfunc.load_model(f"models:/fashion-mnist-classifier/{versions[0].version}")
-    x = np.random.default_rng(0).normal(size=(5, 28, 28, 1)).astype(np.float32)
+    x = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28, 1), dtype=np.uint8)  # raw pixels
     served = pyfunc.predict({"image": x})["probabilities"]
     local = ort.InferenceSession(str(dvc_repo / "exported/model.onnx")).run(None, {"image": x})[0]
     np.testing.assert_allclose(np.asarray(served), local, atol=1e-6)
+    # The signature carries dtype and shape: wrong input is MLflow's schema error, not the model's.
+    with pytest.raises(MlflowException, match="dtype of input float32 does not match expected dtype uint8"):
+        pyfunc.predict({"image": x.astype(np.float32)})
+    with pytest.raises(MlflowException, match="Model is missing inputs"):
+        pyfunc.predict({"pixels": x})
+
+
+def read_idx(path):
+    """An IDX file as a stranger reads it: gzip, a big-endian header, then raw bytes."""
+    import gzip
+    import struct
+
+    data = gzip.decompress(path.read_bytes())
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def test_a_stranger_gets_the_evaluated_accuracy_from_raw_pixels(dvc_repo, tiny_data):
+    """No project code: onnxruntime alone, fed uint8 pixels straight from the IDX file, with class
+    names from the file's own metadata, answers with the accuracy `evaluate` reported."""
+    import onnxruntime as ort
+
+    set_params(dvc_repo, "train", epochs=4, learning_rate=0.01, early_stopping_patience=0)
+    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0})
+    set_params(dvc_repo, "export", calibration_size=60)
+    run(["dvc", "repro"], dvc_repo)
+    source = Path(tiny_data["source"])
+    images = read_idx(source / "t10k-images-idx3-ubyte.gz")[..., np.newaxis]
+    labels = read_idx(source / "t10k-labels-idx1-ubyte.gz")
+
+    reported = json.loads((dvc_repo / "reports/metrics.json").read_text())["test"]["accuracy"]
+    for name in ("model.onnx", "model.int8.onnx"):
+        session = ort.InferenceSession(str(dvc_repo / "exported" / name), providers=["CPUExecutionProvider"])
+        class_names = json.loads(session.get_modelmeta().custom_metadata_map["class_names"])
+        (probs,) = session.run(["probabilities"], {"image": images})
+        if name == "model.onnx":
+            assert float(np.mean(probs.argmax(1) == labels)) == reported
+        else:
+            assert abs(float(np.mean(probs.argmax(1) == labels)) - reported) <= 0.1
+        assert len(class_names) == probs.shape[1] == 4
 
 
 def test_failing_gate_stops_before_export(dvc_repo):

@@ -1,6 +1,7 @@
 """Export parity: for every preset and an explicit layer list, onnxruntime ≈ Keras ≈ SavedModel."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,6 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.export import export, float32_model
 from pipeline.fetch import fetch
 from pipeline.model import build_model
+from pipeline.normalization import Normalization
 from pipeline.params import parse_params
 from pipeline.prepare import prepare
 from pipeline.records import read_meta, read_split_arrays
@@ -38,14 +40,13 @@ def prepared(tmp_path_factory):
 
 
 def trained_model(model_spec, prepared: str, path):
-    """A model trained one epoch on the tiny data, so BatchNorm statistics are not the defaults."""
-    from pipeline.dataset import make_dataset
+    """A model trained by the project's own training core for one epoch on the tiny data (so BatchNorm
+    statistics are not the defaults)."""
+    from pipeline.train import train
 
-    keras.utils.set_random_seed(0)
-    meta = read_meta(prepared)
-    model = build_model(model_spec, meta.input_shape, meta.num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
-    model.fit(make_dataset(prepared, meta, "train", 16, training=True, shuffle_buffer=64, seed=0), epochs=1, verbose=0)
+    params = parse_params({"train": {"model": model_spec, "epochs": 1, "batch_size": 16, "shuffle_buffer": 64,
+                                     "learning_rate": 0.01, "early_stopping_patience": 0}})
+    model = train(params, Path(prepared), path.parent / "work", verbose=0)["model"]
     model.save(path)
     return model
 
@@ -64,13 +65,13 @@ def test_onnx_and_saved_model_match_keras(model_spec, tolerance, prepared, tmp_p
     info = export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id="run-123")
 
     meta = read_meta(prepared)
-    images, labels = read_split_arrays(prepared, meta, "test")
-    x = meta.normalization.apply(images.astype(np.float32)).astype(np.float32)
+    x, labels = read_split_arrays(prepared, meta, "test")  # raw uint8 pixels: the model normalises
     expected = model(x, training=False).numpy()
 
     session = ort.InferenceSession(str(tmp_path / "exported/model.onnx"), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert (inp.name, inp.shape, out.name) == ("image", ["batch", 28, 28, 1], "probabilities")
+    assert (inp.name, inp.type, inp.shape) == ("image", "tensor(uint8)", ["batch", 28, 28, 1])
+    assert (out.name, out.type, out.shape) == ("probabilities", "tensor(float)", ["batch", 4])
     got_onnx = session.run(None, {"image": x})[0]
     np.testing.assert_allclose(got_onnx, expected, atol=tolerance, rtol=tolerance)
 
@@ -91,7 +92,8 @@ def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path):
     props = {p.key: p.value for p in model.metadata_props}
     assert json.loads(props["class_names"]) == [f"class_{i}" for i in range(4)]
     assert props["input_layout"] == "NHWC" and props["mlflow_run_id"] == "run-123"
-    assert set(json.loads(props["normalization"])) == {"mean", "std", "scale"}
+    assert props["input_dtype"] == "uint8" and "normalised inside the model" in props["input"]
+    assert set(json.loads(props["normalization_inside"])) == {"formula", "scale", "offset"}
     assert "tensorflow" in json.loads(props["producer_versions"])
     assert model.opset_import[0].version == 17
     assert not list((tmp_path / "exported").glob("*.data"))  # one file, no external data
@@ -100,8 +102,27 @@ def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path):
     assert set(metadata["files"]) == {"model.onnx", "model.int8.onnx", "saved_model"}
     assert metadata["input"]["shape"] == ["batch", 28, 28, 1] and metadata["opset"] == 17
     assert metadata == json.loads(json.dumps(info))
+    assert metadata["input"]["dtype"] == "uint8" and metadata["input"]["name"] == "image"
     int8 = onnx.load(str(tmp_path / "exported/model.int8.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+    # Each file declares only the opset domains its nodes use (no onnxruntime-internal leftovers).
+    for proto in (model, int8):
+        used = {n.domain for n in proto.graph.node} | {""}
+        assert {o.domain for o in proto.opset_import} == used
+
+
+def test_fp32_onnx_runs_in_the_onnx_reference_evaluator(prepared, tmp_path):
+    """A second runtime with the spec's own semantics: the file is portable beyond onnxruntime."""
+    from onnx.reference import ReferenceEvaluator
+
+    trained_model("cnn2", prepared, tmp_path / "model.keras")
+    export(tmp_path / "model.keras", prepared, tmp_path / "exported", parse_params({"export": {"quantize": False}}).export,
+           seed=0, run_id=None)
+    x, _ = read_split_arrays(prepared, read_meta(prepared), "test")
+    path = str(tmp_path / "exported/model.onnx")
+    reference = ReferenceEvaluator(path).run(None, {"image": x[:8]})[0]
+    runtime = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x[:8]})[0]
+    np.testing.assert_allclose(reference, runtime, atol=1e-5)
 
 
 def test_verify_passes_then_fails_on_a_corrupted_weight(prepared, tmp_path):
@@ -144,11 +165,12 @@ def test_lambda_layers_are_not_loaded(tmp_path):
 def test_mixed_precision_models_export_in_float32():
     try:
         keras.mixed_precision.set_global_policy("mixed_float16")
-        mixed = build_model(EXPLICIT, (28, 28, 1), 4)
+        mixed = build_model(EXPLICIT, (28, 28, 1), 4, Normalization(mean=0.3, std=0.35))
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert mixed.layers[0].dtype_policy.name == "mixed_float16"
+    assert mixed.layers[1].dtype_policy.name == "mixed_float16"
     plain = float32_model(mixed)
     assert all(layer.dtype_policy.name == "float32" for layer in plain.layers)
-    x = np.random.default_rng(0).random((5, 28, 28, 1), dtype=np.float32)
+    assert plain.inputs[0].dtype == "uint8"  # the raw input stays raw
+    x = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
     np.testing.assert_allclose(plain(x).numpy(), mixed(x).numpy().astype(np.float32), atol=2e-2)

@@ -132,12 +132,11 @@ def test_image_folder_rgb_without_test_folder_splits_a_test_fraction(tmp_path):
     report, meta = fetch_and_prepare(data, tmp_path, prepare={"test_fraction": 0.25, "shard_size": 50})
     assert meta.input_shape == (32, 32, 3)
     assert report["counts"] == {"train": 81, "val": 9, "test": 30}
-    # Colour images are standardised per channel (the last axis).
+    # Colour images: statistics per channel (the last axis), the examples stay raw pixels.
     x, _ = split(tmp_path, meta, "train")
-    z = meta.normalization.apply(x.astype(np.float32))
-    assert len(meta.normalization.mean) == 3
-    np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0, atol=1e-4)
-    np.testing.assert_allclose(z.std(axis=(0, 1, 2)), 1, atol=1e-4)
+    assert x.dtype == np.uint8
+    np.testing.assert_allclose(meta.statistics.mean, x.mean(axis=(0, 1, 2)) / 255, rtol=1e-6)
+    np.testing.assert_allclose(meta.statistics.std, x.std(axis=(0, 1, 2)) / 255, rtol=1e-6)
     assert sorted(report["per_class"]["test"].values()) == [7, 7, 8, 8]
 
 
@@ -186,10 +185,9 @@ def test_csv_table_with_per_feature_standardisation(tmp_path):
     assert meta.class_names == ["setosa", "versicolor", "virginica"]
     assert meta.feature_names == ["f0", "f1", "f2", "f3"]
     x, _ = split(tmp_path, meta, "train")
-    z = meta.normalization.apply(x)
-    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-5)
-    np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-5)
-    assert meta.normalization.scale == 1.0 and len(meta.normalization.mean) == 4
+    np.testing.assert_allclose(meta.statistics.mean, x.mean(axis=0, dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(meta.statistics.std, x.std(axis=0, dtype=np.float64), rtol=1e-6)
+    assert meta.statistics.scale == 1.0
     assert report["counts"] == {"train": 135, "val": 15, "test": 60}
 
 

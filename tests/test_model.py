@@ -1,11 +1,34 @@
-"""Models from params: presets and explicit layer lists, and clear errors for lists Keras cannot build."""
+"""Models from params: presets and explicit layer lists, raw input normalised inside the model, and
+clear errors for lists Keras cannot build."""
 
 import keras
 import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.model import build_model
+from pipeline.model import build_model as build
+from pipeline.model import model_normalization
+from pipeline.normalization import PIXEL_SCALE, Normalization
+
+
+def statistics(shape) -> Normalization:
+    """Train statistics as prepare records them: per channel for colour, per feature for tables."""
+    if len(shape) == 1:
+        return Normalization(mean=tuple([2.0] * shape[0]), std=tuple([3.0] * shape[0]), scale=1.0)
+    if shape[-1] == 3:
+        return Normalization(mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
+    return Normalization(mean=0.2860402, std=0.35302424)
+
+
+def build_model(model, shape, classes):
+    return build(model, shape, classes, statistics(shape), "float32" if len(shape) == 1 else "uint8")
+
+
+def raw_inputs(shape, n=3):
+    rng = np.random.default_rng(0)
+    if len(shape) == 1:
+        return rng.normal(2.0, 3.0, size=(n, *shape)).astype(np.float32)
+    return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("preset, shape", [
@@ -18,7 +41,9 @@ def test_presets_are_sequential_with_input_and_probability_head(preset, shape):
     assert isinstance(model, keras.Sequential)
     assert model.input_shape == (None, *shape)
     assert model.output_shape == (None, 7)
-    probs = model(np.random.default_rng(0).random((3, *shape), dtype=np.float32)).numpy()
+    (graph_input,) = model.inputs
+    assert (graph_input.name, graph_input.dtype) == (("features", "float32") if len(shape) == 1 else ("image", "uint8"))
+    probs = model(raw_inputs(shape)).numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert (probs >= 0).all()
 
@@ -34,7 +59,7 @@ def test_explicit_layer_list():
             {"Dropout": {"rate": 0.5}}, {"Flatten": {}}, {"Dense": {"units": 8, "activation": "relu"}}]
     model = build_model(spec, (12, 12, 1), 3)
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds == ["Conv2D", "BatchNormalization", "Dropout", "Flatten", "Dense", "Dense", "Activation"]
+    assert kinds == ["Rescaling", "Conv2D", "BatchNormalization", "Dropout", "Flatten", "Dense", "Dense", "Activation"]
     assert model.output_shape == (None, 3)
 
 
@@ -73,7 +98,8 @@ def test_classic_presets_have_their_tutorials_layers(preset):
         size = getattr(layer, "filters", None) or getattr(layer, "units", None) or ""
         return f"{type(layer).__name__}{size}"
 
-    assert [describe(layer) for layer in model.layers[:-2]] == CLASSIC[preset]
+    assert type(model.layers[0]).__name__ == "Rescaling"  # the input normalisation, then the tutorial's layers
+    assert [describe(layer) for layer in model.layers[1:-2]] == CLASSIC[preset]
     assert [describe(layer) for layer in model.layers[-2:]] == ["Dense10", "Activation"]
 
 
@@ -93,3 +119,37 @@ def test_lenet_parameter_count_matches_the_pytorch_tutorial():
 def test_a_preset_that_cannot_fit_the_data_fails_before_keras(preset, shape, message):
     with pytest.raises(PipelineError, match=r"^params\.yaml: train\.model: " + message):
         build_model(preset, shape, 10)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (4,)], ids=["grey", "colour", "table"])
+def test_the_model_normalises_its_raw_input_as_the_formula_says(shape):
+    stats = statistics(shape)
+    model = build_model([{"Flatten": {}}] if len(shape) == 3 else [{"Dense": {"units": 3}}], shape, 2)
+    x = raw_inputs(shape, 5)
+    inside = keras.Sequential(model.layers[:1])(x).numpy()
+    mean, std = np.asarray(stats.mean), np.asarray(stats.std)
+    np.testing.assert_allclose(inside, (x.astype(np.float64) * stats.scale - mean) / std, rtol=1e-6, atol=1e-6)
+    assert inside.dtype == np.float32
+
+
+@pytest.mark.parametrize("model, mode, expected", [
+    ("cnn", "preset", (0.2860402, 0.35302424)),      # the preset's convention: the measured statistics
+    ("keras_mlp", "preset", (0.0, 1.0)),             # its tutorial: pixels / 255
+    ("lenet", "preset", (0.5, 0.5)),                 # its tutorial: mean 0.5, std 0.5
+    ("keras_mlp", "dataset", (0.2860402, 0.35302424)),
+    ("cnn", "fixed", (0.1, 0.2)),
+])
+def test_train_normalization_modes(model, mode, expected):
+    chosen = model_normalization(model, mode, statistics((28, 28, 1)), 0.1, 0.2)
+    assert (chosen.mean, chosen.std, chosen.scale) == (*expected, PIXEL_SCALE)
+
+
+def test_mixed_precision_model_still_takes_raw_pixels_and_normalises_in_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model("cnn2", (28, 28, 1), 10)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.inputs[0].dtype == "uint8"
+    assert model.layers[0].dtype_policy.name == "float32" and model.layers[1].compute_dtype == "float16"
+    assert model(raw_inputs((28, 28, 1))).dtype == "float32"

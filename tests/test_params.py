@@ -50,8 +50,8 @@ def test_committed_params_validate():
          "params.yaml: data.image_folder.color_mode must be 'grayscale' or 'rgb', got 'cmyk'"),
         ({"data": {"image_folder": {"image_size": [28, 0]}}}, "params.yaml: data.image_folder.image_size[1] must be >= 1, got 0"),
         ({"data": {"csv": {"feature_columns": []}}}, "params.yaml: data.csv.feature_columns must have at least 1 item"),
-        ({"prepare": {"normalization": {"mode": "minmax"}}},
-         "params.yaml: prepare.normalization.mode must be 'preset', 'dataset' or 'fixed', got 'minmax'"),
+        ({"train": {"normalization": {"mode": "minmax"}}},
+         "params.yaml: train.normalization.mode must be 'preset', 'dataset' or 'fixed', got 'minmax'"),
         ([1, 2], "params.yaml: must be a mapping of sections, got list"),
     ],
 )
@@ -79,7 +79,7 @@ def test_params_are_frozen_and_flatten_to_dotted_keys():
         params.train.epochs = 3
     flat = flatten(params)
     assert flat["train.epochs"] == params.train.epochs
-    assert flat["prepare.normalization.mode"] == "preset"
+    assert flat["train.normalization.mode"] == "preset"
     assert all(not isinstance(v, dict) for v in flat.values())
 
 

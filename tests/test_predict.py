@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +24,24 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A model trained on the tiny data set and exported, plus its test images as PNG and .npy."""
-    import keras
-
     from conftest import write_idx_dataset
-    from pipeline.dataset import make_dataset
     from pipeline.export import export
     from pipeline.fetch import fetch
-    from pipeline.model import build_model
     from pipeline.params import parse_params
     from pipeline.prepare import prepare
     from pipeline.records import read_meta, read_split_arrays
+    from pipeline.train import train
 
     root = tmp_path_factory.mktemp("predict")
     params = parse_params({"data": write_idx_dataset(root / "source"), "prepare": {"shard_size": 50},
+                           "train": {"model": "mlp", "epochs": 8, "batch_size": 16, "learning_rate": 0.01,
+                                     "early_stopping_patience": 0},
                            "export": {"quantize": False}})
     fetch(params.data, root / "raw")
     prepare(root / "raw", root / "prepared", params)
     prepared = str(root / "prepared")
     meta = read_meta(prepared)
-    keras.utils.set_random_seed(0)
-    model = build_model("mlp", meta.input_shape, meta.num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
-    model.fit(make_dataset(prepared, meta, "train", 16, training=True, seed=0), epochs=8, verbose=0)
+    model = train(params, root / "prepared", root / "work", verbose=0)["model"]  # the project's training core
     model.save(root / "model.keras")
     export(root / "model.keras", prepared, root / "exported", params.export, seed=0, run_id=None)
 
@@ -55,6 +53,20 @@ def exported(tmp_path_factory):
     np.save(root / "test.npy", images)
     return {"root": root, "model": root / "exported/model.onnx", "pngs": pngs, "images": images,
             "labels": labels, "class_names": meta.class_names}
+
+
+def invoke(port: int, body: dict, expect_error: bool = False):
+    """POST a JSON body to `mlflow models serve`'s /invocations; (status, body) when an error is expected."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert not expect_error, "the server accepted a bad request"
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        if not expect_error:
+            raise
+        return exc.code, json.load(exc)
 
 
 def predict(args, cwd, python=PYTHON, check=True):
@@ -91,16 +103,13 @@ def test_pngs_directory_and_npy_agree_with_the_labels(exported, tmp_path):
     assert [r["predictions"][0] for r in out] == [r["predictions"][0] for r in npy[:12]]
 
 
-def test_matches_onnxruntime_on_normalised_input(exported):
+def test_feeds_raw_pixels_as_a_bare_onnxruntime_session_does(exported):
     import onnxruntime as ort
 
     from pipeline.predict import OnnxClassifier
 
     classifier = OnnxClassifier(exported["model"])
-    props = {p.key: p.value for p in onnx.load(str(exported["model"])).metadata_props}
-    norm = json.loads(props["normalization"])
-    x = ((exported["images"].astype(np.float32) * norm["scale"] - norm["mean"]) / norm["std"]).astype(np.float32)
-    expected = ort.InferenceSession(str(exported["model"])).run(None, {"image": x})[0]
+    expected = ort.InferenceSession(str(exported["model"])).run(None, {"image": exported["images"]})[0]
     np.testing.assert_allclose(classifier.probabilities(exported["images"], batch_size=7), expected, atol=1e-6)
 
 
@@ -141,7 +150,7 @@ def test_model_without_metadata_is_refused(exported, tmp_path):
     proc = predict(["--model", tmp_path / "bare.onnx", exported["pngs"]], tmp_path, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"error: {tmp_path / 'bare.onnx'}: metadata lacks class_names, input_shape, "
-                                   "normalization, input_layout (not exported by this pipeline?)")
+                                   "input_layout (not exported by this pipeline?)")
 
 
 def test_table_output_in_a_terminal_format(exported, tmp_path):
@@ -185,7 +194,7 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker.start(uri, "serving")
-    version = tracker.log_onnx_model(exported["model"], "tiny-classifier", input_shape=[28, 28, 1])
+    version = tracker.log_onnx_model(exported["model"], "tiny-classifier")
     tracker.end()
 
     port = free_port()
@@ -198,16 +207,39 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server, timeout=180)
         classifier = OnnxClassifier(exported["model"])
-        pixels = exported["images"][:6]
-        x = classifier.normalization.apply(pixels.astype(np.float32)).astype(np.float32)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                         data=json.dumps({"inputs": {"image": x.tolist()}}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            served = np.asarray(json.load(response)["predictions"]["probabilities"])
+        pixels = exported["images"][:6]  # raw uint8 pixels as the IDX file holds them, as JSON numbers
+        served = np.asarray(invoke(port, {"inputs": {"image": pixels.tolist()}})["predictions"]["probabilities"])
+        # Values that are no uint8, a wrong shape and a wrong name get MLflow's schema error (HTTP 400).
+        bad = pixels.astype(int)
+        bad[0, 0, 0, 0] = 256
+        status, body = invoke(port, {"inputs": {"image": bad.tolist()}}, expect_error=True)
+        assert status == 400 and "256" in body["message"]
+        status, body = invoke(port, {"inputs": {"image": pixels[..., 0].tolist()}}, expect_error=True)
+        assert status == 400 and "Shape of input (6, 28, 28) does not match expected shape (-1, 28, 28, 1)" in body["message"]
+        status, body = invoke(port, {"inputs": {"pixels": pixels.tolist()}}, expect_error=True)
+        assert status == 400 and "missing inputs ['image']" in body["message"]
     finally:
         stop(server)
     local = classifier.probabilities(pixels)
     assert served.shape == (6, len(exported["class_names"]))
     assert served.argmax(1).tolist() == local.argmax(1).tolist()
     np.testing.assert_allclose(served, local, atol=1e-5)
+
+
+def test_the_readmes_onnxruntime_alone_snippet_runs_as_written(exported, tmp_path):
+    """README: "Deploying with onnxruntime alone" runs in a directory holding only model.onnx and a
+    PNG, and names the class the project's predictor names."""
+    import re
+    import shutil
+
+    section = (REPO / "README.md").read_text().split("### Deploying with onnxruntime alone", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    shutil.copy(exported["model"], tmp_path / "model.onnx")
+    png = sorted(exported["pngs"].iterdir())[0]
+    shutil.copy(png, tmp_path / "shoe.png")
+    (tmp_path / "snippet.py").write_text(snippet)
+    out = subprocess.run([PYTHON, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    name, probability = out.split()
+    expected = json_lines(predict(["--json", "--top-k", "1", "--model", exported["model"], png], tmp_path).stdout)
+    assert name == expected[0]["predictions"][0]["class"]
+    assert float(probability) == pytest.approx(expected[0]["predictions"][0]["probability"], abs=1e-5)

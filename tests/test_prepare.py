@@ -55,18 +55,15 @@ def test_split_is_seeded(tiny_data, raw, tmp_path):
     assert not np.array_equal(val["a"], val["c"])
 
 
-def test_normalization_from_data_or_params(tiny_data, raw, tmp_path):
+def test_prepare_measures_the_train_statistics_and_keeps_inputs_raw(tiny_data, raw, tmp_path):
     report = run_prepare(tiny_data, raw, tmp_path / "p")
     meta = read_meta(str(tmp_path / "p"))
     x, _ = read_split_arrays(str(tmp_path / "p"), meta, "train")
-    normalized = meta.normalization.apply(x.astype(np.float32))
-    assert abs(float(normalized.mean())) < 1e-3 and abs(float(normalized.std()) - 1) < 1e-3
+    assert x.dtype == np.uint8
+    stats = meta.statistics
+    assert stats.scale == pytest.approx(1 / 255)
+    assert stats.mean == pytest.approx(x.mean() / 255) and stats.std == pytest.approx(x.std() / 255)
     assert report["inputs"]["train_mean"] == pytest.approx(x.mean() / 255)
-
-    run_prepare(tiny_data, raw, tmp_path / "q", normalization={"mode": "fixed", "mean": 0.5, "std": 0.5})
-    fixed = read_meta(str(tmp_path / "q")).normalization
-    assert (fixed.mean, fixed.std) == (0.5, 0.5)
-    assert fixed.apply(np.array([0.0, 255.0])).tolist() == [-1.0, 1.0]
 
 
 def test_duplicates_between_train_and_test_are_counted(tiny_data, raw, tmp_path):
@@ -119,19 +116,14 @@ def test_class_too_small_to_stratify(tiny_data, raw, tmp_path):
         run_prepare(tiny_data, raw, tmp_path / "prepared")
 
 
-@pytest.mark.parametrize("model, expected", [
-    ("keras_mlp", (0.0, 1.0)), ("mlp_128_64", (0.5, 0.5)), ("lenet", (0.5, 0.5)), ("cnn2", "dataset"),
-    ([{"Flatten": {}}], "dataset"),
-])
-def test_preset_mode_takes_the_models_own_normalisation(tiny_data, raw, tmp_path, model, expected):
-    params = parse_params({"data": tiny_data, "train": {"model": model}})
-    report = prepare(raw, tmp_path / "p", params)
-    norm = read_meta(str(tmp_path / "p")).normalization
-    if expected == "dataset":
-        assert report["inputs"]["normalization"] == "dataset"
-        assert (norm.mean, norm.std) == pytest.approx((report["inputs"]["train_mean"], report["inputs"]["train_std"]))
-    else:
-        assert report["inputs"]["normalization"] == "fixed" and (norm.mean, norm.std) == expected
+def test_prepare_does_not_depend_on_the_model(tiny_data, raw, tmp_path):
+    """The preset's normalisation is the model's business (train.normalization): prepared data and
+    their statistics are the same whichever model trains on them."""
+    from pipeline.hashing import tree_sha256
+
+    for name, model in (("a", "keras_mlp"), ("b", "lenet"), ("c", [{"Flatten": {}}])):
+        prepare(raw, tmp_path / name, parse_params({"data": tiny_data, "train": {"model": model}}))
+    assert len({tree_sha256(tmp_path / name) for name in "abc"}) == 1
 
 
 def test_shards_are_byte_identical_across_processes(tmp_path):

@@ -61,13 +61,16 @@ def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, mo
     trained = json.loads((tmp_path / "reports/train.json").read_text())
     assert trained["global_batch_size"] == hyper.batch_size
     parity = json.loads((tmp_path / "reports/parity.json").read_text())
-    onnx = parity["formats"]["onnx"]
-    assert parity["passed"] and onnx["max_abs_diff"] <= 1e-4 and onnx["argmax_agreement"] == 1.0
+    assert parity["passed"], parity["failures"]
+    assert set(parity["formats"]) == {"keras", "saved_model", "onnx", "onnx_int8", "mlflow_pyfunc"}
+    for fmt in ("saved_model", "onnx", "mlflow_pyfunc"):  # all fed the same raw test inputs
+        result = parity["formats"][fmt]
+        assert result["max_abs_diff"] <= 1e-4 and result["argmax_agreement"] == 1.0, fmt
 
-    # Deployed: onnxruntime with the model's own metadata (normalisation, shape) on the raw test inputs.
+    # Deployed: onnxruntime with the model's own metadata (shape, class names) on the raw test inputs.
     meta = read_meta("data/prepared")
     raw_inputs, _ = read_split_arrays("data/prepared", meta, "test")
-    keras_probs = load_keras_model("models/model.keras")(meta.normalization.apply(raw_inputs.astype(np.float32))).numpy()
+    keras_probs = load_keras_model("models/model.keras")(raw_inputs).numpy()
     classifier = OnnxClassifier("exported/model.onnx")
     assert classifier.class_names == meta.class_names and classifier.input_shape == meta.input_shape
     onnx_probs = classifier.probabilities(raw_inputs)
