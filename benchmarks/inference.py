@@ -88,7 +88,7 @@ def main() -> None:
     one = x[:1]
 
     model = load_keras_model(args.model)
-    name = model.inputs[0].name
+    input_name = model.inputs[0].name
     signature = tf.saved_model.load(f"{args.exported}/saved_model").signatures["serving_default"]
 
     def ort_session(path):
@@ -103,7 +103,7 @@ def main() -> None:
     engines = {
         "keras_predict": lambda b: model.predict(b, verbose=0, batch_size=len(b)),
         "keras_call": lambda b: model(b, training=False).numpy(),
-        "saved_model": lambda b: signature(**{name: tf.constant(b)})["probabilities"].numpy(),
+        "saved_model": lambda b: signature(**{input_name: tf.constant(b)})["probabilities"].numpy(),
         "onnxruntime_fp32": ort_session(f"{args.exported}/model.onnx"),
     }
     if Path(f"{args.exported}/model.int8.onnx").exists():

@@ -1,8 +1,12 @@
-"""Atomic outputs: build beside the target, then rename, so a crash leaves the old output or none."""
+"""Atomic outputs: build beside the target, then rename, so a crash leaves the old output or none.
+
+Temporaries are named `.<target>.tmp-<pid>-<random>` (and `.<target>.old-<pid>`): the next write
+of the same target removes those whose process is gone (killed mid-write), and no others."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -12,12 +16,36 @@ from pathlib import Path
 from typing import Any
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def sweep_stale(target: Path) -> None:
+    """Remove temporaries of `target` left by processes that no longer run (a SIGKILL mid-write)."""
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
+        kind, _, rest = stale.name[len(target.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `target`; on success it replaces `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    sweep_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; outputs are ordinary directories
     try:
         yield tmp
@@ -42,7 +70,8 @@ def atomic_file(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     on success it is renamed onto `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix, dir=target.parent)
+    sweep_stale(target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     tmp.chmod(0o644)

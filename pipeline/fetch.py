@@ -8,6 +8,7 @@ or an archive (.tar.gz, .tgz, .tar, .zip; a path or a URL). The files the chosen
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tarfile
@@ -15,13 +16,14 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir
 from pipeline.cli import run_cli, stage_parser
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.idx import content_sha256
 from pipeline.params import DataParams, FormatSection, load_params
 
@@ -62,32 +64,61 @@ def copy_local(source_dir: Path, name: str, dest: Path, data: DataParams) -> Non
     shutil.copyfile(src, dest)
 
 
-def extract(archive: Path, dest: Path) -> Path:
-    """Unpack `archive` into `dest` (no paths outside it, no links or devices); returns the data root:
-    the single top-level directory when there is one (e.g. cifar-10-batches-bin/), else `dest`."""
+class ExtractionBudget:
+    """Counts the bytes an archive expands to and refuses, before writing them, any that would pass
+    `max_bytes` or `max_ratio` times the archive's own size (zip/tar bombs)."""
+
+    def __init__(self, archive: Path, max_bytes: int, max_ratio: float):
+        self.archive = archive
+        self.limit = int(min(max_bytes, max_ratio * max(archive.stat().st_size, 1)))
+        self.max_bytes, self.max_ratio = max_bytes, max_ratio
+        self.total = 0
+
+    def add(self, size: int, member: str) -> None:
+        self.total += size
+        if self.total > self.limit:
+            raise PipelineError(
+                f"{self.archive.name}: expands to more than {self.limit:,} bytes at member {member!r} "
+                f"(limits: data.max_extracted_bytes {self.max_bytes:,}, data.max_compression_ratio "
+                f"{self.max_ratio:g}× the archive's {self.archive.stat().st_size:,} bytes); refusing to extract")
+
+
+def extract(archive: Path, dest: Path, budget: ExtractionBudget) -> Path:
+    """Unpack `archive` into `dest` (no paths outside it, no links or devices, no more bytes than
+    `budget` allows); returns the data root: the single top-level directory when there is one
+    (e.g. cifar-10-batches-bin/), else `dest`."""
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                for member in zf.namelist():
-                    target = (dest / member).resolve()
+                for info in zf.infolist():
+                    target = (dest / info.filename).resolve()
                     if not target.is_relative_to(dest.resolve()):
-                        raise PipelineError(f"{archive.name}: member {member!r} would extract outside the data directory")
+                        raise PipelineError(f"{archive.name}: member {info.filename!r} would extract outside the data directory")
+                    # zipfile writes exactly file_size bytes per member (it stops there and checks the CRC).
+                    budget.add(info.file_size, info.filename)
                 zf.extractall(dest)
         else:
+            def bounded(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+                member = tarfile.data_filter(member, path)
+                budget.add(member.size, member.name)  # tarfile writes exactly member.size bytes
+                return member
+
             with tarfile.open(archive) as tf:
-                tf.extractall(dest, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise PipelineError(f"{archive.name}: cannot extract archive ({exc})") from None
+                tf.extractall(dest, filter=bounded)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+        raise PipelineError(f"{archive.name}: cannot extract archive ({first_line(exc)})") from None
     entries = [p for p in dest.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
 
 
-def verify(path: Path, expected: str | None, where: str) -> str:
-    actual = content_sha256(path)
+def verify(path: Path, expected: str | None, where: str, label: str) -> str:
+    """sha256 of `path`'s decompressed content, checked against `expected`; errors name `label`
+    (the file as data.source has it), not the temporary copy."""
+    actual = content_sha256(path, label=label)
     if expected is not None and actual != expected:
         raise PipelineError(
-            f"{path.name}: checksum mismatch: {where} expects {expected}, decompressed content has {actual} "
-            f"(set {where} to {{}} for data without published checksums)"
+            f"{label}: checksum mismatch: {where} expects {expected}, decompressed content has {actual} "
+            f"(other data: `dvc exp run -S {where}=null ...`, or put its checksums under {where} in params.yaml)"
         )
     return actual
 
@@ -117,7 +148,8 @@ def gather(data: DataParams, dest: Path, scratch: Path) -> None:
             download(data.source, archive)
         else:
             shutil.copyfile(data.source, archive)
-        root = extract(archive, scratch / "extracted")
+        budget = ExtractionBudget(archive, data.max_extracted_bytes, data.max_compression_ratio)
+        root = extract(archive, scratch / "extracted", budget)
     elif not is_url(data.source):
         root = Path(data.source)
     for name in names:
@@ -137,14 +169,23 @@ def fetch(data: DataParams, out_dir: Path) -> dict[str, str]:
     check_source(data)
     section = data.selected
     where = f"data.{data.format}.sha256"
-    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".fetch-") as scratch:
+    checksums = section.sha256 or {}
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(
+            dir=tmp.parent, prefix=f".{out_dir.name}.tmp-{os.getpid()}-scratch-") as scratch:
         gather(data, tmp, Path(scratch))
-        missing = sorted(name for name in section.sha256 if not (tmp / name).is_file())
+        missing = sorted(name for name in checksums if not (tmp / name).is_file())
         if missing:
             raise PipelineError(f"{where}: names {missing[0]!r}, which data.source does not hold")
         files = [n for n in section.files() if not n.endswith("/")]
-        return {name: verify(tmp / name, section.sha256.get(name), where)
-                for name in sorted(set(files) | set(section.sha256))}
+        return {name: verify(tmp / name, checksums.get(name), where, source_label(data.source, name))
+                for name in sorted(set(files) | set(checksums))}
+
+
+def source_label(source: str, name: str) -> str:
+    """How the user knows file `name` of `source`: a path or URL under it, or a member of the archive."""
+    if is_archive(source):
+        return f"{source}:{name}"
+    return f"{source.rstrip('/')}/{name}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     data = params.data
     fetch(data, Path(args.out))
     count = sum(1 for p in Path(args.out).rglob("*") if p.is_file())
-    print(f"fetch: {count} {data.format} files in {args.out} ({len(data.selected.sha256)} checksums verified)")
+    print(f"fetch: {count} {data.format} files in {args.out} ({len(data.selected.sha256 or {})} checksums verified)")
 
 
 if __name__ == "__main__":

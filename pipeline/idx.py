@@ -7,8 +7,11 @@ is a PipelineError naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import math
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -16,71 +19,95 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 UBYTE = 0x08
 _CHUNK = 1 << 20
+_MAX_DEFLATE_RATIO = 1032  # deflate's largest possible expansion (RFC 1951: 258 bytes per 2 bits)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as probe:
+        return probe.read(2) == b"\x1f\x8b" or path.suffix == ".gz"
 
 
 def _open(path: Path):
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gzipped or path.suffix == ".gz" else open(path, "rb")
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
-def iter_content(path: str | Path) -> Iterator[bytes]:
-    """Yield the decompressed bytes of `path` in chunks; corrupt or truncated gzip is a PipelineError."""
-    path = Path(path)
+@contextlib.contextmanager
+def _reading(path: Path, label: str | os.PathLike | None = None) -> Iterator:
+    """The decompressed stream of `path`; corrupt or truncated gzip is a PipelineError naming
+    `label` (default: the path)."""
+    name = label or path
     try:
         with _open(path) as stream:
-            while chunk := stream.read(_CHUNK):
-                yield chunk
+            yield stream
     except FileNotFoundError:
-        raise PipelineError(f"{path}: file not found") from None
+        raise PipelineError(f"{name}: file not found") from None
     except gzip.BadGzipFile as exc:
-        raise PipelineError(f"{path}: corrupt gzip data ({exc})") from None
+        raise PipelineError(f"{name}: corrupt gzip data ({first_line(exc)})") from None
     except EOFError:
-        raise PipelineError(f"{path}: truncated gzip stream (incomplete download?)") from None
+        raise PipelineError(f"{name}: truncated gzip stream (incomplete download?)") from None
     except zlib.error as exc:
-        raise PipelineError(f"{path}: corrupt gzip data ({exc})") from None
+        raise PipelineError(f"{name}: corrupt gzip data ({first_line(exc)})") from None
 
 
-def content_sha256(path: str | Path) -> str:
-    """sha256 of the decompressed content, stable across recompression by mirrors."""
+def content_sha256(path: str | Path, label: str | None = None) -> str:
+    """sha256 of the decompressed content (streamed), stable across recompression by mirrors."""
     digest = hashlib.sha256()
-    for chunk in iter_content(path):
-        digest.update(chunk)
+    with _reading(Path(path), label) as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
 def read_idx(path: str | Path, ndims: tuple[int, ...]) -> np.ndarray:
-    """Read an unsigned-byte IDX array whose number of dimensions is one of `ndims`."""
+    """Read an unsigned-byte IDX array whose number of dimensions is one of `ndims`.
+
+    Streams: the header is read first, then exactly the bytes it declares, so memory is bounded by
+    the header (itself bounded by the file: deflate expands at most ~1032×), never by what a
+    malicious gzip inflates to."""
     path = Path(path)
-    content = b"".join(iter_content(path))
-    if len(content) < 4:
-        raise PipelineError(f"{path}: too short for an IDX header ({len(content)} bytes)")
-    zero, dtype, ndim = struct.unpack(">HBB", content[:4])
-    if zero != 0 or dtype != UBYTE or ndim not in ndims:
-        expected = " or ".join(f"0x{0x0800 + n:08x}" for n in ndims)
-        raise PipelineError(
-            f"{path}: bad magic number 0x{struct.unpack('>I', content[:4])[0]:08x}, expected {expected} "
-            f"(unsigned-byte IDX with {' or '.join(map(str, ndims))} dimensions)"
-        )
-    header = 4 + 4 * ndim
-    if len(content) < header:
-        raise PipelineError(f"{path}: truncated IDX header ({len(content)} of {header} bytes)")
-    shape = struct.unpack(f">{ndim}I", content[4:header])
-    expected = int(np.prod(shape, dtype=np.int64))
-    actual = len(content) - header
-    if actual != expected:
+    with _reading(path) as stream:
+        head = stream.read(4)
+        if len(head) < 4:
+            raise PipelineError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+        zero, dtype, ndim = struct.unpack(">HBB", head)
+        if zero != 0 or dtype != UBYTE or ndim not in ndims:
+            expected = " or ".join(f"0x{0x0800 + n:08x}" for n in ndims)
+            raise PipelineError(
+                f"{path}: bad magic number 0x{struct.unpack('>I', head)[0]:08x}, expected {expected} "
+                f"(unsigned-byte IDX with {' or '.join(map(str, ndims))} dimensions)"
+            )
+        dims_bytes = stream.read(4 * ndim)
+        if len(dims_bytes) < 4 * ndim:
+            raise PipelineError(f"{path}: truncated IDX header ({4 + len(dims_bytes)} of {4 + 4 * ndim} bytes)")
+        shape = struct.unpack(f">{ndim}I", dims_bytes)
+        if ndim > 1 and 0 in shape[1:]:
+            raise PipelineError(f"{path}: declares an empty example shape {shape[1:]}")
+        expected = math.prod(shape)  # exact: Python integers do not wrap
         dims = "x".join(map(str, shape))
-        kind = "truncated" if actual < expected else "trailing bytes"
-        raise PipelineError(
-            f"{path}: {kind}: header declares {dims} = {expected} data bytes, file holds {actual}"
-        )
-    if ndim > 1 and 0 in shape[1:]:
-        raise PipelineError(f"{path}: declares an empty example shape {shape[1:]}")
-    return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(shape)
+        possible = path.stat().st_size * (_MAX_DEFLATE_RATIO if _is_gzip(path) else 1)
+        if expected > possible:
+            raise PipelineError(f"{path}: truncated: header declares {dims} = {expected} data bytes, "
+                                f"more than a {path.stat().st_size}-byte file can hold")
+        data = np.empty(expected, dtype=np.uint8)
+        filled = 0
+        while filled < expected:
+            chunk = stream.read(min(_CHUNK, expected - filled))
+            if not chunk:
+                break
+            data[filled:filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+            filled += len(chunk)
+        if filled < expected:
+            raise PipelineError(f"{path}: truncated: header declares {dims} = {expected} data bytes, file holds {filled}")
+        extra = len(stream.read(_CHUNK))  # count a little of what follows, never inflate it all
+        if extra:
+            holds = f"{expected + extra}" if extra < _CHUNK else f"more than {expected + extra}"
+            raise PipelineError(f"{path}: trailing bytes: header declares {dims} = {expected} data bytes, "
+                                f"file holds {holds}")
+    return data.reshape(shape)
 
 
 def read_images_and_labels(images: str | Path, labels: str | Path,

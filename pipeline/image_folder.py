@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -39,16 +39,41 @@ def class_folders(root: Path, class_names: list[str] | None) -> list[str]:
     return list(class_names)
 
 
+class UnreadableImage(OSError):
+    """An image Pillow cannot or must not decode (corrupt, truncated, or a decompression bomb)."""
+
+
 def load_image(path: Path, size: tuple[int, int], color_mode: str) -> np.ndarray:
-    """One image as (height, width, channels) uint8; raises OSError/ValueError when undecodable."""
+    """One image as (height, width, channels) uint8, the one decoder prepare and the predictor share.
+
+    Raises UnreadableImage (an OSError) when undecodable. An image declaring more pixels than
+    Pillow's MAX_IMAGE_PIXELS (~89 M, a decompression bomb: a small file that would inflate to
+    gigabytes) is refused from its header, before any pixel is decoded."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return _decode(image, size, color_mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(f"decompression bomb refused: {first_line(exc)}") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors for corrupt and truncated files
+        raise UnreadableImage(f"{type(exc).__name__}: {first_line(exc)}") from None
+
+
+def _decode(image, size: tuple[int, int], color_mode: str) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as image:
-        image = image.convert("L" if color_mode == "grayscale" else "RGB")
-        height, width = size
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, dtype=np.uint8)
+    image = image.convert("L" if color_mode == "grayscale" else "RGB")
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.uint8)
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
@@ -63,9 +88,9 @@ def read_image_folder(root: Path, size: tuple[int, int], color_mode: str, unread
         for path in files:
             try:
                 images.append(load_image(path, size, color_mode))
-            except (OSError, ValueError, SyntaxError) as exc:
+            except UnreadableImage as exc:
                 if unreadable == "fail":
-                    raise PipelineError(f"{path}: unreadable image ({type(exc).__name__}: {exc}); "
+                    raise PipelineError(f"{path}: unreadable image ({exc}); "
                                         "set data.image_folder.unreadable: skip to leave such files out") from None
                 skipped.append(str(path.relative_to(root.parent)))
                 continue

@@ -20,7 +20,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.normalization import Normalization, choose, preprocessing_layers
 from pipeline.presets import check_fits, normalization_for_model, preset_layers
 
@@ -63,7 +63,7 @@ def make_layers(spec: list[dict[str, dict[str, Any]]]) -> list:
         try:
             layers.append(cls(**args))
         except (TypeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise PipelineError(f"params.yaml: {where}: {name}({args}) failed: {first}") from None
     return layers
 
@@ -102,7 +102,7 @@ def build_model(model: str | list, input_shape: tuple[int, ...], num_classes: in
         return keras.Sequential([keras.Input(shape=tuple(input_shape), dtype=input_dtype, name=input_name(input_shape)),
                                  *preprocessing_layers(normalization), *body, *head], name=name)
     except (ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise PipelineError(
             f"params.yaml: train.model: the layers do not fit input shape {tuple(input_shape)}: {first}"
         ) from None
@@ -121,5 +121,5 @@ def load_keras_model(path: str):
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for a bad archive
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise PipelineError(f"{path}: cannot load Keras model ({first})") from None

@@ -18,11 +18,22 @@ from pipeline.presets import CUSTOM, PRESET_NAMES, hyper_for
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every float must be finite: NaN or infinity in a hyperparameter or a statistic is a typo.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Integer widths TensorFlow, NumPy and the shard writer accept; bounds far above any real use, so a
+# value outside them is a typo caught here rather than an overflow deep inside a stage.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+BatchSize = Annotated[int, Field(ge=1, le=65_536)]
+Count = Annotated[int, Field(ge=1, le=10**9)]
 
 
 # --------------------------------------------------------------------------- data / fetch
 Checksums = dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
+# Archive bounds: real data sets compress by at most ~10x (CIFAR-10's tarball by 1.1x).
+MAX_EXTRACTED_BYTES = 16 * 2**30
+MAX_COMPRESSION_RATIO = 100
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -36,8 +47,9 @@ def _unique(names: list[str] | None) -> list[str] | None:
 
 class FormatSection(Section):
     # sha256 of each file's *decompressed* content, keyed by its path relative to data.source
-    # (mirrors recompress .gz files). Files not listed are not checked; {} checks nothing.
-    sha256: Checksums = {}
+    # (mirrors recompress .gz files). Files not listed are not checked; null (or {}) checks nothing.
+    # null, not {}, is what `dvc exp run -S data.<format>.sha256=null` can set: DVC merges a dict.
+    sha256: Checksums | None = None
     # null: from the data (IDX/CIFAR labels 0..n-1, folder names, distinct CSV labels).
     class_names: Annotated[list[str], Field(min_length=2)] | None = None
 
@@ -53,7 +65,7 @@ class FormatSection(Section):
     @model_validator(mode="after")
     def _checksums_name_known_files(self) -> "FormatSection":
         known = self._known_files()
-        unknown = sorted(set(self.sha256) - set(known)) if known is not None else []
+        unknown = sorted(set(self.sha256 or {}) - set(known)) if known is not None else []
         if unknown:
             raise ValueError(f".sha256 names {unknown[0]!r}, which is not one of this format's files {known}")
         return self
@@ -126,6 +138,10 @@ class DataParams(Section):
     cifar10: Cifar10Data = Cifar10Data()
     image_folder: ImageFolderData = ImageFolderData()
     csv: CsvData = CsvData()
+    # Archives (data.source ending in .zip, .tar.gz, ...) are refused before their content would
+    # exceed this many bytes, or expand more than this ratio of their own size (a zip bomb).
+    max_extracted_bytes: Annotated[int, Field(ge=1)] = MAX_EXTRACTED_BYTES
+    max_compression_ratio: Annotated[float, Field(ge=1)] = MAX_COMPRESSION_RATIO
 
     @property
     def selected(self) -> FormatSection:
@@ -138,8 +154,8 @@ class PrepareParams(Section):
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     # Only for data without a test part (image_folder.test or csv.test null).
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    seed: int = 42
-    shard_size: Annotated[int, Field(ge=1)] = 10_000
+    seed: Seed = 42
+    shard_size: Annotated[int, Field(ge=1, le=10**7)] = 10_000
 
 
 # --------------------------------------------------------------------------- train
@@ -151,8 +167,8 @@ class NormalizationParams(Section):
     # preset: the preset's own convention (dataset for layer lists); dataset: mean/std of the
     # train split that prepare measured (per channel, per feature for csv); fixed: mean/std below.
     mode: Literal["preset", "dataset", "fixed"] = "preset"
-    mean: float = 0.0
-    std: Annotated[float, Field(gt=0)] = 1.0
+    mean: Annotated[float, Field(ge=-1e6, le=1e6)] = 0.0
+    std: Annotated[float, Field(gt=0, le=1e6)] = 1.0
 
 
 class AugmentParams(Section):
@@ -170,20 +186,20 @@ class TrainParams(Section):
     # [{Conv2D: {filters: 32, kernel_size: 3}}, ...]. The classifier head (Dense(n_classes) + softmax)
     # is always appended from the data's class count.
     model: Union[ModelName, list[dict[str, dict[str, Any]]]] = "cnn"
-    epochs: Annotated[int, Field(ge=1)]
-    batch_size: Annotated[int, Field(ge=1)]
+    epochs: Annotated[int, Field(ge=1, le=100_000)]
+    batch_size: BatchSize
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"]
     learning_rate: Annotated[float, Field(gt=0, le=10)]
     momentum: Annotated[float, Field(ge=0, lt=1)]
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
     schedule: Literal["constant", "cosine", "exponential"]
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     normalization: NormalizationParams = NormalizationParams()
-    early_stopping_patience: Annotated[int, Field(ge=0)] = 5
+    early_stopping_patience: Annotated[int, Field(ge=0, le=100_000)] = 5
     augment: AugmentParams = AugmentParams()
-    shuffle_buffer: Annotated[int, Field(ge=1)] = 10_000
+    shuffle_buffer: Annotated[int, Field(ge=1, le=10**8)] = 10_000
     cache: bool = True
-    seed: int = 42
+    seed: Seed = 42
     # auto: op determinism on CPU, off on GPU (where deterministic kernels cost speed).
     deterministic: Auto = "auto"
     mixed_precision: Auto = "auto"
@@ -234,8 +250,8 @@ class GateParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: Annotated[int, Field(ge=1)] = 512
-    calibration_bins: Annotated[int, Field(ge=2)] = 15
+    batch_size: BatchSize = 512
+    calibration_bins: Annotated[int, Field(ge=2, le=1000)] = 15
     worst_examples: Annotated[int, Field(ge=1, le=100)] = 16
     gate: GateParams = GateParams()
 
@@ -244,10 +260,10 @@ class EvaluateParams(Section):
 class ExportParams(Section):
     opset: Annotated[int, Field(ge=13, le=21)] = 17
     quantize: bool = True
-    calibration_size: Annotated[int, Field(ge=1)] = 500
+    calibration_size: Annotated[int, Field(ge=1, le=100_000)] = 500
     max_int8_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
     registered_model_name: str = "fashion-mnist-classifier"
-    batch_size: Annotated[int, Field(ge=1)] = 256
+    batch_size: BatchSize = 256
 
 
 # --------------------------------------------------------------------------- mlflow
@@ -280,6 +296,7 @@ _TEMPLATES = {
     "int_from_float": "must be an integer",
     "float_type": "must be a number",
     "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
     "bool_type": "must be true or false",
     "bool_parsing": "must be true or false",
     "string_type": "must be a string",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import run_cli
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 REQUIRED_METADATA = ("class_names", "input_shape", "input_layout")
 INPUT_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
+MAX_ARRAY_ELEMENTS = 2**28  # 256 M values (1 GiB of uint8 pixels): larger arrays go in several files
 
 
 @dataclass
@@ -51,7 +53,7 @@ class OnnxClassifier:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's own exception types
-            raise PipelineError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+            raise PipelineError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)})") from None
         props = self.session.get_modelmeta().custom_metadata_map
         missing = [key for key in REQUIRED_METADATA if key not in props]
         if missing:
@@ -94,25 +96,41 @@ def raw_input(values: np.ndarray, dtype) -> np.ndarray:
 # ----------------------------------------------------------------------------- inputs
 def load_image(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
     """Decoded exactly as prepare decodes an image folder, so deployed inputs match training's."""
-    from PIL import UnidentifiedImageError
-
+    from pipeline.image_folder import UnreadableImage
     from pipeline.image_folder import load_image as decode
 
     height, width, channels = input_shape
     try:
         pixels = decode(path, (height, width), "grayscale" if channels == 1 else "rgb")
-    except UnidentifiedImageError:
-        raise PipelineError(f"{path}: not an image Pillow can read") from None
-    except OSError as exc:
-        raise PipelineError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    except UnreadableImage as exc:
+        raise PipelineError(f"{path}: {exc}") from None
     return pixels.reshape(input_shape)
 
 
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a .npy file declares, read from its header alone."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        data_bytes = path.stat().st_size - f.tell()
+    if dtype.hasobject:
+        raise ValueError("holds Python objects")
+    if math.prod(shape) * dtype.itemsize > data_bytes:
+        raise ValueError(f"header declares {shape} {dtype}, more than the file holds")
+    return shape, dtype
+
+
 def load_array(path: Path, input_shape: tuple[int, ...]) -> list[Item]:
+    """A .npy of inputs; its header (shape, dtype, size) is checked before any data is read."""
     try:
+        shape, _ = npy_header(path)
+        if math.prod(shape) > MAX_ARRAY_ELEMENTS:
+            return [Item(str(path), error=f"{path}: array of shape {shape} is larger than the predictor reads "
+                                          f"({MAX_ARRAY_ELEMENTS:,} values)")]
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        return [Item(str(path), error=f"{path}: not a NumPy .npy array ({str(exc).splitlines()[0]})")]
+    except (ValueError, OSError, EOFError) as exc:
+        return [Item(str(path), error=f"{path}: not a NumPy .npy array ({first_line(exc)})")]
     if len(input_shape) == 1:
         return split_rows(path, array[np.newaxis] if array.ndim == 1 else array, input_shape)
     h, w, c = input_shape
@@ -146,7 +164,8 @@ def load_table(path: Path, feature_names: list[str]) -> list[Item]:
     from pipeline.tabular import read_table
 
     try:
-        table = read_table(path, label_column=None, feature_columns=feature_names)
+        table = read_table(path, label_column=None, feature_columns=feature_names,
+                           columns_from="the model's feature_names")
     except PipelineError as exc:
         return [Item(str(path), error=str(exc))]
     return [Item(f"{path}:{row}", x) for row, x in zip(table.row_numbers, table.features)]

@@ -59,10 +59,17 @@ class Preset:
         return None
 
 
+# BatchNorm's moving statistics, which inference uses, follow each batch with this momentum. Keras'
+# default 0.99 needs ~500 steps to forget its initial (0, 1): a few thousand images give ~30 steps
+# an epoch, and inference-mode BatchNorm then normalises with statistics the network never saw
+# (validation accuracy fell to chance on a 3,600-image set). 0.9 (PyTorch's default) settles in ~40.
+BN = {"BatchNormalization": {"momentum": 0.9}}
+
+
 def _conv_bn_relu(filters: int) -> Layers:
     return [
         {"Conv2D": {"filters": filters, "kernel_size": 3, "padding": "same", "use_bias": False}},
-        {"BatchNormalization": {}},
+        BN,
         {"Activation": {"activation": "relu"}},
     ]
 
@@ -76,7 +83,7 @@ def _cnn(_: tuple[int, ...]) -> Layers:
         {"Flatten": {}},
         {"Dropout": {"rate": 0.3}},
         {"Dense": {"units": 128, "use_bias": False}},
-        {"BatchNormalization": {}},
+        BN,
         {"Activation": {"activation": "relu"}},
         {"Dropout": {"rate": 0.3}},
     ]
@@ -167,8 +174,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("cnn2", "the classic MNIST CNN: two conv/pool blocks 32-64, Dense 128, SGD lr 0.01",
            _cnn2, Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01),
            min_size=4, intended_for="28×28 grey images"),
-    Preset("tabular_mlp", "the tabular (Iris-style) classifier: one Dense(10, relu) layer, Adam",
-           _tabular_mlp, Hyper(epochs=50, batch_size=32), input_kind="vector",
+    # A table of ~100 rows gives 4 steps an epoch at batch 32: 50 such epochs of Adam 0.001 stop at
+    # 0.67 on Iris. Batch 8 and Adam 0.01 (the TensorFlow Iris walkthrough's rate) reach 0.97.
+    Preset("tabular_mlp", "the tabular (Iris-style) classifier: one Dense(10, relu) layer, Adam 0.01, batch 8",
+           _tabular_mlp, Hyper(epochs=100, batch_size=8, learning_rate=0.01), input_kind="vector",
            intended_for="feature vectors"),
 ]}
 

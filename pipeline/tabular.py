@@ -26,8 +26,10 @@ class Table:
     row_numbers: list[int]    # each example's row in the file (header = 1), for error messages
 
 
-def read_table(path: Path, label_column: str | None, feature_columns: list[str] | None) -> Table:
-    """The table at `path`; `label_column` None reads features only (inputs to predict)."""
+def read_table(path: Path, label_column: str | None, feature_columns: list[str] | None,
+               columns_from: str = "data.csv.feature_columns") -> Table:
+    """The table at `path`; `label_column` None reads features only (inputs to predict).
+    `columns_from` names where `feature_columns` came from, for the error message."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -38,12 +40,16 @@ def read_table(path: Path, label_column: str | None, feature_columns: list[str] 
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise PipelineError(f"{path}: empty file, expected a header row")
     header = [cell.strip() for cell in rows[0]]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise PipelineError(f"{path}: header names column {repeated[0]!r} more than once "
+                            f"(columns {[i + 1 for i, name in enumerate(header) if name == repeated[0]]})")
     if label_column is not None and label_column not in header:
         raise PipelineError(f"{path}: no label column {label_column!r} (data.csv.label_column); columns are {header}")
     names = feature_columns if feature_columns is not None else [c for c in header if c != label_column]
     for name in names:
         if name not in header:
-            raise PipelineError(f"{path}: no feature column {name!r} (data.csv.feature_columns); columns are {header}")
+            raise PipelineError(f"{path}: no feature column {name!r} ({columns_from}); columns are {header}")
     if label_column in names:
         raise PipelineError(f"{path}: data.csv.feature_columns includes the label column {label_column!r}")
     if not names:

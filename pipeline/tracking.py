@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 RUN_FILE_KEYS = ("run_id", "experiment_id", "tracking_uri")
 # onnxruntime's names of the input types an exported model may take.
@@ -124,7 +124,7 @@ class Tracker:
             experiment_id = cls._experiment_id(client, experiment_name, uri)
             run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
         except MlflowException as exc:
-            raise PipelineError(f"MLflow tracking URI {uri}: {str(exc).splitlines()[0]}") from None
+            raise PipelineError(f"MLflow tracking URI {uri}: {first_line(exc)}") from None
         except Exception as exc:  # unreachable server, bad scheme: fail before any training
             if type(exc).__module__.startswith(("requests", "urllib3", "sqlalchemy")):
                 raise PipelineError(f"MLflow tracking URI {uri}: cannot connect ({type(exc).__name__})") from None

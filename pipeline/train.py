@@ -99,10 +99,12 @@ def model_summary(model) -> str:
 
 
 # ----------------------------------------------------------------------------- the core
-def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, verbose: int = 2) -> dict[str, Any]:
+def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, on_start=None,
+          verbose: int = 2) -> dict[str, Any]:
     """Train on the prepared splits. `work_dir` holds the resumable state (backup, history so far).
 
-    Returns model, history rows, device setup, timing. `on_epoch(epoch, row)` sees each finished epoch.
+    Returns model, history rows, device setup, timing. `on_start(model)` runs once the model is built
+    (so a layer list Keras rejects fails before it), `on_epoch(epoch, row)` after each finished epoch.
     """
     import keras
 
@@ -130,6 +132,8 @@ def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, ver
         model.compile(optimizer=make_optimizer(p, steps_per_epoch), loss=make_loss(p, meta.num_classes),
                       metrics=["accuracy"], jit_compile=devices.jit_compile)
 
+    if on_start is not None:
+        on_start(model)
     work_dir.mkdir(parents=True, exist_ok=True)
     history_path = work_dir / "history.csv"
 
@@ -230,7 +234,12 @@ def main(argv: list[str] | None = None) -> None:
     fingerprint = training_fingerprint(params.train, data_hash)
     resume_id = prepare_work_dir(work_dir, fingerprint)
     tracker = None
-    if chief:
+
+    def start_tracking(_model) -> None:
+        """The chief's MLflow run, opened once Keras accepted the model: a bad layer list leaves no run."""
+        nonlocal tracker
+        if not chief:
+            return
         model_name = params.train.model_name
         tags = {**git_state(project_root()), **dvc_experiment_tags(), "data.sha256": data_hash,
                 "model.preset": model_name}
@@ -246,10 +255,12 @@ def main(argv: list[str] | None = None) -> None:
 
     verbose = 1 if sys.stdout.isatty() else 2
     try:
-        result = train(params, prepared, work_dir, on_epoch=log_epoch, verbose=verbose)
+        result = train(params, prepared, work_dir, on_epoch=log_epoch, on_start=start_tracking, verbose=verbose)
     except BaseException:
         if tracker is not None:
             tracker.end("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
+        if not (work_dir / "backup").exists():
+            shutil.rmtree(work_dir, ignore_errors=True)  # nothing to resume from: leave no empty state behind
         raise
 
     report = {**result["report"], "class_names": meta.class_names}

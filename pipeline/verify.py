@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.atomic import write_json
 from pipeline.cli import run_cli, stage_parser
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.params import load_params
 
 OUTPUT_NAME = "probabilities"
@@ -116,7 +116,7 @@ def verify(model_path: Path, exported: Path, prepared_dir: str, batch_size: int,
             try:
                 predictors[name] = onnx_predictor(path)
             except Exception as exc:  # onnxruntime rejects a damaged file with its own exception types
-                raise PipelineError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+                raise PipelineError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
     if "onnx" not in predictors:
         raise PipelineError(f"{exported / 'model.onnx'}: not found (run `dvc repro export`)")
     if registered is not None:

@@ -18,7 +18,10 @@ case "$BACKEND" in
 esac
 mkdir -p "$ARTIFACTS"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-exec .venv/bin/mlflow server \
+MLFLOW="$(command -v mlflow || true)"
+[ -x .venv/bin/mlflow ] && MLFLOW=.venv/bin/mlflow
+if [ -z "$MLFLOW" ]; then echo "mlflow-server.sh: mlflow not found: run scripts/setup.sh, or put mlflow on PATH" >&2; exit 1; fi
+exec "$MLFLOW" server \
     --backend-store-uri "$BACKEND" \
     --artifacts-destination "$ARTIFACTS" --serve-artifacts \
     --host 127.0.0.1 --port "$PORT" --workers 2

@@ -7,7 +7,9 @@ import time
 import pytest
 import yaml
 
-from conftest import run, set_params
+import numpy as np
+
+from conftest import REPO, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +97,68 @@ def test_switching_data_format_and_preset_with_set_params_alone(dvc_repo, tmp_pa
     assert yaml.safe_load((dvc_repo / "params.yaml").read_text())["data"]["format"] == "csv"
     assert yaml.safe_load(run(["git", "show", "HEAD:params.yaml"], dvc_repo).stdout)["data"]["format"] == "idx"
     assert "iris-like" in experiments(dvc_repo)
+
+
+def readme_data_switch_commands() -> list[list[str]]:
+    """Every `dvc exp run --temp -S data.…` command of the README, as the shell would split it."""
+    import shlex
+
+    from conftest import REPO
+
+    lines = (REPO / "README.md").read_text().splitlines()
+    commands, current = [], ""
+    for line in lines:
+        if current or line.startswith("dvc exp run --temp -S data."):
+            current += line.rstrip("\\").strip() + " "
+            if not line.endswith("\\"):
+                commands.append(shlex.split(current))
+                current = ""
+    return commands
+
+
+def test_the_readmes_data_switch_commands_run_as_written(dvc_repo, tmp_path):
+    """The README's commands for MNIST, CIFAR-10, an image folder and a CSV table, literally, with
+    only data.source pointed at local copies in each format (this machine is offline): each runs the
+    whole pipeline through its own gate and leaves the workspace's params alone (`--temp`)."""
+    from sklearn.datasets import load_iris
+
+    from conftest import write_idx_dataset
+    from datasets import write_cifar10_dataset, write_image_folder_dataset
+    from pipeline.tabular import write_table
+
+    iris = load_iris()
+    (tmp_path / "iris").mkdir()
+    order = np.random.default_rng(0).permutation(len(iris.target))
+    species = [str(iris.target_names[i]) for i in iris.target[order]]
+    write_table(tmp_path / "iris/train.csv", iris.data[order[:120]], species[:120], ["f0", "f1", "f2", "f3"],
+                label_column="species")
+    write_table(tmp_path / "iris/test.csv", iris.data[order[120:]], species[120:], ["f0", "f1", "f2", "f3"],
+                label_column="species")
+    sources = {
+        "idx": write_idx_dataset(tmp_path / "mnist", n_train=600, n_test=100, n_classes=10)["source"],
+        "cifar10": write_cifar10_dataset(tmp_path / "cifar", n_train=(200,) * 5, n_test=100)["source"],
+        "image_folder": write_image_folder_dataset(tmp_path / "flowers", n_train=600, n_test=4, rgb=True)["source"],
+        "csv": str(tmp_path / "iris"),
+    }
+    # The repo runs the project's own defaults (the cnn preset, its gate), as a fresh clone does.
+    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    project = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"] = project["train"]
+    params["data"] = project["data"]  # every format's section, Fashion-MNIST's checksums included
+    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "commit", "-qam", "project defaults"], dvc_repo)
+    before = (dvc_repo / "params.yaml").read_text()
+
+    commands = readme_data_switch_commands()
+    formats = set()
+    for command in commands:
+        fmt = next((a.split("=", 1)[1] for a in command if a.startswith("data.format=")), "idx")
+        formats.add(fmt)
+        local = [f"data.source={sources[fmt]}" if a.startswith("data.source=") else a for a in command]
+        proc = run(local, dvc_repo, check=False)
+        assert proc.returncode == 0, f"{' '.join(command)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert (dvc_repo / "params.yaml").read_text() == before  # --temp: the workspace stays as it is
+    assert formats == {"idx", "cifar10", "image_folder", "csv"}
+    shown = experiments(dvc_repo)
+    accuracies = [exp["metrics"]["test"]["accuracy"] for exp in shown.values() if exp["metrics"]]
+    assert len(accuracies) == len(commands) and min(accuracies) > 0.4

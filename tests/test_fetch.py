@@ -30,8 +30,10 @@ def test_checksum_mismatch_names_file_and_hashes_and_leaves_nothing(tiny_data, t
     with pytest.raises(PipelineError) as info:
         fetch(idx_params(tiny_data, sha256=wrong), tmp_path / "raw")
     message = str(info.value)
-    assert message.startswith(f"{name}: checksum mismatch: data.idx.sha256 expects {'0' * 64}")
+    # Named as the user knows it (under data.source), with advice that `dvc exp run -S` can follow.
+    assert message.startswith(f"{tiny_data['source']}/{name}: checksum mismatch: data.idx.sha256 expects {'0' * 64}")
     assert tiny_data["idx"]["sha256"][name] in message
+    assert "`dvc exp run -S data.idx.sha256=null ...`" in message
     assert not (tmp_path / "raw").exists()
     assert list(tmp_path.glob(".raw*")) == []
 

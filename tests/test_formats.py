@@ -239,7 +239,7 @@ def test_prepare_cli_reports_a_bad_csv_in_one_line(tmp_path):
 def test_checksums_apply_to_any_format(tmp_path):
     data = write_csv_dataset(tmp_path / "table")
     data["csv"]["sha256"] = {"train.csv": "0" * 64}
-    with pytest.raises(PipelineError, match=r"^train\.csv: checksum mismatch: data\.csv\.sha256 expects 0{64}"):
+    with pytest.raises(PipelineError, match=r"/table/train\.csv: checksum mismatch: data\.csv\.sha256 expects 0{64}"):
         fetch(parse_params({"data": data}).data, tmp_path / "raw")
     images = write_image_folder_dataset(tmp_path / "images")
     images["image_folder"]["sha256"] = {"train/kind_a/nope.png": "0" * 64}

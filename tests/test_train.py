@@ -111,3 +111,26 @@ def test_killed_training_resumes_from_its_last_epoch(project):
     epochs_seen = [int(r["epoch"]) for r in csv.DictReader(open(project / "models/history.csv"))]
     assert epochs_seen == list(range(1, epochs + 1))
     assert json.loads((project / "models/mlflow_run.json").read_text())["run_id"] == run_before
+
+
+@pytest.mark.realdata
+def test_the_default_model_trains_sanely_on_a_few_thousand_images(tmp_path):
+    """4,000 real Fashion-MNIST images (29 steps an epoch at the preset's batch 128), the default `cnn`
+    with its own settings: after 3 epochs validation accuracy keeps up with training accuracy. With
+    Keras' default BatchNorm momentum (0.99) the moving statistics that inference uses barely move
+    in so few steps: validation accuracy measured 0.57 against training's 0.81 at epoch 3 (0.85
+    with the preset's 0.9)."""
+    from conftest import FASHION_MNIST, subset_of_fashion_mnist
+    from pipeline.fetch import fetch
+    from pipeline.params import parse_params
+    from pipeline.prepare import prepare
+    from pipeline.train import train
+
+    data = subset_of_fashion_mnist(tmp_path / "source", n_train=4000, n_test=500)
+    params = parse_params({"data": data, "train": {"model": "cnn", "epochs": 3, "early_stopping_patience": 0}})
+    fetch(params.data, tmp_path / "raw")
+    prepare(tmp_path / "raw", tmp_path / "prepared", params)
+    history = train(params, tmp_path / "prepared", tmp_path / "work", verbose=0)["history"]
+    last = history[-1]
+    assert last["accuracy"] > 0.75, FASHION_MNIST
+    assert last["val_accuracy"] > 0.8 and last["val_accuracy"] >= last["accuracy"] - 0.05
