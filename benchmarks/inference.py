@@ -43,8 +43,10 @@ def latency_ms(fn, x, calls: int, warmup: int) -> dict[str, float]:
         fn(x)
         times.append((time.perf_counter() - started) * 1000)
     times.sort()
-    return {"median_ms": round(statistics.median(times), 4),
-            "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4)}
+    return {
+        "median_ms": round(statistics.median(times), 4),
+        "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4),
+    }
 
 
 def throughput(fn, x, batch: int, repeats: int) -> float:
@@ -53,7 +55,7 @@ def throughput(fn, x, batch: int, repeats: int) -> float:
     n = 0
     for _ in range(repeats):
         for i in range(0, len(x) - batch + 1, batch):
-            fn(x[i:i + batch])
+            fn(x[i : i + batch])
             n += batch
     return round(n / (time.perf_counter() - started), 1)
 
@@ -68,8 +70,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="passes over the test split for throughput")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="reports/bench.json")
-    parser.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
-                        help="another ONNX file to time side by side")
+    parser.add_argument(
+        "--compare", action="append", default=[], metavar="NAME=PATH", help="another ONNX file to time side by side"
+    )
     args = parser.parse_args()
     threads = args.threads or physical_cores()
 
@@ -114,8 +117,10 @@ def main() -> None:
 
     results = {}
     for name, fn in engines.items():
-        results[name] = {"batch1": latency_ms(fn, one, args.calls, args.warmup),
-                         "batch256_images_per_s": throughput(fn, x, 256, args.repeats)}
+        results[name] = {
+            "batch1": latency_ms(fn, one, args.calls, args.warmup),
+            "batch256_images_per_s": throughput(fn, x, 256, args.repeats),
+        }
         print(f"{name}: {results[name]}", flush=True)
 
     fastest_latency = min(r["batch1"]["median_ms"] for r in results.values())
@@ -124,20 +129,31 @@ def main() -> None:
         r["batch1_vs_fastest"] = round(r["batch1"]["median_ms"] / fastest_latency, 2)
         r["batch256_vs_fastest"] = round(fastest_throughput / r["batch256_images_per_s"], 2)
     report = {
-        "machine": {"logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
-                    "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "tensorflow": tf.__version__, "onnxruntime": ort.__version__},
+        "machine": {
+            "logical_cpus": os.cpu_count(),
+            "physical_cores": physical_cores(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "onnxruntime": ort.__version__,
+        },
         "threads": {"intra_op": threads, "inter_op": 1},
-        "calls": args.calls, "warmup": args.warmup, "test_examples": int(len(x)),
+        "calls": args.calls,
+        "warmup": args.warmup,
+        "test_examples": int(len(x)),
         "engines": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"\n{'engine':<18} {'b1 median ms':>12} {'b1 p99 ms':>10} {'× fastest':>9} {'b256 img/s':>11} {'× fastest':>9}")
+    print(
+        f"\n{'engine':<18} {'b1 median ms':>12} {'b1 p99 ms':>10} {'× fastest':>9} {'b256 img/s':>11} {'× fastest':>9}"
+    )
     for name, r in results.items():
-        print(f"{name:<18} {r['batch1']['median_ms']:>12.3f} {r['batch1']['p99_ms']:>10.3f} "
-              f"{r['batch1_vs_fastest']:>9.2f} {r['batch256_images_per_s']:>11,.0f} {r['batch256_vs_fastest']:>9.2f}")
+        print(
+            f"{name:<18} {r['batch1']['median_ms']:>12.3f} {r['batch1']['p99_ms']:>10.3f} "
+            f"{r['batch1_vs_fastest']:>9.2f} {r['batch256_images_per_s']:>11,.0f} {r['batch256_vs_fastest']:>9.2f}"
+        )
 
 
 if __name__ == "__main__":

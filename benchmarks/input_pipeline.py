@@ -1,12 +1,14 @@
 """Is the input pipeline the bottleneck? One model, trained for the same epochs, fed two ways:
 
-  pipeline   the real tf.data pipeline (TFRecord → decode/normalise → cache → shuffle → batch → prefetch)
-  in_memory  the same examples, already decoded and normalised, as in-memory tensors (from_tensor_slices)
+  pipeline   the real tf.data pipeline (TFRecord → decode → cache → shuffle → batch → prefetch)
+  in_memory  the same raw examples, already decoded, as in-memory tensors (from_tensor_slices)
+
+(the model normalises its raw input itself, the same way in both)
 
 plus the pipeline alone (no model) in examples/s. Writes reports/bench_input.json; the ratio
 pipeline/in_memory epoch time near 1.0 means the model, not the input, sets the pace.
 
-    python benchmarks/input_pipeline.py [--epochs 3] [--prepared data/prepared] [--model cnn]
+    python benchmarks/input_pipeline.py [--epochs 3] [--prepared data/prepared] [--params params.yaml]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def main() -> None:
     import tensorflow as tf
 
     from pipeline.dataset import make_dataset
-    from pipeline.model import build_model
+    from pipeline.model import model_for_data
     from pipeline.params import load_params
     from pipeline.records import read_meta
 
@@ -43,8 +45,15 @@ def main() -> None:
     keras.utils.set_random_seed(params.seed)
 
     def pipeline_ds():
-        return make_dataset(args.prepared, meta, "train", params.batch_size, training=True,
-                            shuffle_buffer=params.shuffle_buffer, seed=params.seed)
+        return make_dataset(
+            args.prepared,
+            meta,
+            "train",
+            params.batch_size,
+            training=True,
+            shuffle_buffer=params.shuffle_buffer,
+            seed=params.seed,
+        )
 
     # The pipeline alone: how fast can it deliver batches?
     started = time.perf_counter()
@@ -53,13 +62,16 @@ def main() -> None:
 
     x = tf.concat([x for x, _ in make_dataset(args.prepared, meta, "train", 4096, training=False)], 0)
     y = tf.concat([y for _, y in make_dataset(args.prepared, meta, "train", 4096, training=False)], 0)
-    in_memory = (tf.data.Dataset.from_tensor_slices((x, y))
-                 .shuffle(params.shuffle_buffer, seed=params.seed).batch(params.batch_size)
-                 .prefetch(tf.data.AUTOTUNE))
+    in_memory = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(params.shuffle_buffer, seed=params.seed)
+        .batch(params.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
     def epoch_times(dataset) -> list[float]:
         keras.utils.set_random_seed(params.seed)
-        model = build_model(params.model, meta.input_shape, meta.num_classes)
+        model = model_for_data(params, meta)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         times = []
 
@@ -85,16 +97,21 @@ def main() -> None:
     pipeline_only_cached = n / (time.perf_counter() - started)
 
     result = {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "tensorflow": tf.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "tensorflow": tf.__version__,
+        },
         "model": params.model if isinstance(params.model, str) else "custom",
         "batch_size": params.batch_size,
         "epoch_seconds": {k: [round(t, 2) for t in v] for k, v in fed.items()},
         "median_epoch_seconds_after_first": {k: round(v, 2) for k, v in steady.items()},
         "pipeline_over_in_memory": round(steady["pipeline"] / steady["in_memory"], 3),
         "first_epoch_pipeline_over_in_memory": round(fed["pipeline"][0] / fed["in_memory"][0], 3),
-        "pipeline_alone_examples_per_second": {"first_pass": round(pipeline_only_first),
-                                               "cached": round(pipeline_only_cached)},
+        "pipeline_alone_examples_per_second": {
+            "first_pass": round(pipeline_only_first),
+            "cached": round(pipeline_only_cached),
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

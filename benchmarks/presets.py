@@ -37,7 +37,7 @@ AS_TABLE = {"tabular_mlp"}
 
 
 def idx_arrays(data: dict) -> dict:
-    from pipeline.idx import read_images_and_labels
+    from pipeline.formats.idx import read_images_and_labels
 
     source, idx = Path(data["source"]), data["idx"]
     return {
@@ -51,25 +51,30 @@ def as_image_folder(data: dict, out: Path) -> dict:
     from PIL import Image
 
     for part, (images, labels) in idx_arrays(data).items():
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             folder = out / part / f"{label:02d}"
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image[..., 0]).save(folder / f"{i:05d}.png")
-    return {"format": "image_folder", "source": str(out),
-            "image_folder": {"image_size": [32, 32], "color_mode": "rgb",
-                             "class_names": [f"{i:02d}" for i in range(len(data["idx"]["class_names"]))]}}
+    return {
+        "format": "image_folder",
+        "source": str(out),
+        "image_folder": {
+            "image_size": [32, 32],
+            "color_mode": "rgb",
+            "class_names": [f"{i:02d}" for i in range(len(data["idx"]["class_names"]))],
+        },
+    }
 
 
 def as_table(data: dict, out: Path) -> dict:
     """The IDX images as CSV tables of 784 pixel columns and a label column."""
-    from pipeline.tabular import write_table
+    from pipeline.formats.csv import write_table
 
     out.mkdir(parents=True, exist_ok=True)
     names = data["idx"]["class_names"]
     for part, (images, labels) in idx_arrays(data).items():
         flat = images.reshape(len(images), -1)
-        write_table(out / f"{part}.csv", flat, [names[y] for y in labels],
-                    [f"px{i}" for i in range(flat.shape[1])])
+        write_table(out / f"{part}.csv", flat, [names[y] for y in labels], [f"px{i}" for i in range(flat.shape[1])])
     return {"format": "csv", "source": str(out), "csv": {"class_names": names}}
 
 
@@ -106,8 +111,10 @@ def run_preset(preset: str, base: dict, work: Path) -> dict:
 
     train_params = load_params(work / "params.yaml").train
     return {
-        "hyperparameters": {k: getattr(train_params, k) for k in
-                            ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "schedule")},
+        "hyperparameters": {
+            k: getattr(train_params, k)
+            for k in ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "schedule")
+        },
         "epochs_run": trained["epochs_run"],
         "parameters": trained["parameters"],
         "training_seconds": trained["training_seconds"],
@@ -118,7 +125,10 @@ def run_preset(preset: str, base: dict, work: Path) -> dict:
         "onnx_max_abs_diff": parity["formats"]["onnx"]["max_abs_diff"],
         "bytes": {name: info["bytes"] for name, info in files.items()},
         "pipeline_seconds": round(total, 1),
-        "data": {"format": params["data"]["format"], **({"rewritten_from": "idx"} if params["data"] != base["data"] else {})},
+        "data": {
+            "format": params["data"]["format"],
+            **({"rewritten_from": "idx"} if params["data"] != base["data"] else {}),
+        },
     }
 
 
@@ -130,7 +140,9 @@ def main() -> None:
     args = parser.parse_args()
 
     base = yaml.safe_load(Path(args.params).read_text())
-    base["data"]["source"] = str(Path(base["data"]["source"]).resolve()) if "://" not in base["data"]["source"] else base["data"]["source"]
+    base["data"]["source"] = (
+        str(Path(base["data"]["source"]).resolve()) if "://" not in base["data"]["source"] else base["data"]["source"]
+    )
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-presets-") as scratch:
         for preset in args.presets:

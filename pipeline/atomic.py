@@ -29,7 +29,7 @@ def _alive(pid: int) -> bool:
 def sweep_stale(target: Path) -> None:
     """Remove temporaries of `target` left by processes that no longer run (a SIGKILL mid-write)."""
     for stale in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
-        kind, _, rest = stale.name[len(target.name) + 2:].partition("-")
+        kind, _, rest = stale.name[len(target.name) + 2 :].partition("-")
         pid = rest.split("-", 1)[0]
         if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
             continue

@@ -42,26 +42,41 @@ def augment_raw(augment, images, dtype):
     return tf.cast(out, dtype)
 
 
-def make_dataset(prepared_dir: str, meta: PreparedMeta, split: str, batch_size: int, *, training: bool,
-                 shuffle_buffer: int = 10_000, seed: int = 0, cache: bool = True, augment=None, files=None,
-                 workers: int = 1):
+def make_dataset(
+    prepared_dir: str,
+    meta: PreparedMeta,
+    split: str,
+    batch_size: int,
+    *,
+    training: bool,
+    shuffle_buffer: int = 10_000,
+    seed: int = 0,
+    cache: bool = True,
+    augment=None,
+    files=None,
+    workers: int = 1,
+    drop_remainder: bool = False,
+    shard: str | None = None,
+):
     """Batched (raw input, int64 label) for `split`; shuffled and augmented when training.
 
     `batch_size` is the global batch; under a multi-worker strategy each worker reads its shard
-    (see `shard_policy`), set explicitly rather than left to tf.data's AUTO guess.
+    (`shard`: "FILE" or "DATA", default `shard_policy`), set explicitly rather than left to
+    tf.data's AUTO guess.
     """
     import tensorflow as tf
 
     dataset = read_split(prepared_dir, meta, split, files)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = getattr(
-        tf.data.experimental.AutoShardPolicy, shard_policy(len(meta.shards[split]), workers))
+        tf.data.experimental.AutoShardPolicy, shard or shard_policy(len(meta.shards[split]), workers)
+    )
     dataset = dataset.with_options(options)
     if cache:
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if training and augment is not None:
         dtype = tf.as_dtype(meta.dtype)
         dataset = dataset.map(lambda x, y: (augment_raw(augment, x, dtype), y), num_parallel_calls=tf.data.AUTOTUNE)

@@ -51,8 +51,9 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str
         "top2_accuracy": float(top_k_accuracy_score(labels, probs, k=2, labels=classes)),
     }
     for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(labels, predicted, labels=classes, average=average,
-                                                     zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(
+            labels, predicted, labels=classes, average=average, zero_division=0
+        )
         metrics.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
     p, r, f, s = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
     metrics["ece"] = expected_calibration_error(labels, probs, bins)
@@ -81,11 +82,18 @@ def apply_gate(test: dict, gate: GateParams, baseline_path: Path | None) -> dict
             raise PipelineError(f"{baseline_path}: has no test.accuracy to compare against") from None
         drop = baseline_accuracy - accuracy
         if drop > gate.max_drop:
-            reasons.append(f"test.accuracy {accuracy:.4f} dropped {drop:.4f} below the baseline "
-                           f"{baseline_accuracy:.4f} from {baseline_path}, more than evaluate.gate.max_drop "
-                           f"{gate.max_drop:.4f}")
-    return {"passed": not reasons, "reason": "; ".join(reasons) or "all checks passed",
-            "min_accuracy": gate.min_accuracy, "max_drop": gate.max_drop, "baseline_accuracy": baseline_accuracy}
+            reasons.append(
+                f"test.accuracy {accuracy:.4f} dropped {drop:.4f} below the baseline "
+                f"{baseline_accuracy:.4f} from {baseline_path}, more than evaluate.gate.max_drop "
+                f"{gate.max_drop:.4f}"
+            )
+    return {
+        "passed": not reasons,
+        "reason": "; ".join(reasons) or "all checks passed",
+        "min_accuracy": gate.min_accuracy,
+        "max_drop": gate.max_drop,
+        "baseline_accuracy": baseline_accuracy,
+    }
 
 
 # ----------------------------------------------------------------------------- figures
@@ -96,10 +104,10 @@ def plot_training_curves(history_csv: Path, out: Path) -> None:
         rows = list(csv.DictReader(f))
     epochs = [int(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for split, style in (("", "-o"), ("val_", "--s")):
             values = [float(r[f"{split}{metric}"]) for r in rows if r.get(f"{split}{metric}")]
-            ax.plot(epochs[:len(values)], values, style, markersize=3, label="validation" if split else "train")
+            ax.plot(epochs[: len(values)], values, style, markersize=3, label="validation" if split else "train")
         ax.set(title=f"{metric.capitalize()} per epoch", xlabel="epoch", ylabel=metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -115,8 +123,16 @@ def plot_confusion_matrix(labels, predicted, class_names: list[str], out: Path) 
     size = max(6.0, 0.75 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
     ConfusionMatrixDisplay.from_predictions(
-        labels, predicted, labels=list(range(len(class_names))), display_labels=class_names,
-        normalize="true", values_format=".2f", cmap="Blues", ax=ax, colorbar=False, xticks_rotation=45,
+        labels,
+        predicted,
+        labels=list(range(len(class_names))),
+        display_labels=class_names,
+        normalize="true",
+        values_format=".2f",
+        cmap="Blues",
+        ax=ax,
+        colorbar=False,
+        xticks_rotation=45,
         text_kw={"fontsize": 8},
     )
     ax.set(title="Confusion matrix (test, each row normalised to 1)", xlabel="predicted class", ylabel="true class")
@@ -136,11 +152,13 @@ def plot_worst_errors(images, labels, probs, class_names: list[str], count: int,
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.9), layout="constrained", squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, worst):
+    for ax, i in zip(axes.flat, worst, strict=True):
         image = images[i]
         ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
-        ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({probs[i, predicted[i]]:.2f})",
-                     fontsize=8)
+        ax.set_title(
+            f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({probs[i, predicted[i]]:.2f})",
+            fontsize=8,
+        )
     if not len(worst):
         axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
     fig.suptitle("Most confidently wrong test images")
@@ -166,7 +184,7 @@ def write_predictions(path: Path, labels, probs, class_names: list[str]) -> None
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "actual", "predicted", "confidence"])
-        for i, (a, p) in enumerate(zip(labels, predicted)):
+        for i, (a, p) in enumerate(zip(labels, predicted, strict=True)):
             writer.writerow([i, class_names[a], class_names[p], f"{probs[i, p]:.4f}"])
 
 
@@ -215,13 +233,17 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.metrics, {"test": test, "gate": gate})
 
     tracker.log_metrics(flat_metrics(test, "test."))
-    tracker.set_tags({"evaluate.gate": "passed" if gate["passed"] else "failed", "evaluate.gate_reason": gate["reason"]})
+    tracker.set_tags(
+        {"evaluate.gate": "passed" if gate["passed"] else "failed", "evaluate.gate_reason": gate["reason"]}
+    )
     tracker.log_artifact(args.figures, "figures")
     tracker.log_artifact(args.metrics, "evaluation")
     tracker.log_artifact(args.predictions, "evaluation")
-    print(f"evaluate: test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, "
-          f"loss {test['loss']:.4f}, ECE {test['ece']:.4f}; {throughput:,.0f} examples/s; "
-          f"gate {'passed' if gate['passed'] else 'FAILED'}")
+    print(
+        f"evaluate: test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, "
+        f"loss {test['loss']:.4f}, ECE {test['ece']:.4f}; {throughput:,.0f} examples/s; "
+        f"gate {'passed' if gate['passed'] else 'FAILED'}"
+    )
     if not gate["passed"]:
         raise PipelineError(f"quality gate failed: {gate['reason']}")
 

@@ -15,12 +15,13 @@ Everything is built in a temporary directory beside exported/ and renamed into p
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_dir, write_json
+from pipeline.atomic import atomic_dir
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.hashing import file_sha256, tree_sha256
@@ -66,16 +67,6 @@ def serving_function(model):
     return serve
 
 
-def normalization_of(model) -> dict | None:
-    """The normalisation the model's own first layer applies (information for the metadata)."""
-    import keras
-
-    first = next((layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)), None)
-    if not isinstance(first, keras.layers.Rescaling):
-        return None
-    return {"formula": "input * scale + offset", "scale": first.scale, "offset": first.offset}
-
-
 def export_saved_model(model, serve, out: Path) -> None:
     import keras
 
@@ -111,8 +102,14 @@ def onnx_metadata(meta, input_dtype: str, normalization: dict | None, run_id: st
         "normalization_inside": json.dumps(normalization),
         "feature_names": json.dumps(meta.feature_names or []),
         "output": f"{OUTPUT_NAME}: softmax over class_names",
-        "producer_versions": json.dumps({"tensorflow": tf.__version__, "keras": keras.__version__,
-                                         "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__}),
+        "producer_versions": json.dumps(
+            {
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "tf2onnx": tf2onnx.__version__,
+                "onnx": onnx.__version__,
+            }
+        ),
         "mlflow_run_id": run_id or "",
     }
 
@@ -166,11 +163,12 @@ def calibration_batches(inputs: np.ndarray, size: int, seed: int, batch: int = 5
     """A seeded sample of raw train inputs, as the deployed model receives them."""
     rng = np.random.default_rng(seed)
     picked = inputs[np.sort(rng.choice(len(inputs), size=min(size, len(inputs)), replace=False))]
-    return [picked[i:i + batch] for i in range(0, len(picked), batch)]
+    return [picked[i : i + batch] for i in range(0, len(picked), batch)]
 
 
-def quantize_int8(fp32_path: Path, input_name: str, batches: list[np.ndarray], out: Path,
-                  metadata: dict[str, str]) -> None:
+def quantize_int8(
+    fp32_path: Path, input_name: str, batches: list[np.ndarray], out: Path, metadata: dict[str, str]
+) -> None:
     """onnxruntime static quantization (QDQ, int8 weights, uint8 activations) after quant_pre_process."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -186,9 +184,16 @@ def quantize_int8(fp32_path: Path, input_name: str, batches: list[np.ndarray], o
 
     pre = out.with_name(out.stem + ".pre.onnx")
     quant_pre_process(str(fp32_path), str(pre))
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    nodes_to_exclude=preprocessing_nodes(onnx.load(str(pre))))
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=preprocessing_nodes(onnx.load(str(pre))),
+    )
     pre.unlink()
     model = onnx.load(str(out))
     del model.metadata_props[:]
@@ -199,20 +204,32 @@ def quantize_int8(fp32_path: Path, input_name: str, batches: list[np.ndarray], o
     onnx.save_model(model, str(out), save_as_external_data=False)
 
 
-def export(model_path: Path, prepared_dir: str, out_dir: Path, params: ExportParams, seed: int,
-           run_id: str | None) -> dict[str, Any]:
-    """Build every exported artifact in a temporary directory, then move it onto `out_dir`."""
-    from pipeline.model import load_keras_model
+def export(
+    model_path: Path,
+    prepared_dir: str,
+    out_dir: Path,
+    params: ExportParams,
+    seed: int,
+    run_id: str | None,
+    register: Callable[[Path], dict] | None = None,
+) -> dict[str, Any]:
+    """Build every exported artifact in a temporary directory, then move it onto `out_dir`.
+
+    `register(onnx_path)` (the stage passes MLflow's registration) runs before metadata.json is
+    written, so the file is written once, registry version included, inside the atomic directory."""
+    from pipeline.model import applied_normalization, load_keras_model
     from pipeline.records import read_meta, read_split_arrays
 
     meta = read_meta(prepared_dir)
     model = float32_model(load_keras_model(str(model_path)))
     input_name, input_dtype, input_shape = model_input(model)
     if input_shape != tuple(meta.input_shape) or input_dtype != meta.dtype:
-        raise PipelineError(f"{model_path}: model input {input_dtype} {input_shape} does not match the prepared "
-                            f"data's {meta.dtype} {tuple(meta.input_shape)} (rerun `dvc repro train`)")
+        raise PipelineError(
+            f"{model_path}: model input {input_dtype} {input_shape} does not match the prepared "
+            f"data's {meta.dtype} {tuple(meta.input_shape)} (rerun `dvc repro train`)"
+        )
     serve = serving_function(model)
-    normalization = normalization_of(model)
+    normalization = applied_normalization(model)
     metadata = onnx_metadata(meta, input_dtype, normalization, run_id)
     with atomic_dir(out_dir) as tmp:
         export_saved_model(model, serve, tmp / "saved_model")
@@ -226,14 +243,26 @@ def export(model_path: Path, prepared_dir: str, out_dir: Path, params: ExportPar
             if (tmp / name).exists():
                 files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
         saved = tmp / "saved_model"
-        files["saved_model"] = {"bytes": sum(p.stat().st_size for p in saved.rglob("*") if p.is_file()),
-                                "sha256": tree_sha256(saved)}
+        files["saved_model"] = {
+            "bytes": sum(p.stat().st_size for p in saved.rglob("*") if p.is_file()),
+            "sha256": tree_sha256(saved),
+        }
         info = {
-            "input": {"name": input_name, "dtype": input_dtype, "shape": [BATCH_DIM, *meta.input_shape],
-                      "layout": input_layout(meta), "feature_names": meta.feature_names,
-                      "range": [0, 255] if meta.is_image else None, "meaning": input_description(meta)},
-            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [BATCH_DIM, meta.num_classes],
-                       "meaning": "softmax probabilities over class_names"},
+            "input": {
+                "name": input_name,
+                "dtype": input_dtype,
+                "shape": [BATCH_DIM, *meta.input_shape],
+                "layout": input_layout(meta),
+                "feature_names": meta.feature_names,
+                "range": [0, 255] if meta.is_image else None,
+                "meaning": input_description(meta),
+            },
+            "output": {
+                "name": OUTPUT_NAME,
+                "dtype": "float32",
+                "shape": [BATCH_DIM, meta.num_classes],
+                "meaning": "softmax probabilities over class_names",
+            },
             "class_names": meta.class_names,
             # Information only: the model applies it to its raw input.
             "normalization_inside": normalization,
@@ -242,6 +271,7 @@ def export(model_path: Path, prepared_dir: str, out_dir: Path, params: ExportPar
             "source_model": {"path": str(model_path), "sha256": file_sha256(model_path)},
             "producer_versions": json.loads(metadata["producer_versions"]),
             "mlflow_run_id": run_id,
+            "mlflow_registered_model": register(tmp / "model.onnx") if register else None,
         }
         (tmp / "metadata.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -260,15 +290,16 @@ def main(argv: list[str] | None = None) -> None:
 
     tracker = Tracker.resume(args.run_file)
     out = Path(args.out)
-    info = export(Path(args.model), args.prepared, out, params.export, params.prepare.seed, tracker.run_id)
+    name = params.export.registered_model_name
 
-    version = tracker.log_onnx_model(out / "model.onnx", params.export.registered_model_name)
+    def register(onnx_path: Path) -> dict:
+        return {"name": name, "version": tracker.log_onnx_model(onnx_path, name)}
+
+    info = export(Path(args.model), args.prepared, out, params.export, params.prepare.seed, tracker.run_id, register)
     tracker.log_artifact(out / "saved_model", "saved_model")
     tracker.log_artifact(out / "metadata.json", "export")
-    info["mlflow_registered_model"] = {"name": params.export.registered_model_name, "version": version}
-    write_json(out / "metadata.json", info)
-    sizes = ", ".join(f"{name} {f['bytes'] / 1024:,.0f} KiB" for name, f in info["files"].items())
-    print(f"export: {sizes}; registered {params.export.registered_model_name} v{version}")
+    sizes = ", ".join(f"{file} {f['bytes'] / 1024:,.0f} KiB" for file, f in info["files"].items())
+    print(f"export: {sizes}; registered {name} v{info['mlflow_registered_model']['version']}")
 
 
 if __name__ == "__main__":

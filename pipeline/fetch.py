@@ -24,8 +24,10 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_dir
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError, first_line
-from pipeline.idx import content_sha256
-from pipeline.params import DataParams, FormatSection, load_params
+from pipeline.formats import FORMATS
+from pipeline.formats.base import FormatSection
+from pipeline.hashing import content_sha256
+from pipeline.params import DataParams, load_params
 
 _DOWNLOAD_CHUNK = 1 << 16
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -80,7 +82,8 @@ class ExtractionBudget:
             raise PipelineError(
                 f"{self.archive.name}: expands to more than {self.limit:,} bytes at member {member!r} "
                 f"(limits: data.max_extracted_bytes {self.max_bytes:,}, data.max_compression_ratio "
-                f"{self.max_ratio:g}× the archive's {self.archive.stat().st_size:,} bytes); refusing to extract")
+                f"{self.max_ratio:g}× the archive's {self.archive.stat().st_size:,} bytes); refusing to extract"
+            )
 
 
 def extract(archive: Path, dest: Path, budget: ExtractionBudget) -> Path:
@@ -93,11 +96,14 @@ def extract(archive: Path, dest: Path, budget: ExtractionBudget) -> Path:
                 for info in zf.infolist():
                     target = (dest / info.filename).resolve()
                     if not target.is_relative_to(dest.resolve()):
-                        raise PipelineError(f"{archive.name}: member {info.filename!r} would extract outside the data directory")
+                        raise PipelineError(
+                            f"{archive.name}: member {info.filename!r} would extract outside the data directory"
+                        )
                     # zipfile writes exactly file_size bytes per member (it stops there and checks the CRC).
                     budget.add(info.file_size, info.filename)
                 zf.extractall(dest)
         else:
+
             def bounded(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
                 member = tarfile.data_filter(member, path)
                 budget.add(member.size, member.name)  # tarfile writes exactly member.size bytes
@@ -125,15 +131,21 @@ def verify(path: Path, expected: str | None, where: str, label: str) -> str:
 
 def check_source(data: DataParams) -> None:
     if is_url(data.source):
-        if data.format == "image_folder" and not is_archive(data.source):
-            raise PipelineError(f"data.source: {data.source}: image folders come from a directory or an archive "
-                                "(.zip, .tar.gz), not a URL prefix")
+        if not FORMATS[data.format].URL_PREFIX_OK and not is_archive(data.source):
+            raise PipelineError(
+                f"data.source: {data.source}: {data.format} data come from a directory or an archive "
+                "(.zip, .tar.gz), not a URL prefix"
+            )
         return
     path = Path(data.source)
     if is_archive(data.source) and path.is_file():
         return
     if not path.is_dir():
-        hint = " (on Debian: apt-get install dataset-fashion-mnist)" if data.source.startswith("/usr/share/datasets") else ""
+        hint = (
+            " (on Debian: apt-get install dataset-fashion-mnist)"
+            if data.source.startswith("/usr/share/datasets")
+            else ""
+        )
         raise PipelineError(f"data.source: {data.source} is not a directory or an archive{hint}")
 
 
@@ -170,15 +182,19 @@ def fetch(data: DataParams, out_dir: Path) -> dict[str, str]:
     section = data.selected
     where = f"data.{data.format}.sha256"
     checksums = section.sha256 or {}
-    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(
-            dir=tmp.parent, prefix=f".{out_dir.name}.tmp-{os.getpid()}-scratch-") as scratch:
+    with (
+        atomic_dir(out_dir) as tmp,
+        tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{out_dir.name}.tmp-{os.getpid()}-scratch-") as scratch,
+    ):
         gather(data, tmp, Path(scratch))
         missing = sorted(name for name in checksums if not (tmp / name).is_file())
         if missing:
             raise PipelineError(f"{where}: names {missing[0]!r}, which data.source does not hold")
         files = [n for n in section.files() if not n.endswith("/")]
-        return {name: verify(tmp / name, checksums.get(name), where, source_label(data.source, name))
-                for name in sorted(set(files) | set(checksums))}
+        return {
+            name: verify(tmp / name, checksums.get(name), where, source_label(data.source, name))
+            for name in sorted(set(files) | set(checksums))
+        }
 
 
 def source_label(source: str, name: str) -> str:

@@ -55,7 +55,7 @@ def _check_arguments(cls, args: dict[str, Any], where: str) -> None:
 def make_layers(spec: list[dict[str, dict[str, Any]]]) -> list:
     layers = []
     for index, entry in enumerate(spec):
-        (name, args), = entry.items()
+        ((name, args),) = entry.items()
         where = f"train.model[{index}]"
         args = dict(args or {})
         cls = _layer_class(name, where)
@@ -73,8 +73,9 @@ def input_name(input_shape: tuple[int, ...]) -> str:
     return "image" if len(input_shape) == 3 else "features"
 
 
-def model_normalization(model: str | list, mode: str, measured: Normalization, mean: float,
-                        std: float) -> Normalization:
+def model_normalization(
+    model: str | list, mode: str, measured: Normalization, mean: float, std: float
+) -> Normalization:
     """What the model's preprocessing applies for `train.normalization`: `preset` is the preset's own
     convention (`dataset` for a layer list), `dataset` the measured train statistics, `fixed` mean/std."""
     if mode == "preset":
@@ -84,8 +85,13 @@ def model_normalization(model: str | list, mode: str, measured: Normalization, m
     return choose(mode, measured, mean, std)
 
 
-def build_model(model: str | list, input_shape: tuple[int, ...], num_classes: int, normalization: Normalization,
-                input_dtype: str = "uint8"):
+def build_model(
+    model: str | list,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    normalization: Normalization,
+    input_dtype: str = "uint8",
+):
     """keras.Sequential: raw Input → float32 normalisation → body from params → Dense(num_classes) →
     float32 softmax."""
     import keras
@@ -96,16 +102,43 @@ def build_model(model: str | list, input_shape: tuple[int, ...], num_classes: in
     spec = preset_layers(model, input_shape) if isinstance(model, str) else model
     name = model if isinstance(model, str) else "custom"
     body = make_layers(spec)
-    head = [keras.layers.Dense(num_classes, name="logits"),
-            keras.layers.Activation("softmax", dtype="float32", name="probabilities")]
+    head = [
+        keras.layers.Dense(num_classes, name="logits"),
+        keras.layers.Activation("softmax", dtype="float32", name="probabilities"),
+    ]
     try:
-        return keras.Sequential([keras.Input(shape=tuple(input_shape), dtype=input_dtype, name=input_name(input_shape)),
-                                 *preprocessing_layers(normalization), *body, *head], name=name)
+        return keras.Sequential(
+            [
+                keras.Input(shape=tuple(input_shape), dtype=input_dtype, name=input_name(input_shape)),
+                *preprocessing_layers(normalization),
+                *body,
+                *head,
+            ],
+            name=name,
+        )
     except (ValueError, TypeError) as exc:
         first = first_line(exc)
         raise PipelineError(
             f"params.yaml: train.model: the layers do not fit input shape {tuple(input_shape)}: {first}"
         ) from None
+
+
+def model_for_data(train, meta):
+    """The model `train` params (TrainParams) describe, for the prepared data `meta` (PreparedMeta): its
+    input shape, dtype and classes, and the normalisation `train.normalization` picks from its statistics."""
+    setting = train.normalization
+    normalization = model_normalization(train.model, setting.mode, meta.statistics, setting.mean, setting.std)
+    return build_model(train.model, meta.input_shape, meta.num_classes, normalization, meta.dtype)
+
+
+def applied_normalization(model) -> dict | None:
+    """What the model's own first layer does to raw input (information for reports and metadata)."""
+    import keras
+
+    first = next((layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)), None)
+    if not isinstance(first, keras.layers.Rescaling):
+        return None
+    return {"formula": "input * scale + offset", "scale": first.scale, "offset": first.offset}
 
 
 def load_keras_model(path: str):

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 PIXEL_SCALE = 1.0 / 255.0
-Stat = Union[float, tuple[float, ...]]  # one value for all inputs, or one per feature (last axis)
+Stat = float | tuple[float, ...]  # one value for all inputs, or one per feature (last axis)
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Normalization:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Normalization":
+    def from_dict(cls, data: dict[str, Any]) -> Normalization:
         def stat(value: Any) -> Stat:
             return tuple(float(v) for v in value) if isinstance(value, list) else float(value)
 
@@ -50,8 +50,11 @@ def measure(inputs: np.ndarray, scale: float) -> Normalization:
         return Normalization(mean=float(values.mean()), std=float(values.std()) or 1.0, scale=scale)
     axes = tuple(range(values.ndim - 1))
     std = values.std(axis=axes)
-    return Normalization(mean=tuple(float(m) for m in values.mean(axis=axes)),
-                         std=tuple(float(s) if s > 0 else 1.0 for s in std), scale=scale)
+    return Normalization(
+        mean=tuple(float(m) for m in values.mean(axis=axes)),
+        std=tuple(float(s) if s > 0 else 1.0 for s in std),
+        scale=scale,
+    )
 
 
 def choose(mode: str, measured: Normalization, mean: float, std: float) -> Normalization:

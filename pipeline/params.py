@@ -8,136 +8,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from pipeline.errors import PipelineError
+from pipeline.formats import FORMATS
+from pipeline.formats.base import FormatSection
 from pipeline.presets import CUSTOM, PRESET_NAMES, hyper_for
+from pipeline.schema import BatchSize, Section, Seed
 
-
-class Section(BaseModel):
-    # Every float must be finite: NaN or infinity in a hyperparameter or a statistic is a typo.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-# Integer widths TensorFlow, NumPy and the shard writer accept; bounds far above any real use, so a
-# value outside them is a typo caught here rather than an overflow deep inside a stage.
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
-BatchSize = Annotated[int, Field(ge=1, le=65_536)]
-Count = Annotated[int, Field(ge=1, le=10**9)]
-
-
-# --------------------------------------------------------------------------- data / fetch
-Checksums = dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
 # Archive bounds: real data sets compress by at most ~10x (CIFAR-10's tarball by 1.1x).
 MAX_EXTRACTED_BYTES = 16 * 2**30
 MAX_COMPRESSION_RATIO = 100
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def _unique(names: list[str] | None) -> list[str] | None:
-    if names is not None:
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"must be unique, {dupes[0]!r} repeats")
-    return names
-
-
-class FormatSection(Section):
-    # sha256 of each file's *decompressed* content, keyed by its path relative to data.source
-    # (mirrors recompress .gz files). Files not listed are not checked; null (or {}) checks nothing.
-    # null, not {}, is what `dvc exp run -S data.<format>.sha256=null` can set: DVC merges a dict.
-    sha256: Checksums | None = None
-    # null: from the data (IDX/CIFAR labels 0..n-1, folder names, distinct CSV labels).
-    class_names: Annotated[list[str], Field(min_length=2)] | None = None
-
-    @field_validator("class_names")
-    @classmethod
-    def _unique_names(cls, names: list[str] | None) -> list[str] | None:
-        return _unique(names)
-
-    def files(self) -> list[str]:
-        """Paths, relative to data.source, that fetch copies (directories end with '/')."""
-        raise NotImplementedError
-
-    @model_validator(mode="after")
-    def _checksums_name_known_files(self) -> "FormatSection":
-        known = self._known_files()
-        unknown = sorted(set(self.sha256 or {}) - set(known)) if known is not None else []
-        if unknown:
-            raise ValueError(f".sha256 names {unknown[0]!r}, which is not one of this format's files {known}")
-        return self
-
-    def _known_files(self) -> list[str] | None:
-        """The file names sha256 may name, where they are known before fetching."""
-        return self.files()
-
-
-class IdxData(FormatSection):
-    """MNIST-style gzip'd (or plain) IDX files: images (n, h, w) or (n, h, w, c) and labels (n,)."""
-
-    train_images: str = "train-images-idx3-ubyte.gz"
-    train_labels: str = "train-labels-idx1-ubyte.gz"
-    test_images: str = "t10k-images-idx3-ubyte.gz"
-    test_labels: str = "t10k-labels-idx1-ubyte.gz"
-
-    def files(self) -> list[str]:
-        return [self.train_images, self.train_labels, self.test_images, self.test_labels]
-
-
-class Cifar10Data(FormatSection):
-    """The CIFAR-10 *binary* version: records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32)."""
-
-    train: Annotated[list[str], Field(min_length=1)] = [f"data_batch_{i}.bin" for i in range(1, 6)]
-    test: Annotated[list[str], Field(min_length=1)] = ["test_batch.bin"]
-    class_names: Annotated[list[str], Field(min_length=2)] | None = CIFAR10_CLASSES
-
-    def files(self) -> list[str]:
-        return [*self.train, *self.test]
-
-
-class ImageFolderData(FormatSection):
-    """One subdirectory per class of PNG/JPEG files, under `train` (and `test`)."""
-
-    train: str = "train"
-    test: str | None = "test"      # null: prepare.test_fraction of `train` becomes the test split
-    image_size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] = (28, 28)
-    color_mode: Literal["grayscale", "rgb"] = "grayscale"
-    unreadable: Literal["fail", "skip"] = "fail"   # an image that cannot be decoded: stop, or skip and report
-
-    def files(self) -> list[str]:
-        return [f"{self.train}/"] + ([f"{self.test}/"] if self.test else [])
-
-    def _known_files(self) -> list[str] | None:
-        return None  # any image under the folders may be named
-
-
-class CsvData(FormatSection):
-    """A table with a header row: numeric feature columns and a label column."""
-
-    train: str = "train.csv"
-    test: str | None = "test.csv"  # null: prepare.test_fraction of `train` becomes the test split
-    label_column: str = "label"
-    feature_columns: Annotated[list[str], Field(min_length=1)] | None = None  # null: every column but the label
-
-    def files(self) -> list[str]:
-        return [self.train] + ([self.test] if self.test else [])
-
-
-FORMATS = ("idx", "cifar10", "image_folder", "csv")
-
-
-class DataParams(Section):
-    # Which reader prepare uses; its section below says which files and how to read them.
-    format: Literal[FORMATS] = "idx"  # type: ignore[valid-type]
+# --------------------------------------------------------------------------- data / fetch
+class _DataBase(Section):
+    # Which format's reader prepare uses; its section below says which files and how to read them.
+    format: Literal[tuple(FORMATS)] = "idx"  # type: ignore[valid-type]
     # A local directory, an http(s) URL prefix, or an archive (.tar.gz, .tgz, .tar, .zip; path or URL).
     source: str = "/usr/share/datasets/fashion-mnist"
-    idx: IdxData = IdxData()
-    cifar10: Cifar10Data = Cifar10Data()
-    image_folder: ImageFolderData = ImageFolderData()
-    csv: CsvData = CsvData()
     # Archives (data.source ending in .zip, .tar.gz, ...) are refused before their content would
     # exceed this many bytes, or expand more than this ratio of their own size (a zip bomb).
     max_extracted_bytes: Annotated[int, Field(ge=1)] = MAX_EXTRACTED_BYTES
@@ -147,6 +39,14 @@ class DataParams(Section):
     def selected(self) -> FormatSection:
         """The section of the chosen format."""
         return getattr(self, self.format)
+
+
+# One section per registered format (pipeline/formats/), named as the format.
+DataParams = create_model(
+    "DataParams",
+    __base__=_DataBase,
+    **{name: (module.Section, module.Section()) for name, module in FORMATS.items()},
+)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -172,7 +72,7 @@ class NormalizationParams(Section):
 
 
 class AugmentParams(Section):
-    horizontal_flip: bool = False   # null in params.yaml: the preset's choice
+    horizontal_flip: bool = False  # null in params.yaml: the preset's choice
     translate: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
 
 
@@ -185,7 +85,7 @@ class TrainParams(Section):
     # A preset name (pipeline/presets.py), or an explicit list of Keras layers:
     # [{Conv2D: {filters: 32, kernel_size: 3}}, ...]. The classifier head (Dense(n_classes) + softmax)
     # is always appended from the data's class count.
-    model: Union[ModelName, list[dict[str, dict[str, Any]]]] = "cnn"
+    model: ModelName | list[dict[str, dict[str, Any]]] = "cnn"
     epochs: Annotated[int, Field(ge=1, le=100_000)]
     batch_size: BatchSize
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"]
@@ -243,7 +143,7 @@ class TrainParams(Section):
 
 # --------------------------------------------------------------------------- evaluate
 class GateParams(Section):
-    min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.90
     # Fail when test accuracy falls more than this below the baseline metrics file's, if it exists.
     max_drop: Annotated[float, Field(ge=0, le=1)] | None = None
     baseline: str | None = None

@@ -35,6 +35,7 @@ MAX_ARRAY_ELEMENTS = 2**28  # 256 M values (1 GiB of uint8 pixels): larger array
 @dataclass
 class Item:
     """One thing to classify: a name for the user, and its pixels (or why there are none)."""
+
     name: str
     pixels: np.ndarray | None = None
     error: str | None = None
@@ -66,24 +67,36 @@ class OnnxClassifier:
             raise PipelineError(f"{self.path}: metadata is malformed") from None
         layouts = {"NHWC": 3, "NC": 1}
         if len(self.input_shape) != layouts.get(props["input_layout"]):
-            raise PipelineError(f"{self.path}: input layout {props['input_layout']} {self.input_shape} "
-                                "is neither NHWC images nor NC feature vectors")
+            raise PipelineError(
+                f"{self.path}: input layout {props['input_layout']} {self.input_shape} "
+                "is neither NHWC images nor NC feature vectors"
+            )
         (graph_input,) = self.session.get_inputs()
         self.input_name = graph_input.name
         if graph_input.type not in INPUT_DTYPES:
-            raise PipelineError(f"{self.path}: input {graph_input.name} is {graph_input.type}, not raw uint8 pixels "
-                                "or float32 features (exported by an older version of this pipeline?)")
+            raise PipelineError(
+                f"{self.path}: input {graph_input.name} is {graph_input.type}, not raw uint8 pixels "
+                "or float32 features (exported by an older version of this pipeline?)"
+            )
         self.input_dtype = INPUT_DTYPES[graph_input.type]
 
     def probabilities(self, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities for raw inputs of shape (n, *input_shape): pixels 0..255 or features."""
         x = raw_input(inputs, self.input_dtype)
-        return np.concatenate([self.session.run(None, {self.input_name: x[i:i + batch_size]})[0]
-                               for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, len(self.class_names)))
+        return (
+            np.concatenate(
+                [
+                    self.session.run(None, {self.input_name: x[i : i + batch_size]})[0]
+                    for i in range(0, len(x), batch_size)
+                ]
+            )
+            if len(x)
+            else np.zeros((0, len(self.class_names)))
+        )
 
     def top_k(self, probs: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [[(self.class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+        return [[(self.class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order, strict=True)]
 
 
 def raw_input(values: np.ndarray, dtype) -> np.ndarray:
@@ -96,8 +109,8 @@ def raw_input(values: np.ndarray, dtype) -> np.ndarray:
 # ----------------------------------------------------------------------------- inputs
 def load_image(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
     """Decoded exactly as prepare decodes an image folder, so deployed inputs match training's."""
-    from pipeline.image_folder import UnreadableImage
-    from pipeline.image_folder import load_image as decode
+    from pipeline.formats.image_folder import UnreadableImage
+    from pipeline.formats.image_folder import load_image as decode
 
     height, width, channels = input_shape
     try:
@@ -126,8 +139,13 @@ def load_array(path: Path, input_shape: tuple[int, ...]) -> list[Item]:
     try:
         shape, _ = npy_header(path)
         if math.prod(shape) > MAX_ARRAY_ELEMENTS:
-            return [Item(str(path), error=f"{path}: array of shape {shape} is larger than the predictor reads "
-                                          f"({MAX_ARRAY_ELEMENTS:,} values)")]
+            return [
+                Item(
+                    str(path),
+                    error=f"{path}: array of shape {shape} is larger than the predictor reads "
+                    f"({MAX_ARRAY_ELEMENTS:,} values)",
+                )
+            ]
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         return [Item(str(path), error=f"{path}: not a NumPy .npy array ({first_line(exc)})")]
@@ -139,8 +157,9 @@ def load_array(path: Path, input_shape: tuple[int, ...]) -> list[Item]:
     if array.ndim == 3 and c == 1:
         array = array[..., np.newaxis]
     if array.ndim != 4 or array.shape[1:] != input_shape:
-        return [Item(str(path), error=f"{path}: array shape {array.shape} is not (n,) + {input_shape} "
-                                      f"or {input_shape[:2]}")]
+        return [
+            Item(str(path), error=f"{path}: array shape {array.shape} is not (n,) + {input_shape} or {input_shape[:2]}")
+        ]
     return split_rows(path, array, input_shape)
 
 
@@ -152,8 +171,7 @@ def split_rows(path: Path, array: np.ndarray, input_shape: tuple[int, ...]) -> l
     if not np.isfinite(array).all():
         return [Item(str(path), error=f"{path}: array holds NaN or infinite values")]
     if len(input_shape) == 3 and (array.min(initial=0) < 0 or array.max(initial=0) > 255):
-        return [Item(str(path), error=f"{path}: pixel values must lie in 0..255, "
-                                      f"got {array.min()}..{array.max()}")]
+        return [Item(str(path), error=f"{path}: pixel values must lie in 0..255, got {array.min()}..{array.max()}")]
     if len(array) == 1:
         return [Item(str(path), array[0])]
     return [Item(f"{path}[{i}]", a) for i, a in enumerate(array)]
@@ -161,17 +179,20 @@ def split_rows(path: Path, array: np.ndarray, input_shape: tuple[int, ...]) -> l
 
 def load_table(path: Path, feature_names: list[str]) -> list[Item]:
     """Rows of a CSV file with a header naming (at least) the model's feature columns."""
-    from pipeline.tabular import read_table
+    from pipeline.formats.csv import read_table
 
     try:
-        table = read_table(path, label_column=None, feature_columns=feature_names,
-                           columns_from="the model's feature_names")
+        table = read_table(
+            path, label_column=None, feature_columns=feature_names, columns_from="the model's feature_names"
+        )
     except PipelineError as exc:
         return [Item(str(path), error=str(exc))]
-    return [Item(f"{path}:{row}", x) for row, x in zip(table.row_numbers, table.features)]
+    return [Item(f"{path}:{row}", x) for row, x in zip(table.row_numbers, table.features, strict=True)]
 
 
-def collect_inputs(paths: list[str], input_shape: tuple[int, ...], feature_names: list[str] | None = None) -> list[Item]:
+def collect_inputs(
+    paths: list[str], input_shape: tuple[int, ...], feature_names: list[str] | None = None
+) -> list[Item]:
     items: list[Item] = []
     for raw in paths:
         path = Path(raw)
@@ -206,24 +227,31 @@ def predict_items(classifier: OnnxClassifier, items: list[Item], k: int) -> list
         if item.error is not None:
             results.append({"input": item.name, "error": item.error})
         else:
-            results.append({"input": item.name,
-                            "predictions": [{"class": c, "probability": round(p, 6)} for c, p in next(ranked)]})
+            results.append(
+                {"input": item.name, "predictions": [{"class": c, "probability": round(p, 6)} for c, p in next(ranked)]}
+            )
     return results
 
 
 def format_table(results: list[dict]) -> str:
-    rows = [(r["input"], "   ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"]))
-            for r in results if "predictions" in r]
+    rows = [
+        (r["input"], "   ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"]))
+        for r in results
+        if "predictions" in r
+    ]
     if not rows:
         return ""
     width = max(len(name) for name, _ in rows)
-    return "\n".join([f"{'input':<{width}}  top classes (probability)"] +
-                     [f"{name:<{width}}  {preds}" for name, preds in rows])
+    return "\n".join(
+        [f"{'input':<{width}}  top classes (probability)"] + [f"{name:<{width}}  {preds}" for name, preds in rows]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pipeline-predict", description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG file, directory of them, .npy, or .csv (table models)")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="PNG/JPEG file, directory of them, .npy, or .csv (table models)"
+    )
     parser.add_argument("--model", default="exported/model.onnx")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON object per input (JSON lines)")
@@ -233,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
 
     classifier = OnnxClassifier(args.model, args.threads)
     k = max(1, min(args.top_k, len(classifier.class_names)))
-    results = predict_items(classifier, collect_inputs(args.inputs, classifier.input_shape, classifier.feature_names), k)
+    results = predict_items(
+        classifier, collect_inputs(args.inputs, classifier.input_shape, classifier.feature_names), k
+    )
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"error: {r['error']}", file=sys.stderr)

@@ -1,11 +1,10 @@
-"""Stage `prepare`: read and validate the raw data in its format (IDX, CIFAR-10 binary, image folders,
-CSV), split off validation (and test, when the data has none) stratified and seeded, write TFRecord
-shards to data/prepared/ and the data report reports/data.json."""
+"""Stage `prepare`: read and validate the raw data in its format (pipeline/formats/: IDX, CIFAR-10
+binary, image folders, CSV), split off validation (and test, when the data has none) stratified and
+seeded, write TFRecord shards to data/prepared/ and the data report reports/data.json."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,98 +12,23 @@ import numpy as np
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
+from pipeline.formats import FORMATS
+from pipeline.formats.base import RawData, Split
 from pipeline.normalization import PIXEL_SCALE, measure
 from pipeline.params import DataParams, Params, load_params
 from pipeline.records import META_FILE, PreparedMeta, write_split
 
-Split = tuple[np.ndarray, np.ndarray]
-
-
-@dataclass
-class RawData:
-    train: Split
-    test: Split | None            # None: the data has no test part; prepare splits one off train
-    class_names: list[str]
-    feature_names: list[str] | None = None
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def is_image(self) -> bool:
-        return self.train[0].ndim == 4
-
-
-def _check_same_shape(train: np.ndarray, test: np.ndarray, test_path: Path) -> None:
-    if train.shape[1:] != test.shape[1:]:
-        raise PipelineError(f"{test_path}: input shape {test.shape[1:]} differs from the train part's {train.shape[1:]}")
-
-
-def load_idx(raw_dir: Path, data: DataParams) -> RawData:
-    from pipeline.idx import read_images_and_labels
-
-    section = data.idx
-    n = len(section.class_names) if section.class_names else None
-    train = read_images_and_labels(raw_dir / section.train_images, raw_dir / section.train_labels, n)
-    n = n or int(train[1].max()) + 1
-    test = read_images_and_labels(raw_dir / section.test_images, raw_dir / section.test_labels, n)
-    _check_same_shape(train[0], test[0], raw_dir / section.test_images)
-    names = section.class_names or [str(i) for i in range(n)]
-    return RawData(train, test, list(names))
-
-
-def load_cifar10(raw_dir: Path, data: DataParams) -> RawData:
-    from pipeline.cifar10 import read_batches
-
-    section = data.cifar10
-    names = section.class_names or [str(i) for i in range(10)]
-    train = read_batches([raw_dir / f for f in section.train], len(names))
-    test = read_batches([raw_dir / f for f in section.test], len(names))
-    return RawData(train, test, list(names))
-
-
-def load_image_folder(raw_dir: Path, data: DataParams) -> RawData:
-    from pipeline.image_folder import read_image_folder
-
-    section = data.image_folder
-    args = (tuple(section.image_size), section.color_mode, section.unreadable)
-    train = read_image_folder(raw_dir / section.train, *args, class_names=section.class_names)
-    test = None
-    skipped = list(train.skipped)
-    if section.test:
-        test = read_image_folder(raw_dir / section.test, *args, class_names=train.class_names)
-        skipped += test.skipped
-    return RawData((train.images, train.labels), (test.images, test.labels) if test else None,
-                   train.class_names, skipped=skipped)
-
-
-def load_csv(raw_dir: Path, data: DataParams) -> RawData:
-    from pipeline.tabular import class_names_of, encode_labels, read_table
-
-    section = data.csv
-    train_path = raw_dir / section.train
-    train = read_table(train_path, section.label_column, section.feature_columns)
-    test_path = raw_dir / section.test if section.test else None
-    test = read_table(test_path, section.label_column, train.feature_names) if test_path else None
-    names = section.class_names or class_names_of(train.labels)
-    if len(names) < 2:
-        raise PipelineError(f"{train_path}: column {section.label_column!r} holds one class ({names[0]!r}); "
-                            "a classifier needs at least 2")
-    y_train = encode_labels(train_path, train, names, section.label_column)
-    test_split = (test.features, encode_labels(test_path, test, names, section.label_column)) if test else None
-    return RawData((train.features, y_train), test_split, list(names), feature_names=train.feature_names)
-
-
-LOADERS = {"idx": load_idx, "cifar10": load_cifar10, "image_folder": load_image_folder, "csv": load_csv}
-
 
 def load_raw(raw_dir: Path, data: DataParams) -> RawData:
-    """The raw data of `data.format`, validated, with its class names."""
+    """The raw data of `data.format`, read and validated by that format's module."""
     if not raw_dir.is_dir():
         raise PipelineError(f"{raw_dir}: raw data not found (run `dvc repro fetch`)")
-    return LOADERS[data.format](raw_dir, data)
+    return FORMATS[data.format].read(raw_dir, data.selected)
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int,
-                     key: str = "prepare.val_fraction") -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int, key: str = "prepare.val_fraction"
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the rest and of `fraction`: each class split in the same proportion, reproducibly."""
     from sklearn.model_selection import train_test_split
 
@@ -136,7 +60,7 @@ def count_shared(a: list[bytes], b: list[bytes]) -> int:
 
 def per_class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     counts = np.bincount(labels, minlength=len(class_names))
-    return {name: int(c) for name, c in zip(class_names, counts)}
+    return {name: int(c) for name, c in zip(class_names, counts, strict=True)}
 
 
 def split_test(raw: RawData, params: Params) -> tuple[Split, Split]:
@@ -161,9 +85,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
     statistics = measure(splits["train"][0], PIXEL_SCALE if raw.is_image else 1.0)
     class_names = raw.class_names
     with atomic_dir(out_dir) as tmp:
-        shards = {
-            name: write_split(tmp / name, x, y, params.prepare.shard_size) for name, (x, y) in splits.items()
-        }
+        shards = {name: write_split(tmp / name, x, y, params.prepare.shard_size) for name, (x, y) in splits.items()}
         meta = PreparedMeta(
             input_shape=tuple(int(d) for d in x_all.shape[1:]),
             class_names=list(class_names),
@@ -183,8 +105,10 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
         "num_classes": meta.num_classes,
         "counts": meta.counts,
         "per_class": {name: per_class_counts(y, class_names) for name, (_, y) in splits.items()},
-        "inputs": {"train_mean": float(np.mean(splits["train"][0], dtype=np.float64) * statistics.scale),
-                   "train_std": float(np.std(splits["train"][0], dtype=np.float64) * statistics.scale)},
+        "inputs": {
+            "train_mean": float(np.mean(splits["train"][0], dtype=np.float64) * statistics.scale),
+            "train_std": float(np.std(splits["train"][0], dtype=np.float64) * statistics.scale),
+        },
         "duplicates": {
             "test_in_train": count_shared(train_and_val, digests["test"]),
             "val_in_train": count_shared(digests["train"], digests["val"]),
@@ -203,9 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     report = prepare(Path(args.raw), Path(args.out), params)
     write_json(args.report, report)
     counts = ", ".join(f"{k} {v}" for k, v in report["counts"].items())
-    print(f"prepare: {counts} examples in {args.out}; "
-          f"{report['duplicates']['test_in_train']} test examples also in train/val"
-          + (f"; {report['skipped']['count']} unreadable files skipped" if report["skipped"]["count"] else ""))
+    print(
+        f"prepare: {counts} examples in {args.out}; "
+        f"{report['duplicates']['test_in_train']} test examples also in train/val"
+        + (f"; {report['skipped']['count']} unreadable files skipped" if report["skipped"]["count"] else "")
+    )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ head, Dense(classes) + softmax, which `model.build_model` appends from the data'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 Layers = list[dict[str, dict[str, Any]]]
 
@@ -37,8 +38,8 @@ class Preset:
     normalization: tuple = ("dataset",)
     # What the input must look like: "image" (H, W, C), "vector" (features,), or "any".
     input_kind: str = "image"
-    channels: int | None = None          # required channel count, for presets made for colour images
-    min_size: int = 1                    # smallest height/width the spatial layers can reduce
+    channels: int | None = None  # required channel count, for presets made for colour images
+    min_size: int = 1  # smallest height/width the spatial layers can reduce
     intended_for: str = ""
 
     def check_input(self, input_shape: tuple[int, ...]) -> str | None:
@@ -51,11 +52,15 @@ class Preset:
         if self.input_kind == "image":
             height, width, channels = input_shape
             if self.channels is not None and channels != self.channels:
-                return (f"preset {self.name!r} is for {self.intended_for}; the data has {shape} images "
-                        f"({channels} channel{'s' if channels != 1 else ''}, it needs {self.channels})")
+                return (
+                    f"preset {self.name!r} is for {self.intended_for}; the data has {shape} images "
+                    f"({channels} channel{'s' if channels != 1 else ''}, it needs {self.channels})"
+                )
             if min(height, width) < self.min_size:
-                return (f"preset {self.name!r} needs images of at least {self.min_size}×{self.min_size} "
-                        f"(it is for {self.intended_for}); the data has {shape}")
+                return (
+                    f"preset {self.name!r} needs images of at least {self.min_size}×{self.min_size} "
+                    f"(it is for {self.intended_for}); the data has {shape}"
+                )
         return None
 
 
@@ -77,9 +82,12 @@ def _conv_bn_relu(filters: int) -> Layers:
 def _cnn(_: tuple[int, ...]) -> Layers:
     # Three conv blocks with batch norm, pooled early to stay cheap on CPU (~7.5M MACs/image).
     return [
-        *_conv_bn_relu(32), {"MaxPooling2D": {"pool_size": 2}},
-        *_conv_bn_relu(64), {"MaxPooling2D": {"pool_size": 2}},
-        *_conv_bn_relu(128), {"MaxPooling2D": {"pool_size": 2}},
+        *_conv_bn_relu(32),
+        {"MaxPooling2D": {"pool_size": 2}},
+        *_conv_bn_relu(64),
+        {"MaxPooling2D": {"pool_size": 2}},
+        *_conv_bn_relu(128),
+        {"MaxPooling2D": {"pool_size": 2}},
         {"Flatten": {}},
         {"Dropout": {"rate": 0.3}},
         {"Dense": {"units": 128, "use_bias": False}},
@@ -110,17 +118,27 @@ def _rnn(input_shape: tuple[int, ...]) -> Layers:
 
 
 def _keras_mlp(_: tuple[int, ...]) -> Layers:
-    return [{"Flatten": {}}, {"Dense": {"units": 64, "activation": "relu"}}, {"Dense": {"units": 64, "activation": "relu"}}]
+    return [
+        {"Flatten": {}},
+        {"Dense": {"units": 64, "activation": "relu"}},
+        {"Dense": {"units": 64, "activation": "relu"}},
+    ]
 
 
 def _mlp_128_64(_: tuple[int, ...]) -> Layers:
-    return [{"Flatten": {}}, {"Dense": {"units": 128, "activation": "relu"}}, {"Dense": {"units": 64, "activation": "relu"}}]
+    return [
+        {"Flatten": {}},
+        {"Dense": {"units": 128, "activation": "relu"}},
+        {"Dense": {"units": 64, "activation": "relu"}},
+    ]
 
 
 def _lenet(_: tuple[int, ...]) -> Layers:
     return [
-        {"Conv2D": {"filters": 6, "kernel_size": 5, "activation": "relu"}}, {"MaxPooling2D": {"pool_size": 2}},
-        {"Conv2D": {"filters": 16, "kernel_size": 5, "activation": "relu"}}, {"MaxPooling2D": {"pool_size": 2}},
+        {"Conv2D": {"filters": 6, "kernel_size": 5, "activation": "relu"}},
+        {"MaxPooling2D": {"pool_size": 2}},
+        {"Conv2D": {"filters": 16, "kernel_size": 5, "activation": "relu"}},
+        {"MaxPooling2D": {"pool_size": 2}},
         {"Flatten": {}},
         {"Dense": {"units": 120, "activation": "relu"}},
         {"Dense": {"units": 84, "activation": "relu"}},
@@ -130,8 +148,10 @@ def _lenet(_: tuple[int, ...]) -> Layers:
 def _cnn4(_: tuple[int, ...]) -> Layers:
     blocks: Layers = []
     for filters in (16, 32, 64, 128):
-        blocks += [{"Conv2D": {"filters": filters, "kernel_size": 3, "padding": "same", "activation": "relu"}},
-                   {"MaxPooling2D": {"pool_size": 2}}]
+        blocks += [
+            {"Conv2D": {"filters": filters, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+            {"MaxPooling2D": {"pool_size": 2}},
+        ]
     return [*blocks, {"Flatten": {}}, {"Dense": {"units": 512, "activation": "relu"}}]
 
 
@@ -152,34 +172,86 @@ def _tabular_mlp(_: tuple[int, ...]) -> Layers:
 
 _HALF = ("fixed", 0.5, 0.5)
 
-PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("cnn", "this project's default: three conv/batch-norm blocks, dropout, cosine-decayed Adam",
-           _cnn, Hyper(epochs=20, batch_size=128, schedule="cosine", horizontal_flip=True),
-           min_size=8, intended_for="small grey or colour images"),
-    Preset("mlp", "this project's baseline MLP: 256-128 with dropout", _mlp,
-           Hyper(epochs=20, batch_size=128, schedule="cosine"), input_kind="any"),
-    Preset("rnn", "an LSTM reading each image row as one time step", _rnn,
-           Hyper(epochs=10, batch_size=128, schedule="cosine"), intended_for="images read row by row"),
-    Preset("keras_mlp", "the Keras/TensorFlow beginner tutorial: 64-64 MLP, Adam, 5 epochs, inputs in [0, 1]",
-           _keras_mlp, Hyper(epochs=5, batch_size=32), normalization=("fixed", 0.0, 1.0), input_kind="any"),
-    Preset("mlp_128_64", "the PyTorch-style MLP: 128-64, SGD lr 0.01 momentum 0.9, batch 64, mean/std 0.5",
-           _mlp_128_64, Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01, momentum=0.9),
-           normalization=_HALF, input_kind="any"),
-    Preset("lenet", "the PyTorch CIFAR-10 tutorial's LeNet: batch 4, 2 epochs, SGD lr 0.001 momentum 0.9",
-           _lenet, Hyper(epochs=2, batch_size=4, optimizer="sgd", learning_rate=0.001, momentum=0.9),
-           normalization=_HALF, channels=3, min_size=32, intended_for="32×32×3 colour images (CIFAR-10)"),
-    Preset("cnn4", "a classic CIFAR-10 CNN: four conv/pool blocks 16-32-64-128, Dense 512, SGD lr 0.01",
-           _cnn4, Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01),
-           channels=3, min_size=16, intended_for="32×32×3 colour images (CIFAR-10)"),
-    Preset("cnn2", "the classic MNIST CNN: two conv/pool blocks 32-64, Dense 128, SGD lr 0.01",
-           _cnn2, Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01),
-           min_size=4, intended_for="28×28 grey images"),
-    # A table of ~100 rows gives 4 steps an epoch at batch 32: 50 such epochs of Adam 0.001 stop at
-    # 0.67 on Iris. Batch 8 and Adam 0.01 (the TensorFlow Iris walkthrough's rate) reach 0.97.
-    Preset("tabular_mlp", "the tabular (Iris-style) classifier: one Dense(10, relu) layer, Adam 0.01, batch 8",
-           _tabular_mlp, Hyper(epochs=100, batch_size=8, learning_rate=0.01), input_kind="vector",
-           intended_for="feature vectors"),
-]}
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "cnn",
+            "this project's default: three conv/batch-norm blocks, dropout, cosine-decayed Adam",
+            _cnn,
+            Hyper(epochs=20, batch_size=128, schedule="cosine", horizontal_flip=True),
+            min_size=8,
+            intended_for="small grey or colour images",
+        ),
+        Preset(
+            "mlp",
+            "this project's baseline MLP: 256-128 with dropout",
+            _mlp,
+            Hyper(epochs=20, batch_size=128, schedule="cosine"),
+            input_kind="any",
+        ),
+        Preset(
+            "rnn",
+            "an LSTM reading each image row as one time step",
+            _rnn,
+            Hyper(epochs=10, batch_size=128, schedule="cosine"),
+            intended_for="images read row by row",
+        ),
+        Preset(
+            "keras_mlp",
+            "the Keras/TensorFlow beginner tutorial: 64-64 MLP, Adam, 5 epochs, inputs in [0, 1]",
+            _keras_mlp,
+            Hyper(epochs=5, batch_size=32),
+            normalization=("fixed", 0.0, 1.0),
+            input_kind="any",
+        ),
+        Preset(
+            "mlp_128_64",
+            "the PyTorch-style MLP: 128-64, SGD lr 0.01 momentum 0.9, batch 64, mean/std 0.5",
+            _mlp_128_64,
+            Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01, momentum=0.9),
+            normalization=_HALF,
+            input_kind="any",
+        ),
+        Preset(
+            "lenet",
+            "the PyTorch CIFAR-10 tutorial's LeNet: batch 4, 2 epochs, SGD lr 0.001 momentum 0.9",
+            _lenet,
+            Hyper(epochs=2, batch_size=4, optimizer="sgd", learning_rate=0.001, momentum=0.9),
+            normalization=_HALF,
+            channels=3,
+            min_size=32,
+            intended_for="32×32×3 colour images (CIFAR-10)",
+        ),
+        Preset(
+            "cnn4",
+            "a classic CIFAR-10 CNN: four conv/pool blocks 16-32-64-128, Dense 512, SGD lr 0.01",
+            _cnn4,
+            Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01),
+            channels=3,
+            min_size=16,
+            intended_for="32×32×3 colour images (CIFAR-10)",
+        ),
+        Preset(
+            "cnn2",
+            "the classic MNIST CNN: two conv/pool blocks 32-64, Dense 128, SGD lr 0.01",
+            _cnn2,
+            Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01),
+            min_size=4,
+            intended_for="28×28 grey images",
+        ),
+        # A table of ~100 rows gives 4 steps an epoch at batch 32: 50 such epochs of Adam 0.001 stop at
+        # 0.67 on Iris. Batch 8 and Adam 0.01 (the TensorFlow Iris walkthrough's rate) reach 0.97.
+        Preset(
+            "tabular_mlp",
+            "the tabular (Iris-style) classifier: one Dense(10, relu) layer, Adam 0.01, batch 8",
+            _tabular_mlp,
+            Hyper(epochs=100, batch_size=8, learning_rate=0.01),
+            input_kind="vector",
+            intended_for="feature vectors",
+        ),
+    ]
+}
 
 # Values for an explicit layer list (no preset).
 CUSTOM = Hyper(epochs=20, batch_size=128, schedule="cosine")
@@ -201,4 +273,3 @@ def check_fits(model: str | list, input_shape: tuple[int, ...]) -> str | None:
 
 def preset_layers(name: str, input_shape: tuple[int, ...]) -> Layers:
     return PRESETS[name].layers(tuple(input_shape))
-

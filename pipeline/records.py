@@ -34,7 +34,7 @@ FORMAT_VERSION = 3
 class PreparedMeta:
     input_shape: tuple[int, ...]
     class_names: list[str]
-    statistics: Normalization     # of the train split: scale, mean and std (pipeline/normalization.py)
+    statistics: Normalization  # of the train split: scale, mean and std (pipeline/normalization.py)
     counts: dict[str, int]
     shards: dict[str, list[str]]
     dtype: str = "uint8"
@@ -75,12 +75,19 @@ def write_split(directory: Path, images: np.ndarray, labels: np.ndarray, shard_s
     names = shard_names(len(images), shard_size)
     for i, name in enumerate(names):
         with tf.io.TFRecordWriter(str(directory / name)) as writer:
-            for image, label in zip(images[i * shard_size:(i + 1) * shard_size],
-                                    labels[i * shard_size:(i + 1) * shard_size]):
-                example = tf.train.Example(features=tf.train.Features(feature={
-                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
-                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-                }))
+            for image, label in zip(
+                images[i * shard_size : (i + 1) * shard_size],
+                labels[i * shard_size : (i + 1) * shard_size],
+                strict=True,
+            ):
+                example = tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+                            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                        }
+                    )
+                )
                 # deterministic: map entries in key order, so the same data gives the same bytes
                 # (and DVC the same hash) in every process.
                 writer.write(example.SerializeToString(deterministic=True))
@@ -102,8 +109,10 @@ def read_meta(prepared_dir: str) -> PreparedMeta:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise PipelineError(f"{path}: not valid JSON") from None
     if raw.get("format_version") != FORMAT_VERSION:
-        raise PipelineError(f"{path}: format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION} "
-                            "(rerun `dvc repro prepare`)")
+        raise PipelineError(
+            f"{path}: format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION} "
+            "(rerun `dvc repro prepare`)"
+        )
     return PreparedMeta(
         input_shape=tuple(raw["input_shape"]),
         class_names=list(raw["class_names"]),

@@ -34,7 +34,7 @@ def resolve_tracking_uri(configured: str | None) -> str:
         return f"sqlite:///{project_root() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # A relative SQLite path would land in each experiment's temp copy: anchor it at the root.
-        return f"sqlite:///{project_root() / uri[len('sqlite:///'):]}"
+        return f"sqlite:///{project_root() / uri[len('sqlite:///') :]}"
     return uri
 
 
@@ -105,8 +105,14 @@ class Tracker:
         return MlflowClient(tracking_uri=tracking_uri)
 
     @classmethod
-    def start(cls, configured_uri: str | None, experiment_name: str, run_name: str | None = None,
-              tags: dict[str, str] | None = None, resume_run_id: str | None = None) -> "Tracker":
+    def start(
+        cls,
+        configured_uri: str | None,
+        experiment_name: str,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+        resume_run_id: str | None = None,
+    ) -> Tracker:
         """Start a new run, or reopen `resume_run_id` (an interrupted training) when it still exists."""
         from mlflow.exceptions import MlflowException
 
@@ -147,7 +153,7 @@ class Tracker:
             return client.get_experiment_by_name(name).experiment_id
 
     @classmethod
-    def resume(cls, run_file: str | os.PathLike) -> "Tracker":
+    def resume(cls, run_file: str | os.PathLike) -> Tracker:
         """The run that `train` started, from its run file."""
         path = Path(run_file)
         try:
@@ -164,8 +170,9 @@ class Tracker:
     def write_run_file(self, path: str | os.PathLike) -> None:
         from pipeline.atomic import write_json
 
-        write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id,
-                          "tracking_uri": self.tracking_uri})
+        write_json(
+            path, {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri}
+        )
 
     # ------------------------------------------------------------------ logging
     def log_params(self, params: dict[str, Any]) -> None:
@@ -175,7 +182,7 @@ class Tracker:
         existing = self.client.get_run(self.run_id).data.params
         items = [p for p in items if p.key not in existing]  # a resumed run keeps its params
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import time
@@ -185,7 +192,7 @@ class Tracker:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in sorted(metrics.items())]
         for start in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
@@ -209,9 +216,8 @@ class Tracker:
         import mlflow
         import numpy as np
         import onnx
-        from mlflow.models import infer_signature
-
         import onnxruntime as ort
+        from mlflow.models import infer_signature
 
         model = onnx.load(str(path))
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -226,8 +232,12 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.run_id):
             info = mlflow.onnx.log_model(
-                model, name="onnx_model", signature=signature, input_example={input_meta.name: example},
-                registered_model_name=registered_name, save_as_external_data=False,
+                model,
+                name="onnx_model",
+                signature=signature,
+                input_example={input_meta.name: example},
+                registered_model_name=registered_name,
+                save_as_external_data=False,
             )
         return str(info.registered_model_version)
 

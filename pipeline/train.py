@@ -14,8 +14,9 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.atomic import atomic_file, write_json
 from pipeline.cli import run_cli, stage_parser
@@ -25,7 +26,11 @@ from pipeline.params import Params, TrainParams, flatten, load_params
 from pipeline.presets import check_fits
 from pipeline.records import PreparedMeta, read_meta
 
+if TYPE_CHECKING:
+    from pipeline.devices import DeviceSetup
+
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+CHECKPOINTS = "checkpoints"  # the custom loop's checkpoints, under the state directory
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -99,38 +104,78 @@ def model_summary(model) -> str:
 
 
 # ----------------------------------------------------------------------------- the core
-def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, on_start=None,
-          verbose: int = 2) -> dict[str, Any]:
-    """Train on the prepared splits. `work_dir` holds the resumable state (backup, history so far).
+@dataclass
+class TrainResult:
+    model: Any  # the trained keras.Sequential
+    history: list[dict[str, float]]  # one row per epoch (HISTORY_COLUMNS)
+    devices: DeviceSetup
+    seconds: float
+    summary: str  # Keras' model summary
+    report: dict[str, Any]  # reports/train.json, less the class names
 
-    Returns model, history rows, device setup, timing. `on_start(model)` runs once the model is built
-    (so a layer list Keras rejects fails before it), `on_epoch(epoch, row)` after each finished epoch.
+
+def train(
+    params: Params,
+    prepared_dir: Path,
+    work_dir: Path,
+    on_epoch=None,
+    on_start=None,
+    verbose: int = 2,
+    meta: PreparedMeta | None = None,
+    loop: str = "auto",
+    shared_dir: Path | None = None,
+) -> TrainResult:
+    """Train on the prepared splits. `work_dir` holds this process's resumable state (backup or
+    checkpoints, history so far).
+
+    `loop`: `fit` (Keras' model.fit), `custom` (pipeline/multi_worker.py, the same steps driven by
+    this project) or `auto`: custom when TF_CONFIG names a cluster, where Keras 3's fit fails.
+    `shared_dir`: the chief's state directory every worker restores from (custom loop; default
+    `work_dir`). `on_start(model)` runs once the model is built (so a layer list Keras rejects fails
+    before it), `on_epoch(epoch, row)` after each finished epoch.
     """
     import keras
 
     from pipeline.dataset import augmenter, make_dataset
     from pipeline.devices import setup_devices
-    from pipeline.model import build_model, model_normalization
+    from pipeline.model import applied_normalization, model_for_data
 
     p = params.train
-    meta: PreparedMeta = read_meta(str(prepared_dir))
+    meta = meta or read_meta(str(prepared_dir))
     strategy, devices = setup_devices(p.mixed_precision, p.jit_compile, p.deterministic, p.seed)
+    custom = loop == "custom" or (loop == "auto" and devices.strategy == "MultiWorkerMirroredStrategy")
+    synchronous = custom and devices.workers > 1
     global_batch = p.batch_size * devices.replicas
 
     augment = augmenter(p.augment.horizontal_flip, p.augment.translate, p.seed)
-    train_ds = make_dataset(str(prepared_dir), meta, "train", global_batch, training=True,
-                            shuffle_buffer=p.shuffle_buffer, seed=p.seed, cache=p.cache, augment=augment,
-                            workers=devices.workers)
-    val_ds = make_dataset(str(prepared_dir), meta, "val", global_batch, training=False, cache=p.cache,
-                          workers=devices.workers)
-    steps_per_epoch = -(-meta.counts["train"] // global_batch)
+    # Several workers step together: each must get the same number of whole batches. Sharding by
+    # example (every worker shuffles the whole split alike and keeps its part of each global batch)
+    # guarantees it; by file, shards of unequal size would give workers unequal shares.
+    common = {"cache": p.cache, "workers": devices.workers, "shard": "DATA" if synchronous else None}
+    train_ds = make_dataset(
+        str(prepared_dir), meta, "train", global_batch, training=True, shuffle_buffer=p.shuffle_buffer,
+        seed=p.seed, augment=augment, drop_remainder=synchronous, **common,
+    )  # fmt: skip
+    val_ds = make_dataset(str(prepared_dir), meta, "val", global_batch, training=False, **common)
+    if synchronous:
+        # Whole batches only: a worker left with an empty last batch fails on CPU (oneDNN).
+        steps_per_epoch = meta.counts["train"] // global_batch
+        if steps_per_epoch == 0:
+            raise PipelineError(
+                f"train.batch_size: {p.batch_size} per replica × {devices.replicas} replicas = {global_batch} "
+                f"is more than the {meta.counts['train']} training examples"
+            )
+    else:
+        steps_per_epoch = -(-meta.counts["train"] // global_batch)
 
     with strategy.scope():
-        normalization = model_normalization(p.model, p.normalization.mode, meta.statistics,
-                                            p.normalization.mean, p.normalization.std)
-        model = build_model(p.model, meta.input_shape, meta.num_classes, normalization, meta.dtype)
-        model.compile(optimizer=make_optimizer(p, steps_per_epoch), loss=make_loss(p, meta.num_classes),
-                      metrics=["accuracy"], jit_compile=devices.jit_compile)
+        model = model_for_data(p, meta)
+        model.compile(
+            optimizer=make_optimizer(p, steps_per_epoch),
+            loss=make_loss(p, meta.num_classes),
+            metrics=["accuracy"],
+            jit_compile=devices.jit_compile,
+        )
 
     if on_start is not None:
         on_start(model)
@@ -152,42 +197,52 @@ def train(params: Params, prepared_dir: Path, work_dir: Path, on_epoch=None, on_
             if on_epoch is not None:
                 on_epoch(epoch + 1, row)
 
-    # The recorder runs before the backup: a kill between them redoes the epoch, whose row is then replaced.
-    # double_checkpoint keeps the previous epoch's backup, which Keras falls back to when a kill tore the
-    # latest one mid-write.
-    callbacks = [EpochRecorder(),
-                 keras.callbacks.BackupAndRestore(str(work_dir / "backup"), delete_checkpoint=False,
-                                                  double_checkpoint=True)]
+    callbacks = [EpochRecorder()]
     if p.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.early_stopping_patience,
-                                                       restore_best_weights=True))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=p.early_stopping_patience, restore_best_weights=True
+            )
+        )
     started = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, callbacks=callbacks, verbose=verbose)
+    if custom:
+        from pipeline.multi_worker import fit_custom
+
+        fit_custom(
+            model, strategy, train_ds, val_ds, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks, checkpoint_dir=(shared_dir or work_dir) / CHECKPOINTS,
+            scratch_dir=work_dir / CHECKPOINTS, chief=devices.is_chief, verbose=verbose,
+        )  # fmt: skip
+    else:
+        # The recorder runs before the backup: a kill between them redoes the epoch, whose row is then
+        # replaced. double_checkpoint keeps the previous epoch's backup, which Keras falls back to when a
+        # kill tore the latest one mid-write.
+        backup = keras.callbacks.BackupAndRestore(
+            str(work_dir / "backup"), delete_checkpoint=False, double_checkpoint=True
+        )
+        callbacks.insert(1, backup)
+        model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, callbacks=callbacks, verbose=verbose)
     seconds = time.perf_counter() - started
 
     history = read_history(history_path)
     if not history:
         raise PipelineError("train: no epoch finished")
     best = min(history, key=lambda row: row.get("val_loss", float("inf")))
-    return {
-        "model": model,
-        "history": history,
-        "devices": devices,
-        "seconds": seconds,
-        "summary": model_summary(model),
-        "report": {
-            "epochs_run": len(history),
-            "best_epoch": int(best["epoch"]),
-            "final": {k: history[-1][k] for k in HISTORY_COLUMNS[1:] if k in history[-1]},
-            "best": {k: best[k] for k in HISTORY_COLUMNS[1:] if k in best},
-            "training_seconds": round(seconds, 2),
-            "examples_per_second": round(meta.counts["train"] * len(history) / seconds, 1) if seconds else None,
-            "global_batch_size": global_batch,
-            "devices": devices.to_dict(),
-            "parameters": int(model.count_params()),
-            "normalization": normalization.to_dict(),
-        },
+    seen = (steps_per_epoch * global_batch if synchronous else meta.counts["train"]) * len(history)
+    report = {
+        "epochs_run": len(history),
+        "best_epoch": int(best["epoch"]),
+        "final": {k: history[-1][k] for k in HISTORY_COLUMNS[1:] if k in history[-1]},
+        "best": {k: best[k] for k in HISTORY_COLUMNS[1:] if k in best},
+        "training_seconds": round(seconds, 2),
+        "examples_per_second": round(seen / seconds, 1) if seconds else None,
+        "global_batch_size": global_batch,
+        "training_loop": "custom (tf.distribute)" if custom else "keras fit",
+        "devices": devices.to_dict(),
+        "parameters": int(model.count_params()),
+        "normalization": applied_normalization(model),
     }
+    return TrainResult(model, history, devices, seconds, model_summary(model), report)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -206,6 +261,91 @@ def prepare_work_dir(work_dir: Path, fingerprint: str) -> str | None:
     return None
 
 
+class RunTracking:
+    """The chief's MLflow run for one training: opened once Keras has built the model (a bad layer
+    list leaves no run), fed each epoch, closed with the outcome. Other workers track nothing."""
+
+    def __init__(self, params: Params, data_hash: str, fingerprint: str, work_dir: Path, resume_id: str | None):
+        self.params, self.data_hash, self.fingerprint = params, data_hash, fingerprint
+        self.work_dir, self.resume_id = work_dir, resume_id
+        self.tracker = None
+
+    def start(self, _model=None) -> None:
+        from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, project_root
+
+        name = self.params.train.model_name
+        tags = {
+            **git_state(project_root()),
+            **dvc_experiment_tags(),
+            "data.sha256": self.data_hash,
+            "model.preset": name,
+        }
+        self.tracker = Tracker.start(
+            self.params.mlflow.tracking_uri,
+            self.params.mlflow.experiment_name,
+            run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags=tags,
+            resume_run_id=self.resume_id,
+        )
+        stamp = {"fingerprint": self.fingerprint, "run_id": self.tracker.run_id}
+        (self.work_dir / "fingerprint.json").write_text(json.dumps(stamp))
+        self.tracker.log_params(flatten(self.params))
+
+    def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+
+    def fail(self, interrupted: bool) -> None:
+        if self.tracker is not None:
+            self.tracker.end("KILLED" if interrupted else "FAILED")
+
+    def record(self, result: TrainResult, args, report: dict[str, Any]) -> None:
+        """Tags, summary metrics and artifacts of a finished training; the run file later stages use."""
+        tracker, devices = self.tracker, result.devices
+        tracker.set_tags(
+            {
+                "train.strategy": devices.strategy,
+                "train.devices": ",".join(devices.devices),
+                "train.mixed_precision": devices.mixed_precision,
+                "train.jit_compile": devices.jit_compile,
+                "train.deterministic": devices.deterministic,
+                "train.replicas": devices.replicas,
+                "train.workers": devices.workers,
+                "train.loop": report["training_loop"],
+            }
+        )
+        tracker.log_metrics(
+            {
+                "training_seconds": report["training_seconds"],
+                "examples_per_second": report["examples_per_second"] or 0.0,
+                "best_epoch": report["best_epoch"],
+            }
+        )
+        tracker.log_text(result.summary, "model/summary.txt")
+        tracker.log_artifact(args.history, "training")
+        tracker.log_artifact(args.report, "training")
+        tracker.log_artifact(args.model, "model")
+        tracker.write_run_file(args.run_file)
+        tracker.end()
+
+
+def checked_meta(params: Params, prepared: Path) -> PreparedMeta:
+    """The prepared data's metadata, and whether the model fits it: before MLflow or TensorFlow start."""
+    meta = read_meta(str(prepared))
+    misfit = check_fits(params.train.model, meta.input_shape)
+    if misfit:
+        raise PipelineError(f"params.yaml: train.model: {misfit} ({prepared}/meta.json)")
+    return meta
+
+
+def save_outputs(result: TrainResult, args, report: dict[str, Any]) -> None:
+    """The chief's files: the model, its history and the training report, each written atomically."""
+    with atomic_file(args.model, suffix=".keras") as tmp:
+        result.model.save(tmp)
+    write_history(result.history, Path(args.history))
+    write_json(args.report, report)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("train", __doc__)
     parser.add_argument("--prepared", default="data/prepared")
@@ -213,88 +353,55 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--history", default="models/history.csv")
     parser.add_argument("--report", default="reports/train.json")
     parser.add_argument("--run-file", default="models/mlflow_run.json")
-    parser.add_argument("--work-dir", default="models/.train-state",
-                        help="resumable state of an unfinished training (kept until it finishes)")
+    parser.add_argument(
+        "--work-dir",
+        default="models/.train-state",
+        help="resumable state of an unfinished training (kept until it finishes); with several workers, "
+        "the chief's, which every worker reads to resume",
+    )
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
     prepared = Path(args.prepared)
-    meta = read_meta(str(prepared))  # fails early, before MLflow or TensorFlow start
-    misfit = check_fits(params.train.model, meta.input_shape)
-    if misfit:
-        raise PipelineError(f"params.yaml: train.model: {misfit} ({prepared}/meta.json)")
+    meta = checked_meta(params, prepared)
     data_hash = tree_sha256(prepared)  # logged with the run; part of the resume fingerprint
 
     from pipeline.devices import cluster_spec, is_chief
-    from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, project_root
 
     chief = is_chief(cluster_spec())
-    # Only the chief keeps resumable state in the shared place; other workers use a scratch directory.
-    work_dir = Path(args.work_dir) if chief else Path(tempfile.mkdtemp(prefix="train-worker-"))
+    shared = Path(args.work_dir)
+    # The chief keeps the resumable state in the shared place; other workers keep their own (the
+    # checkpoint copies saving requires of them) in a scratch directory, removed at the end.
+    work_dir = shared if chief else Path(tempfile.mkdtemp(prefix="train-worker-"))
     fingerprint = training_fingerprint(params.train, data_hash)
-    resume_id = prepare_work_dir(work_dir, fingerprint)
-    tracker = None
-
-    def start_tracking(_model) -> None:
-        """The chief's MLflow run, opened once Keras accepted the model: a bad layer list leaves no run."""
-        nonlocal tracker
-        if not chief:
-            return
-        model_name = params.train.model_name
-        tags = {**git_state(project_root()), **dvc_experiment_tags(), "data.sha256": data_hash,
-                "model.preset": model_name}
-        tracker = Tracker.start(params.mlflow.tracking_uri, params.mlflow.experiment_name,
-                                run_name=f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                tags=tags, resume_run_id=resume_id)
-        (work_dir / "fingerprint.json").write_text(json.dumps({"fingerprint": fingerprint, "run_id": tracker.run_id}))
-        tracker.log_params(flatten(params))
-
-    def log_epoch(epoch: int, row: dict[str, float]) -> None:
-        if tracker is not None:
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-
+    resume_id = prepare_work_dir(work_dir, fingerprint) if chief else None
+    tracking = RunTracking(params, data_hash, fingerprint, work_dir, resume_id)
     verbose = 1 if sys.stdout.isatty() else 2
     try:
-        result = train(params, prepared, work_dir, on_epoch=log_epoch, on_start=start_tracking, verbose=verbose)
+        result = train(
+            params, prepared, work_dir, on_epoch=tracking.log_epoch, on_start=tracking.start if chief else None,
+            verbose=verbose, meta=meta, shared_dir=shared,
+        )  # fmt: skip
     except BaseException:
-        if tracker is not None:
-            tracker.end("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
-        if not (work_dir / "backup").exists():
+        tracking.fail(isinstance(sys.exc_info()[1], KeyboardInterrupt))
+        if not chief or not any((work_dir / name).exists() for name in ("backup", CHECKPOINTS)):
             shutil.rmtree(work_dir, ignore_errors=True)  # nothing to resume from: leave no empty state behind
         raise
 
-    report = {**result["report"], "class_names": meta.class_names}
+    report = {**result.report, "class_names": meta.class_names}
     if not chief:
-        # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the others to a
-        # scratch location that is removed. Only the chief writes models/ and reports/.
-        result["model"].save(work_dir / "model.keras")
         shutil.rmtree(work_dir, ignore_errors=True)
-        print(f"train: worker done ({result['report']['epochs_run']} epochs); the chief wrote the outputs")
+        print(f"train: worker done ({report['epochs_run']} epochs); the chief wrote the outputs")
         return
-
-    with atomic_file(args.model, suffix=".keras") as tmp:
-        result["model"].save(tmp)
-    write_history(result["history"], Path(args.history))
-    write_json(args.report, report)
-
-    devices = result["devices"]
-    tracker.set_tags({"train.strategy": devices.strategy, "train.devices": ",".join(devices.devices),
-                      "train.mixed_precision": devices.mixed_precision, "train.jit_compile": devices.jit_compile,
-                      "train.deterministic": devices.deterministic, "train.replicas": devices.replicas})
-    tracker.log_metrics({"training_seconds": report["training_seconds"],
-                         "examples_per_second": report["examples_per_second"] or 0.0,
-                         "best_epoch": report["best_epoch"]})
-    tracker.log_text(result["summary"], "model/summary.txt")
-    tracker.log_artifact(args.history, "training")
-    tracker.log_artifact(args.report, "training")
-    tracker.log_artifact(args.model, "model")
-    tracker.write_run_file(args.run_file)
-    tracker.end()
+    save_outputs(result, args, report)
+    tracking.record(result, args, report)
     shutil.rmtree(work_dir, ignore_errors=True)
     best = report["best"]
-    print(f"train: {report['epochs_run']} epochs in {report['training_seconds']:.0f} s on {devices.strategy} "
-          f"({devices.replicas} replica(s)); best epoch {report['best_epoch']} val_accuracy "
-          f"{best.get('val_accuracy', float('nan')):.4f}; MLflow run {tracker.run_id}")
+    print(
+        f"train: {report['epochs_run']} epochs in {report['training_seconds']:.0f} s on {result.devices.strategy} "
+        f"({result.devices.replicas} replica(s), {report['training_loop']}); best epoch {report['best_epoch']} "
+        f"val_accuracy {best.get('val_accuracy', float('nan')):.4f}; MLflow run {tracking.tracker.run_id}"
+    )
 
 
 if __name__ == "__main__":

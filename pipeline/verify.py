@@ -11,8 +11,8 @@ agreement; int8 may lose at most `export.max_int8_drop` accuracy.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -29,7 +29,7 @@ BATCH_CHECK_EXAMPLES = 263  # 1 * 263, 7 * 37 + 4, 256 + 7: every size leaves a 
 
 
 def predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i:i + batch]), dtype=np.float64) for i in range(0, len(x), batch)])
+    return np.concatenate([np.asarray(fn(x[i : i + batch]), dtype=np.float64) for i in range(0, len(x), batch)])
 
 
 def onnx_predictor(path: Path):
@@ -49,6 +49,7 @@ def saved_model_predictor(path: Path, input_name: str):
 
 def pyfunc_predictor(model, input_name: str):
     """An MLflow pyfunc model, fed as `mlflow models serve` feeds it: a dict of named tensors."""
+
     def predict(x: np.ndarray) -> np.ndarray:
         out = model.predict({input_name: x})
         return out[OUTPUT_NAME] if isinstance(out, dict) else np.asarray(out)
@@ -87,19 +88,24 @@ def check(results: dict[str, dict], max_int8_drop: float) -> list[str]:
         if fmt in drops:
             drop = drops[fmt]
             if drop > max_int8_drop:
-                failures.append(f"{fmt}: accuracy {r['accuracy']:.4f} is {drop:.4f} below float32 ONNX "
-                                f"{results['onnx']['accuracy']:.4f}, more than export.max_int8_drop {max_int8_drop}")
+                failures.append(
+                    f"{fmt}: accuracy {r['accuracy']:.4f} is {drop:.4f} below float32 ONNX "
+                    f"{results['onnx']['accuracy']:.4f}, more than export.max_int8_drop {max_int8_drop}"
+                )
         else:
             if r["max_abs_diff"] > MAX_ABS_DIFF or r["argmax_agreement"] < 1.0:
-                failures.append(f"{fmt}: max |Δ| {r['max_abs_diff']:.3g} (limit {MAX_ABS_DIFF:g}), "
-                                f"argmax agreement {r['argmax_agreement']:.4%} (need 100%)")
+                failures.append(
+                    f"{fmt}: max |Δ| {r['max_abs_diff']:.3g} (limit {MAX_ABS_DIFF:g}), "
+                    f"argmax agreement {r['argmax_agreement']:.4%} (need 100%)"
+                )
         if r.get("batch_max_abs_diff", 0.0) > MAX_ABS_DIFF / 10:
             failures.append(f"{fmt}: batch sizes {BATCH_SIZES} disagree by {r['batch_max_abs_diff']:.3g}")
     return failures
 
 
-def verify(model_path: Path, exported: Path, prepared_dir: str, batch_size: int, max_int8_drop: float,
-           registered=None) -> dict:
+def verify(
+    model_path: Path, exported: Path, prepared_dir: str, batch_size: int, max_int8_drop: float, registered=None
+) -> dict:
     """Parity of every exported form on the raw test split; `registered` is the MLflow pyfunc model."""
     from pipeline.model import input_name, load_keras_model
     from pipeline.records import read_meta, read_split_arrays
@@ -130,8 +136,14 @@ def verify(model_path: Path, exported: Path, prepared_dir: str, batch_size: int,
     failures = check(results, max_int8_drop)
     for fmt, drop in int8_drops(results).items():
         results[fmt]["accuracy_drop_vs_float32"] = drop
-    return {"examples": int(len(labels)), "max_abs_diff_limit": MAX_ABS_DIFF, "batch_sizes": list(BATCH_SIZES),
-            "formats": results, "passed": not failures, "failures": failures}
+    return {
+        "examples": int(len(labels)),
+        "max_abs_diff_limit": MAX_ABS_DIFF,
+        "batch_sizes": list(BATCH_SIZES),
+        "formats": results,
+        "passed": not failures,
+        "failures": failures,
+    }
 
 
 def read_registered(exported: Path) -> dict | None:
@@ -160,21 +172,29 @@ def main(argv: list[str] | None = None) -> None:
     tracker = Tracker.resume(args.run_file)
     registered = read_registered(Path(args.exported))
     pyfunc = tracker.load_registered_model(registered["name"], registered["version"]) if registered else None
-    report = verify(Path(args.model), Path(args.exported), args.prepared, params.batch_size, params.max_int8_drop,
-                    registered=pyfunc)
+    report = verify(
+        Path(args.model), Path(args.exported), args.prepared, params.batch_size, params.max_int8_drop, registered=pyfunc
+    )
     write_json(args.report, report)
 
     tracker.log_metrics({f"parity.{fmt}.{k}": v for fmt, r in report["formats"].items() for k, v in r.items()})
     verdict = "passed" if report["passed"] else "failed"
     tracker.set_tags({"verify.parity": verdict})
     if registered:
-        tracker.tag_model_version(registered["name"], registered["version"], {
-            "parity": verdict,
-            "parity.onnx.max_abs_diff": f"{report['formats']['onnx']['max_abs_diff']:.3g}",
-            "parity.examples": report["examples"],
-        })
-    lines = [f"{fmt}: accuracy {r['accuracy']:.4f}" + (f", max |Δ| {r['max_abs_diff']:.2g}, agreement "
-             f"{r['argmax_agreement']:.2%}" if "max_abs_diff" in r else "") for fmt, r in report["formats"].items()]
+        tracker.tag_model_version(
+            registered["name"],
+            registered["version"],
+            {
+                "parity": verdict,
+                "parity.onnx.max_abs_diff": f"{report['formats']['onnx']['max_abs_diff']:.3g}",
+                "parity.examples": report["examples"],
+            },
+        )
+    lines = [
+        f"{fmt}: accuracy {r['accuracy']:.4f}"
+        + (f", max |Δ| {r['max_abs_diff']:.2g}, agreement {r['argmax_agreement']:.2%}" if "max_abs_diff" in r else "")
+        for fmt, r in report["formats"].items()
+    ]
     print("verify: " + "; ".join(lines))
     if report["failures"]:
         raise PipelineError("parity check failed: " + "; ".join(report["failures"]))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.idx import content_sha256, write_idx
+from pipeline.formats.idx import write_idx
+from pipeline.hashing import content_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {
@@ -36,7 +37,7 @@ def make_images(labels: np.ndarray, shape=(28, 28), seed: int = 0) -> np.ndarray
     images = rng.integers(0, 60, size=(len(labels), *shape), dtype=np.uint8)
     band = max(1, shape[0] // max(n_classes, 1))
     for i, label in enumerate(labels):
-        images[i, label * band:(label + 1) * band, :] = 200 + rng.integers(0, 55)
+        images[i, label * band : (label + 1) * band, :] = 200 + rng.integers(0, 55)
     return images
 
 
@@ -77,8 +78,11 @@ def tiny_data(tmp_path) -> dict:
 
 
 TINY_TRAIN = {
-    "model": [{"Conv2D": {"filters": 4, "kernel_size": 3, "activation": "relu"}},
-              {"MaxPooling2D": {"pool_size": 4}}, {"Flatten": {}}],
+    "model": [
+        {"Conv2D": {"filters": 4, "kernel_size": 3, "activation": "relu"}},
+        {"MaxPooling2D": {"pool_size": 4}},
+        {"Flatten": {}},
+    ],
     "epochs": 2,
     "batch_size": 16,
     "shuffle_buffer": 64,
@@ -142,8 +146,12 @@ def dvc_repo(tmp_path, tiny_data) -> Path:
 @pytest.fixture
 def project(tiny_data, tmp_path):
     """A working directory with prepared tiny data and params, as DVC would run the stage in."""
-    params = {"data": tiny_data, "prepare": {"shard_size": 50}, "train": dict(TINY_TRAIN),
-              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "experiment_name": "t"}}
+    params = {
+        "data": tiny_data,
+        "prepare": {"shard_size": 50},
+        "train": dict(TINY_TRAIN),
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "experiment_name": "t"},
+    }
     (tmp_path / "store").mkdir()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     from pipeline.fetch import fetch
@@ -162,7 +170,7 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 def subset_of_fashion_mnist(directory: Path, n_train: int, n_test: int) -> dict:
     """The first examples of Debian's real Fashion-MNIST, written as an IDX data set; returns the
     params `data` section. Missing data fails under CI (which installs it) and skips elsewhere."""
-    from pipeline.idx import read_idx
+    from pipeline.formats.idx import read_idx
 
     if not FASHION_MNIST.is_dir():
         if os.environ.get("CI"):
@@ -171,6 +179,6 @@ def subset_of_fashion_mnist(directory: Path, n_train: int, n_test: int) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     for role, name in FILES.items():
         array = read_idx(FASHION_MNIST / name, ndims=(1, 3))
-        write_idx(directory / name, array[:n_train if role.startswith("train") else n_test])
+        write_idx(directory / name, array[: n_train if role.startswith("train") else n_test])
     classes = yaml.safe_load((REPO / "params.yaml").read_text())["data"]["idx"]["class_names"]
     return {"format": "idx", "source": str(directory), "idx": {**FILES, "sha256": None, "class_names": classes}}

@@ -67,8 +67,21 @@ def mlflow_server(backend_uri: str, artifacts: Path, log: Path, workers: int = 1
     """`mlflow server` on a free loopback port; yields its URL."""
     port = free_port()
     mlflow = str(Path(os.path.abspath(sys.executable)).parent / "mlflow")
-    cmd = [mlflow, "server", "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
-           "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    cmd = [
+        mlflow,
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--serve-artifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=tool_env(), start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -100,23 +113,47 @@ def postgres_cluster(directory: Path):
         as_user = ["runuser", "-u", "postgres", "--"]
     data, sockets = directory / "data", directory / "sockets"
     subprocess.run([*as_user, "mkdir", "-p", str(sockets)], check=True)
-    initdb = subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust",
-                             "-E", "UTF8"], capture_output=True, text=True)
+    initdb = subprocess.run(
+        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8"],
+        capture_output=True,
+        text=True,
+    )
     if initdb.returncode != 0:
         raise RuntimeError(f"initdb failed: {initdb.stderr.strip()}")
     port = free_port()
-    proc = subprocess.Popen([*as_user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
-                             "-k", str(sockets), "-c", "listen_addresses=127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            *as_user,
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(sockets),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
-        while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+            ).returncode
+            != 0
+        ):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not start on port {port}")
             time.sleep(0.3)
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
     finally:
         stop(proc)

@@ -64,7 +64,7 @@ def test_a_flip_on_raw_pixels_is_exact(prepared):
     flipped = make_dataset(prepared, meta, "train", 108, training=True, shuffle_buffer=1, seed=0, augment=flip)
     x_plain, _ = next(plain.as_numpy_iterator())
     x_flip, _ = next(flipped.as_numpy_iterator())
-    for a, b in zip(x_plain, x_flip):
+    for a, b in zip(x_plain, x_flip, strict=True):
         assert np.array_equal(a, b) or np.array_equal(a[:, ::-1], b)
     assert not np.array_equal(x_plain, x_flip)
 

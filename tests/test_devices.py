@@ -10,16 +10,23 @@ from pipeline.devices import cluster_spec, is_chief, resolve, strategy_kind
 from conftest import run
 
 
-@pytest.mark.parametrize("mode, on_gpu, expected", [
-    ("auto", True, True), ("auto", False, False), ("on", False, True), ("off", True, False)])
+@pytest.mark.parametrize(
+    "mode, on_gpu, expected", [("auto", True, True), ("auto", False, False), ("on", False, True), ("off", True, False)]
+)
 def test_auto_means_gpu_only(mode, on_gpu, expected):
     assert resolve(mode, on_gpu) is expected
 
 
-@pytest.mark.parametrize("config, gpus, expected", [
-    (None, 0, "default"), (None, 1, "default"), (None, 4, "mirrored"),
-    ({"cluster": {"worker": ["a:1", "b:2"]}}, 0, "multi_worker_mirrored"),
-    ({"cluster": {"worker": ["a:1", "b:2"]}}, 8, "multi_worker_mirrored")])
+@pytest.mark.parametrize(
+    "config, gpus, expected",
+    [
+        (None, 0, "default"),
+        (None, 1, "default"),
+        (None, 4, "mirrored"),
+        ({"cluster": {"worker": ["a:1", "b:2"]}}, 0, "multi_worker_mirrored"),
+        ({"cluster": {"worker": ["a:1", "b:2"]}}, 8, "multi_worker_mirrored"),
+    ],
+)
 def test_strategy_follows_what_is_visible(config, gpus, expected):
     assert strategy_kind(config, gpus) == expected
 

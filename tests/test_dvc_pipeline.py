@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import run, set_params
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,10 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tmp_path):
     assert set(metrics["test"]["per_class"]) == {f"class_{i}" for i in range(4)}
     assert len((dvc_repo / "reports/predictions.csv").read_text().splitlines()) == 41
     assert sorted(p.name for p in (dvc_repo / "reports/figures").iterdir()) == [
-        "confusion_matrix.png", "training_curves.png", "worst_errors.png"]
+        "confusion_matrix.png",
+        "training_curves.png",
+        "worst_errors.png",
+    ]
     parity = json.loads((dvc_repo / "reports/parity.json").read_text())
     assert parity["passed"] and parity["examples"] == 40
     assert parity["formats"]["onnx"]["max_abs_diff"] <= 1e-4
@@ -78,6 +82,11 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tmp_path):
     versions = client.search_model_versions("name='fashion-mnist-classifier'")
     assert len(versions) == 1 and versions[0].tags["parity"] == "passed"
     assert versions[0].run_id == run_info["run_id"]
+    # metadata.json is written once, registry version included, and MLflow holds that same file.
+    metadata = (dvc_repo / "exported/metadata.json").read_text()
+    assert json.loads(metadata)["mlflow_registered_model"] == {"name": "fashion-mnist-classifier", "version": "1"}
+    logged = client.download_artifacts(run_info["run_id"], "export/metadata.json", str(tmp_path))
+    assert Path(logged).read_text() == metadata
 
     import mlflow.pyfunc
     import onnxruntime as ort
@@ -103,7 +112,7 @@ def read_idx(path):
 
     data = gzip.decompress(path.read_bytes())
     ndim = data[3]
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 

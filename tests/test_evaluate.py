@@ -7,18 +7,26 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import PipelineError
-from pipeline.evaluate import (apply_gate, compute_metrics, expected_calibration_error, plot_confusion_matrix,
-                               plot_training_curves, plot_worst_errors)
+from pipeline.evaluate import (
+    apply_gate,
+    compute_metrics,
+    expected_calibration_error,
+    plot_confusion_matrix,
+    plot_training_curves,
+    plot_worst_errors,
+)
 from pipeline.params import GateParams
 
 # Four examples, three classes. Predicted: 0, 1, 1, 2; actual: 0, 1, 2, 2.
 LABELS = np.array([0, 1, 2, 2])
-PROBS = np.array([
-    [0.8, 0.1, 0.1],
-    [0.2, 0.7, 0.1],
-    [0.1, 0.6, 0.3],
-    [0.3, 0.1, 0.6],
-])
+PROBS = np.array(
+    [
+        [0.8, 0.1, 0.1],
+        [0.2, 0.7, 0.1],
+        [0.1, 0.6, 0.3],
+        [0.3, 0.1, 0.6],
+    ]
+)
 NAMES = ["a", "b", "c"]
 
 
@@ -39,7 +47,8 @@ def test_metrics_match_hand_computation():
 
 def test_calibration_error_by_hand():
     # Confidences 0.8, 0.7, 0.6, 0.6 with correctness 1, 1, 0, 1; ten bins:
-    # bin (0.5, 0.6]: conf 0.6, 0.6 acc 0.5 → |0.5 - 0.6| * 2/4; (0.6, 0.7]: 0.7 vs 1 → 0.3/4; (0.7, 0.8]: 0.8 vs 1 → 0.2/4
+    # bin (0.5, 0.6]: conf 0.6, 0.6 acc 0.5 → |0.5 - 0.6| * 2/4;
+    # (0.6, 0.7]: 0.7 vs 1 → 0.3/4; (0.7, 0.8]: 0.8 vs 1 → 0.2/4
     assert expected_calibration_error(LABELS, PROBS, bins=10) == pytest.approx(0.1 * 2 / 4 + 0.3 / 4 + 0.2 / 4)
 
 
@@ -70,8 +79,10 @@ def test_gate_against_a_baseline(tmp_path):
 def test_figures_are_drawn_without_a_display(tmp_path, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     history = tmp_path / "history.csv"
-    history.write_text("epoch,loss,accuracy,val_loss,val_accuracy,learning_rate\n"
-                       "1,1.0,0.5,1.1,0.45,0.001\n2,0.6,0.7,0.7,0.65,0.0005\n3,0.4,0.8,0.5,0.75,0.0001\n")
+    history.write_text(
+        "epoch,loss,accuracy,val_loss,val_accuracy,learning_rate\n"
+        "1,1.0,0.5,1.1,0.45,0.001\n2,0.6,0.7,0.7,0.65,0.0005\n3,0.4,0.8,0.5,0.75,0.0001\n"
+    )
     plot_training_curves(history, tmp_path / "curves.png")
     names = [f"class name {i}" for i in range(10)]
     rng = np.random.default_rng(0)

@@ -22,9 +22,17 @@ from pipeline.verify import verify
 
 pytestmark = pytest.mark.slow
 
-EXPLICIT = [{"Conv2D": {"filters": 6, "kernel_size": 3}}, {"BatchNormalization": {}}, {"Activation": {"activation": "relu"}},
-            {"MaxPooling2D": {}}, {"Dropout": {"rate": 0.3}}, {"Flatten": {}}, {"Dense": {"units": 16}},
-            {"BatchNormalization": {}}, {"Dropout": {"rate": 0.3}}]
+EXPLICIT = [
+    {"Conv2D": {"filters": 6, "kernel_size": 3}},
+    {"BatchNormalization": {}},
+    {"Activation": {"activation": "relu"}},
+    {"MaxPooling2D": {}},
+    {"Dropout": {"rate": 0.3}},
+    {"Flatten": {}},
+    {"Dense": {"units": 16}},
+    {"BatchNormalization": {}},
+    {"Dropout": {"rate": 0.3}},
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +52,35 @@ def trained_model(model_spec, prepared: str, path):
     statistics are not the defaults)."""
     from pipeline.train import train
 
-    params = parse_params({"train": {"model": model_spec, "epochs": 1, "batch_size": 16, "shuffle_buffer": 64,
-                                     "learning_rate": 0.01, "early_stopping_patience": 0}})
-    model = train(params, Path(prepared), path.parent / "work", verbose=0)["model"]
+    params = parse_params(
+        {
+            "train": {
+                "model": model_spec,
+                "epochs": 1,
+                "batch_size": 16,
+                "shuffle_buffer": 64,
+                "learning_rate": 0.01,
+                "early_stopping_patience": 0,
+            }
+        }
+    )
+    model = train(params, Path(prepared), path.parent / "work", verbose=0).model
     model.save(path)
     return model
 
 
-@pytest.mark.parametrize("model_spec, tolerance", [
-    ("mlp", 1e-5),
-    ("cnn", 1e-5),
-    # LSTM: ONNX's fused LSTM op and TF's unrolled kernel sum the gates in another order, and 28
-    # recurrent steps compound float32 rounding; 1e-4 still catches any real difference.
-    ("rnn", 1e-4),
-    (EXPLICIT, 1e-5),
-], ids=["mlp", "cnn", "rnn", "explicit-bn-dropout"])
+@pytest.mark.parametrize(
+    "model_spec, tolerance",
+    [
+        ("mlp", 1e-5),
+        ("cnn", 1e-5),
+        # LSTM: ONNX's fused LSTM op and TF's unrolled kernel sum the gates in another order, and 28
+        # recurrent steps compound float32 rounding; 1e-4 still catches any real difference.
+        ("rnn", 1e-4),
+        (EXPLICIT, 1e-5),
+    ],
+    ids=["mlp", "cnn", "rnn", "explicit-bn-dropout"],
+)
 def test_onnx_and_saved_model_match_keras(model_spec, tolerance, prepared, tmp_path):
     model = trained_model(model_spec, prepared, tmp_path / "model.keras")
     params = parse_params({"export": {"quantize": False}}).export
@@ -116,8 +138,14 @@ def test_fp32_onnx_runs_in_the_onnx_reference_evaluator(prepared, tmp_path):
     from onnx.reference import ReferenceEvaluator
 
     trained_model("cnn2", prepared, tmp_path / "model.keras")
-    export(tmp_path / "model.keras", prepared, tmp_path / "exported", parse_params({"export": {"quantize": False}}).export,
-           seed=0, run_id=None)
+    export(
+        tmp_path / "model.keras",
+        prepared,
+        tmp_path / "exported",
+        parse_params({"export": {"quantize": False}}).export,
+        seed=0,
+        run_id=None,
+    )
     x, _ = read_split_arrays(prepared, read_meta(prepared), "test")
     path = str(tmp_path / "exported/model.onnx")
     reference = ReferenceEvaluator(path).run(None, {"image": x[:8]})[0]

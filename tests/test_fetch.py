@@ -78,13 +78,18 @@ def test_cli_does_not_import_tensorflow_and_reports_errors(tiny_data, tmp_path):
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": tiny_data}))
-    probe = ("import sys; from pipeline.fetch import main; main(['--params', sys.argv[1], '--out', sys.argv[2]]);"
-             "assert 'tensorflow' not in sys.modules, 'fetch imported tensorflow'")
+    probe = (
+        "import sys; from pipeline.fetch import main; main(['--params', sys.argv[1], '--out', sys.argv[2]]);"
+        "assert 'tensorflow' not in sys.modules, 'fetch imported tensorflow'"
+    )
     run(["python", "-c", probe, str(params), str(tmp_path / "raw")], tmp_path)
 
     params.write_text(yaml.safe_dump({"data": {**tiny_data, "source": str(tmp_path / "gone")}}))
-    proc = run(["python", "-m", "pipeline.fetch", "--params", str(params), "--out", str(tmp_path / "raw2")],
-               tmp_path, check=False)
+    proc = run(
+        ["python", "-m", "pipeline.fetch", "--params", str(params), "--out", str(tmp_path / "raw2")],
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("error: data.source:")

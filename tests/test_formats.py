@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.cifar10 import RECORD, read_batch
 from pipeline.errors import PipelineError
 from pipeline.fetch import fetch
+from pipeline.formats.cifar10 import RECORD, read_batch
 from pipeline.params import parse_params
 from pipeline.prepare import prepare
 from pipeline.records import read_meta, read_split_arrays
@@ -52,8 +52,11 @@ def test_cifar10_truncated_batch_is_one_clear_line(tmp_path):
     data = write_cifar10_dataset(tmp_path / "cifar")
     batch = tmp_path / "cifar/data_batch_2.bin"
     batch.write_bytes(batch.read_bytes()[:-100])
-    with pytest.raises(PipelineError, match=r"data_batch_2\.bin: 184280 bytes is not a whole number of "
-                                            r"3073-byte CIFAR-10 records \(59 records and 2973 bytes over"):
+    with pytest.raises(
+        PipelineError,
+        match=r"data_batch_2\.bin: 184280 bytes is not a whole number of "
+        r"3073-byte CIFAR-10 records \(59 records and 2973 bytes over",
+    ):
         fetch_and_prepare(data, tmp_path)
     assert not (tmp_path / "prepared").exists()
 
@@ -77,7 +80,10 @@ def test_archive_source_is_extracted_and_its_top_folder_dropped(tmp_path):
     _, meta = fetch_and_prepare(data, tmp_path)
     assert meta.counts["test"] == 40
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
-        "data_batch_1.bin", "data_batch_2.bin", "test_batch.bin"]
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "test_batch.bin",
+    ]
 
 
 def test_archive_members_cannot_escape_the_data_directory(tmp_path):
@@ -147,8 +153,11 @@ def test_unreadable_image_fails_or_is_skipped_and_reported(tmp_path, policy):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
     data["image_folder"]["unreadable"] = policy
     if policy == "fail":
-        with pytest.raises(PipelineError, match=r"raw/train/kind_b/0999\.png: unreadable image .*"
-                                                r"set data\.image_folder\.unreadable: skip"):
+        with pytest.raises(
+            PipelineError,
+            match=r"raw/train/kind_b/0999\.png: unreadable image .*"
+            r"set data\.image_folder\.unreadable: skip",
+        ):
             fetch_and_prepare(data, tmp_path)
         assert not (tmp_path / "prepared").exists()
     else:
@@ -173,7 +182,7 @@ def test_file_names_cannot_leave_the_source(tmp_path):
 
 def test_image_folder_from_a_url_prefix_is_refused(tmp_path):
     data = {**write_image_folder_dataset(tmp_path / "images"), "source": "http://127.0.0.1:9/images"}
-    with pytest.raises(PipelineError, match=r"^data\.source: .*image folders come from a directory or an archive"):
+    with pytest.raises(PipelineError, match=r"^data\.source: .*image_folder data come from a directory or an archive"):
         fetch(parse_params({"data": data}).data, tmp_path / "raw")
 
 
@@ -198,14 +207,20 @@ def test_csv_class_names_in_params_fix_the_order(tmp_path):
     assert meta.class_names == ["virginica", "setosa", "versicolor"]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda rows: rows[4].__setitem__(2, "abc"), r"train\.csv: row 5, column 'f2': 'abc' is not a number"),
-    (lambda rows: rows[2].__setitem__(0, ""), r"train\.csv: row 3, column 'f0': missing value"),
-    (lambda rows: rows[6].__setitem__(4, ""), r"train\.csv: row 7, column 'species': missing label"),
-    (lambda rows: rows[3].pop(), r"train\.csv: row 4 has 4 cells, the header has 5"),
-    (lambda rows: rows[0].__setitem__(4, "kind"), r"train\.csv: no label column 'species' \(data\.csv\.label_column\)"),
-    (lambda rows: rows[8].__setitem__(1, "inf"), r"train\.csv: row 9, column 'f1': 'inf' is not a finite number"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda rows: rows[4].__setitem__(2, "abc"), r"train\.csv: row 5, column 'f2': 'abc' is not a number"),
+        (lambda rows: rows[2].__setitem__(0, ""), r"train\.csv: row 3, column 'f0': missing value"),
+        (lambda rows: rows[6].__setitem__(4, ""), r"train\.csv: row 7, column 'species': missing label"),
+        (lambda rows: rows[3].pop(), r"train\.csv: row 4 has 4 cells, the header has 5"),
+        (
+            lambda rows: rows[0].__setitem__(4, "kind"),
+            r"train\.csv: no label column 'species' \(data\.csv\.label_column\)",
+        ),
+        (lambda rows: rows[8].__setitem__(1, "inf"), r"train\.csv: row 9, column 'f1': 'inf' is not a finite number"),
+    ],
+)
 def test_malformed_csv_names_row_and_column(tmp_path, edit, message):
     data = write_csv_dataset(tmp_path / "table")
     path = tmp_path / "table/train.csv"
@@ -229,8 +244,23 @@ def test_prepare_cli_reports_a_bad_csv_in_one_line(tmp_path):
     (tmp_path / "table/test.csv").write_text("f0,f1,f2,f3,species\n1,2,x,4,setosa\n")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": data}))
     run(["python", "-m", "pipeline.fetch", "--params", "params.yaml", "--out", "raw"], tmp_path)
-    proc = run(["python", "-m", "pipeline.prepare", "--params", "params.yaml", "--raw", "raw", "--out", "prepared",
-                "--report", "data.json"], tmp_path, check=False)
+    proc = run(
+        [
+            "python",
+            "-m",
+            "pipeline.prepare",
+            "--params",
+            "params.yaml",
+            "--raw",
+            "raw",
+            "--out",
+            "prepared",
+            "--report",
+            "data.json",
+        ],
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: raw/test.csv: row 2, column 'f2': 'x' is not a number"
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "data.json").exists()
@@ -245,4 +275,3 @@ def test_checksums_apply_to_any_format(tmp_path):
     images["image_folder"]["sha256"] = {"train/kind_a/nope.png": "0" * 64}
     with pytest.raises(PipelineError, match=r"data\.image_folder\.sha256: names 'train/kind_a/nope\.png', which"):
         fetch(parse_params({"data": images}).data, tmp_path / "raw")
-

@@ -22,25 +22,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run, write_idx_dataset
-from datasets import write_csv_dataset, write_image_folder_dataset
 from pipeline.errors import PipelineError
 from pipeline.fetch import fetch
-from pipeline.idx import read_idx
+from pipeline.formats.idx import read_idx
 from pipeline.params import parse_params
 from pipeline.prepare import prepare
+
+from conftest import REPO, run, write_idx_dataset
+from datasets import write_csv_dataset, write_image_folder_dataset
 
 PYTHON = os.path.abspath(sys.executable)
 
 
 def png_declaring(width: int, height: int) -> bytes:
     """A valid-looking PNG of a few hundred bytes whose header declares width × height grey pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + chunk(b"IEND", b"")
+    )
 
 
 def fetch_and_prepare(data: dict, tmp_path: Path):
@@ -52,8 +58,14 @@ def fetch_and_prepare(data: dict, tmp_path: Path):
 def bounded_child(code: str, cwd: Path, address_space: int = 1 << 30) -> subprocess.CompletedProcess:
     """Run `code` in a child Python whose address space is capped (1 GiB by default)."""
     prelude = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({address_space}, {address_space}))\n"
-    return subprocess.run([PYTHON, "-c", prelude + textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}, timeout=300)
+    return subprocess.run(
+        [PYTHON, "-c", prelude + textwrap.dedent(code)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"},
+        timeout=300,
+    )
 
 
 # ----------------------------------------------------------------------------- decompression-bomb images
@@ -83,8 +95,11 @@ def idx_header(*dims: int) -> bytes:
 def test_idx_dimensions_whose_product_overflows_64_bits_are_refused(tmp_path):
     path = tmp_path / "images.idx"
     path.write_bytes(idx_header(2**22, 2**21, 2**21) + b"\x00" * 64)  # 2^64 bytes: wraps to 0 in int64
-    with pytest.raises(PipelineError, match=r"images\.idx: truncated: header declares 4194304x2097152x2097152 = "
-                                            r"18446744073709551616 data bytes"):
+    with pytest.raises(
+        PipelineError,
+        match=r"images\.idx: truncated: header declares 4194304x2097152x2097152 = "
+        r"18446744073709551616 data bytes",
+    ):
         read_idx(path, ndims=(3,))
 
 
@@ -98,17 +113,21 @@ def test_an_idx_gzip_bomb_is_refused_within_bounded_memory(tmp_path):
         for _ in range(96):
             f.write(zeros)
     assert path.stat().st_size < 10 * 2**20
-    proc = bounded_child(f"""
+    proc = bounded_child(
+        f"""
         from pipeline.errors import PipelineError
-        from pipeline.idx import read_idx
+        from pipeline.formats.idx import read_idx
         try:
             read_idx({str(path)!r}, ndims=(3,))
         except PipelineError as exc:
             print(exc)
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == (f"{path}: trailing bytes: header declares 120x28x28 = 94080 data bytes, "
-                                   f"file holds more than {94080 + 2**20}")
+    assert proc.stdout.strip() == (
+        f"{path}: trailing bytes: header declares 120x28x28 = 94080 data bytes, file holds more than {94080 + 2**20}"
+    )
 
 
 # ----------------------------------------------------------------------------- archives
@@ -159,7 +178,9 @@ def test_the_extracted_byte_limit_is_settable(tmp_path):
     with tarfile.open(archive, "w:gz") as tf:
         tf.add(tmp_path / "table" / "iris", arcname="iris")
     data = {**data, "source": str(archive), "max_extracted_bytes": 1000}
-    with pytest.raises(PipelineError, match=r"iris\.tar\.gz: expands to more than 1,000 bytes .*data\.max_extracted_bytes 1,000"):
+    with pytest.raises(
+        PipelineError, match=r"iris\.tar\.gz: expands to more than 1,000 bytes .*data\.max_extracted_bytes 1,000"
+    ):
         fetch(parse_params({"data": data}).data, tmp_path / "raw")
     data["max_extracted_bytes"] = 10**6
     fetch(parse_params({"data": data}).data, tmp_path / "raw")
@@ -186,18 +207,28 @@ def test_gzip_errors_in_fetch_name_the_source_file_not_a_temporary_copy(tmp_path
 
 
 # ----------------------------------------------------------------------------- params
-@pytest.mark.parametrize("section, values, message", [
-    ("train", {"batch_size": 10**21}, "params.yaml: train.batch_size must be <= 65536, got 1000000000000000000000"),
-    ("train", {"seed": -1}, "params.yaml: train.seed must be >= 0, got -1"),
-    ("prepare", {"seed": -1}, "params.yaml: prepare.seed must be >= 0, got -1"),
-    ("prepare", {"seed": 2**32}, "params.yaml: prepare.seed must be <= 4294967295, got 4294967296"),
-    ("train", {"normalization": {"mode": "fixed", "mean": float("nan")}},
-     "params.yaml: train.normalization.mean must be a finite number, got nan"),
-    ("train", {"learning_rate": float("inf")}, "params.yaml: train.learning_rate must be a finite number, got inf"),
-    ("evaluate", {"gate": {"min_accuracy": float("nan")}}, "params.yaml: evaluate.gate.min_accuracy must be a finite number"),
-    ("export", {"calibration_size": 10**12}, "params.yaml: export.calibration_size must be <= 100000"),
-    ("train", {"epochs": 10**9}, "params.yaml: train.epochs must be <= 100000"),
-])
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("train", {"batch_size": 10**21}, "params.yaml: train.batch_size must be <= 65536, got 1000000000000000000000"),
+        ("train", {"seed": -1}, "params.yaml: train.seed must be >= 0, got -1"),
+        ("prepare", {"seed": -1}, "params.yaml: prepare.seed must be >= 0, got -1"),
+        ("prepare", {"seed": 2**32}, "params.yaml: prepare.seed must be <= 4294967295, got 4294967296"),
+        (
+            "train",
+            {"normalization": {"mode": "fixed", "mean": float("nan")}},
+            "params.yaml: train.normalization.mean must be a finite number, got nan",
+        ),
+        ("train", {"learning_rate": float("inf")}, "params.yaml: train.learning_rate must be a finite number, got inf"),
+        (
+            "evaluate",
+            {"gate": {"min_accuracy": float("nan")}},
+            "params.yaml: evaluate.gate.min_accuracy must be a finite number",
+        ),
+        ("export", {"calibration_size": 10**12}, "params.yaml: export.calibration_size must be <= 100000"),
+        ("train", {"epochs": 10**9}, "params.yaml: train.epochs must be <= 100000"),
+    ],
+)
 def test_params_outside_safe_ranges_name_the_key_before_any_work(section, values, message):
     with pytest.raises(PipelineError) as info:
         parse_params({section: values})
@@ -221,9 +252,13 @@ def test_checksums_can_be_switched_off_with_null_which_dvc_exp_run_can_set(tmp_p
 def test_a_duplicated_csv_header_name_is_refused(tmp_path):
     source = tmp_path / "table"
     source.mkdir()
-    (source / "train.csv").write_text("f0,f0,f1,label\n" + "".join(f"{i},{i + 1},{i + 2},{'ab'[i % 2]}\n" for i in range(20)))
+    (source / "train.csv").write_text(
+        "f0,f0,f1,label\n" + "".join(f"{i},{i + 1},{i + 2},{'ab'[i % 2]}\n" for i in range(20))
+    )
     data = {"format": "csv", "source": str(source), "csv": {"test": None}}
-    with pytest.raises(PipelineError, match=r"raw/train\.csv: header names column 'f0' more than once \(columns \[1, 2\]\)"):
+    with pytest.raises(
+        PipelineError, match=r"raw/train\.csv: header names column 'f0' more than once \(columns \[1, 2\]\)"
+    ):
         fetch_and_prepare(data, tmp_path)
 
 
@@ -231,7 +266,9 @@ def test_a_duplicated_csv_header_name_is_refused(tmp_path):
 def test_temporaries_of_a_killed_stage_are_swept_by_the_next_run(tmp_path, tiny_data):
     """A SIGKILL mid-write leaves `.prepared.tmp-<pid>-*`; the next write of the same output removes it
     (its process is gone) and leaves a live process's temporary alone."""
-    dead = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = tmp_path / f".prepared.tmp-{dead}-x1y2"
     (stale / "train").mkdir(parents=True)
     (stale / "train/part-00000-of-00002.tfrecord").write_bytes(b"half")
@@ -252,14 +289,19 @@ def test_a_killed_prepare_leaves_nothing_after_its_rerun(tmp_path, tiny_data):
 
     import yaml
 
-    data = write_idx_dataset(tmp_path / "big", n_train=3000, n_test=200)
+    # 20,000 examples in shards of 10: ~2,000 files, seconds of writing to be killed in.
+    data = write_idx_dataset(tmp_path / "big", n_train=20000, n_test=200)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": data, "prepare": {"shard_size": 10}}))
     run([PYTHON, "-m", "pipeline.fetch"], tmp_path, PYTHONPATH=str(REPO))
-    child = subprocess.Popen([PYTHON, "-m", "pipeline.prepare"], cwd=tmp_path,
-                             env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [PYTHON, "-m", "pipeline.prepare"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((tmp_path / "data").glob(".prepared.tmp-*/train/*")):
-        time.sleep(0.05)
+        time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert list((tmp_path / "data").glob(".prepared.tmp-*")), "prepare finished before it could be killed"
@@ -276,7 +318,10 @@ def test_predictor_npy_declaring_a_trillion_values_or_holding_nan_is_one_line(tm
         np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
     assert huge.stat().st_size < 256
     (item,) = load_array(huge, (28, 28, 1))
-    assert item.error == f"{huge}: not a NumPy .npy array (header declares (1000000000000,) float64, more than the file holds)"
+    assert (
+        item.error
+        == f"{huge}: not a NumPy .npy array (header declares (1000000000000,) float64, more than the file holds)"
+    )
 
     np.save(tmp_path / "nan.npy", np.full((2, 28, 28), np.nan))
     (item,) = load_array(tmp_path / "nan.npy", (28, 28, 1))
@@ -306,8 +351,9 @@ def test_a_bad_layer_list_fails_before_any_mlflow_run(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     proc = run([PYTHON, "-m", "pipeline.train"], project, check=False, PYTHONPATH=str(REPO))
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == ("error: params.yaml: train.model[0]: Dense has no argument 'unit' "
-                                                     "(did you mean 'units'?)")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: params.yaml: train.model[0]: Dense has no argument 'unit' (did you mean 'units'?)"
+    )
     client = MlflowClient(params["mlflow"]["tracking_uri"])
     experiment = client.get_experiment_by_name("t")
     assert experiment is None or client.search_runs([experiment.experiment_id]) == []
@@ -316,10 +362,19 @@ def test_a_bad_layer_list_fails_before_any_mlflow_run(project):
 
 @pytest.mark.slow
 def test_an_unreachable_tracking_server_leaves_no_training_state(project):
-    proc = run([PYTHON, "-m", "pipeline.train"], project, check=False, PYTHONPATH=str(REPO),
-               MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    proc = run(
+        [PYTHON, "-m", "pipeline.train"],
+        project,
+        check=False,
+        PYTHONPATH=str(REPO),
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: MLflow tracking server http://127.0.0.1:9 is unreachable")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: MLflow tracking server http://127.0.0.1:9 is unreachable")
+    )
     assert not (project / "models/.train-state").exists()
 
 
@@ -328,7 +383,10 @@ def test_predictor_names_its_own_source_of_feature_names(tmp_path):
 
     (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
     (item,) = load_table(tmp_path / "rows.csv", ["f0", "f1"])
-    assert item.error == f"{tmp_path / 'rows.csv'}: no feature column 'f0' (the model's feature_names); columns are ['a', 'b']"
+    assert (
+        item.error
+        == f"{tmp_path / 'rows.csv'}: no feature column 'f0' (the model's feature_names); columns are ['a', 'b']"
+    )
 
 
 def test_json_report_of_a_params_error_has_no_traceback(tmp_path):
@@ -336,5 +394,4 @@ def test_json_report_of_a_params_error_has_no_traceback(tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps({"train": {"batch_size": 10**21}}))
     proc = run([PYTHON, "-m", "pipeline.train"], tmp_path, check=False, PYTHONPATH=str(REPO))
     assert proc.returncode == 1
-    assert proc.stderr.strip() == ("error: params.yaml: train.batch_size must be <= 65536, "
-                                   "got 1000000000000000000000")
+    assert proc.stderr.strip() == ("error: params.yaml: train.batch_size must be <= 65536, got 1000000000000000000000")

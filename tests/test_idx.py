@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.idx import content_sha256, read_idx, read_images_and_labels, write_idx
+from pipeline.formats.idx import read_idx, read_images_and_labels, write_idx
+from pipeline.hashing import content_sha256
 
 
 def expect_error(pattern, fn, *args):
@@ -108,18 +109,33 @@ def test_missing_file(tmp_path):
 def test_counts_disagree(tmp_path):
     write_idx(tmp_path / "i.gz", np.zeros((5, 4, 4), np.uint8))
     write_idx(tmp_path / "l.gz", np.zeros(4, np.uint8))
-    expect_error(r"l\.gz: holds 4 labels but .*i\.gz holds 5 images", read_images_and_labels,
-                 tmp_path / "i.gz", tmp_path / "l.gz", 10)
+    expect_error(
+        r"l\.gz: holds 4 labels but .*i\.gz holds 5 images",
+        read_images_and_labels,
+        tmp_path / "i.gz",
+        tmp_path / "l.gz",
+        10,
+    )
 
 
 def test_label_outside_classes(tmp_path):
     write_idx(tmp_path / "i.gz", np.zeros((3, 4, 4), np.uint8))
     write_idx(tmp_path / "l.gz", np.array([0, 1, 7], np.uint8))
-    expect_error(r"l\.gz: label 7 at index 2 is outside the 3 classes", read_images_and_labels,
-                 tmp_path / "i.gz", tmp_path / "l.gz", 3)
+    expect_error(
+        r"l\.gz: label 7 at index 2 is outside the 3 classes",
+        read_images_and_labels,
+        tmp_path / "i.gz",
+        tmp_path / "l.gz",
+        3,
+    )
 
 
 def test_labels_file_given_as_images(tmp_path):
     write_idx(tmp_path / "l.gz", np.zeros(4, np.uint8))
-    expect_error("bad magic number 0x00000801, expected 0x00000803 or 0x00000804", read_images_and_labels,
-                 tmp_path / "l.gz", tmp_path / "l.gz", 3)
+    expect_error(
+        "bad magic number 0x00000801, expected 0x00000803 or 0x00000804",
+        read_images_and_labels,
+        tmp_path / "l.gz",
+        tmp_path / "l.gz",
+        3,
+    )

@@ -13,8 +13,16 @@ from servers import mlflow_server
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium_path() -> str:
@@ -46,8 +54,10 @@ def test_ui_shows_the_pipeline_run_its_metrics_and_figures(pipeline_run, project
     accuracy = mlrun.data.metrics["test.accuracy"]
     experiment, run_id = pipeline_run["experiment_id"], pipeline_run["run_id"]
 
-    with mlflow_server(pipeline_run["tracking_uri"], tmp_path / "served", tmp_path / "server.log") as url, \
-            sync_playwright() as playwright:
+    with (
+        mlflow_server(pipeline_run["tracking_uri"], tmp_path / "served", tmp_path / "server.log") as url,
+        sync_playwright() as playwright,
+    ):
         browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         try:
@@ -64,8 +74,9 @@ def test_ui_shows_the_pipeline_run_its_metrics_and_figures(pipeline_run, project
             # The viewer fetches the artifact and shows it from a blob: URL.
             image = page.locator("img[src^='blob:']").first
             image.wait_for(state="visible", timeout=30_000)
-            page.wait_for_function("img => img.complete && img.naturalWidth > 100",
-                                   arg=image.element_handle(), timeout=30_000)
+            page.wait_for_function(
+                "img => img.complete && img.naturalWidth > 100", arg=image.element_handle(), timeout=30_000
+            )
             page.screenshot(path=str(tmp_path / "figure.png"), full_page=True)
         finally:
             browser.close()

@@ -31,11 +31,20 @@ def raw_inputs(shape, n=3):
     return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("preset, shape", [
-    ("mlp", (28, 28, 1)), ("cnn", (28, 28, 1)), ("rnn", (28, 28, 1)), ("keras_mlp", (28, 28, 1)),
-    ("mlp_128_64", (28, 28, 1)), ("cnn2", (28, 28, 1)), ("lenet", (32, 32, 3)), ("cnn4", (32, 32, 3)),
-    ("tabular_mlp", (4,)),
-])
+@pytest.mark.parametrize(
+    "preset, shape",
+    [
+        ("mlp", (28, 28, 1)),
+        ("cnn", (28, 28, 1)),
+        ("rnn", (28, 28, 1)),
+        ("keras_mlp", (28, 28, 1)),
+        ("mlp_128_64", (28, 28, 1)),
+        ("cnn2", (28, 28, 1)),
+        ("lenet", (32, 32, 3)),
+        ("cnn4", (32, 32, 3)),
+        ("tabular_mlp", (4,)),
+    ],
+)
 def test_presets_are_sequential_with_input_and_probability_head(preset, shape):
     model = build_model(preset, shape, 7)
     assert isinstance(model, keras.Sequential)
@@ -55,22 +64,36 @@ def test_rnn_reads_rows_as_time_steps():
 
 
 def test_explicit_layer_list():
-    spec = [{"Conv2D": {"filters": 4, "kernel_size": 3}}, {"BatchNormalization": {}},
-            {"Dropout": {"rate": 0.5}}, {"Flatten": {}}, {"Dense": {"units": 8, "activation": "relu"}}]
+    spec = [
+        {"Conv2D": {"filters": 4, "kernel_size": 3}},
+        {"BatchNormalization": {}},
+        {"Dropout": {"rate": 0.5}},
+        {"Flatten": {}},
+        {"Dense": {"units": 8, "activation": "relu"}},
+    ]
     model = build_model(spec, (12, 12, 1), 3)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == ["Rescaling", "Conv2D", "BatchNormalization", "Dropout", "Flatten", "Dense", "Dense", "Activation"]
     assert model.output_shape == (None, 3)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ([{"Flatten": {}}, {"Conv3x": {}}], r"train\.model\[1\]: unknown Keras layer 'Conv3x'"),
-    ([{"Dense": {"unit": 3}}], r"train\.model\[0\]: Dense has no argument 'unit' \(did you mean 'units'\?\)"),
-    ([{"Flatten": {}}, {"Dense": {"units": 3, "activation": "nonsense"}}], r"train\.model\[1\]: Dense\(.*\) failed"),
-    ([{"Lambda": {"function": "x"}}], r"train\.model\[0\]: Lambda layers run arbitrary code"),
-    ([{"Conv2D": {"filters": 4, "kernel_size": 30}}], r"train\.model: the layers do not fit input shape \(12, 12, 1\)"),
-    ([{"Dens": {"units": 3}}], r"unknown Keras layer 'Dens' \(did you mean 'Dense'\?\)"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ([{"Flatten": {}}, {"Conv3x": {}}], r"train\.model\[1\]: unknown Keras layer 'Conv3x'"),
+        ([{"Dense": {"unit": 3}}], r"train\.model\[0\]: Dense has no argument 'unit' \(did you mean 'units'\?\)"),
+        (
+            [{"Flatten": {}}, {"Dense": {"units": 3, "activation": "nonsense"}}],
+            r"train\.model\[1\]: Dense\(.*\) failed",
+        ),
+        ([{"Lambda": {"function": "x"}}], r"train\.model\[0\]: Lambda layers run arbitrary code"),
+        (
+            [{"Conv2D": {"filters": 4, "kernel_size": 30}}],
+            r"train\.model: the layers do not fit input shape \(12, 12, 1\)",
+        ),
+        ([{"Dens": {"units": 3}}], r"unknown Keras layer 'Dens' \(did you mean 'Dense'\?\)"),
+    ],
+)
 def test_bad_layer_lists_name_the_index(spec, message):
     with pytest.raises(PipelineError, match=message) as info:
         build_model(spec, (12, 12, 1), 3)
@@ -82,8 +105,18 @@ CLASSIC = {
     "keras_mlp": ["Flatten", "Dense64", "Dense64"],
     "mlp_128_64": ["Flatten", "Dense128", "Dense64"],
     "lenet": ["Conv2D6", "MaxPooling2D", "Conv2D16", "MaxPooling2D", "Flatten", "Dense120", "Dense84"],
-    "cnn4": ["Conv2D16", "MaxPooling2D", "Conv2D32", "MaxPooling2D", "Conv2D64", "MaxPooling2D",
-             "Conv2D128", "MaxPooling2D", "Flatten", "Dense512"],
+    "cnn4": [
+        "Conv2D16",
+        "MaxPooling2D",
+        "Conv2D32",
+        "MaxPooling2D",
+        "Conv2D64",
+        "MaxPooling2D",
+        "Conv2D128",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense512",
+    ],
     "cnn2": ["Conv2D32", "MaxPooling2D", "Conv2D64", "MaxPooling2D", "Flatten", "Dense128"],
     "tabular_mlp": ["Dense10"],
 }
@@ -108,14 +141,25 @@ def test_lenet_parameter_count_matches_the_pytorch_tutorial():
     assert build_model("lenet", (32, 32, 3), 10).count_params() == 62_006
 
 
-@pytest.mark.parametrize("preset, shape, message", [
-    ("lenet", (28, 28, 1), r"preset 'lenet' is for 32×32×3 colour images \(CIFAR-10\); the data has 28×28×1 images "
-                           r"\(1 channel, it needs 3\)"),
-    ("cnn4", (8, 8, 3), r"preset 'cnn4' needs images of at least 16×16"),
-    ("tabular_mlp", (28, 28, 1), r"preset 'tabular_mlp' needs feature vectors \(a csv data set\), the data has 28×28×1"),
-    ("cnn2", (4,), r"preset 'cnn2' needs images \(height, width, channels\), the data has 4 feature vectors"),
-    ("rnn", (4,), r"preset 'rnn' needs images"),
-])
+@pytest.mark.parametrize(
+    "preset, shape, message",
+    [
+        (
+            "lenet",
+            (28, 28, 1),
+            r"preset 'lenet' is for 32×32×3 colour images \(CIFAR-10\); the data has 28×28×1 images "
+            r"\(1 channel, it needs 3\)",
+        ),
+        ("cnn4", (8, 8, 3), r"preset 'cnn4' needs images of at least 16×16"),
+        (
+            "tabular_mlp",
+            (28, 28, 1),
+            r"preset 'tabular_mlp' needs feature vectors \(a csv data set\), the data has 28×28×1",
+        ),
+        ("cnn2", (4,), r"preset 'cnn2' needs images \(height, width, channels\), the data has 4 feature vectors"),
+        ("rnn", (4,), r"preset 'rnn' needs images"),
+    ],
+)
 def test_a_preset_that_cannot_fit_the_data_fails_before_keras(preset, shape, message):
     with pytest.raises(PipelineError, match=r"^params\.yaml: train\.model: " + message):
         build_model(preset, shape, 10)
@@ -132,13 +176,16 @@ def test_the_model_normalises_its_raw_input_as_the_formula_says(shape):
     assert inside.dtype == np.float32
 
 
-@pytest.mark.parametrize("model, mode, expected", [
-    ("cnn", "preset", (0.2860402, 0.35302424)),      # the preset's convention: the measured statistics
-    ("keras_mlp", "preset", (0.0, 1.0)),             # its tutorial: pixels / 255
-    ("lenet", "preset", (0.5, 0.5)),                 # its tutorial: mean 0.5, std 0.5
-    ("keras_mlp", "dataset", (0.2860402, 0.35302424)),
-    ("cnn", "fixed", (0.1, 0.2)),
-])
+@pytest.mark.parametrize(
+    "model, mode, expected",
+    [
+        ("cnn", "preset", (0.2860402, 0.35302424)),  # the preset's convention: the measured statistics
+        ("keras_mlp", "preset", (0.0, 1.0)),  # its tutorial: pixels / 255
+        ("lenet", "preset", (0.5, 0.5)),  # its tutorial: mean 0.5, std 0.5
+        ("keras_mlp", "dataset", (0.2860402, 0.35302424)),
+        ("cnn", "fixed", (0.1, 0.2)),
+    ],
+)
 def test_train_normalization_modes(model, mode, expected):
     chosen = model_normalization(model, mode, statistics((28, 28, 1)), 0.1, 0.2)
     assert (chosen.mean, chosen.std, chosen.scale) == (*expected, PIXEL_SCALE)

@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from pipeline.errors import PipelineError
 from pipeline.params import flatten, load_params, parse_params
@@ -33,25 +34,52 @@ def test_committed_params_validate():
         ({**BASE, "prepare": {"seeds": 1}}, "params.yaml: prepare.seeds is not a known key"),
         ({**BASE, "prepare": {"val_fraction": 1.5}}, "params.yaml: prepare.val_fraction must be < 1.0, got 1.5"),
         ({**BASE, "train": {"batch_size": "big"}}, "params.yaml: train.batch_size must be an integer, got 'big'"),
-        ({**BASE, "train": {"model": "cnnx"}}, "params.yaml: train.model must be 'cnn', 'mlp', 'rnn', 'keras_mlp', "
-         "'mlp_128_64', 'lenet', 'cnn4', 'cnn2' or 'tabular_mlp', got 'cnnx'"),
-        ({**BASE, "train": {"model": [{"Dense": {}, "Flatten": {}}]}}, "params.yaml: train.model[0] must map one layer"),
-        ({**BASE, "train": {"mixed_precision": "yes"}}, "params.yaml: train.mixed_precision must be 'auto', 'on' or 'off', got 'yes'"),
-        ({"data": {"idx": {"class_names": ["a", "a"]}}}, "params.yaml: data.idx.class_names must be unique, 'a' repeats"),
-        ({"data": {"idx": {"sha256": {"nope.gz": "0" * 64}}}},
-         "params.yaml: data.idx.sha256 names 'nope.gz', which is not one of this format's files"),
-        ({"data": {"cifar10": {"sha256": {"data_batch_9.bin": "0" * 64}}}},
-         "params.yaml: data.cifar10.sha256 names 'data_batch_9.bin', which is not one of this format's files"),
-        ({"data": {"idx": {"sha256": {"train-images-idx3-ubyte.gz": "xyz"}}}},
-         "params.yaml: data.idx.sha256.train-images-idx3-ubyte.gz must match"),
-        ({"data": {"format": "parquet"}},
-         "params.yaml: data.format must be 'idx', 'cifar10', 'image_folder' or 'csv', got 'parquet'"),
-        ({"data": {"image_folder": {"color_mode": "cmyk"}}},
-         "params.yaml: data.image_folder.color_mode must be 'grayscale' or 'rgb', got 'cmyk'"),
-        ({"data": {"image_folder": {"image_size": [28, 0]}}}, "params.yaml: data.image_folder.image_size[1] must be >= 1, got 0"),
+        (
+            {**BASE, "train": {"model": "cnnx"}},
+            "params.yaml: train.model must be 'cnn', 'mlp', 'rnn', 'keras_mlp', "
+            "'mlp_128_64', 'lenet', 'cnn4', 'cnn2' or 'tabular_mlp', got 'cnnx'",
+        ),
+        (
+            {**BASE, "train": {"model": [{"Dense": {}, "Flatten": {}}]}},
+            "params.yaml: train.model[0] must map one layer",
+        ),
+        (
+            {**BASE, "train": {"mixed_precision": "yes"}},
+            "params.yaml: train.mixed_precision must be 'auto', 'on' or 'off', got 'yes'",
+        ),
+        (
+            {"data": {"idx": {"class_names": ["a", "a"]}}},
+            "params.yaml: data.idx.class_names must be unique, 'a' repeats",
+        ),
+        (
+            {"data": {"idx": {"sha256": {"nope.gz": "0" * 64}}}},
+            "params.yaml: data.idx.sha256 names 'nope.gz', which is not one of this format's files",
+        ),
+        (
+            {"data": {"cifar10": {"sha256": {"data_batch_9.bin": "0" * 64}}}},
+            "params.yaml: data.cifar10.sha256 names 'data_batch_9.bin', which is not one of this format's files",
+        ),
+        (
+            {"data": {"idx": {"sha256": {"train-images-idx3-ubyte.gz": "xyz"}}}},
+            "params.yaml: data.idx.sha256.train-images-idx3-ubyte.gz must match",
+        ),
+        (
+            {"data": {"format": "parquet"}},
+            "params.yaml: data.format must be 'idx', 'cifar10', 'image_folder' or 'csv', got 'parquet'",
+        ),
+        (
+            {"data": {"image_folder": {"color_mode": "cmyk"}}},
+            "params.yaml: data.image_folder.color_mode must be 'grayscale' or 'rgb', got 'cmyk'",
+        ),
+        (
+            {"data": {"image_folder": {"image_size": [28, 0]}}},
+            "params.yaml: data.image_folder.image_size[1] must be >= 1, got 0",
+        ),
         ({"data": {"csv": {"feature_columns": []}}}, "params.yaml: data.csv.feature_columns must have at least 1 item"),
-        ({"train": {"normalization": {"mode": "minmax"}}},
-         "params.yaml: train.normalization.mode must be 'preset', 'dataset' or 'fixed', got 'minmax'"),
+        (
+            {"train": {"normalization": {"mode": "minmax"}}},
+            "params.yaml: train.normalization.mode must be 'preset', 'dataset' or 'fixed', got 'minmax'",
+        ),
         ([1, 2], "params.yaml: must be a mapping of sections, got list"),
     ],
 )
@@ -75,7 +103,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_params_are_frozen_and_flatten_to_dotted_keys():
     params = parse_params(BASE)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen_instance"):
         params.train.epochs = 3
     flat = flatten(params)
     assert flat["train.epochs"] == params.train.epochs
@@ -99,7 +127,13 @@ def test_unset_train_keys_take_the_presets_values(preset):
     hyper = PRESETS[preset].hyper
     train = parse_params({"train": {"model": preset, "epochs": None}}).train
     assert (train.epochs, train.batch_size, train.optimizer, train.learning_rate, train.momentum, train.schedule) == (
-        hyper.epochs, hyper.batch_size, hyper.optimizer, hyper.learning_rate, hyper.momentum, hyper.schedule)
+        hyper.epochs,
+        hyper.batch_size,
+        hyper.optimizer,
+        hyper.learning_rate,
+        hyper.momentum,
+        hyper.schedule,
+    )
     assert train.augment.horizontal_flip == hyper.horizontal_flip
 
 

@@ -24,7 +24,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A model trained on the tiny data set and exported, plus its test images as PNG and .npy."""
-    from conftest import write_idx_dataset
     from pipeline.export import export
     from pipeline.fetch import fetch
     from pipeline.params import parse_params
@@ -32,16 +31,28 @@ def exported(tmp_path_factory):
     from pipeline.records import read_meta, read_split_arrays
     from pipeline.train import train
 
+    from conftest import write_idx_dataset
+
     root = tmp_path_factory.mktemp("predict")
-    params = parse_params({"data": write_idx_dataset(root / "source"), "prepare": {"shard_size": 50},
-                           "train": {"model": "mlp", "epochs": 8, "batch_size": 16, "learning_rate": 0.01,
-                                     "early_stopping_patience": 0},
-                           "export": {"quantize": False}})
+    params = parse_params(
+        {
+            "data": write_idx_dataset(root / "source"),
+            "prepare": {"shard_size": 50},
+            "train": {
+                "model": "mlp",
+                "epochs": 8,
+                "batch_size": 16,
+                "learning_rate": 0.01,
+                "early_stopping_patience": 0,
+            },
+            "export": {"quantize": False},
+        }
+    )
     fetch(params.data, root / "raw")
     prepare(root / "raw", root / "prepared", params)
     prepared = str(root / "prepared")
     meta = read_meta(prepared)
-    model = train(params, root / "prepared", root / "work", verbose=0)["model"]  # the project's training core
+    model = train(params, root / "prepared", root / "work", verbose=0).model  # the project's training core
     model.save(root / "model.keras")
     export(root / "model.keras", prepared, root / "exported", params.export, seed=0, run_id=None)
 
@@ -51,14 +62,24 @@ def exported(tmp_path_factory):
     for i, image in enumerate(images[:12]):
         Image.fromarray(image[..., 0]).save(pngs / f"{i:02d}_{meta.class_names[labels[i]]}.png")
     np.save(root / "test.npy", images)
-    return {"root": root, "model": root / "exported/model.onnx", "pngs": pngs, "images": images,
-            "labels": labels, "class_names": meta.class_names}
+    return {
+        "root": root,
+        "model": root / "exported/model.onnx",
+        "pngs": pngs,
+        "images": images,
+        "labels": labels,
+        "class_names": meta.class_names,
+    }
 
 
 def invoke(port: int, body: dict, expect_error: bool = False):
     """POST a JSON body to `mlflow models serve`'s /invocations; (status, body) when an error is expected."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        method="POST",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             assert not expect_error, "the server accepted a bad request"
@@ -70,8 +91,13 @@ def invoke(port: int, body: dict, expect_error: bool = False):
 
 
 def predict(args, cwd, python=PYTHON, check=True):
-    proc = subprocess.run([python, "-m", "pipeline.predict", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": ""})
+    proc = subprocess.run(
+        [python, "-m", "pipeline.predict", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -82,14 +108,18 @@ def json_lines(text):
 
 
 def test_import_does_not_load_tensorflow_or_keras(exported, tmp_path):
-    code = ("import sys; import pipeline.predict as p; p.main(['--json', '--model', sys.argv[1], sys.argv[2]]);"
-            "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'mlflow') if m in sys.modules];"
-            "assert not bad, bad")
+    code = (
+        "import sys; import pipeline.predict as p; p.main(['--json', '--model', sys.argv[1], sys.argv[2]]);"
+        "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'mlflow') if m in sys.modules];"
+        "assert not bad, bad"
+    )
     run([PYTHON, "-c", code, str(exported["model"]), str(exported["pngs"])], tmp_path)
 
 
 def test_pngs_directory_and_npy_agree_with_the_labels(exported, tmp_path):
-    out = json_lines(predict(["--json", "--top-k", "2", "--model", exported["model"], exported["pngs"]], tmp_path).stdout)
+    out = json_lines(
+        predict(["--json", "--top-k", "2", "--model", exported["model"], exported["pngs"]], tmp_path).stdout
+    )
     assert len(out) == 12 and all(len(r["predictions"]) == 2 for r in out)
     names = exported["class_names"]
     correct = [r["predictions"][0]["class"] == Path(r["input"]).stem.split("_", 1)[1] for r in out]
@@ -132,8 +162,20 @@ def test_bad_inputs_are_named_and_the_rest_still_predicted(exported, tmp_path):
     np.save(tmp_path / "wrong.npy", np.zeros((3, 5)))
     (tmp_path / "pickle.npy").write_bytes(b"garbage")
     good = sorted(exported["pngs"].iterdir())[0]
-    proc = predict(["--json", "--model", exported["model"], tmp_path / "fake.png", good, tmp_path / "wrong.npy",
-                    tmp_path / "missing.png", tmp_path / "pickle.npy"], tmp_path, check=False)
+    proc = predict(
+        [
+            "--json",
+            "--model",
+            exported["model"],
+            tmp_path / "fake.png",
+            good,
+            tmp_path / "wrong.npy",
+            tmp_path / "missing.png",
+            tmp_path / "pickle.npy",
+        ],
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1
     errors = proc.stderr.strip().splitlines()
     assert errors[0] == f"error: {tmp_path / 'fake.png'}: not an image Pillow can read"
@@ -149,8 +191,10 @@ def test_model_without_metadata_is_refused(exported, tmp_path):
     onnx.save(model, str(tmp_path / "bare.onnx"))
     proc = predict(["--model", tmp_path / "bare.onnx", exported["pngs"]], tmp_path, check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == (f"error: {tmp_path / 'bare.onnx'}: metadata lacks class_names, input_shape, "
-                                   "input_layout (not exported by this pipeline?)")
+    assert proc.stderr.strip() == (
+        f"error: {tmp_path / 'bare.onnx'}: metadata lacks class_names, input_shape, "
+        "input_layout (not exported by this pipeline?)"
+    )
 
 
 def test_table_output_in_a_terminal_format(exported, tmp_path):
@@ -168,16 +212,33 @@ def test_clean_virtualenv_with_only_the_predictor_dependencies(exported, tmp_pat
     env = {"UV_PYTHON_DOWNLOADS": "never"}
     run([*uv, "venv", "--quiet", "--python", PYTHON, str(venv)], tmp_path, **env)
     requirements = tmp_path / "requirements.txt"
-    run([*uv, "export", "--quiet", "--locked", "--no-dev", "--no-emit-project", "--no-hashes",
-         "--output-file", str(requirements)], REPO, **env)
+    run(
+        [
+            *uv,
+            "export",
+            "--quiet",
+            "--locked",
+            "--no-dev",
+            "--no-emit-project",
+            "--no-hashes",
+            "--output-file",
+            str(requirements),
+        ],
+        REPO,
+        **env,
+    )
     python = str(venv / "bin/python")
     run([*uv, "pip", "install", "--quiet", "--python", python, "-r", str(requirements)], tmp_path, **env)
     run([*uv, "pip", "install", "--quiet", "--python", python, "--no-deps", str(REPO)], tmp_path, **env)
     installed = run([*uv, "pip", "list", "--python", python, "--format", "json"], tmp_path, **env).stdout
     names = {p["name"].lower() for p in json.loads(installed)}
     assert not names & {"tensorflow", "keras", "tf2onnx", "mlflow", "onnx"}, names
-    proc = subprocess.run([str(venv / "bin/pipeline-predict"), "--json", "--model", str(exported["model"]),
-                           str(exported["pngs"])], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(venv / "bin/pipeline-predict"), "--json", "--model", str(exported["model"]), str(exported["pngs"])],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json_lines(proc.stdout)
     correct = [r["predictions"][0]["class"] == Path(r["input"]).stem.split("_", 1)[1] for r in out]
@@ -186,10 +247,10 @@ def test_clean_virtualenv_with_only_the_predictor_dependencies(exported, tmp_pat
 
 def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_path):
     """`mlflow models serve` (--env-manager local) on loopback answers like the local predictor."""
-    import urllib.request
 
     from pipeline.predict import OnnxClassifier
     from pipeline.tracking import Tracker
+
     from servers import free_port, stop, wait_for_http
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -200,10 +261,26 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
     port = free_port()
     mlflow = str(Path(PYTHON).parent / "mlflow")
     with open(tmp_path / "serve.log", "w") as log:
-        server = subprocess.Popen([mlflow, "models", "serve", "-m", f"models:/tiny-classifier/{version}",
-                                   "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-                                  cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                  env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+        server = subprocess.Popen(
+            [
+                mlflow,
+                "models",
+                "serve",
+                "-m",
+                f"models:/tiny-classifier/{version}",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server, timeout=180)
         classifier = OnnxClassifier(exported["model"])
@@ -215,7 +292,10 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
         status, body = invoke(port, {"inputs": {"image": bad.tolist()}}, expect_error=True)
         assert status == 400 and "256" in body["message"]
         status, body = invoke(port, {"inputs": {"image": pixels[..., 0].tolist()}}, expect_error=True)
-        assert status == 400 and "Shape of input (6, 28, 28) does not match expected shape (-1, 28, 28, 1)" in body["message"]
+        assert (
+            status == 400
+            and "Shape of input (6, 28, 28) does not match expected shape (-1, 28, 28, 1)" in body["message"]
+        )
         status, body = invoke(port, {"inputs": {"pixels": pixels.tolist()}}, expect_error=True)
         assert status == 400 and "missing inputs ['image']" in body["message"]
     finally:

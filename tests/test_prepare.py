@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.fetch import fetch
-from pipeline.idx import read_images_and_labels, write_idx
+from pipeline.formats.idx import read_images_and_labels, write_idx
 from pipeline.params import parse_params
 from pipeline.prepare import prepare
 from pipeline.records import read_meta, read_split_arrays
@@ -49,8 +49,7 @@ def test_split_is_seeded(tiny_data, raw, tmp_path):
     run_prepare(tiny_data, raw, tmp_path / "a", seed=1)
     run_prepare(tiny_data, raw, tmp_path / "b", seed=1)
     run_prepare(tiny_data, raw, tmp_path / "c", seed=2)
-    val = {name: read_split_arrays(str(tmp_path / name), read_meta(str(tmp_path / name)), "val")[0]
-           for name in "abc"}
+    val = {name: read_split_arrays(str(tmp_path / name), read_meta(str(tmp_path / name)), "val")[0] for name in "abc"}
     np.testing.assert_array_equal(val["a"], val["b"])
     assert not np.array_equal(val["a"], val["c"])
 
@@ -77,16 +76,27 @@ def test_duplicates_between_train_and_test_are_counted(tiny_data, raw, tmp_path)
     assert report["duplicates"]["test_in_train"] == 3
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (lambda raw, f: (raw / f["train_labels"]).write_bytes((raw / f["train_labels"]).read_bytes()[:20]),
-     "train-labels-idx1-ubyte.gz: truncated gzip stream"),
-    (lambda raw, f: write_idx(raw / f["test_labels"], np.array([0, 1, 9] * 13 + [0], np.uint8)),
-     "t10k-labels-idx1-ubyte.gz: label 9 at index 2 is outside the 4 classes"),
-    (lambda raw, f: write_idx(raw / f["test_labels"], np.zeros(39, np.uint8)),
-     "t10k-labels-idx1-ubyte.gz: holds 39 labels but"),
-    (lambda raw, f: write_idx(raw / f["test_images"], np.zeros((40, 27, 28), np.uint8)),
-     r"t10k-images-idx3-ubyte.gz: input shape \(27, 28, 1\) differs"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (
+            lambda raw, f: (raw / f["train_labels"]).write_bytes((raw / f["train_labels"]).read_bytes()[:20]),
+            "train-labels-idx1-ubyte.gz: truncated gzip stream",
+        ),
+        (
+            lambda raw, f: write_idx(raw / f["test_labels"], np.array([0, 1, 9] * 13 + [0], np.uint8)),
+            "t10k-labels-idx1-ubyte.gz: label 9 at index 2 is outside the 4 classes",
+        ),
+        (
+            lambda raw, f: write_idx(raw / f["test_labels"], np.zeros(39, np.uint8)),
+            "t10k-labels-idx1-ubyte.gz: holds 39 labels but",
+        ),
+        (
+            lambda raw, f: write_idx(raw / f["test_images"], np.zeros((40, 27, 28), np.uint8)),
+            r"t10k-images-idx3-ubyte.gz: input shape \(27, 28, 1\) differs",
+        ),
+    ],
+)
 def test_bad_input_fails_and_keeps_previous_output(tiny_data, raw, tmp_path, corrupt, message):
     out = tmp_path / "prepared"
     run_prepare(tiny_data, raw, out)
@@ -112,7 +122,9 @@ def test_class_too_small_to_stratify(tiny_data, raw, tmp_path):
     labels[0] = 3
     labels[1:60] = 1
     write_idx(raw / files["train_labels"], labels)
-    with pytest.raises(PipelineError, match="class 2 has 0|class 3 has 1"):
+    # Classes 0, 1 and 3 occur (2 does not, which is no error); class 3 once is too few.
+    msg = "prepare.val_fraction: class 3 has 1 training example; a stratified split needs at least 2 per class"
+    with pytest.raises(PipelineError, match=f"^{msg}$"):
         run_prepare(tiny_data, raw, tmp_path / "prepared")
 
 
@@ -136,13 +148,20 @@ def test_shards_are_byte_identical_across_processes(tmp_path):
 
     from pipeline.records import write_split
 
-    script = ("import sys, hashlib, numpy as np; from pathlib import Path; from pipeline.records import write_split;"
-              "d = Path(sys.argv[1]); write_split(d, np.arange(24, dtype=np.uint8).reshape(3, 2, 4, 1),"
-              " np.array([0, 1, 2]), 10); print(hashlib.sha256((d / 'part-00000-of-00001.tfrecord').read_bytes()).hexdigest())")
+    script = (
+        "import sys, hashlib, numpy as np; from pathlib import Path; from pipeline.records import write_split;"
+        "d = Path(sys.argv[1]); write_split(d, np.arange(24, dtype=np.uint8).reshape(3, 2, 4, 1),"
+        " np.array([0, 1, 2]), 10);"
+        " print(hashlib.sha256((d / 'part-00000-of-00001.tfrecord').read_bytes()).hexdigest())"
+    )
     from conftest import tool_env
 
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"p{i}")], stdout=subprocess.PIPE,
-                              text=True, env=tool_env()) for i in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / f"p{i}")], stdout=subprocess.PIPE, text=True, env=tool_env()
+        )
+        for i in range(6)
+    ]
     digests = {proc.communicate()[0].strip() for proc in procs}
     write_split(tmp_path / "here", np.arange(24, dtype=np.uint8).reshape(3, 2, 4, 1), np.array([0, 1, 2]), 10)
     digests.add(hashlib.sha256((tmp_path / "here/part-00000-of-00001.tfrecord").read_bytes()).hexdigest())

@@ -24,15 +24,23 @@ DATA = {
     "idx": lambda d: write_idx_dataset(d),
     "cifar10": lambda d: write_cifar10_dataset(d),
     "image_folder_grey": lambda d: write_image_folder_dataset(d),
-    "image_folder_rgb_no_test": lambda d: {**write_image_folder_dataset(d, size=32, rgb=True),
-                                           "image_folder": {"test": None, "color_mode": "rgb", "image_size": [32, 32]}},
+    "image_folder_rgb_no_test": lambda d: {
+        **write_image_folder_dataset(d, size=32, rgb=True),
+        "image_folder": {"test": None, "color_mode": "rgb", "image_size": [32, 32]},
+    },
     "csv": lambda d: write_csv_dataset(d),
 }
 
 CASES = [
-    ("cnn", "idx"), ("mlp", "cifar10"), ("rnn", "idx"), ("keras_mlp", "idx"),
-    ("mlp_128_64", "image_folder_grey"), ("lenet", "cifar10"), ("cnn4", "image_folder_rgb_no_test"),
-    ("cnn2", "idx"), ("tabular_mlp", "csv"),
+    ("cnn", "idx"),
+    ("mlp", "cifar10"),
+    ("rnn", "idx"),
+    ("keras_mlp", "idx"),
+    ("mlp_128_64", "image_folder_grey"),
+    ("lenet", "cifar10"),
+    ("cnn4", "image_folder_rgb_no_test"),
+    ("cnn2", "idx"),
+    ("tabular_mlp", "csv"),
 ]
 
 

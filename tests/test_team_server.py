@@ -31,14 +31,23 @@ def test_two_trainings_at_once_against_a_postgres_backed_server(postgres_availab
     shutil.copytree(project, second, ignore=shutil.ignore_patterns("store"))
     set_params(second, "train", learning_rate=0.003)
 
-    with postgres_cluster(tmp_path / "pg") as database, \
-            mlflow_server(database, tmp_path / "artifacts", tmp_path / "mlflow.log", workers=2) as url:
-        procs = [subprocess.Popen(["python", "-m", "pipeline.train"], cwd=directory,
-                                  env=tool_env(MLFLOW_TRACKING_URI=url), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-                 for directory in (project, second)]
+    with (
+        postgres_cluster(tmp_path / "pg") as database,
+        mlflow_server(database, tmp_path / "artifacts", tmp_path / "mlflow.log", workers=2) as url,
+    ):
+        procs = [
+            subprocess.Popen(
+                ["python", "-m", "pipeline.train"],
+                cwd=directory,
+                env=tool_env(MLFLOW_TRACKING_URI=url),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for directory in (project, second)
+        ]
         outputs = [proc.communicate(timeout=600)[0] for proc in procs]
-        for proc, output in zip(procs, outputs):
+        for proc, output in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, output[-3000:]
             assert "database is locked" not in output
 
@@ -50,8 +59,9 @@ def test_two_trainings_at_once_against_a_postgres_backed_server(postgres_availab
             run = client.get_run(info["run_id"])
             assert run.info.status == "FINISHED"
             for key in ("loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"):
-                assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == \
-                    list(range(1, epochs + 1)), key
+                assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(
+                    range(1, epochs + 1)
+                ), key
             artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "training")}
             assert "training/history.csv" in artifacts
             run_ids.append(run.info.run_id)

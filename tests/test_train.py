@@ -20,8 +20,14 @@ def train_cmd():
 
 
 def run_train(project, **env):
-    proc = subprocess.run(train_cmd(), cwd=project, env=tool_env(MLFLOW_TRACKING_URI="", **env),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        train_cmd(),
+        cwd=project,
+        env=tool_env(MLFLOW_TRACKING_URI="", **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -32,7 +38,7 @@ def test_train_writes_outputs_and_one_mlflow_run(project):
     set_params(project, "train", epochs=3, early_stopping_patience=0)
     run_train(project)
     assert (project / "models/model.keras").is_file()
-    rows = list(csv.DictReader(open(project / "models/history.csv")))
+    rows = list(csv.DictReader((project / "models/history.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
     # The cosine schedule decays the rate epoch by epoch.
@@ -69,10 +75,38 @@ def test_training_is_deterministic(project):
         work = project / f"work{attempt}"
         work.mkdir()
         result = train(params, project / "data/prepared", work, verbose=0)
-        weights.append(result["model"].get_weights())
-        histories.append(result["history"])
-    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+        weights.append(result.model.get_weights())
+        histories.append(result.history)
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
     assert histories[0] == histories[1]  # every epoch's loss and accuracy, bit for bit
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"model": "cnn", "epochs": 2, "augment": {"horizontal_flip": True}}],
+    ids=["conv", "cnn-batchnorm-dropout-flip"],
+)
+def test_the_custom_loop_gives_fit_s_weights_and_history_in_one_process(project, extra):
+    """The two loops must not drift: the multi-worker loop (pipeline/multi_worker.py), run as one
+    process, steps as Keras' fit does. Every full batch is bit-identical; the partial last batch
+    (108 examples in batches of 16) is rounded differently by Keras' own traced step (measured:
+    weights 1e-8 apart after it), so weights and metrics are compared within float32 rounding."""
+    from pipeline.params import load_params
+    from pipeline.train import train
+
+    set_params(project, "train", early_stopping_patience=0, **extra)
+    params = load_params(project / "params.yaml")
+    results = {loop: train(params, project / "data/prepared", project / loop, verbose=0, loop=loop)
+               for loop in ("fit", "custom")}  # fmt: skip
+    fit, custom = results["fit"], results["custom"]
+    assert (fit.report["training_loop"], custom.report["training_loop"]) == ("keras fit", "custom (tf.distribute)")
+    for a, b in zip(fit.model.get_weights(), custom.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert [row["epoch"] for row in fit.history] == [row["epoch"] for row in custom.history]
+    for a, b in zip(fit.history, custom.history, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
 
 
 def test_learns_the_tiny_task(project):
@@ -86,8 +120,15 @@ def test_killed_training_resumes_from_its_last_epoch(project):
     epochs = 100
     set_params(project, "train", epochs=epochs, early_stopping_patience=0, schedule="constant")
     state = project / "models/.train-state"
-    proc = subprocess.Popen(train_cmd(), cwd=project, env=tool_env(MLFLOW_TRACKING_URI=""),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        train_cmd(),
+        cwd=project,
+        env=tool_env(MLFLOW_TRACKING_URI=""),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         history = state / "history.csv"
@@ -105,10 +146,11 @@ def test_killed_training_resumes_from_its_last_epoch(project):
 
     again = run_train(project)
     assert "resuming interrupted training" in again.stderr
-    first_epoch = next(int(line.split()[1].split("/")[0]) for line in again.stdout.splitlines()
-                       if line.startswith("Epoch "))
+    first_epoch = next(
+        int(line.split()[1].split("/")[0]) for line in again.stdout.splitlines() if line.startswith("Epoch ")
+    )
     assert first_epoch >= done_before - 1  # continued, not restarted from epoch 1
-    epochs_seen = [int(r["epoch"]) for r in csv.DictReader(open(project / "models/history.csv"))]
+    epochs_seen = [int(r["epoch"]) for r in csv.DictReader((project / "models/history.csv").read_text().splitlines())]
     assert epochs_seen == list(range(1, epochs + 1))
     assert json.loads((project / "models/mlflow_run.json").read_text())["run_id"] == run_before
 
@@ -120,17 +162,18 @@ def test_the_default_model_trains_sanely_on_a_few_thousand_images(tmp_path):
     Keras' default BatchNorm momentum (0.99) the moving statistics that inference uses barely move
     in so few steps: validation accuracy measured 0.57 against training's 0.81 at epoch 3 (0.85
     with the preset's 0.9)."""
-    from conftest import FASHION_MNIST, subset_of_fashion_mnist
     from pipeline.fetch import fetch
     from pipeline.params import parse_params
     from pipeline.prepare import prepare
     from pipeline.train import train
 
+    from conftest import FASHION_MNIST, subset_of_fashion_mnist
+
     data = subset_of_fashion_mnist(tmp_path / "source", n_train=4000, n_test=500)
     params = parse_params({"data": data, "train": {"model": "cnn", "epochs": 3, "early_stopping_patience": 0}})
     fetch(params.data, tmp_path / "raw")
     prepare(tmp_path / "raw", tmp_path / "prepared", params)
-    history = train(params, tmp_path / "prepared", tmp_path / "work", verbose=0)["history"]
+    history = train(params, tmp_path / "prepared", tmp_path / "work", verbose=0).history
     last = history[-1]
     assert last["accuracy"] > 0.75, FASHION_MNIST
     assert last["val_accuracy"] > 0.8 and last["val_accuracy"] >= last["accuracy"] - 0.05

@@ -1,4 +1,4 @@
-"""Image folders: <root>/<class name>/<image>.png|.jpg|.jpeg, decoded with Pillow, converted to the
+"""Data format `image_folder`: <root>/<class name>/<image>.png|.jpg|.jpeg, decoded with Pillow, converted to the
 colour mode and resized to the size in params. Class names are the folder names, in sorted order,
 unless params give them. An image that cannot be decoded stops the stage, or is skipped and
 reported, as `data.image_folder.unreadable` says.
@@ -8,20 +8,58 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
 from pipeline.errors import PipelineError, first_line
+from pipeline.formats.base import FormatSection, RawData
 
+NAME = "image_folder"
+URL_PREFIX_OK = False  # a folder tree has no file list to append to a URL: a directory or an archive
 EXTENSIONS = (".png", ".jpg", ".jpeg")
+Side = Annotated[int, Field(ge=1, le=4096)]
+
+
+class Section(FormatSection):
+    """`data.image_folder`: one subdirectory per class of PNG/JPEG files, under `train` (and `test`)."""
+
+    train: str = "train"
+    test: str | None = "test"  # null: prepare.test_fraction of `train` becomes the test split
+    image_size: tuple[Side, Side] = (28, 28)
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    unreadable: Literal["fail", "skip"] = "fail"  # an image that cannot be decoded: stop, or skip and report
+
+    def files(self) -> list[str]:
+        return [f"{self.train}/"] + ([f"{self.test}/"] if self.test else [])
+
+    def known_files(self) -> list[str] | None:
+        return None  # any image under the folders may be named
+
+
+def read(raw_dir: Path, section: Section) -> RawData:
+    args = (tuple(section.image_size), section.color_mode, section.unreadable)
+    train = read_image_folder(raw_dir / section.train, *args, class_names=section.class_names)
+    test = None
+    skipped = list(train.skipped)
+    if section.test:
+        test = read_image_folder(raw_dir / section.test, *args, class_names=train.class_names)
+        skipped += test.skipped
+    return RawData(
+        (train.images, train.labels),
+        (test.images, test.labels) if test else None,
+        train.class_names,
+        skipped=skipped,
+    )
 
 
 @dataclass
 class FolderImages:
-    images: np.ndarray            # (n, height, width, channels) uint8
-    labels: np.ndarray            # (n,) int64
+    images: np.ndarray  # (n, height, width, channels) uint8
+    labels: np.ndarray  # (n,) int64
     class_names: list[str]
-    skipped: list[str] = field(default_factory=list)   # unreadable files, relative to the data root
+    skipped: list[str] = field(default_factory=list)  # unreadable files, relative to the data root
 
 
 def class_folders(root: Path, class_names: list[str] | None) -> list[str]:
@@ -34,8 +72,9 @@ def class_folders(root: Path, class_names: list[str] | None) -> list[str]:
         return found
     if sorted(class_names) != found:
         extra = sorted(set(found) - set(class_names)) or sorted(set(class_names) - set(found))
-        raise PipelineError(f"{root}: class folders {found} do not match data.image_folder.class_names "
-                            f"(differ in {extra[0]!r})")
+        raise PipelineError(
+            f"{root}: class folders {found} do not match data.image_folder.class_names (differ in {extra[0]!r})"
+        )
     return list(class_names)
 
 
@@ -77,8 +116,9 @@ def _decode(image, size: tuple[int, int], color_mode: str) -> np.ndarray:
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
-def read_image_folder(root: Path, size: tuple[int, int], color_mode: str, unreadable: str,
-                      class_names: list[str] | None = None) -> FolderImages:
+def read_image_folder(
+    root: Path, size: tuple[int, int], color_mode: str, unreadable: str, class_names: list[str] | None = None
+) -> FolderImages:
     names = class_folders(root, class_names)
     images, labels, skipped = [], [], []
     for label, name in enumerate(names):
@@ -90,8 +130,10 @@ def read_image_folder(root: Path, size: tuple[int, int], color_mode: str, unread
                 images.append(load_image(path, size, color_mode))
             except UnreadableImage as exc:
                 if unreadable == "fail":
-                    raise PipelineError(f"{path}: unreadable image ({exc}); "
-                                        "set data.image_folder.unreadable: skip to leave such files out") from None
+                    raise PipelineError(
+                        f"{path}: unreadable image ({exc}); "
+                        "set data.image_folder.unreadable: skip to leave such files out"
+                    ) from None
                 skipped.append(str(path.relative_to(root.parent)))
                 continue
             labels.append(label)

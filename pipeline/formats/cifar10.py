@@ -1,18 +1,43 @@
-"""The CIFAR-10 *binary* format: each record is 1 label byte then 3072 pixel bytes, the 32×32 red,
-green and blue planes in turn. Plain bytes, so reading runs no code from the file (the pickled
+"""Data format `cifar10`: the CIFAR-10 *binary* version. Each record is 1 label byte then 3072 pixel
+bytes, the 32×32 red, green and blue planes in turn. Plain bytes, so reading runs no code from the file (the pickled
 "Python version" of CIFAR-10 would: we never load it). Writing is for tests and users' own data.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 from pipeline.errors import PipelineError
+from pipeline.formats.base import FormatSection, RawData
+from pipeline.schema import ClassNames
 
+NAME = "cifar10"
+URL_PREFIX_OK = True
 SIDE = 32
 RECORD = 1 + 3 * SIDE * SIDE
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class Section(FormatSection):
+    """`data.cifar10`: batch files of records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32)."""
+
+    train: Annotated[list[str], Field(min_length=1)] = [f"data_batch_{i}.bin" for i in range(1, 6)]
+    test: Annotated[list[str], Field(min_length=1)] = ["test_batch.bin"]
+    class_names: ClassNames | None = CIFAR10_CLASSES
+
+    def files(self) -> list[str]:
+        return [*self.train, *self.test]
+
+
+def read(raw_dir: Path, section: Section) -> RawData:
+    names = section.class_names or [str(i) for i in range(10)]
+    train = read_batches([raw_dir / f for f in section.train], len(names))
+    test = read_batches([raw_dir / f for f in section.test], len(names))
+    return RawData(train, test, list(names))
 
 
 def read_batch(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,8 +57,10 @@ def read_batch(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     labels = records[:, 0].astype(np.int64)
     bad = np.flatnonzero(labels >= n_classes)
     if bad.size:
-        raise PipelineError(f"{path}: record {int(bad[0])} has label {int(labels[bad[0]])}, outside the "
-                            f"{n_classes} classes in data.cifar10.class_names")
+        raise PipelineError(
+            f"{path}: record {int(bad[0])} has label {int(labels[bad[0]])}, outside the "
+            f"{n_classes} classes in data.cifar10.class_names"
+        )
     images = records[:, 1:].reshape(-1, 3, SIDE, SIDE).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
 

@@ -1,4 +1,4 @@
-"""CSV tables: a header row, numeric feature columns and a label column (names from params).
+"""Data format `csv`: tables with a header row, numeric feature columns and a label column (names from params).
 
 Every cell is checked: a missing value or a non-numeric feature is an error naming the file, the
 row (as a spreadsheet shows it: the header is row 1) and the column. Labels are text; the class
@@ -12,22 +12,60 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 from pipeline.errors import PipelineError
+from pipeline.formats.base import FormatSection, RawData
+
+NAME = "csv"
+URL_PREFIX_OK = True
+
+
+class Section(FormatSection):
+    """`data.csv`: a table with a header row, numeric feature columns and a label column."""
+
+    train: str = "train.csv"
+    test: str | None = "test.csv"  # null: prepare.test_fraction of `train` becomes the test split
+    label_column: str = "label"
+    feature_columns: Annotated[list[str], Field(min_length=1)] | None = None  # null: every column but the label
+
+    def files(self) -> list[str]:
+        return [self.train] + ([self.test] if self.test else [])
+
+
+def read(raw_dir: Path, section: Section) -> RawData:
+    train_path = raw_dir / section.train
+    train = read_table(train_path, section.label_column, section.feature_columns)
+    test_path = raw_dir / section.test if section.test else None
+    test = read_table(test_path, section.label_column, train.feature_names) if test_path else None
+    names = section.class_names or class_names_of(train.labels)
+    if len(names) < 2:
+        raise PipelineError(
+            f"{train_path}: column {section.label_column!r} holds one class ({names[0]!r}); "
+            "a classifier needs at least 2"
+        )
+    y_train = encode_labels(train_path, train, names, section.label_column)
+    test_split = (test.features, encode_labels(test_path, test, names, section.label_column)) if test else None
+    return RawData((train.features, y_train), test_split, list(names), feature_names=train.feature_names)
 
 
 @dataclass
 class Table:
-    features: np.ndarray      # (n, n_features) float32
+    features: np.ndarray  # (n, n_features) float32
     labels: list[str]
     feature_names: list[str]
-    row_numbers: list[int]    # each example's row in the file (header = 1), for error messages
+    row_numbers: list[int]  # each example's row in the file (header = 1), for error messages
 
 
-def read_table(path: Path, label_column: str | None, feature_columns: list[str] | None,
-               columns_from: str = "data.csv.feature_columns") -> Table:
+def read_table(
+    path: Path,
+    label_column: str | None,
+    feature_columns: list[str] | None,
+    columns_from: str = "data.csv.feature_columns",
+) -> Table:
     """The table at `path`; `label_column` None reads features only (inputs to predict).
     `columns_from` names where `feature_columns` came from, for the error message."""
     try:
@@ -42,8 +80,10 @@ def read_table(path: Path, label_column: str | None, feature_columns: list[str] 
     header = [cell.strip() for cell in rows[0]]
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
-        raise PipelineError(f"{path}: header names column {repeated[0]!r} more than once "
-                            f"(columns {[i + 1 for i, name in enumerate(header) if name == repeated[0]]})")
+        raise PipelineError(
+            f"{path}: header names column {repeated[0]!r} more than once "
+            f"(columns {[i + 1 for i, name in enumerate(header) if name == repeated[0]]})"
+        )
     if label_column is not None and label_column not in header:
         raise PipelineError(f"{path}: no label column {label_column!r} (data.csv.label_column); columns are {header}")
     names = feature_columns if feature_columns is not None else [c for c in header if c != label_column]
@@ -69,7 +109,7 @@ def read_table(path: Path, label_column: str | None, feature_columns: list[str] 
             if not label:
                 raise PipelineError(f"{path}: row {number}, column {label_column!r}: missing label")
             labels.append(label)
-        for j, (column, at) in enumerate(zip(names, feature_at)):
+        for j, (column, at) in enumerate(zip(names, feature_at, strict=True)):
             cell = row[at].strip()
             if not cell:
                 raise PipelineError(f"{path}: row {number}, column {column!r}: missing value")
@@ -103,17 +143,20 @@ def encode_labels(path: Path, table: Table, class_names: list[str], column: str)
     codes = np.empty(len(table.labels), dtype=np.int64)
     for i, label in enumerate(table.labels):
         if label not in index:
-            raise PipelineError(f"{path}: row {table.row_numbers[i]}, column {column!r}: label {label!r} is not "
-                                f"one of the classes {class_names} (data.csv.class_names)")
+            raise PipelineError(
+                f"{path}: row {table.row_numbers[i]}, column {column!r}: label {label!r} is not "
+                f"one of the classes {class_names} (data.csv.class_names)"
+            )
         codes[i] = index[label]
     return codes
 
 
-def write_table(path: Path, features: np.ndarray, labels: list, feature_names: list[str],
-                label_column: str = "label") -> None:
+def write_table(
+    path: Path, features: np.ndarray, labels: list, feature_names: list[str], label_column: str = "label"
+) -> None:
     """Write a feature table and its labels as CSV with a header row (for tests and users)."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*feature_names, label_column])
-        for row, label in zip(features, labels):
+        for row, label in zip(features, labels, strict=True):
             writer.writerow([*(repr(float(v)) for v in row), label])

@@ -1,4 +1,4 @@
-"""MNIST-style IDX files (gzip'd or plain): strict reading, writing for tests and users, content hashing.
+"""Data format `idx`: MNIST-style IDX files (gzip'd or plain), strictly read; writing for tests and users.
 
 Format: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then one
 big-endian uint32 per dimension, then the data in C order. Every way a file can be wrong
@@ -7,59 +7,58 @@ is a PipelineError naming the file.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import hashlib
 import math
-import os
 import struct
-import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import PipelineError, first_line
+from pipeline.errors import PipelineError
+from pipeline.formats.base import FormatSection, RawData, check_same_shape
+from pipeline.hashing import is_gzip, reading
+from pipeline.schema import Checksums, ClassNames
 
+NAME = "idx"
+URL_PREFIX_OK = True  # data.source may be an http(s) prefix the file names are appended to
 UBYTE = 0x08
 _CHUNK = 1 << 20
 _MAX_DEFLATE_RATIO = 1032  # deflate's largest possible expansion (RFC 1951: 258 bytes per 2 bits)
 
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as probe:
-        return probe.read(2) == b"\x1f\x8b" or path.suffix == ".gz"
-
-
-def _open(path: Path):
-    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
-
-
-@contextlib.contextmanager
-def _reading(path: Path, label: str | os.PathLike | None = None) -> Iterator:
-    """The decompressed stream of `path`; corrupt or truncated gzip is a PipelineError naming
-    `label` (default: the path)."""
-    name = label or path
-    try:
-        with _open(path) as stream:
-            yield stream
-    except FileNotFoundError:
-        raise PipelineError(f"{name}: file not found") from None
-    except gzip.BadGzipFile as exc:
-        raise PipelineError(f"{name}: corrupt gzip data ({first_line(exc)})") from None
-    except EOFError:
-        raise PipelineError(f"{name}: truncated gzip stream (incomplete download?)") from None
-    except zlib.error as exc:
-        raise PipelineError(f"{name}: corrupt gzip data ({first_line(exc)})") from None
+# The default data set's: Fashion-MNIST as Debian's dataset-fashion-mnist (and the upstream mirror) has it.
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]  # fmt: skip
 
 
-def content_sha256(path: str | Path, label: str | None = None) -> str:
-    """sha256 of the decompressed content (streamed), stable across recompression by mirrors."""
-    digest = hashlib.sha256()
-    with _reading(Path(path), label) as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+class Section(FormatSection):
+    """`data.idx`: images (n, h, w) or (n, h, w, c) and labels (n,), gzip'd or plain."""
+
+    train_images: str = "train-images-idx3-ubyte.gz"
+    train_labels: str = "train-labels-idx1-ubyte.gz"
+    test_images: str = "t10k-images-idx3-ubyte.gz"
+    test_labels: str = "t10k-labels-idx1-ubyte.gz"
+    sha256: Checksums | None = FASHION_MNIST_SHA256
+    class_names: ClassNames | None = FASHION_MNIST_CLASSES
+
+    def files(self) -> list[str]:
+        return [self.train_images, self.train_labels, self.test_images, self.test_labels]
+
+
+def read(raw_dir: Path, section: Section) -> RawData:
+    """The train and test parts, cross-checked; class names from params or labels 0..n-1."""
+    n = len(section.class_names) if section.class_names else None
+    train = read_images_and_labels(raw_dir / section.train_images, raw_dir / section.train_labels, n)
+    n = n or int(train[1].max()) + 1
+    test = read_images_and_labels(raw_dir / section.test_images, raw_dir / section.test_labels, n)
+    check_same_shape(train[0], test[0], raw_dir / section.test_images)
+    names = section.class_names or [str(i) for i in range(n)]
+    return RawData(train, test, list(names))
 
 
 def read_idx(path: str | Path, ndims: tuple[int, ...]) -> np.ndarray:
@@ -69,7 +68,7 @@ def read_idx(path: str | Path, ndims: tuple[int, ...]) -> np.ndarray:
     the header (itself bounded by the file: deflate expands at most ~1032×), never by what a
     malicious gzip inflates to."""
     path = Path(path)
-    with _reading(path) as stream:
+    with reading(path) as stream:
         head = stream.read(4)
         if len(head) < 4:
             raise PipelineError(f"{path}: too short for an IDX header ({len(head)} bytes)")
@@ -88,30 +87,36 @@ def read_idx(path: str | Path, ndims: tuple[int, ...]) -> np.ndarray:
             raise PipelineError(f"{path}: declares an empty example shape {shape[1:]}")
         expected = math.prod(shape)  # exact: Python integers do not wrap
         dims = "x".join(map(str, shape))
-        possible = path.stat().st_size * (_MAX_DEFLATE_RATIO if _is_gzip(path) else 1)
+        possible = path.stat().st_size * (_MAX_DEFLATE_RATIO if is_gzip(path) else 1)
         if expected > possible:
-            raise PipelineError(f"{path}: truncated: header declares {dims} = {expected} data bytes, "
-                                f"more than a {path.stat().st_size}-byte file can hold")
+            raise PipelineError(
+                f"{path}: truncated: header declares {dims} = {expected} data bytes, "
+                f"more than a {path.stat().st_size}-byte file can hold"
+            )
         data = np.empty(expected, dtype=np.uint8)
         filled = 0
         while filled < expected:
             chunk = stream.read(min(_CHUNK, expected - filled))
             if not chunk:
                 break
-            data[filled:filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+            data[filled : filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
             filled += len(chunk)
         if filled < expected:
-            raise PipelineError(f"{path}: truncated: header declares {dims} = {expected} data bytes, file holds {filled}")
+            raise PipelineError(
+                f"{path}: truncated: header declares {dims} = {expected} data bytes, file holds {filled}"
+            )
         extra = len(stream.read(_CHUNK))  # count a little of what follows, never inflate it all
         if extra:
             holds = f"{expected + extra}" if extra < _CHUNK else f"more than {expected + extra}"
-            raise PipelineError(f"{path}: trailing bytes: header declares {dims} = {expected} data bytes, "
-                                f"file holds {holds}")
+            raise PipelineError(
+                f"{path}: trailing bytes: header declares {dims} = {expected} data bytes, file holds {holds}"
+            )
     return data.reshape(shape)
 
 
-def read_images_and_labels(images: str | Path, labels: str | Path,
-                           n_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+def read_images_and_labels(
+    images: str | Path, labels: str | Path, n_classes: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Images as (n, height, width, channels) uint8 and labels as (n,) int64, cross-checked
     (labels against `n_classes` too, unless it is None)."""
     x = read_idx(images, ndims=(3, 4))

@@ -1,0 +1,21 @@
+"""The data formats users bring, one module each behind one interface, and the registry that the
+params schema, fetch, prepare and predict use.
+
+A format module defines
+
+    NAME            its `data.format` value, and the name of its params section `data.<NAME>`
+    Section         that section (a base.FormatSection: files(), sha256, class_names, its own keys)
+    read(raw_dir, section) -> base.RawData
+                    the validated examples and class names; every malformation is one PipelineError
+                    naming the file
+    URL_PREFIX_OK   whether data.source may be an http(s) prefix that files() are appended to
+
+Adding a format is one new module here and one entry below (and its deps in dvc.yaml, which
+tests/test_house.py names).
+"""
+
+from __future__ import annotations
+
+from pipeline.formats import cifar10, csv, idx, image_folder
+
+FORMATS = {module.NAME: module for module in (idx, cifar10, image_folder, csv)}

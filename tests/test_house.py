@@ -1,0 +1,97 @@
+"""Guards for the codebase itself: what DVC sees of the code, where defaults live, and what the
+README tells people to type. Each one fails the moment the two sides drift apart."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import yaml
+
+from pipeline.params import Params, flatten, load_params
+
+from conftest import REPO
+
+
+def source_of(module: str):
+    """The file of a `pipeline` module given relative to the package: "train", "formats", "formats.idx"."""
+    path = REPO / "pipeline" / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def with_packages(module: str) -> set[str]:
+    """Importing `a.b` runs package `a` first: both are code the importer runs."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def pipeline_imports(module: str) -> set[str]:
+    """The `pipeline` modules `module` imports anywhere in its file (lazy imports in functions too)."""
+    tree = ast.parse(source_of(module).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
+            package = node.module.removeprefix("pipeline").lstrip(".")
+            for alias in node.names:  # `from pipeline.formats import idx` imports a submodule
+                sub = f"{package}.{alias.name}" if package else alias.name
+                if source_of(sub).is_file():
+                    found |= with_packages(sub)
+            if package:
+                found |= with_packages(package)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pipeline."):
+                    found |= with_packages(alias.name.removeprefix("pipeline."))
+    return found
+
+
+def closure(module: str) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        todo.extend(pipeline_imports(current))
+    return seen
+
+
+def test_each_stage_declares_every_pipeline_module_it_runs():
+    """A stage's code deps in dvc.yaml cover everything its command imports, transitively, so a
+    change to any of that code reruns the stage (and nothing it does not run)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        module = re.search(r"python -m pipeline\.(\w+)", stage["cmd"]).group(1)
+        declared = {dep for dep in stage["deps"] if isinstance(dep, str) and dep.startswith("pipeline/")}
+        needed = {str(source_of(m).relative_to(REPO)) for m in closure(module)}
+        assert needed - declared == set(), f"stage {name} runs code it does not declare"
+        assert declared - needed == set(), f"stage {name} declares code it does not run"
+
+
+def test_schema_defaults_are_params_yaml():
+    """One source of truth: params.yaml holds the schema's defaults (keys null there mean "the
+    preset's", which the schema resolves the same way)."""
+    assert flatten(Params()) == flatten(load_params(REPO / "params.yaml"))
+
+
+def dotted(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_every_command_and_key_the_readme_names_exists():
+    readme = (REPO / "README.md").read_text()
+    modules = set(re.findall(r"python -m pipeline\.(\w+)", readme)) - {"X", "stage"}
+    assert modules and all((REPO / "pipeline" / f"{m}.py").is_file() for m in modules), modules
+    flat = dotted(load_params(REPO / "params.yaml").model_dump(mode="json"))  # every format's section too
+    keys = set(re.findall(r"-S '?([a-z_]+\.[\w.]*)=", readme))  # params keys are dotted
+    assert keys
+    for key in keys:
+        assert key in flat or any(k.startswith(f"{key}.") for k in flat), f"README sets unknown key {key}"
+    for path in re.findall(r"`((?:pipeline|benchmarks|scripts|tests)/[\w./-]+\.(?:py|sh))`", readme):
+        assert (REPO / path).is_file(), f"README names {path}, which does not exist"
