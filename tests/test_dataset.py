@@ -4,17 +4,14 @@ import numpy as np
 import pytest
 
 from pipeline.dataset import make_dataset
-from pipeline.fetch import fetch
-from pipeline.params import parse_params
-from pipeline.prepare import prepare
 from pipeline.records import read_meta, read_split_arrays
+
+from helpers.data import fetch_and_prepare
 
 
 @pytest.fixture
 def prepared(tiny_data, tmp_path):
-    params = parse_params({"data": tiny_data, "prepare": {"shard_size": 50}})
-    fetch(params.data, tmp_path / "raw")
-    prepare(tmp_path / "raw", tmp_path / "prepared", params)
+    fetch_and_prepare(tiny_data, tmp_path)
     return str(tmp_path / "prepared")
 
 
@@ -42,15 +39,17 @@ def test_evaluation_order_is_the_file_order_and_images_stay_raw(prepared):
     assert int(ds.cardinality()) == 3  # 40 examples in batches of 16
 
 
+def first_training_batch(prepared, augment=None):
+    """The whole (unshuffled) train split as one training batch, augmented by `augment`."""
+    meta = read_meta(prepared)
+    dataset = make_dataset(prepared, meta, "train", 108, training=True, shuffle_buffer=1, seed=0, augment=augment)
+    return next(dataset.as_numpy_iterator())[0]
+
+
 def test_augmentation_changes_training_batches_only(prepared):
     from pipeline.dataset import augmenter
 
-    meta = read_meta(prepared)
-    aug = augmenter(True, 0.2, 0)
-    plain = make_dataset(prepared, meta, "train", 108, training=True, shuffle_buffer=1, seed=0)
-    augmented = make_dataset(prepared, meta, "train", 108, training=True, shuffle_buffer=1, seed=0, augment=aug)
-    x_plain, _ = next(plain.as_numpy_iterator())
-    x_aug, _ = next(augmented.as_numpy_iterator())
+    x_plain, x_aug = first_training_batch(prepared), first_training_batch(prepared, augmenter(True, 0.2, 0))
     assert x_plain.shape == x_aug.shape and not np.array_equal(x_plain, x_aug)
     assert x_aug.dtype == np.uint8  # augmented examples are still raw pixels
 
@@ -58,12 +57,7 @@ def test_augmentation_changes_training_batches_only(prepared):
 def test_a_flip_on_raw_pixels_is_exact(prepared):
     from pipeline.dataset import augmenter
 
-    meta = read_meta(prepared)
-    flip = augmenter(True, 0.0, 0)
-    plain = make_dataset(prepared, meta, "train", 108, training=True, shuffle_buffer=1, seed=0)
-    flipped = make_dataset(prepared, meta, "train", 108, training=True, shuffle_buffer=1, seed=0, augment=flip)
-    x_plain, _ = next(plain.as_numpy_iterator())
-    x_flip, _ = next(flipped.as_numpy_iterator())
+    x_plain, x_flip = first_training_batch(prepared), first_training_batch(prepared, augmenter(True, 0.0, 0))
     for a, b in zip(x_plain, x_flip, strict=True):
         assert np.array_equal(a, b) or np.array_equal(a[:, ::-1], b)
     assert not np.array_equal(x_plain, x_flip)

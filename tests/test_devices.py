@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.devices import cluster_spec, is_chief, resolve, strategy_kind
 
-from conftest import run
+from helpers.commands import run
 
 
 @pytest.mark.parametrize(

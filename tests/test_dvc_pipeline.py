@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run, set_params
+from helpers.commands import run, set_params
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run, set_params
+from helpers.commands import REPO, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def test_experiments_each_become_one_tagged_mlflow_run(dvc_repo):
 
 def test_switching_data_format_and_preset_with_set_params_alone(dvc_repo, tmp_path):
     """`dvc exp run -S` with a new data set (a CSV table) and preset: nothing else is edited."""
-    from datasets import write_csv_dataset
+    from helpers.data import write_csv_dataset
 
     table = write_csv_dataset(tmp_path / "table", label_column="label")
     set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0})
@@ -119,7 +119,7 @@ def readme_data_switch_commands() -> list[list[str]]:
     """Every `dvc exp run --temp -S data.…` command of the README, as the shell would split it."""
     import shlex
 
-    from conftest import REPO
+    from helpers.commands import REPO
 
     lines = (REPO / "README.md").read_text().splitlines()
     commands, current = [], ""
@@ -140,8 +140,7 @@ def test_the_readmes_data_switch_commands_run_as_written(dvc_repo, tmp_path):
 
     from pipeline.formats.csv import write_table
 
-    from conftest import write_idx_dataset
-    from datasets import write_cifar10_dataset, write_image_folder_dataset
+    from helpers.data import write_cifar10_dataset, write_idx_dataset, write_image_folder_dataset
 
     iris = load_iris()
     (tmp_path / "iris").mkdir()

@@ -12,11 +12,9 @@ import tensorflow as tf
 
 from pipeline.errors import PipelineError
 from pipeline.export import export, float32_model
-from pipeline.fetch import fetch
 from pipeline.model import build_model
 from pipeline.normalization import Normalization
 from pipeline.params import parse_params
-from pipeline.prepare import prepare
 from pipeline.records import read_meta, read_split_arrays
 from pipeline.verify import verify
 
@@ -37,13 +35,10 @@ EXPLICIT = [
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from conftest import write_idx_dataset
+    from helpers.data import fetch_and_prepare, write_idx_dataset
 
     root = tmp_path_factory.mktemp("export")
-    data = write_idx_dataset(root / "source")
-    params = parse_params({"data": data, "prepare": {"shard_size": 50}})
-    fetch(params.data, root / "raw")
-    prepare(root / "raw", root / "prepared", params)
+    fetch_and_prepare(write_idx_dataset(root / "source"), root)
     return str(root / "prepared")
 
 

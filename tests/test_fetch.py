@@ -6,8 +6,9 @@ from pipeline.errors import PipelineError
 from pipeline.fetch import fetch
 from pipeline.params import parse_params
 
-from conftest import FILES, run, with_idx
-from servers import static_http
+from helpers.commands import run
+from helpers.data import FILES, with_idx
+from helpers.servers import static_http
 
 
 def data_params(data: dict, **changes):

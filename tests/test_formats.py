@@ -14,19 +14,11 @@ from pipeline.errors import PipelineError
 from pipeline.fetch import fetch
 from pipeline.formats.cifar10 import RECORD, read_batch
 from pipeline.params import parse_params
-from pipeline.prepare import prepare
-from pipeline.records import read_meta, read_split_arrays
+from pipeline.records import read_split_arrays
 
-from conftest import run
-from datasets import write_cifar10_dataset, write_csv_dataset, write_image_folder_dataset
-from servers import static_http
-
-
-def fetch_and_prepare(data: dict, tmp_path, **sections):
-    params = parse_params({"data": data, "prepare": {"shard_size": 50}, **sections})
-    fetch(params.data, tmp_path / "raw")
-    report = prepare(tmp_path / "raw", tmp_path / "prepared", params)
-    return report, read_meta(str(tmp_path / "prepared"))
+from helpers.commands import run
+from helpers.data import fetch_and_prepare, write_cifar10_dataset, write_csv_dataset, write_image_folder_dataset
+from helpers.servers import static_http
 
 
 def split(tmp_path, meta, name):

@@ -28,8 +28,8 @@ from pipeline.formats.idx import read_idx
 from pipeline.params import parse_params
 from pipeline.prepare import prepare
 
-from conftest import REPO, run, write_idx_dataset
-from datasets import write_csv_dataset, write_image_folder_dataset
+from helpers.commands import REPO, run
+from helpers.data import fetch_and_prepare, write_csv_dataset, write_idx_dataset, write_image_folder_dataset
 
 PYTHON = os.path.abspath(sys.executable)
 
@@ -47,12 +47,6 @@ def png_declaring(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
         + chunk(b"IEND", b"")
     )
-
-
-def fetch_and_prepare(data: dict, tmp_path: Path):
-    params = parse_params({"data": data, "prepare": {"shard_size": 50}})
-    fetch(params.data, tmp_path / "raw")
-    return prepare(tmp_path / "raw", tmp_path / "prepared", params)
 
 
 def bounded_child(code: str, cwd: Path, address_space: int = 1 << 30) -> subprocess.CompletedProcess:
@@ -83,7 +77,7 @@ def test_an_image_declaring_900_million_pixels_is_one_line_or_a_listed_skip(tmp_
         assert "\n" not in str(info.value)
         assert not (tmp_path / "prepared").exists()
     else:
-        report = fetch_and_prepare(data, tmp_path)
+        report, _ = fetch_and_prepare(data, tmp_path)
         assert report["skipped"] == {"count": 1, "files": ["train/kind_a/bomb.png"]}
 
 

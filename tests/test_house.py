@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.params import Params, flatten, load_params
 
-from conftest import REPO
+from helpers.commands import REPO
 
 
 def source_of(module: str):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, set_params
-from servers import mlflow_server
+from helpers.commands import run, set_params
+from helpers.servers import mlflow_server
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from pipeline.errors import PipelineError
 from pipeline.params import flatten, load_params, parse_params
 
-from conftest import REPO
+from helpers.commands import REPO
 
 BASE = {"data": {"format": "idx"}}
 

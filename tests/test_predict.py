@@ -14,7 +14,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import REPO, run
+from helpers.commands import REPO, run
 
 PYTHON = os.path.abspath(sys.executable)
 
@@ -31,7 +31,7 @@ def exported(tmp_path_factory):
     from pipeline.records import read_meta, read_split_arrays
     from pipeline.train import train
 
-    from conftest import write_idx_dataset
+    from helpers.data import write_idx_dataset
 
     root = tmp_path_factory.mktemp("predict")
     params = parse_params(
@@ -251,7 +251,7 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
     from pipeline.predict import OnnxClassifier
     from pipeline.tracking import Tracker
 
-    from servers import free_port, stop, wait_for_http
+    from helpers.servers import free_port, stop, wait_for_http
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker.start(uri, "serving")

@@ -10,7 +10,7 @@ from pipeline.params import parse_params
 from pipeline.prepare import prepare
 from pipeline.records import read_meta, read_split_arrays
 
-from conftest import FILES
+from helpers.data import FILES
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_shards_are_byte_identical_across_processes(tmp_path):
         " np.array([0, 1, 2]), 10);"
         " print(hashlib.sha256((d / 'part-00000-of-00001.tfrecord').read_bytes()).hexdigest())"
     )
-    from conftest import tool_env
+    from helpers.commands import tool_env
 
     procs = [
         subprocess.Popen(

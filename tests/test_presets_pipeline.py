@@ -17,8 +17,8 @@ from pipeline.predict import OnnxClassifier
 from pipeline.presets import PRESETS
 from pipeline.records import read_meta, read_split_arrays
 
-from conftest import run, write_idx_dataset
-from datasets import write_cifar10_dataset, write_csv_dataset, write_image_folder_dataset
+from helpers.commands import run
+from helpers.data import write_cifar10_dataset, write_csv_dataset, write_idx_dataset, write_image_folder_dataset
 
 DATA = {
     "idx": lambda d: write_idx_dataset(d),

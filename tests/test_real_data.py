@@ -9,7 +9,7 @@ from pipeline.fetch import fetch
 from pipeline.params import load_params
 from pipeline.prepare import prepare
 
-from conftest import REPO
+from helpers.commands import REPO
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from conftest import run, set_params, tool_env
-from servers import free_port
+from helpers.commands import run, set_params, tool_env
+from helpers.servers import free_port
 
 pytestmark = pytest.mark.slow
 

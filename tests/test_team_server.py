@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from conftest import set_params, tool_env
-from servers import mlflow_server, postgres_bin, postgres_cluster
+from helpers.commands import set_params, tool_env
+from helpers.servers import mlflow_server, postgres_bin, postgres_cluster
 
 pytestmark = pytest.mark.slow
 

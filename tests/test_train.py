@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import set_params, tool_env
+from helpers.commands import set_params, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -162,17 +162,14 @@ def test_the_default_model_trains_sanely_on_a_few_thousand_images(tmp_path):
     Keras' default BatchNorm momentum (0.99) the moving statistics that inference uses barely move
     in so few steps: validation accuracy measured 0.57 against training's 0.81 at epoch 3 (0.85
     with the preset's 0.9)."""
-    from pipeline.fetch import fetch
     from pipeline.params import parse_params
-    from pipeline.prepare import prepare
     from pipeline.train import train
 
-    from conftest import FASHION_MNIST, subset_of_fashion_mnist
+    from helpers.data import FASHION_MNIST, fetch_and_prepare, subset_of_fashion_mnist
 
     data = subset_of_fashion_mnist(tmp_path / "source", n_train=4000, n_test=500)
     params = parse_params({"data": data, "train": {"model": "cnn", "epochs": 3, "early_stopping_patience": 0}})
-    fetch(params.data, tmp_path / "raw")
-    prepare(tmp_path / "raw", tmp_path / "prepared", params)
+    fetch_and_prepare(data, tmp_path)
     history = train(params, tmp_path / "prepared", tmp_path / "work", verbose=0).history
     last = history[-1]
     assert last["accuracy"] > 0.75, FASHION_MNIST

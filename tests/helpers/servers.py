@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import tool_env
+from helpers.commands import tool_env
 
 
 @contextlib.contextmanager

@@ -1,0 +1,36 @@
+"""Running the project's own commands as a user would: the repo root, the environment (the
+project's venv first on PATH), subprocesses with their output kept, and params.yaml edits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def set_params(directory: Path, section: str, **values) -> None:
+    """Change keys of one section of `directory`/params.yaml."""
+    params = yaml.safe_load((directory / "params.yaml").read_text())
+    params.setdefault(section, {}).update(values)
+    (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tool_env(**extra) -> dict:
+    """Environment for subprocesses: the project's venv first on PATH, TF quiet."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(os.path.abspath(sys.executable)).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **extra_env) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(**extra_env), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
