@@ -152,7 +152,7 @@ def plot_worst_errors(images, labels, probs, class_names: list[str], count: int,
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.9), layout="constrained", squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, worst, strict=True):
+    for ax, i in zip(axes.flat, worst, strict=False):  # the grid has a cell per image, and spare cells
         image = images[i]
         ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
         ax.set_title(
