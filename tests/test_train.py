@@ -109,6 +109,28 @@ def test_the_custom_loop_gives_fit_s_weights_and_history_in_one_process(project,
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
 
 
+def test_the_custom_loop_trains_under_mixed_precision(project):
+    """On a CPU as far as it allows: mixed_float16 forced on, the loop scales the loss through Keras'
+    LossScaleOptimizer (compile wraps the optimizer), and the model still outputs float32."""
+    import keras
+
+    from pipeline.params import load_params
+    from pipeline.records import read_meta, read_split_arrays
+    from pipeline.train import train
+
+    set_params(project, "train", mixed_precision="on", epochs=2, early_stopping_patience=0)
+    params = load_params(project / "params.yaml")
+    try:
+        result = train(params, project / "data/prepared", project / "work", verbose=0, loop="custom")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert result.devices.mixed_precision and isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert all(np.isfinite(value) for row in result.history for value in row.values())
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    x, _ = read_split_arrays(str(project / "data/prepared"), read_meta(str(project / "data/prepared")), "test")
+    assert result.model(x[:4]).dtype == "float32"
+
+
 def test_learns_the_tiny_task(project):
     set_params(project, "train", epochs=8, early_stopping_patience=0, learning_rate=0.01)
     run_train(project)
