@@ -25,9 +25,9 @@ from pipeline.atomic import atomic_dir
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError, first_line
 from pipeline.formats import FORMATS
-from pipeline.formats.base import FormatSection
 from pipeline.hashing import content_sha256
 from pipeline.params import DataParams, load_params
+from pipeline.schema import FormatSection
 
 _DOWNLOAD_CHUNK = 1 << 16
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")

@@ -15,9 +15,8 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 
 from pipeline.errors import PipelineError
 from pipeline.formats import FORMATS
-from pipeline.formats.base import FormatSection
 from pipeline.presets import CUSTOM, PRESET_NAMES, hyper_for
-from pipeline.schema import BatchSize, Section, Seed
+from pipeline.schema import BatchSize, FormatSection, Section, Seed
 
 # Archive bounds: real data sets compress by at most ~10x (CIFAR-10's tarball by 1.1x).
 MAX_EXTRACTED_BYTES = 16 * 2**30
@@ -45,7 +44,7 @@ class _DataBase(Section):
 DataParams = create_model(
     "DataParams",
     __base__=_DataBase,
-    **{name: (module.Section, module.Section()) for name, module in FORMATS.items()},
+    **{name: (module.section(), module.section()()) for name, module in FORMATS.items()},
 )
 
 

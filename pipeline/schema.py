@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -20,3 +20,43 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 BatchSize = Annotated[int, Field(ge=1, le=65_536)]
 Checksums = dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
 ClassNames = Annotated[list[str], Field(min_length=2)]
+
+
+def unique(names: list[str] | None) -> list[str] | None:
+    if names is not None:
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"must be unique, {dupes[0]!r} repeats")
+    return names
+
+
+class FormatSection(Section):
+    """`data.<format>`: the keys every format has; each format module's `section()` adds its own."""
+
+    # sha256 of each file's *decompressed* content, keyed by its path relative to data.source
+    # (mirrors recompress .gz files). Files not listed are not checked; null (or {}) checks nothing.
+    # null, not {}, is what `dvc exp run -S data.<format>.sha256=null` can set: DVC merges a dict.
+    sha256: Checksums | None = None
+    # null: from the data (IDX/CIFAR labels 0..n-1, folder names, distinct CSV labels).
+    class_names: ClassNames | None = None
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique_names(cls, names: list[str] | None) -> list[str] | None:
+        return unique(names)
+
+    def files(self) -> list[str]:
+        """Paths, relative to data.source, that fetch copies (directories end with '/')."""
+        raise NotImplementedError
+
+    def known_files(self) -> list[str] | None:
+        """The file names sha256 may name, where they are known before fetching."""
+        return self.files()
+
+    @model_validator(mode="after")
+    def _checksums_name_known_files(self) -> FormatSection:
+        known = self.known_files()
+        unknown = sorted(set(self.sha256 or {}) - set(known)) if known is not None else []
+        if unknown:
+            raise ValueError(f".sha256 names {unknown[0]!r}, which is not one of this format's files {known}")
+        return self

@@ -4,7 +4,9 @@ params schema, fetch, prepare and predict use.
 A format module defines
 
     NAME            its `data.format` value, and the name of its params section `data.<NAME>`
-    Section         that section (a base.FormatSection: files(), sha256, class_names, its own keys)
+    section()       that section's class (a schema.FormatSection: files(), sha256, class_names, its
+                    own keys), built on first call: the module itself imports no pydantic, so the
+                    predictor can decode with it in a deployment without the pipeline's packages
     read(raw_dir, section) -> base.RawData
                     the validated examples and class names; every malformation is one PipelineError
                     naming the file

@@ -5,15 +5,14 @@ bytes, the 32×32 red, green and blue planes in turn. Plain bytes, so reading ru
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from pydantic import Field
 
 from pipeline.errors import PipelineError
-from pipeline.formats.base import FormatSection, RawData
-from pipeline.schema import ClassNames
+from pipeline.formats.base import RawData
 
 NAME = "cifar10"
 URL_PREFIX_OK = True
@@ -22,18 +21,28 @@ RECORD = 1 + 3 * SIDE * SIDE
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-class Section(FormatSection):
-    """`data.cifar10`: batch files of records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32)."""
+@functools.cache
+def section():
+    """The params section `data.cifar10` (a pydantic model, built on first use: the predictor reads
+    with this module where pydantic is not installed)."""
+    from pydantic import Field
 
-    train: Annotated[list[str], Field(min_length=1)] = [f"data_batch_{i}.bin" for i in range(1, 6)]
-    test: Annotated[list[str], Field(min_length=1)] = ["test_batch.bin"]
-    class_names: ClassNames | None = CIFAR10_CLASSES
+    from pipeline.schema import ClassNames, FormatSection
 
-    def files(self) -> list[str]:
-        return [*self.train, *self.test]
+    class Section(FormatSection):
+        """`data.cifar10`: batch files of records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32)."""
+
+        train: Annotated[list[str], Field(min_length=1)] = [f"data_batch_{i}.bin" for i in range(1, 6)]
+        test: Annotated[list[str], Field(min_length=1)] = ["test_batch.bin"]
+        class_names: ClassNames | None = CIFAR10_CLASSES
+
+        def files(self) -> list[str]:
+            return [*self.train, *self.test]
+
+    return Section
 
 
-def read(raw_dir: Path, section: Section) -> RawData:
+def read(raw_dir: Path, section) -> RawData:
     names = section.class_names or [str(i) for i in range(10)]
     train = read_batches([raw_dir / f for f in section.train], len(names))
     test = read_batches([raw_dir / f for f in section.test], len(names))

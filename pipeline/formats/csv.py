@@ -9,34 +9,44 @@ give them.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from pydantic import Field
 
 from pipeline.errors import PipelineError
-from pipeline.formats.base import FormatSection, RawData
+from pipeline.formats.base import RawData
 
 NAME = "csv"
 URL_PREFIX_OK = True
 
 
-class Section(FormatSection):
-    """`data.csv`: a table with a header row, numeric feature columns and a label column."""
+@functools.cache
+def section():
+    """The params section `data.csv` (a pydantic model, built on first use: the predictor reads
+    with this module where pydantic is not installed)."""
+    from pydantic import Field
 
-    train: str = "train.csv"
-    test: str | None = "test.csv"  # null: prepare.test_fraction of `train` becomes the test split
-    label_column: str = "label"
-    feature_columns: Annotated[list[str], Field(min_length=1)] | None = None  # null: every column but the label
+    from pipeline.schema import FormatSection
 
-    def files(self) -> list[str]:
-        return [self.train] + ([self.test] if self.test else [])
+    class Section(FormatSection):
+        """`data.csv`: a table with a header row, numeric feature columns and a label column."""
+
+        train: str = "train.csv"
+        test: str | None = "test.csv"  # null: prepare.test_fraction of `train` becomes the test split
+        label_column: str = "label"
+        feature_columns: Annotated[list[str], Field(min_length=1)] | None = None  # null: every column but the label
+
+        def files(self) -> list[str]:
+            return [self.train] + ([self.test] if self.test else [])
+
+    return Section
 
 
-def read(raw_dir: Path, section: Section) -> RawData:
+def read(raw_dir: Path, section) -> RawData:
     train_path = raw_dir / section.train
     train = read_table(train_path, section.label_column, section.feature_columns)
     test_path = raw_dir / section.test if section.test else None

@@ -7,6 +7,7 @@ is a PipelineError naming the file.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import struct
@@ -15,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.formats.base import FormatSection, RawData, check_same_shape
+from pipeline.formats.base import RawData, check_same_shape
 from pipeline.hashing import is_gzip, reading
-from pipeline.schema import Checksums, ClassNames
 
 NAME = "idx"
 URL_PREFIX_OK = True  # data.source may be an http(s) prefix the file names are appended to
@@ -36,21 +36,29 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Bag", "Ankle boot"]  # fmt: skip
 
 
-class Section(FormatSection):
-    """`data.idx`: images (n, h, w) or (n, h, w, c) and labels (n,), gzip'd or plain."""
+@functools.cache
+def section():
+    """The params section `data.idx` (a pydantic model, built on first use: the predictor reads
+    with this module where pydantic is not installed)."""
+    from pipeline.schema import Checksums, ClassNames, FormatSection
 
-    train_images: str = "train-images-idx3-ubyte.gz"
-    train_labels: str = "train-labels-idx1-ubyte.gz"
-    test_images: str = "t10k-images-idx3-ubyte.gz"
-    test_labels: str = "t10k-labels-idx1-ubyte.gz"
-    sha256: Checksums | None = FASHION_MNIST_SHA256
-    class_names: ClassNames | None = FASHION_MNIST_CLASSES
+    class Section(FormatSection):
+        """`data.idx`: images (n, h, w) or (n, h, w, c) and labels (n,), gzip'd or plain."""
 
-    def files(self) -> list[str]:
-        return [self.train_images, self.train_labels, self.test_images, self.test_labels]
+        train_images: str = "train-images-idx3-ubyte.gz"
+        train_labels: str = "train-labels-idx1-ubyte.gz"
+        test_images: str = "t10k-images-idx3-ubyte.gz"
+        test_labels: str = "t10k-labels-idx1-ubyte.gz"
+        sha256: Checksums | None = FASHION_MNIST_SHA256
+        class_names: ClassNames | None = FASHION_MNIST_CLASSES
+
+        def files(self) -> list[str]:
+            return [self.train_images, self.train_labels, self.test_images, self.test_labels]
+
+    return Section
 
 
-def read(raw_dir: Path, section: Section) -> RawData:
+def read(raw_dir: Path, section) -> RawData:
     """The train and test parts, cross-checked; class names from params or labels 0..n-1."""
     n = len(section.class_names) if section.class_names else None
     train = read_images_and_labels(raw_dir / section.train_images, raw_dir / section.train_labels, n)
