@@ -76,7 +76,6 @@ def main() -> None:
     args = parser.parse_args()
     threads = args.threads or physical_cores()
 
-    import numpy as np
     import onnxruntime as ort
     import tensorflow as tf
 
@@ -84,6 +83,7 @@ def main() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
     from pipeline.model import load_keras_model
+    from pipeline.predict import INPUT_DTYPES
     from pipeline.records import read_meta, read_split_arrays
 
     meta = read_meta(args.prepared)
@@ -100,7 +100,7 @@ def main() -> None:
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         (graph_input,) = session.get_inputs()
-        dtype = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}[graph_input.type]
+        dtype = INPUT_DTYPES[graph_input.type]
         return lambda batch: session.run(None, {graph_input.name: batch.astype(dtype, copy=False)})[0]
 
     engines = {

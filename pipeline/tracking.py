@@ -20,8 +20,6 @@ from typing import Any
 from pipeline.errors import PipelineError, first_line
 
 RUN_FILE_KEYS = ("run_id", "experiment_id", "tracking_uri")
-# onnxruntime's names of the input types an exported model may take.
-ONNX_INPUT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
 
 
 def project_root() -> Path:
@@ -223,7 +221,7 @@ class Tracker:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (input_meta,) = session.get_inputs()
         (output_meta,) = session.get_outputs()
-        dtype = ONNX_INPUT_DTYPES[input_meta.type]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type)
         example = np.zeros((1, *input_meta.shape[1:]), dtype=dtype)
         output = session.run(None, {input_meta.name: example})[0]
         signature = infer_signature({input_meta.name: example}, {output_meta.name: output})
