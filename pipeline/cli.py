@@ -1,11 +1,15 @@
-"""What every stage's command line shares: the parser's common options, and one-line errors."""
+"""What every stage's command line shares: the parser's common options, one-line errors, and a
+quiet console (TensorFlow's and MLflow's start-up chatter hidden unless asked for)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 from pipeline.errors import PipelineError
 
@@ -24,13 +28,73 @@ def debug_enabled(argv: list[str] | None = None) -> bool:
     return "--debug" in argv or os.environ.get("PIPELINE_DEBUG", "") not in ("", "0")
 
 
+# Lines of native (C++) logging that say nothing to a user of the stage: absl's INFO/WARNING/ERROR
+# lines (`I0000 00:00:... file.cc:12] ...`, printed before absl's log initialisation, whatever
+# TF_CPP_MIN_LOG_LEVEL says: abseil-cpp#1718), TensorFlow's own INFO/WARNING lines, absl's notice
+# about them, the MLflow store's schema migrations, and MLflow's registry messages (the stage says
+# which version it registered).
+CONSOLE_NOISE = re.compile(
+    r"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] \S+:\d+\] "
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|INFO  \[alembic\."
+    r"|Successfully registered model '|Created version '\d+' of model '"
+    r"|Registered model '.*' already exists\. Creating a new version of this model)"
+)
+
+
+def _copy_filtered(source: int, sink: int) -> None:
+    with os.fdopen(source, "rb", buffering=0) as pipe:
+        pending = b""
+        while chunk := pipe.read(65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            kept = [line for line in lines if not CONSOLE_NOISE.match(line.decode("utf-8", "replace"))]
+            if kept:
+                os.write(sink, b"".join(line + b"\n" for line in kept))
+        if pending and not CONSOLE_NOISE.match(pending.decode("utf-8", "replace")):
+            os.write(sink, pending)
+
+
+@contextlib.contextmanager
+def quiet_native_logs() -> Iterator[None]:
+    """Route this process's file descriptor 2 through a filter that drops CONSOLE_NOISE lines:
+    C++ libraries write there directly, so no Python logging setting reaches them."""
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    copier = threading.Thread(target=_copy_filtered, args=(read_end, original), daemon=True)
+    copier.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the copier drains it and stops
+        copier.join(timeout=5)
+        os.close(original)
+
+
+def quiet_requested(argv: list[str] | None = None) -> bool:
+    """Quiet unless --debug, PIPELINE_DEBUG, or a log level the user set (TF_CPP_MIN_LOG_LEVEL)."""
+    return not debug_enabled(argv) and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+
+
 def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a stage's main; a PipelineError becomes `error: <message>` and exit status 1.
 
-    With `--debug` or PIPELINE_DEBUG=1 the traceback is shown instead.
+    With `--debug` or PIPELINE_DEBUG=1 the traceback is shown instead, and nothing is filtered.
     """
-    # TensorFlow's C++ INFO/WARNING chatter hides the one line that matters; users can override.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet = quiet_requested(argv)
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's own INFO/WARNING after absl's start-up
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    with quiet_native_logs() if quiet else contextlib.nullcontext():
+        _run(main, argv)
+
+
+def _run(main: Callable[[list[str] | None], None], argv: list[str] | None) -> None:
     try:
         main(argv)
     except PipelineError as exc:

@@ -21,10 +21,9 @@ def set_params(directory: Path, section: str, **values) -> None:
 
 
 def tool_env(**extra) -> dict:
-    """Environment for subprocesses: the project's venv first on PATH, TF quiet."""
+    """Environment for subprocesses: the project's venv first on PATH (the stages keep TF quiet themselves)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(os.path.abspath(sys.executable)).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.update(extra)
     return env
 
