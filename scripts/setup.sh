@@ -39,3 +39,6 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "setup: missing Debian packages: ${missing[*]} (install them, or set data.source in params.yaml)" >&2
     fi
 fi
+
+# `dvc plots show` draws offline: .dvc/config names this template, with Vega inlined (pipeline/plots_page.py).
+[ -f .dvc/plots_template.html ] || .venv/bin/python -m pipeline.plots_page .dvc/plots_template.html >&2
