@@ -82,6 +82,7 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
+    from pipeline.hashing import file_sha256
     from pipeline.model import load_keras_model
     from pipeline.predict import INPUT_DTYPES
     from pipeline.records import read_meta, read_split_arrays
@@ -141,6 +142,8 @@ def main() -> None:
         "calls": args.calls,
         "warmup": args.warmup,
         "test_examples": int(len(x)),
+        # The model card shows these latencies as this model's only when the file is the same.
+        "model_sha256": file_sha256(Path(f"{args.exported}/model.onnx")),
         "engines": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -88,8 +88,11 @@ def run_preset(preset: str, base: dict, work: Path) -> dict:
         convert = as_image_folder if preset in AS_IMAGE_FOLDER else as_table
         params["data"] = convert(params["data"], work / "source")
     params["evaluate"]["gate"] = {"min_accuracy": 0.0, "max_drop": None, "baseline": None}
-    params["export"]["registered_model_name"] = f"bench-{preset}"
-    params["mlflow"] = {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "experiment_name": "presets"}
+    params["mlflow"] = {
+        "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+        "experiment_name": "presets",
+        "registered_model_name": f"bench-{preset}",
+    }
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     previous = Path.cwd()

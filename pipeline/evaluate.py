@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,31 @@ import numpy as np
 from pipeline.atomic import atomic_dir, atomic_file, write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
-from pipeline.params import GateParams, load_params
+from pipeline.params import GateParams, Params, load_params
 
 FIGURES = ("training_curves.png", "confusion_matrix.png", "worst_errors.png")
 
 
 # ----------------------------------------------------------------------------- metrics
+def metric_key(name: str) -> str:
+    """A class name as the part of a metric key: MLflow starts a chart group at each '/' and a
+    flattened key's parts are separated by '.', so every character but letters, digits, '_', '-'
+    and space becomes '_' ("T-shirt/top" → "T-shirt_top"). The entry keeps the name itself."""
+    return re.sub(r"[^\w\- ]", "_", name).strip() or "_"
+
+
+def class_keys(class_names: list[str]) -> list[str]:
+    """metric_key of each class name, made unique ("a/b" and "a_b" → "a_b", "a_b_2")."""
+    keys: list[str] = []
+    for name in class_names:
+        key, n = metric_key(name), 1
+        while key in keys:
+            n += 1
+            key = f"{metric_key(name)}_{n}"
+        keys.append(key)
+    return keys
+
+
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int) -> float:
     """Top-label ECE: scikit-learn's calibration_curve per confidence bin, weighted by bin size."""
     from sklearn.calibration import calibration_curve
@@ -59,32 +80,57 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str
     metrics["ece"] = expected_calibration_error(labels, probs, bins)
     metrics["examples"] = int(len(labels))
     metrics["per_class"] = {
-        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-        for i, name in enumerate(class_names)
+        key: {
+            "class": name,
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+        }
+        for i, (key, name) in enumerate(zip(class_keys(class_names), class_names, strict=True))
     }
     return metrics
 
 
 # ----------------------------------------------------------------------------- gate
-def apply_gate(test: dict, gate: GateParams, baseline_path: Path | None) -> dict:
+@dataclass(frozen=True)
+class Baseline:
+    accuracy: float | None  # None: nothing to compare with, for the reason in `source`
+    source: str
+
+
+def file_baseline(path: Path) -> Baseline:
+    if not path.exists():
+        raise PipelineError(f"{path}: baseline metrics file not found (evaluate.gate.baseline)")
+    try:
+        return Baseline(float(json.loads(path.read_text())["test"]["accuracy"]), str(path))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise PipelineError(f"{path}: has no test.accuracy to compare against") from None
+
+
+def champion_baseline(registry, name: str, test_sha256: str) -> Baseline:
+    """The registry champion's test accuracy, when it was measured on this very test split."""
+    champion = registry.version_by_alias(name, "champion")
+    if champion is None:
+        return Baseline(None, f"no champion of {name} yet")
+    where = f"champion {name} v{champion.version}"
+    if champion.tags.get("data.test_sha256") != test_sha256 or "test.accuracy" not in champion.tags:
+        return Baseline(None, f"{where} was tested on another test split")
+    return Baseline(float(champion.tags["test.accuracy"]), where)
+
+
+def apply_gate(test: dict, gate: GateParams, baseline: Baseline | None) -> dict:
     """The verdict: passed, and one reason per failed check (metric, threshold, value)."""
     reasons = []
     accuracy = test["accuracy"]
     if accuracy < gate.min_accuracy:
         reasons.append(f"test.accuracy {accuracy:.4f} is below evaluate.gate.min_accuracy {gate.min_accuracy:.4f}")
-    baseline_accuracy = None
-    if gate.max_drop is not None and baseline_path is not None:
-        if not baseline_path.exists():
-            raise PipelineError(f"{baseline_path}: baseline metrics file not found (evaluate.gate.baseline)")
-        try:
-            baseline_accuracy = float(json.loads(baseline_path.read_text())["test"]["accuracy"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise PipelineError(f"{baseline_path}: has no test.accuracy to compare against") from None
-        drop = baseline_accuracy - accuracy
+    if gate.max_drop is not None and baseline is not None and baseline.accuracy is not None:
+        drop = baseline.accuracy - accuracy
         if drop > gate.max_drop:
             reasons.append(
                 f"test.accuracy {accuracy:.4f} dropped {drop:.4f} below the baseline "
-                f"{baseline_accuracy:.4f} from {baseline_path}, more than evaluate.gate.max_drop "
+                f"{baseline.accuracy:.4f} of {baseline.source}, more than evaluate.gate.max_drop "
                 f"{gate.max_drop:.4f}"
             )
     return {
@@ -92,8 +138,18 @@ def apply_gate(test: dict, gate: GateParams, baseline_path: Path | None) -> dict
         "reason": "; ".join(reasons) or "all checks passed",
         "min_accuracy": gate.min_accuracy,
         "max_drop": gate.max_drop,
-        "baseline_accuracy": baseline_accuracy,
+        "baseline_accuracy": baseline.accuracy if baseline else None,
+        "baseline": baseline.source if baseline else None,
     }
+
+
+def gate_baseline(params: Params, registry, test_sha256: str) -> Baseline | None:
+    gate = params.evaluate.gate
+    if gate.max_drop is None or gate.baseline is None:
+        return None
+    if gate.baseline == "champion":
+        return champion_baseline(registry, params.registered_model_name, test_sha256)
+    return file_baseline(Path(gate.baseline))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -210,28 +266,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures", default="reports/figures")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params).evaluate
+    all_params = load_params(args.params)
+    params = all_params.evaluate
+    from pipeline.hashing import tree_sha256
     from pipeline.model import load_keras_model
     from pipeline.records import read_meta, read_split_arrays
-    from pipeline.tracking import Tracker
+    from pipeline.tracking import Tracker, split_inputs
 
     meta = read_meta(args.prepared)
     tracker = Tracker.resume(args.run_file)
+    test_sha256 = tree_sha256(Path(args.prepared) / "test")
+    baseline = gate_baseline(all_params, tracker.registry, test_sha256)
     model = load_keras_model(args.model)
     images, labels = read_split_arrays(args.prepared, meta, "test")
     probs, throughput = predict_split(model, args.prepared, meta, "test", params.batch_size)
 
     test = compute_metrics(labels, probs, meta.class_names, params.calibration_bins)
     test["examples_per_second"] = round(throughput, 1)
-    gate = apply_gate(test, params.gate, Path(params.gate.baseline) if params.gate.baseline else None)
+    gate = apply_gate(test, params.gate, baseline)
     write_predictions(Path(args.predictions), labels, probs, meta.class_names)
     with atomic_dir(args.figures) as tmp:
         plot_training_curves(Path(args.history), tmp / FIGURES[0])
         plot_confusion_matrix(labels, probs.argmax(axis=1), meta.class_names, tmp / FIGURES[1])
         if meta.is_image:  # a table's rows are no pictures
             plot_worst_errors(images, labels, probs, meta.class_names, params.worst_examples, tmp / FIGURES[2])
-    write_json(args.metrics, {"test": test, "gate": gate})
+    write_json(args.metrics, {"test": test, "gate": gate, "data": {"test_sha256": test_sha256}})
 
+    tracker.log_dataset_inputs(
+        all_params.data.dataset_name, all_params.data.source, split_inputs(meta, {"test": test_sha256})
+    )
     tracker.log_metrics(flat_metrics(test, "test."))
     tracker.set_tags(
         {"evaluate.gate": "passed" if gate["passed"] else "failed", "evaluate.gate_reason": gate["reason"]}

@@ -1,5 +1,5 @@
-"""Stage `export`: the trained Keras model as a TensorFlow SavedModel and ONNX (float32, optionally
-static int8), with the metadata a deployer needs, registered in MLflow.
+"""Stage `export`: the trained Keras model as a TensorFlow SavedModel and ONNX (float32 and static
+int8), with the metadata a deployer needs, registered in MLflow as the `challenger`.
 
 Every form takes the model's raw input (its normalisation is inside the graph) and returns
 `probabilities` (float32 [batch, classes]):
@@ -9,7 +9,8 @@ Every form takes the model's raw input (its normalisation is inside the graph) a
     exported/model.int8.onnx onnxruntime static QDQ quantization, calibrated on a seeded raw train sample
     exported/metadata.json   input spec, class names, opset, provenance, sizes and sha256 of files
 
-Everything is built in a temporary directory beside exported/ and renamed into place.
+Everything is built in a temporary directory beside exported/ and renamed into place, file by
+file: exported/MODEL_CARD.md is verify's (it knows the parity results).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_dir
+from pipeline.atomic import atomic_members
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.hashing import file_sha256, tree_sha256
 from pipeline.params import ExportParams, load_params
 
 OUTPUT_NAME = "probabilities"
+MODEL_CARD = "MODEL_CARD.md"  # written by verify
 BATCH_DIM = "batch"
 LAYOUT = "NHWC"
 
@@ -231,13 +233,14 @@ def export(
     serve = serving_function(model)
     normalization = applied_normalization(model)
     metadata = onnx_metadata(meta, input_dtype, normalization, run_id)
-    with atomic_dir(out_dir) as tmp:
+    # The model card in out_dir is verify's, about the model being replaced: it goes first.
+    (out_dir / MODEL_CARD).unlink(missing_ok=True)
+    with atomic_members(out_dir) as tmp:
         export_saved_model(model, serve, tmp / "saved_model")
         export_onnx(serve, params.opset, metadata, tmp / "model.onnx")
-        if params.quantize:
-            train_inputs, _ = read_split_arrays(prepared_dir, meta, "train")
-            batches = calibration_batches(train_inputs, params.calibration_size, seed)
-            quantize_int8(tmp / "model.onnx", input_name, batches, tmp / "model.int8.onnx", metadata)
+        train_inputs, _ = read_split_arrays(prepared_dir, meta, "train")
+        batches = calibration_batches(train_inputs, params.calibration_size, seed)
+        quantize_int8(tmp / "model.onnx", input_name, batches, tmp / "model.int8.onnx", metadata)
         files = {}
         for name in ("model.onnx", "model.int8.onnx"):
             if (tmp / name).exists():
@@ -277,29 +280,63 @@ def export(
     return info
 
 
+def version_tags(evaluation: dict, run_id: str, data_name: str) -> dict[str, Any]:
+    """What the registered version carries from evaluate: its gate verdict and the test split it was
+    measured on (promote and the next evaluate's gate compare only on the same split)."""
+    test, gate = evaluation["test"], evaluation["gate"]
+    return {
+        "gate": "passed" if gate["passed"] else "failed",
+        "gate.reason": gate["reason"],
+        "test.accuracy": test["accuracy"],
+        "test.macro_f1": test["macro_f1"],
+        "data.name": data_name,
+        "data.test_sha256": evaluation.get("data", {}).get("test_sha256", ""),
+        "mlflow.run_id": run_id,
+    }
+
+
+def read_evaluation(path: Path) -> dict:
+    try:
+        evaluation = json.loads(path.read_text())
+        passed, reason = bool(evaluation["gate"]["passed"]), evaluation["gate"]["reason"]
+        float(evaluation["test"]["accuracy"])
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found (run `dvc repro evaluate`)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise PipelineError(f"{path}: not an evaluate metrics file (needs test.accuracy and gate.passed)") from None
+    if not passed:
+        raise PipelineError(f"{path}: the quality gate failed ({reason}); nothing to export")
+    return evaluation
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("export", __doc__)
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--model", default="models/model.keras")
+    parser.add_argument("--metrics", default="reports/metrics.json", help="evaluate's verdict, tagged on the version")
     parser.add_argument("--run-file", default="models/mlflow_run.json")
     parser.add_argument("--out", default="exported")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    evaluation = read_evaluation(Path(args.metrics))
     from pipeline.tracking import Tracker
 
     tracker = Tracker.resume(args.run_file)
     out = Path(args.out)
-    name = params.export.registered_model_name
+    name = params.registered_model_name
 
     def register(onnx_path: Path) -> dict:
-        return {"name": name, "version": tracker.log_onnx_model(onnx_path, name)}
+        version = tracker.log_onnx_model(onnx_path, name)
+        tracker.registry.tag_version(name, version, version_tags(evaluation, tracker.run_id, params.data.dataset_name))
+        tracker.registry.set_alias(name, "challenger", version)
+        return {"name": name, "version": version}
 
     info = export(Path(args.model), args.prepared, out, params.export, params.prepare.seed, tracker.run_id, register)
     tracker.log_artifact(out / "saved_model", "saved_model")
     tracker.log_artifact(out / "metadata.json", "export")
     sizes = ", ".join(f"{file} {f['bytes'] / 1024:,.0f} KiB" for file, f in info["files"].items())
-    print(f"export: {sizes}; registered {name} v{info['mlflow_registered_model']['version']}")
+    print(f"export: {sizes}; registered {name} v{info['mlflow_registered_model']['version']} as challenger")
 
 
 if __name__ == "__main__":

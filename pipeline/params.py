@@ -7,6 +7,7 @@ value in one line, e.g. `params.yaml: train.epochs must be >= 1, got 0`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,10 +30,23 @@ class _DataBase(Section):
     format: Literal[tuple(FORMATS)] = "idx"  # type: ignore[valid-type]
     # A local directory, an http(s) URL prefix, or an archive (.tar.gz, .tgz, .tar, .zip; path or URL).
     source: str = "/usr/share/datasets/fashion-mnist"
+    # The data set's name in MLflow (datasets, experiment, registered model); null: from data.source.
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")] | None = None
     # Archives (data.source ending in .zip, .tar.gz, ...) are refused before their content would
     # exceed this many bytes, or expand more than this ratio of their own size (a zip bomb).
     max_extracted_bytes: Annotated[int, Field(ge=1)] = MAX_EXTRACTED_BYTES
     max_compression_ratio: Annotated[float, Field(ge=1)] = MAX_COMPRESSION_RATIO
+
+    @property
+    def dataset_name(self) -> str:
+        """data.name, else the source's last path part without an archive suffix, lower-case:
+        /usr/share/datasets/fashion-mnist → fashion-mnist, .../cifar-10-binary.tar.gz → cifar-10-binary."""
+        if self.name:
+            return self.name
+        last = self.source.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1].lower()
+        for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+            last = last.removesuffix(suffix)
+        return re.sub(r"[^a-z0-9._-]+", "-", last).strip("-._") or "data"
 
     @property
     def selected(self) -> FormatSection:
@@ -143,9 +157,10 @@ class TrainParams(Section):
 # --------------------------------------------------------------------------- evaluate
 class GateParams(Section):
     min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.90
-    # Fail when test accuracy falls more than this below the baseline metrics file's, if it exists.
-    max_drop: Annotated[float, Field(ge=0, le=1)] | None = None
-    baseline: str | None = None
+    # Fail when test accuracy falls more than this below the baseline's (null: no such check).
+    max_drop: Annotated[float, Field(ge=0, le=1)] | None = 0.02
+    # champion: the registry's champion, when it was tested on the same test split; else a metrics file.
+    baseline: str | None = "champion"
 
 
 class EvaluateParams(Section):
@@ -158,18 +173,31 @@ class EvaluateParams(Section):
 # --------------------------------------------------------------------------- export
 class ExportParams(Section):
     opset: Annotated[int, Field(ge=13, le=21)] = 17
-    quantize: bool = True
     calibration_size: Annotated[int, Field(ge=1, le=100_000)] = 500
     max_int8_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
-    registered_model_name: str = "fashion-mnist-classifier"
     batch_size: BatchSize = 256
 
 
+# --------------------------------------------------------------------------- promote
+class PromoteParams(Section):
+    # The challenger becomes champion only if, on the same test split, its accuracy is at most
+    # max_drop below the champion's and no class's F1 is more than max_class_f1_drop below.
+    max_drop: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_class_f1_drop: Annotated[float, Field(ge=0, le=1)] = 0.02
+    # McNemar's exact test on the per-example outcomes: reported at this level; gating only if required.
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    require_significant: bool = False
+
+
 # --------------------------------------------------------------------------- mlflow
+NAME = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class MlflowParams(Section):
     # MLFLOW_TRACKING_URI wins; else this; else sqlite:///<repo root>/mlflow.db.
     tracking_uri: str | None = None
-    experiment_name: str = "fashion-mnist"
+    experiment_name: NAME | None = None  # null: the data set's name (data.name)
+    registered_model_name: NAME | None = None  # null: <data set's name>-classifier
 
 
 class Params(Section):
@@ -178,7 +206,16 @@ class Params(Section):
     train: TrainParams = Field(default_factory=lambda: TrainParams.model_validate({}))
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
+    promote: PromoteParams = PromoteParams()
     mlflow: MlflowParams = MlflowParams()
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment_name or self.data.dataset_name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.mlflow.registered_model_name or f"{self.data.dataset_name}-classifier"
 
 
 # --------------------------------------------------------------------------- loading

@@ -36,6 +36,23 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return uri
 
 
+def portable_uri(uri: str) -> str:
+    """The tracking URI as a run file records it: an embedded store under the project root as a
+    path relative to the root (`sqlite:///mlflow.db`), so the file means the same in any clone."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        try:
+            return prefix + Path(uri[len(prefix) :]).resolve().relative_to(project_root()).as_posix()
+        except ValueError:
+            pass  # a store outside the project: keep its path
+    return uri
+
+
+def local_store(uri: str) -> Path | None:
+    """The file of an embedded SQLite store, None for a server."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
 def artifact_root(uri: str) -> str | None:
     """Where a new experiment keeps its artifacts. For a local store, beside it at the repo root:
     MLflow's default (./mlruns of whoever creates the experiment) would put them inside a temp
@@ -45,7 +62,27 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+def dvc_written_paths(directory: Path) -> set[str]:
+    """What DVC itself writes into git: dvc.lock and every stage's outs, metrics and plots."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load((directory / "dvc.yaml").read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return {"dvc.lock"}
+    paths = {"dvc.lock"}
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                paths.add(next(iter(entry)) if isinstance(entry, dict) else str(entry))
+    return paths
+
+
 def git_state(directory: Path) -> dict[str, str]:
+    """The source of a run as MLflow's UI shows it (commit, branch, remote), and whether the
+    working tree differs from the commit in anything but what DVC writes (`git.dirty`, with the
+    paths in `git.dirty_paths`)."""
+
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=10)
@@ -56,8 +93,25 @@ def git_state(directory: Path) -> dict[str, str]:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {}
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+    written = dvc_written_paths(directory)
+    changed = (git("diff", "--name-only", "HEAD") or "").splitlines()  # tracked files, staged or not
+    dirty = sorted(
+        path for path in changed if not any(path == out or path.startswith(out.rstrip("/") + "/") for out in written)
+    )
+    tags = {
+        "mlflow.source.git.commit": commit,
+        "mlflow.source.type": "LOCAL",
+        "git.dirty": str(bool(dirty)).lower(),
+    }
+    if dirty:
+        tags["git.dirty_paths"] = ", ".join(dirty)[:5000]
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":
+        tags["mlflow.source.git.branch"] = branch
+    remote = git("remote", "get-url", "origin")
+    if remote and "://" in remote and "@" not in remote.split("://", 1)[1].split("/", 1)[0]:
+        tags["mlflow.source.git.repoURL"] = remote  # never a local path, never credentials
+    return tags
 
 
 def dvc_experiment_tags() -> dict[str, str]:
@@ -68,6 +122,21 @@ def dvc_experiment_tags() -> dict[str, str]:
     if os.environ.get("DVC_EXP_BASELINE_REV"):
         tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
     return tags
+
+
+def split_inputs(meta, hashes: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """What `Tracker.log_dataset_inputs` needs of each prepared split (records.PreparedMeta)."""
+    import numpy as np
+    from mlflow.types import TensorSpec
+
+    from pipeline.model import input_name
+
+    features = TensorSpec(np.dtype(meta.dtype), (-1, *meta.input_shape), input_name(tuple(meta.input_shape)))
+    targets = TensorSpec(np.dtype("int64"), (-1,), "label")
+    return {
+        split: {"sha256": sha, "examples": meta.counts[split], "features": features, "targets": targets}
+        for split, sha in hashes.items()
+    }
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -161,16 +230,41 @@ class Tracker:
             raise PipelineError(f"{path}: MLflow run file not found (run `dvc repro train`)") from None
         except (json.JSONDecodeError, KeyError, TypeError):
             raise PipelineError(f"{path}: not an MLflow run file (needs {', '.join(RUN_FILE_KEYS)})") from None
-        # The environment wins, as for `start`, so a moved store can still be reached.
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or ids["tracking_uri"]
-        return cls(cls._client(uri), ids["run_id"], ids["experiment_id"], uri)
+        # The environment wins, as for `start`, so a shared server can be named in any clone.
+        uri = resolve_tracking_uri(ids["tracking_uri"])
+        run_id = ids["run_id"]
+        store = local_store(uri)
+        if store is not None and not store.exists():
+            # Checked before MLflow sees the URI: its SQLite store would create an empty database.
+            raise PipelineError(
+                f"{path}: MLflow run {run_id} is in the embedded store {portable_uri(uri)}, which this "
+                "clone does not have; set MLFLOW_TRACKING_URI to the shared tracking server, or rerun "
+                "`dvc repro train`"
+            )
+        check_reachable(uri)
+        tracker = cls(cls._client(uri), run_id, ids["experiment_id"], uri)
+        tracker.check_run_exists(path)
+        return tracker
+
+    def check_run_exists(self, run_file: Path) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(self.run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                where = portable_uri(self.tracking_uri)
+                raise PipelineError(f"MLflow tracking URI {where}: {first_line(exc)}") from None
+            raise PipelineError(
+                f"{run_file}: MLflow run {self.run_id} is not in the store {portable_uri(self.tracking_uri)}; "
+                "set MLFLOW_TRACKING_URI to the tracking server that has it, or rerun `dvc repro train`"
+            ) from None
 
     def write_run_file(self, path: str | os.PathLike) -> None:
         from pipeline.atomic import write_json
 
-        write_json(
-            path, {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri}
-        )
+        uri = portable_uri(self.tracking_uri)
+        write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": uri})
 
     # ------------------------------------------------------------------ logging
     def log_params(self, params: dict[str, Any]) -> None:
@@ -218,6 +312,8 @@ class Tracker:
         from mlflow.models import infer_signature
 
         model = onnx.load(str(path))
+        # The providers this machine has (CPU only on a CPU machine: no warning about a missing CUDA).
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (input_meta,) = session.get_inputs()
         (output_meta,) = session.get_outputs()
@@ -236,6 +332,7 @@ class Tracker:
                 input_example={input_meta.name: example},
                 registered_model_name=registered_name,
                 save_as_external_data=False,
+                onnx_execution_providers=providers,
             )
         return str(info.registered_model_version)
 
@@ -246,9 +343,112 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
 
-    def tag_model_version(self, name: str, version: str, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(name, version, key, str(value))
+    def set_description(self, text: str) -> None:
+        """The run page's Description (MLflow keeps it in the `mlflow.note.content` tag)."""
+        self.client.set_tag(self.run_id, "mlflow.note.content", text)
+
+    def log_dataset_inputs(self, name: str, source: str, splits: dict[str, dict[str, Any]]) -> None:
+        """One MLflow dataset per split, as the run page's Datasets and the Datasets view show them.
+
+        Each split gives `sha256` (its content hash: the digest, cut to the 36 characters MLflow's
+        store keeps), `examples`, `features` and `targets` (MLflow TensorSpecs). The source is
+        `data.source`, as params.yaml names it."""
+        from mlflow.data.schema import TensorDatasetSchema
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.types import Schema
+
+        source_type = "http" if source.startswith(("http://", "https://")) else "local"
+        source_json = json.dumps({"url": source} if source_type == "http" else {"uri": source})
+        inputs = []
+        for split, info in splits.items():
+            schema = TensorDatasetSchema(features=Schema([info["features"]]), targets=Schema([info["targets"]]))
+            dataset = Dataset(
+                name=f"{name}/{split}",
+                digest=info["sha256"][:32],
+                source_type=source_type,
+                source=source_json,
+                schema=json.dumps(schema.to_dict()),
+                profile=json.dumps({"num_rows": info["examples"], "sha256": info["sha256"]}),
+            )
+            inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", split)]))
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def start_system_metrics(self, resume: bool = False, interval: float = 5.0):
+        """MLflow's own sampler of CPU, memory, disk, network (and GPU where pynvml finds one) as
+        `system/*` metrics of this run; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides the interval.
+        Returns the monitor, whose `finish()` stops it."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=interval, resume_logging=resume, tracking_uri=self.tracking_uri
+        )
+        monitor.start()
+        return monitor
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.client, self.tracking_uri)
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+class Registry:
+    """The model registry's versions, aliases (`champion`, `challenger`) and their tags."""
+
+    def __init__(self, client, tracking_uri: str):
+        self.client, self.tracking_uri = client, tracking_uri
+
+    @classmethod
+    def open(cls, configured_uri: str | None) -> Registry:
+        uri = resolve_tracking_uri(configured_uri)
+        store = local_store(uri)
+        if store is not None and not store.exists():
+            raise PipelineError(f"MLflow store {portable_uri(uri)} does not exist (run `dvc repro` first)")
+        check_reachable(uri)
+        return cls(Tracker._client(uri), uri)
+
+    def version_by_alias(self, name: str, alias: str):
+        """The version that carries `alias`, or None (no such model, or no such alias)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise
+
+    def version(self, name: str, version: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(name, str(version))
+        except MlflowException:
+            raise PipelineError(f"registered model {name} has no version {version}") from None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def tag_version(self, name: str, version: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+
+    def set_description(self, name: str, version: str, text: str) -> None:
+        self.client.update_model_version(name, str(version), description=text)
+
+    def download_onnx(self, name: str, version: str, directory: Path) -> Path:
+        """The registered version's ONNX file, downloaded into `directory`."""
+        import mlflow
+        from mlflow.artifacts import download_artifacts
+
+        # A models:/ URI is resolved through the global registry URI, whatever tracking_uri says
+        # (MLflow's default would be ./mlflow.db of the working directory: a temp experiment copy's).
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        uri = f"models:/{name}/{version}"
+        local = Path(download_artifacts(artifact_uri=uri, dst_path=str(directory), tracking_uri=self.tracking_uri))
+        found = sorted(local.rglob("*.onnx"))
+        if not found:
+            raise PipelineError(f"registered model {name} v{version} has no ONNX file")
+        return found[0]

@@ -221,7 +221,10 @@ def train(
             str(work_dir / "backup"), delete_checkpoint=False, double_checkpoint=True
         )
         callbacks.insert(1, backup)
-        model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, callbacks=callbacks, verbose=verbose)
+        # shuffle=False: the tf.data pipeline shuffles (Keras would ignore True, with a warning).
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=p.epochs, callbacks=callbacks, verbose=verbose, shuffle=False
+        )
     seconds = time.perf_counter() - started
 
     history = read_history(history_path)
@@ -265,42 +268,60 @@ class RunTracking:
     """The chief's MLflow run for one training: opened once Keras has built the model (a bad layer
     list leaves no run), fed each epoch, closed with the outcome. Other workers track nothing."""
 
-    def __init__(self, params: Params, data_hash: str, fingerprint: str, work_dir: Path, resume_id: str | None):
-        self.params, self.data_hash, self.fingerprint = params, data_hash, fingerprint
+    def __init__(self, params: Params, meta: PreparedMeta, prepared: Path, fingerprint: str, work_dir: Path,
+                 resume_id: str | None):  # fmt: skip
+        self.params, self.meta, self.prepared, self.fingerprint = params, meta, prepared, fingerprint
         self.work_dir, self.resume_id = work_dir, resume_id
         self.tracker = None
+        self.monitor = None
 
-    def start(self, _model=None) -> None:
-        from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, project_root
+    def start(self, model=None) -> None:
+        from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, project_root, split_inputs
 
         name = self.params.train.model_name
+        split_hashes = {split: tree_sha256(self.prepared / split) for split in ("train", "val")}
         tags = {
             **git_state(project_root()),
             **dvc_experiment_tags(),
-            "data.sha256": self.data_hash,
+            "mlflow.source.name": "pipeline.train (dvc.yaml stage train)",
+            "data.sha256": tree_sha256(self.prepared),
+            "data.name": self.params.data.dataset_name,
             "model.preset": name,
         }
         self.tracker = Tracker.start(
             self.params.mlflow.tracking_uri,
-            self.params.mlflow.experiment_name,
+            self.params.experiment_name,
             run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
             tags=tags,
             resume_run_id=self.resume_id,
         )
+        resumed = self.tracker.run_id == self.resume_id
+        self.monitor = self.tracker.start_system_metrics(resume=resumed)
         stamp = {"fingerprint": self.fingerprint, "run_id": self.tracker.run_id}
         (self.work_dir / "fingerprint.json").write_text(json.dumps(stamp))
         self.tracker.log_params(flatten(self.params))
+        self.tracker.set_description(run_summary(self.params, self.meta, model))
+        if not resumed:
+            data = self.params.data
+            self.tracker.log_dataset_inputs(data.dataset_name, data.source, split_inputs(self.meta, split_hashes))
+
+    def stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
 
     def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
         if self.tracker is not None:
             self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
 
     def fail(self, interrupted: bool) -> None:
+        self.stop_monitor()
         if self.tracker is not None:
             self.tracker.end("KILLED" if interrupted else "FAILED")
 
     def record(self, result: TrainResult, args, report: dict[str, Any]) -> None:
         """Tags, summary metrics and artifacts of a finished training; the run file later stages use."""
+        self.stop_monitor()
         tracker, devices = self.tracker, result.devices
         tracker.set_tags(
             {
@@ -327,6 +348,18 @@ class RunTracking:
         tracker.log_artifact(args.model, "model")
         tracker.write_run_file(args.run_file)
         tracker.end()
+
+
+def run_summary(params: Params, meta: PreparedMeta, model=None) -> str:
+    """The run's one-line description: model, training setup, data."""
+    p = params.train
+    size = f"{model.count_params():,} parameters; " if model is not None else ""
+    counts = meta.counts
+    return (
+        f"{p.model_name} ({size}{p.epochs} epochs of {p.optimizer}, learning rate {p.learning_rate:g}, "
+        f"batch {p.batch_size}) on {params.data.dataset_name} ({params.data.format}, {counts['train']:,} train / "
+        f"{counts['val']:,} validation / {counts['test']:,} test examples, {meta.num_classes} classes)"
+    )
 
 
 def checked_meta(params: Params, prepared: Path) -> PreparedMeta:
@@ -364,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     prepared = Path(args.prepared)
     meta = checked_meta(params, prepared)
-    data_hash = tree_sha256(prepared)  # logged with the run; part of the resume fingerprint
+    data_hash = tree_sha256(prepared)  # part of the resume fingerprint
 
     from pipeline.devices import cluster_spec, is_chief
 
@@ -375,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     work_dir = shared if chief else Path(tempfile.mkdtemp(prefix="train-worker-"))
     fingerprint = training_fingerprint(params.train, data_hash)
     resume_id = prepare_work_dir(work_dir, fingerprint) if chief else None
-    tracking = RunTracking(params, data_hash, fingerprint, work_dir, resume_id)
+    tracking = RunTracking(params, meta, prepared, fingerprint, work_dir, resume_id)
     verbose = 1 if sys.stdout.isatty() else 2
     try:
         result = train(

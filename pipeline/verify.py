@@ -5,7 +5,9 @@ Runs the Keras model, the SavedModel (tf.saved_model.load, no project code), eac
 (onnxruntime, CPU provider) and the registered MLflow model loaded back with `mlflow.pyfunc` in
 batches, and records per format the max/mean |Δ| of probabilities against Keras, argmax agreement
 and accuracy, plus a dynamic-batch check. float32 formats must be within `max_abs_diff` with 100%
-agreement; int8 may lose at most `export.max_int8_drop` accuracy.
+agreement; int8 may lose at most `export.max_int8_drop` accuracy. When every check passes, writes
+the model card (exported/MODEL_CARD.md, pipeline/model_card.py) and makes it the registered
+version's description.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import write_json
+from pipeline.atomic import atomic_file, write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError, first_line
+from pipeline.model_card import CardInputs
+from pipeline.model_card import render as render_card
 from pipeline.params import load_params
 
 OUTPUT_NAME = "probabilities"
@@ -157,6 +161,47 @@ def read_registered(exported: Path) -> dict | None:
         raise PipelineError(f"{path}: not valid JSON") from None
 
 
+def read_json(path: Path, stage: str, optional: bool = False) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        if optional:
+            return None
+        raise PipelineError(f"{path}: not found (run `dvc repro {stage}`)") from None
+    except json.JSONDecodeError:
+        raise PipelineError(f"{path}: not valid JSON") from None
+
+
+def card_inputs(args, params, tracker, registered: dict | None, report: dict) -> CardInputs:
+    """Everything the model card shows, from the stages' reports, params and the MLflow run."""
+    run = tracker.client.get_run(tracker.run_id)
+    evaluation = read_json(Path(args.metrics), "evaluate")
+    data = params.data
+    return CardInputs(
+        registered=registered,
+        run={
+            "run_id": tracker.run_id,
+            "commit": run.data.tags.get("mlflow.source.git.commit", "unknown"),
+            "summary": run.data.tags.get("mlflow.note.content", ""),
+        },
+        data={
+            "name": data.dataset_name,
+            "format": data.format,
+            "source": data.source,
+            "checksums": data.selected.sha256 or {},
+            "sha256": run.data.tags.get("data.sha256", ""),
+            "test_sha256": evaluation.get("data", {}).get("test_sha256", ""),
+            "report": read_json(Path(args.data_report), "prepare"),
+        },
+        metadata=read_json(Path(args.exported) / "metadata.json", "export"),
+        training=read_json(Path(args.train_report), "train"),
+        hyper={**params.train.model_dump(mode="json"), "model_name": params.train.model_name},
+        evaluation=evaluation,
+        parity={**report, "max_int8_drop": params.export.max_int8_drop},
+        benchmark=read_json(Path(args.benchmark), "", optional=True),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("verify", __doc__)
     parser.add_argument("--prepared", default="data/prepared")
@@ -164,9 +209,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exported", default="exported")
     parser.add_argument("--run-file", default="models/mlflow_run.json")
     parser.add_argument("--report", default="reports/parity.json")
+    parser.add_argument("--metrics", default="reports/metrics.json", help="evaluate's (for the model card)")
+    parser.add_argument("--data-report", default="reports/data.json", help="prepare's (for the model card)")
+    parser.add_argument("--train-report", default="reports/train.json", help="train's (for the model card)")
+    parser.add_argument("--benchmark", default="reports/bench.json", help="latency for the card, read if present")
+    parser.add_argument("--card", default="exported/MODEL_CARD.md")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params).export
+    all_params = load_params(args.params)
+    params = all_params.export
     from pipeline.tracking import Tracker
 
     tracker = Tracker.resume(args.run_file)
@@ -181,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     verdict = "passed" if report["passed"] else "failed"
     tracker.set_tags({"verify.parity": verdict})
     if registered:
-        tracker.tag_model_version(
+        tracker.registry.tag_version(
             registered["name"],
             registered["version"],
             {
@@ -198,6 +249,14 @@ def main(argv: list[str] | None = None) -> None:
     print("verify: " + "; ".join(lines))
     if report["failures"]:
         raise PipelineError("parity check failed: " + "; ".join(report["failures"]))
+
+    card = render_card(card_inputs(args, all_params, tracker, registered, report))
+    with atomic_file(args.card) as tmp:
+        tmp.write_text(card)
+    tracker.log_artifact(args.card, "export")
+    if registered:
+        tracker.registry.set_description(registered["name"], registered["version"], card)
+    print(f"verify: model card {args.card}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ of the repo for real `dvc` runs. What they are built from lives in tests/helpers
 
 from __future__ import annotations
 
+import configparser
+import json
 import shutil
 from pathlib import Path
 
@@ -39,7 +41,7 @@ TINY_TRAIN = {
 
 def tiny_params(data: dict, **sections) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"] = data
+    params["data"] = {"name": None, **data}
     params["prepare"] = {**params["prepare"], "shard_size": 50}
     if "train" in params:
         params["train"] = {**params["train"], **TINY_TRAIN}
@@ -62,21 +64,35 @@ def dvc_repo(tmp_path, tiny_data) -> Path:
     run(["git", "config", "user.name", "test"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "config", "core.analytics", "false"], repo)
+    # The project's offline `dvc plots show` page: its .dvc/config setting, and the template
+    # scripts/setup.sh writes (python -m pipeline.plots_page).
+    config = configparser.ConfigParser()
+    config.read(REPO / ".dvc/config")
+    name = config["plots"]["html_template"]
+    if not (REPO / ".dvc" / name).exists():
+        pytest.fail(f".dvc/{name} is missing: run scripts/setup.sh")
+    shutil.copy(REPO / ".dvc" / name, repo / ".dvc" / name)
+    with open(repo / ".dvc/.gitignore", "a") as ignore:
+        ignore.write(f"/{name}\n")
+    run(["dvc", "config", "plots.html_template", name], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "init"], repo)
     return repo
 
 
 @pytest.fixture
-def project(tiny_data, tmp_path):
-    """A working directory with prepared tiny data and params, as DVC would run the stage in."""
+def project(tiny_data, tmp_path, tmp_path_factory):
+    """A working directory with prepared tiny data and params, as DVC would run the stage in; its
+    MLflow store lives elsewhere (as a team's would), so the run file names it by its full URI."""
+    store = tmp_path_factory.mktemp("store")
     params = {
         "data": tiny_data,
         "prepare": {"shard_size": 50},
         "train": dict(TINY_TRAIN),
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "experiment_name": "t"},
+        "mlflow": {"tracking_uri": f"sqlite:///{store / 'mlflow.db'}", "experiment_name": "t"},
     }
-    (tmp_path / "store").mkdir()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    fetch_and_prepare(tiny_data, tmp_path / "data")
+    report, _ = fetch_and_prepare(tiny_data, tmp_path / "data")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/data.json").write_text(json.dumps(report))
     return tmp_path

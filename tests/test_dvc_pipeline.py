@@ -1,6 +1,7 @@
 """The real `dvc repro` in a throwaway repo on tiny data, from raw files to verified exports."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,25 @@ def test_repro_stops_on_bad_params_with_one_line(dvc_repo):
     assert not (dvc_repo / "data/prepared").exists()
 
 
+NOISE = re.compile(r"^[IWE]\d{4} |cuInit|NodeDef mentions|oneDNN custom operations|shuffle=True|WARNING", re.M)
+
+
 def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tmp_path):
     from mlflow.tracking import MlflowClient
+
+    from pipeline.hashing import tree_sha256
 
     set_params(dvc_repo, "train", epochs=6, learning_rate=0.01, early_stopping_patience=0)
     set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.5})
     set_params(dvc_repo, "export", calibration_size=60)
-    run(["dvc", "repro"], dvc_repo)
+    run(["git", "commit", "-qam", "tiny params"], dvc_repo)
+    # Sampled every 0.2 s, the few seconds of tiny training still give system metrics.
+    repro = run(["dvc", "repro"], dvc_repo, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2")
+    # The console: each stage's result, no TensorFlow/absl start-up lines, no warnings.
+    assert not NOISE.search(repro.stderr + repro.stdout), repro.stderr
+    for stage in ("fetch", "prepare", "train", "evaluate", "export", "verify", "promote"):
+        assert re.search(rf"^{stage}: ", repro.stdout, re.M), stage
+    assert re.search(r"^Epoch 6/6$", repro.stdout, re.M)
 
     metrics = json.loads((dvc_repo / "reports/metrics.json").read_text())
     assert metrics["gate"]["passed"] and metrics["test"]["accuracy"] >= 0.5
@@ -68,23 +81,52 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tmp_path):
     assert {"Loss per epoch", "Accuracy per epoch", "Confusion matrix (test)"} <= set(rendered)
     assert any("confusion_matrix.png" in key for key in rendered)
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], dvc_repo)
-    assert (tmp_path / "plots/index.html").stat().st_size > 1000
+    assert_plots_draw_offline(tmp_path / "plots/index.html", tmp_path / "plots.png")
 
+    # The run file names the store relative to the project: it means the same in any clone.
     run_info = json.loads((dvc_repo / "models/mlflow_run.json").read_text())
-    assert run_info["tracking_uri"] == f"sqlite:///{dvc_repo / 'mlflow.db'}"
-    client = MlflowClient(run_info["tracking_uri"])
+    assert run_info["tracking_uri"] == "sqlite:///mlflow.db"
+    client = MlflowClient(f"sqlite:///{dvc_repo / 'mlflow.db'}")
     mlrun = client.get_run(run_info["run_id"])
     assert mlrun.data.metrics["test.accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     assert "test.per_class.class_0.f1" in mlrun.data.metrics
     assert mlrun.data.tags["evaluate.gate"] == "passed" and mlrun.data.tags["verify.parity"] == "passed"
     figures = {a.path for a in client.list_artifacts(run_info["run_id"], "figures")}
     assert "figures/confusion_matrix.png" in figures
-    versions = client.search_model_versions("name='fashion-mnist-classifier'")
+
+    # Lineage: the three splits as MLflow datasets, digest = the split's content hash, source = data.source.
+    inputs = {d.tags[0].value: d.dataset for d in mlrun.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"}
+    for split, dataset in inputs.items():
+        assert dataset.digest == tree_sha256(dvc_repo / "data/prepared" / split)[:32]
+        assert dataset.name == f"source/{split}" and json.loads(dataset.source)["uri"] == params_source(dvc_repo)
+        assert json.loads(dataset.profile)["num_rows"] == {"train": 108, "val": 12, "test": 40}[split]
+    # Source, description, a clean tree despite the dvc.lock and outputs DVC wrote, system metrics.
+    head = run(["git", "rev-parse", "HEAD"], dvc_repo).stdout.strip()
+    assert mlrun.data.tags["mlflow.source.git.commit"] == head
+    assert mlrun.data.tags["git.dirty"] == "false"
+    assert mlrun.data.tags["mlflow.note.content"].startswith("custom (")
+    assert (
+        "on source (idx, 108 train / 12 validation / 40 test examples, 4 classes)"
+        in mlrun.data.tags["mlflow.note.content"]
+    )
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(mlrun.data.metrics)
+
+    # The registry: names follow the data; the first model is champion; the card is its description.
+    versions = client.search_model_versions("name='source-classifier'")
     assert len(versions) == 1 and versions[0].tags["parity"] == "passed"
-    assert versions[0].run_id == run_info["run_id"]
+    assert versions[0].run_id == run_info["run_id"] and versions[0].tags["gate"] == "passed"
+    assert sorted(client.get_model_version("source-classifier", "1").aliases) == ["challenger", "champion"]
+    assert client.get_experiment(run_info["experiment_id"]).name == "source"
+    card = (dvc_repo / "exported/MODEL_CARD.md").read_text()
+    assert card.startswith("# Model card: source-classifier v1") and versions[0].description == card
+    for section in ("## Data", "## Model", "## Results", "## Intended use and limits", "Leakage check"):
+        assert section in card
+    promotion = json.loads((dvc_repo / "reports/promotion.json").read_text())
+    assert promotion["promoted"] and promotion["reason"] == "first model: no champion yet"
     # metadata.json is written once, registry version included, and MLflow holds that same file.
     metadata = (dvc_repo / "exported/metadata.json").read_text()
-    assert json.loads(metadata)["mlflow_registered_model"] == {"name": "fashion-mnist-classifier", "version": "1"}
+    assert json.loads(metadata)["mlflow_registered_model"] == {"name": "source-classifier", "version": "1"}
     logged = client.download_artifacts(run_info["run_id"], "export/metadata.json", str(tmp_path))
     assert Path(logged).read_text() == metadata
 
@@ -92,8 +134,8 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tmp_path):
     import onnxruntime as ort
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(run_info["tracking_uri"])
-    pyfunc = mlflow.pyfunc.load_model(f"models:/fashion-mnist-classifier/{versions[0].version}")
+    mlflow.set_tracking_uri(f"sqlite:///{dvc_repo / 'mlflow.db'}")
+    pyfunc = mlflow.pyfunc.load_model("models:/source-classifier@champion")
     x = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28, 1), dtype=np.uint8)  # raw pixels
     served = pyfunc.predict({"image": x})["probabilities"]
     local = ort.InferenceSession(str(dvc_repo / "exported/model.onnx")).run(None, {"image": x})[0]
@@ -103,6 +145,41 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tmp_path):
         pyfunc.predict({"image": x.astype(np.float32)})
     with pytest.raises(MlflowException, match="Model is missing inputs"):
         pyfunc.predict({"pixels": x})
+
+
+def assert_plots_draw_offline(page_path: Path, screenshot: Path) -> None:
+    """`dvc plots show`'s page in Chromium with the network off: every Vega chart is drawn."""
+    from playwright.sync_api import sync_playwright
+
+    from helpers.browser import CHROMIUM_FLAGS, chromium_path
+
+    requested = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        try:
+            context = browser.new_context(offline=True, viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(page_path.as_uri())
+            charts = ["#Loss_per_epoch", "#Accuracy_per_epoch", "#Confusion_matrix__test_"]
+            for chart in charts:  # Vega draws each chart as an SVG of class "marks" into its div
+                page.wait_for_selector(f"{chart} svg.marks", timeout=30_000)
+            drawn = page.evaluate(
+                "ids => ids.map(id => { const r = document.querySelector(id + ' svg.marks').getBoundingClientRect();"
+                " return r.width * r.height })",
+                charts,
+            )
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert all(area > 10_000 for area in drawn), drawn
+    assert not [url for url in requested if url.startswith(("http:", "https:"))], requested
+
+
+def params_source(repo: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((repo / "params.yaml").read_text())["data"]["source"]
 
 
 def read_idx(path):

@@ -8,9 +8,12 @@ from PIL import Image
 
 from pipeline.errors import PipelineError
 from pipeline.evaluate import (
+    Baseline,
     apply_gate,
+    class_keys,
     compute_metrics,
     expected_calibration_error,
+    file_baseline,
     plot_confusion_matrix,
     plot_training_curves,
     plot_worst_errors,
@@ -37,7 +40,7 @@ def test_metrics_match_hand_computation():
     assert m["top2_accuracy"] == pytest.approx(1.0)
     assert m["loss"] == pytest.approx(-np.mean(np.log([0.8, 0.7, 0.3, 0.6])))
     # a: P=1 R=1; b: P=1/2 R=1; c: P=1 R=1/2.
-    assert m["per_class"]["a"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    assert m["per_class"]["a"] == {"class": "a", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
     assert m["per_class"]["b"]["precision"] == pytest.approx(0.5) and m["per_class"]["b"]["f1"] == pytest.approx(2 / 3)
     assert m["per_class"]["c"]["recall"] == pytest.approx(0.5) and m["per_class"]["c"]["support"] == 2
     assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
@@ -60,20 +63,37 @@ def test_gate_passes_and_fails_with_the_numbers():
     assert verdict["reason"] == "test.accuracy 0.9100 is below evaluate.gate.min_accuracy 0.9300"
 
 
-def test_gate_against_a_baseline(tmp_path):
-    baseline = tmp_path / "baseline.json"
-    baseline.write_text(json.dumps({"test": {"accuracy": 0.93}}))
-    gate = GateParams(min_accuracy=0.5, max_drop=0.01, baseline=str(baseline))
+def test_gate_against_a_baseline_file(tmp_path):
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"test": {"accuracy": 0.93}}))
+    gate = GateParams(min_accuracy=0.5, max_drop=0.01, baseline=str(path))
+    baseline = file_baseline(path)
     assert apply_gate({"accuracy": 0.925}, gate, baseline)["passed"]
     verdict = apply_gate({"accuracy": 0.90}, gate, baseline)
     assert not verdict["passed"] and verdict["baseline_accuracy"] == 0.93
-    assert "dropped 0.0300 below the baseline 0.9300" in verdict["reason"]
+    assert f"dropped 0.0300 below the baseline 0.9300 of {path}" in verdict["reason"]
     assert "evaluate.gate.max_drop 0.0100" in verdict["reason"]
     with pytest.raises(PipelineError, match="missing.json: baseline metrics file not found"):
-        apply_gate({"accuracy": 0.9}, gate, tmp_path / "missing.json")
-    baseline.write_text("{}")
+        file_baseline(tmp_path / "missing.json")
+    path.write_text("{}")
     with pytest.raises(PipelineError, match="has no test.accuracy"):
-        apply_gate({"accuracy": 0.9}, gate, baseline)
+        file_baseline(path)
+
+
+def test_a_baseline_without_accuracy_checks_nothing_and_says_why():
+    gate = GateParams(min_accuracy=0.5, max_drop=0.01)
+    verdict = apply_gate({"accuracy": 0.6}, gate, Baseline(None, "no champion of m yet"))
+    assert verdict["passed"] and verdict["baseline"] == "no champion of m yet"
+    assert verdict["baseline_accuracy"] is None
+
+
+def test_metric_keys_keep_class_names_readable_and_unique():
+    """MLflow starts a chart group at each '/', and '.' separates a flat key's parts."""
+    assert class_keys(["T-shirt/top", "Ankle boot", "a.b", "a/b", "a_b", "é:1"]) == [
+        "T-shirt_top", "Ankle boot", "a_b", "a_b_2", "a_b_3", "é_1",
+    ]  # fmt: skip
+    m = compute_metrics(LABELS, PROBS, ["T-shirt/top", "b", "c"])
+    assert m["per_class"]["T-shirt_top"]["class"] == "T-shirt/top"
 
 
 def test_figures_are_drawn_without_a_display(tmp_path, monkeypatch):

@@ -32,8 +32,8 @@ def test_experiments_each_become_one_tagged_mlflow_run(dvc_repo):
     from mlflow.tracking import MlflowClient
 
     set_params(dvc_repo, "train", epochs=2, early_stopping_patience=0)
-    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0})
-    set_params(dvc_repo, "export", quantize=False)
+    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0, "max_drop": None})  # variants: promote judges
+    set_params(dvc_repo, "export", calibration_size=40, max_int8_drop=1.0)
     run(["git", "commit", "-qam", "tiny sweep baseline"], dvc_repo)
     baseline = run(["git", "rev-parse", "HEAD"], dvc_repo).stdout.strip()
 
@@ -59,7 +59,7 @@ def test_experiments_each_become_one_tagged_mlflow_run(dvc_repo):
 
     # All three trained into the repo's own store, also the two that ran in temp copies.
     client = MlflowClient(f"sqlite:///{dvc_repo / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("source").experiment_id])  # the data set's name
     by_exp = {r.data.tags.get("dvc.experiment"): r for r in runs}
     assert {"lr-high", "lr-0.003", "lr-0.0003"} <= set(by_exp)
     assert len({r.info.run_id for r in runs}) == len(runs) == 3
@@ -70,6 +70,10 @@ def test_experiments_each_become_one_tagged_mlflow_run(dvc_repo):
         artifacts = client.list_artifacts(mlrun.info.run_id, "figures")
         assert artifacts, f"{name}: figures missing (artifacts of a temp copy lost?)"
     assert by_exp["lr-0.003"].data.params["train.learning_rate"] == "0.003"
+    # Each registered as a version; promote, also in the temp copies, compared it with the champion.
+    versions = client.search_model_versions("name='source-classifier'")
+    assert len(versions) == 3 and all("promotion.decision" in v.tags for v in versions)
+    assert client.get_model_version_by_alias("source-classifier", "champion") is not None
 
     run(["dvc", "exp", "apply", "lr-0.003"], dvc_repo)
     applied = yaml.safe_load((dvc_repo / "params.yaml").read_text())
@@ -81,7 +85,7 @@ def test_switching_data_format_and_preset_with_set_params_alone(dvc_repo, tmp_pa
     from helpers.data import write_csv_dataset
 
     table = write_csv_dataset(tmp_path / "table", label_column="label")
-    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0})
+    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0, "max_drop": None})  # variants: promote judges
     run(["git", "commit", "-qam", "baseline"], dvc_repo)
     run(
         [

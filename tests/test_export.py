@@ -78,7 +78,7 @@ def trained_model(model_spec, prepared: str, path):
 )
 def test_onnx_and_saved_model_match_keras(model_spec, tolerance, prepared, tmp_path):
     model = trained_model(model_spec, prepared, tmp_path / "model.keras")
-    params = parse_params({"export": {"quantize": False}}).export
+    params = parse_params({"export": {"calibration_size": 40}}).export
     info = export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id="run-123")
 
     meta = read_meta(prepared)
@@ -137,7 +137,7 @@ def test_fp32_onnx_runs_in_the_onnx_reference_evaluator(prepared, tmp_path):
         tmp_path / "model.keras",
         prepared,
         tmp_path / "exported",
-        parse_params({"export": {"quantize": False}}).export,
+        parse_params({"export": {"calibration_size": 40}}).export,
         seed=0,
         run_id=None,
     )

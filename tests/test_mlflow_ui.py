@@ -2,45 +2,25 @@
 pipeline made, its test metrics and its logged figures are on the page. Screenshots go to tmp_path."""
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 
+from helpers.browser import CHROMIUM_FLAGS, chromium_path
 from helpers.commands import run, set_params
 from helpers.servers import mlflow_server
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: .ci/run must install Debian's chromium")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    return path
-
 
 @pytest.fixture
 def pipeline_run(project):
-    """A run made by the real train and evaluate stages on tiny data."""
+    """A run made by the real stages on tiny data, from train to promote."""
     set_params(project, "train", epochs=2)
     set_params(project, "evaluate", gate={"min_accuracy": 0.0})
-    run(["python", "-m", "pipeline.train"], project, MLFLOW_TRACKING_URI="")
-    run(["python", "-m", "pipeline.evaluate"], project, MLFLOW_TRACKING_URI="")
+    set_params(project, "export", calibration_size=40, max_int8_drop=1.0)
+    set_params(project, "mlflow", registered_model_name="ui-classifier")
+    for stage in ("train", "evaluate", "export", "verify", "promote"):
+        run(["python", "-m", f"pipeline.{stage}"], project, MLFLOW_TRACKING_URI="")
     return json.loads((project / "models/mlflow_run.json").read_text())
 
 
@@ -65,7 +45,17 @@ def test_ui_shows_the_pipeline_run_its_metrics_and_figures(pipeline_run, project
             page.get_by_text(mlrun.info.run_name).first.wait_for(timeout=90_000)
             page.get_by_text("test.accuracy", exact=True).first.wait_for(timeout=30_000)
             page.get_by_text(f"{accuracy:.4g}"[:5]).first.wait_for(timeout=30_000)
+            # Lineage: the datasets the run used, and its description.
+            page.get_by_text("source/train").first.wait_for(timeout=30_000)
             page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+            page.get_by_text(mlrun.data.tags["mlflow.note.content"][:40]).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+
+            # The registered model: which version is champion.
+            page.goto(f"{url}/#/models/ui-classifier")
+            page.get_by_text("champion").first.wait_for(timeout=60_000)
+            page.get_by_text("challenger").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "registry.png"), full_page=True)
 
             page.goto(f"{url}/#/experiments/{experiment}/runs/{run_id}/artifacts")
             page.get_by_text("figures", exact=True).first.click(timeout=60_000)
@@ -82,3 +72,4 @@ def test_ui_shows_the_pipeline_run_its_metrics_and_figures(pipeline_run, project
             browser.close()
     assert (tmp_path / "run.png").stat().st_size > 10_000
     assert (tmp_path / "figure.png").stat().st_size > 10_000
+    assert (tmp_path / "registry.png").stat().st_size > 10_000

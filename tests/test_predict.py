@@ -45,7 +45,7 @@ def exported(tmp_path_factory):
                 "learning_rate": 0.01,
                 "early_stopping_patience": 0,
             },
-            "export": {"quantize": False},
+            "export": {"calibration_size": 40},
         }
     )
     fetch(params.data, root / "raw")
@@ -256,6 +256,7 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker.start(uri, "serving")
     version = tracker.log_onnx_model(exported["model"], "tiny-classifier")
+    tracker.registry.set_alias("tiny-classifier", "champion", version)  # served by alias, as the README does
     tracker.end()
 
     port = free_port()
@@ -267,7 +268,7 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
                 "models",
                 "serve",
                 "-m",
-                f"models:/tiny-classifier/{version}",
+                "models:/tiny-classifier@champion",
                 "--env-manager",
                 "local",
                 "--host",

@@ -57,8 +57,12 @@ def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, mo
         "prepare": {"shard_size": 64},
         "train": {"model": preset, "epochs": 3, "shuffle_buffer": 256},
         "evaluate": {"gate": {"min_accuracy": 0.0}, "worst_examples": 4},
-        "export": {"calibration_size": 40, "max_int8_drop": 1.0, "registered_model_name": f"tiny-{preset}"},
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment_name": "presets"},
+        "export": {"calibration_size": 40, "max_int8_drop": 1.0},
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "experiment_name": "presets",
+            "registered_model_name": f"tiny-{preset}",
+        },
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)

@@ -191,7 +191,7 @@ def test_a_one_worker_cluster_trains(project, tmp_path):
 def test_dvc_remote_round_trip_restores_exports_without_retraining(dvc_repo, tmp_path):
     set_params(dvc_repo, "train", epochs=2, early_stopping_patience=0)
     set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0})
-    set_params(dvc_repo, "export", quantize=False)
+    set_params(dvc_repo, "export", calibration_size=40, max_int8_drop=1.0)
     run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote")], dvc_repo)
     run(["dvc", "repro"], dvc_repo)
     run(["git", "add", "-A"], dvc_repo)

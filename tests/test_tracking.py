@@ -7,7 +7,7 @@ import time
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, resolve_tracking_uri
+from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, portable_uri, resolve_tracking_uri
 
 
 def test_default_store_is_mlflow_db_at_the_dvc_root(monkeypatch, tmp_path):
@@ -48,6 +48,57 @@ def test_git_state_reports_commit_and_dirty(tmp_path):
     assert len(state["mlflow.source.git.commit"]) == 40 and state["git.dirty"] == "false"
     (tmp_path / "f").write_text("2")
     assert git_state(tmp_path)["git.dirty"] == "true"
+    assert git_state(tmp_path)["git.dirty_paths"] == "f"
+
+
+def test_what_dvc_writes_does_not_make_the_tree_dirty(tmp_path):
+    """dvc.lock and the stages' git-tracked outputs change under every `dvc repro`: not the user's edits."""
+    for cmd in (["init", "-q"], ["config", "user.email", "t@e"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: x\n    outs: [{models/history.csv: {cache: false}}]\n"
+        "    metrics: [{reports/m.json: {cache: false}}]\n"
+    )
+    for name in ("dvc.lock", "models/history.csv", "reports/m.json", "code.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("1")
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "commit", "-qm", "x"], cwd=tmp_path, check=True)
+    for name in ("dvc.lock", "models/history.csv", "reports/m.json"):
+        (tmp_path / name).write_text("2")
+    assert git_state(tmp_path)["git.dirty"] == "false"
+    (tmp_path / "code.py").write_text("2")
+    state = git_state(tmp_path)
+    assert state["git.dirty"] == "true" and state["git.dirty_paths"] == "code.py"
+
+
+def test_run_file_names_the_embedded_store_relative_to_the_project(monkeypatch, tmp_path):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert portable_uri(f"sqlite:///{tmp_path}/mlflow.db") == "sqlite:///mlflow.db"
+    assert portable_uri("sqlite:////elsewhere/team.db") == "sqlite:////elsewhere/team.db"
+    assert portable_uri("http://mlflow.internal:5000") == "http://mlflow.internal:5000"
+    tracker = Tracker.start(None, "exp")
+    tracker.write_run_file(tmp_path / "run.json")
+    assert '"tracking_uri": "sqlite:///mlflow.db"' in (tmp_path / "run.json").read_text()
+
+
+def test_a_run_the_reachable_store_lacks_is_one_line_and_creates_nothing(monkeypatch, tmp_path):
+    """A clone that got the run file, but not the store, through DVC/git: say what to do, touch nothing."""
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    run_file = tmp_path / "run.json"
+    run_file.write_text('{"run_id": "abc123", "experiment_id": "1", "tracking_uri": "sqlite:///mlflow.db"}')
+    with pytest.raises(PipelineError) as error:
+        Tracker.resume(run_file)
+    message = str(error.value)
+    assert "MLflow run abc123 is in the embedded store sqlite:///mlflow.db, which this clone does not have" in message
+    assert "MLFLOW_TRACKING_URI" in message and "dvc repro train" in message
+    assert list(tmp_path.iterdir()) == [run_file]
+    # A store that exists but lacks the run (another machine's run): one line too.
+    Tracker.start(None, "exp")
+    with pytest.raises(PipelineError, match="MLflow run abc123 is not in the store sqlite:///mlflow.db"):
+        Tracker.resume(run_file)
 
 
 def test_runs_are_distinct_and_resumable(tmp_path):

@@ -1,0 +1,196 @@
+"""The model card (exported/MODEL_CARD.md): what a deployer should know about the exported model,
+from what the stages recorded. `verify` writes it, since only it knows the parity results, logs it
+to the MLflow run and makes it the registered version's description.
+
+Pure functions of the stages' reports (dicts): no TensorFlow, no MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CardInputs:
+    registered: dict[str, str] | None  # {"name", "version"} from exported/metadata.json
+    run: dict[str, str]  # run_id, git commit, summary (the run's description)
+    data: dict[str, Any]  # name, format, source, checksums, and reports/data.json
+    metadata: dict[str, Any]  # exported/metadata.json
+    training: dict[str, Any]  # reports/train.json
+    hyper: dict[str, Any]  # the train section as trained (resolved preset values)
+    evaluation: dict[str, Any]  # reports/metrics.json
+    parity: dict[str, Any]  # reports/parity.json (this verify's)
+    benchmark: dict[str, Any] | None  # reports/bench.json, when present
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def _shape(shape: list) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _inputs(metadata: dict) -> str:
+    shape = metadata["input"]["shape"][1:]
+    if len(shape) == 3:
+        return f"{shape[0]}×{shape[1]} {'greyscale' if shape[2] == 1 else 'colour'} images"
+    return f"table rows of {shape[0]} features"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def data_section(c: CardInputs) -> list[str]:
+    d, report = c.data, c.data.get("report", {})
+    counts = report.get("counts", {})
+    dup = report.get("duplicates", {})
+    lines = [
+        "## Data",
+        "",
+        f"- **Data set:** {d['name']} ({d['format']} files), source `{d['source']}`.",
+        f"- **Examples:** {counts.get('train', 0):,} train, {counts.get('val', 0):,} validation, "
+        f"{counts.get('test', 0):,} test; {len(c.metadata['class_names'])} classes (per class: `reports/data.json`).",
+        f"- **Leakage check:** {dup.get('test_in_train', 'n/a')} test and {dup.get('val_in_train', 'n/a')} validation "
+        "examples are byte-identical to a training example.",
+        f"- **Prepared data:** sha256 `{d.get('sha256', '')[:16]}…`; test split `{d.get('test_sha256', '')[:16]}…`.",
+    ]
+    if d.get("checksums"):
+        lines += ["- **Source checksums** (sha256 of the decompressed content):", ""]
+        lines += [f"  - `{name}`: `{sha}`" for name, sha in d["checksums"].items()]
+    else:
+        lines.append("- **Source checksums:** none configured (`data.<format>.sha256` is empty).")
+    return lines
+
+
+def model_section(c: CardInputs) -> list[str]:
+    t, h, m = c.training, c.hyper, c.metadata
+    inp, out = m["input"], m["output"]
+    augment = h.get("augment", {})
+    return [
+        "## Model",
+        "",
+        f"- **Architecture:** `{h.get('model_name', h.get('model'))}`, {t.get('parameters', 0):,} parameters, "
+        "Keras `Sequential`; normalisation is the model's first layer.",
+        f"- **Input:** `{inp['name']}` {inp['dtype']} `{_shape(inp['shape'])}` ({inp.get('meaning', '')}).",
+        f"- **Output:** `{out['name']}` {out['dtype']} `{_shape(out['shape'])}`, softmax over the class names below.",
+        f"- **Training:** {t.get('epochs_run')} epochs (best {t.get('best_epoch')}), {h.get('optimizer')} at learning "
+        f"rate {h.get('learning_rate')} ({h.get('schedule')} schedule), batch {t.get('global_batch_size')}, label "
+        f"smoothing {h.get('label_smoothing')}, augmentation: flip {augment.get('horizontal_flip')}, translate "
+        f"{augment.get('translate')}; {t.get('training_loop')}, {t.get('training_seconds', 0):,.0f} s.",
+        f"- **Classes:** {', '.join(m['class_names'])}.",
+    ]
+
+
+def results_section(c: CardInputs) -> list[str]:
+    test, fmts = c.evaluation["test"], c.parity["formats"]
+    lines = [
+        "## Results",
+        "",
+        f"On the {test['examples']:,} test examples (never seen in training or model selection):",
+        "",
+        *_table(
+            ["accuracy", "top-2 accuracy", "macro F1", "log loss", "calibration (ECE)"],
+            [
+                [
+                    f"{test['accuracy']:.4f}",
+                    f"{test['top2_accuracy']:.4f}",
+                    f"{test['macro_f1']:.4f}",
+                    f"{test['loss']:.4f}",
+                    f"{test['ece']:.4f}",
+                ]
+            ],  # fmt: skip
+        ),
+        "",
+        "Per class:",
+        "",
+        *_table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                [v.get("class", k), f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+                for k, v in test["per_class"].items()
+            ],
+        ),
+        "",
+        "Exported forms against the Keras model on the same test set (`reports/parity.json`):",
+        "",
+        *_table(
+            ["form", "accuracy", "max abs. difference", "same top class"],
+            [
+                [f, f"{r['accuracy']:.4f}", f"{r['max_abs_diff']:.2g}", _pct(r["argmax_agreement"])]
+                if "max_abs_diff" in r
+                else [f"{f} (reference)", f"{r['accuracy']:.4f}", "", ""]
+                for f, r in fmts.items()
+            ],
+        ),
+    ]
+    if "onnx_int8" in fmts:
+        drop = fmts["onnx_int8"].get("accuracy_drop_vs_float32", 0.0)
+        lines += ["", f"int8 accuracy drop against float32: {drop:.4f} (allowed: {c.parity.get('max_int8_drop', '')})."]
+    lines += ["", *latency_lines(c.benchmark, c.metadata)]
+    return lines
+
+
+def latency_lines(bench: dict | None, metadata: dict) -> list[str]:
+    if not bench or "engines" not in bench:
+        return ["Latency: not measured yet (`python benchmarks/inference.py` writes `reports/bench.json`)."]
+    machine = bench.get("machine", {})
+    where = f"{machine.get('logical_cpus', '?')} logical CPUs, onnxruntime {machine.get('onnxruntime', '?')}"
+    measured = bench.get("model_sha256")
+    current = metadata.get("files", {}).get("model.onnx", {}).get("sha256")
+    note = "" if measured and measured == current else " (measured on an earlier export of this pipeline)"
+    rows = [
+        [name, f"{e['batch1']['median_ms']:.3f}", f"{e['batch256_images_per_s']:,.0f}"]
+        for name, e in bench["engines"].items()
+        if name.startswith(("onnxruntime", "saved_model"))
+    ]
+    return [
+        f"Latency from `benchmarks/inference.py` ({where}){note}:",
+        "",
+        *_table(["engine", "batch 1 median ms", "batch 256 images/s"], rows),
+    ]
+
+
+def limits_section(c: CardInputs) -> list[str]:
+    test = c.evaluation["test"]
+    weakest = sorted(test["per_class"].values(), key=lambda v: v["f1"])[:2]
+    return [
+        "## Intended use and limits",
+        "",
+        f"- Classifies {_inputs(c.metadata)} into the {len(c.metadata['class_names'])} classes above; it knows "
+        "no other class and always answers one of them (there is no 'none of these').",
+        f"- Trained and tested on {c.data['name']} only. Inputs from another source (other cameras, framing, "
+        "backgrounds, colours or sizes than the training data) are out of its distribution: measure before use.",
+        "- Weakest classes: " + ", ".join(f"{v.get('class')} (F1 {v['f1']:.3f})" for v in weakest) + ".",
+        f"- Probabilities are calibrated to within {test['ece']:.3f} (ECE); treat them as scores, not guarantees.",
+        "- Runs with onnxruntime alone (`model.onnx`, `model.int8.onnx`) or TensorFlow (`saved_model/`), raw "
+        "input in, probabilities out; see `metadata.json` for the exact contract.",
+    ]
+
+
+def render(c: CardInputs) -> str:
+    title = f"{c.registered['name']} v{c.registered['version']}" if c.registered else c.data["name"]
+    lines = [
+        f"# Model card: {title}",
+        "",
+        c.run.get("summary", ""),
+        "",
+        *data_section(c),
+        "",
+        *model_section(c),
+        "",
+        *results_section(c),
+        "",
+        *limits_section(c),
+        "",
+        "## Provenance",
+        "",
+        f"- MLflow run `{c.run.get('run_id')}`; git commit `{c.run.get('commit', 'unknown')}`.",
+        f"- Producers: {', '.join(f'{k} {v}' for k, v in c.metadata.get('producer_versions', {}).items())}.",
+        "- Written by `python -m pipeline.verify` from `reports/` and `exported/metadata.json`.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,248 @@
+"""Stage `promote`: champion / challenger, with MLflow model aliases.
+
+`export` registers every model as a new version with the alias `challenger`. This stage runs the
+challenger and the current `champion` (both ONNX files from the registry's artifacts, onnxruntime)
+on the same test split and moves `champion` to the challenger only when every check passes:
+
+- accuracy: not more than `promote.max_drop` below the champion's;
+- per class: no class's F1 more than `promote.max_class_f1_drop` below the champion's;
+- McNemar's exact test (statsmodels) on the per-example outcomes: always reported; a significant
+  improvement is required only with `promote.require_significant`.
+
+The first model becomes champion. Each decision goes to reports/promotion.json (a DVC metric) and
+onto both versions' tags. A challenger that loses is an outcome, not an error: the stage succeeds.
+
+    python -m pipeline.promote                 # the stage (dvc.yaml)
+    python -m pipeline.promote --rollback      # champion back to the version it replaced
+    python -m pipeline.promote --champion 3    # champion to version 3, by hand
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.atomic import write_json
+from pipeline.cli import run_cli, stage_parser
+from pipeline.errors import PipelineError
+from pipeline.params import Params, PromoteParams, load_params
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PREVIOUS = "promotion.previous_champion"
+
+
+# ----------------------------------------------------------------------------- the comparison
+def mcnemar_exact(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> dict[str, Any]:
+    """McNemar's exact (binomial) test on the paired outcomes: only the examples exactly one model
+    gets right count."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    champion_only = int(np.sum(champion_correct & ~challenger_correct))
+    challenger_only = int(np.sum(challenger_correct & ~champion_correct))
+    both = int(np.sum(champion_correct & challenger_correct))
+    neither = int(np.sum(~champion_correct & ~challenger_correct))
+    result = mcnemar([[both, champion_only], [challenger_only, neither]], exact=True)
+    return {"champion_only_correct": champion_only, "challenger_only_correct": challenger_only,
+            "p_value": float(result.pvalue)}  # fmt: skip
+
+
+def compare(labels: np.ndarray, champion: np.ndarray, challenger: np.ndarray, class_names: list[str],
+            params: PromoteParams) -> dict[str, Any]:  # fmt: skip
+    """Every check of the challenger's predicted classes against the champion's, on the same labels."""
+    from sklearn.metrics import f1_score
+
+    classes = list(range(len(class_names)))
+    accuracy = {"champion": float(np.mean(champion == labels)), "challenger": float(np.mean(challenger == labels))}
+    f1 = {
+        who: f1_score(labels, predicted, labels=classes, average=None, zero_division=0)
+        for who, predicted in (("champion", champion), ("challenger", challenger))
+    }
+    f1_drops = f1["champion"] - f1["challenger"]
+    worst = int(np.argmax(f1_drops))
+    test = mcnemar_exact(champion == labels, challenger == labels)
+    better = test["challenger_only_correct"] > test["champion_only_correct"]
+    test["significant_improvement"] = bool(better and test["p_value"] < params.alpha)
+    checks = {
+        "accuracy": {
+            "passed": accuracy["champion"] - accuracy["challenger"] <= params.max_drop + 1e-12,
+            "drop": accuracy["champion"] - accuracy["challenger"],
+            "max_drop": params.max_drop,
+        },
+        "class_f1": {
+            "passed": bool(f1_drops[worst] <= params.max_class_f1_drop + 1e-12),
+            "worst_class": class_names[worst],
+            "worst_drop": float(f1_drops[worst]),
+            "max_drop": params.max_class_f1_drop,
+        },
+        "mcnemar": {
+            **test,
+            "alpha": params.alpha,
+            "required": params.require_significant,
+            "passed": test["significant_improvement"] or not params.require_significant,
+        },  # fmt: skip
+    }
+    return {"accuracy": accuracy, "checks": checks, "passed": all(c["passed"] for c in checks.values())}
+
+
+def failed_reasons(result: dict[str, Any]) -> str:
+    checks, reasons = result["checks"], []
+    if not checks["accuracy"]["passed"]:
+        c = checks["accuracy"]
+        reasons.append(f"accuracy {c['drop']:.4f} below the champion's (promote.max_drop {c['max_drop']})")
+    if not checks["class_f1"]["passed"]:
+        c = checks["class_f1"]
+        reasons.append(
+            f"F1 of {c['worst_class']} {c['worst_drop']:.4f} below (promote.max_class_f1_drop {c['max_drop']})"
+        )
+    if not checks["mcnemar"]["passed"]:
+        reasons.append(f"no significant improvement (McNemar p = {checks['mcnemar']['p_value']:.3g})")
+    return "; ".join(reasons)
+
+
+# ----------------------------------------------------------------------------- running the models
+def predicted_classes(onnx_path: Path, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    return np.concatenate(
+        [session.run(None, {inp.name: x[i : i + batch]})[0].argmax(axis=1) for i in range(0, len(x), batch)]
+    )
+
+
+def onnx_class_names(onnx_path: Path) -> list[str] | None:
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return json.loads(props["class_names"]) if "class_names" in props else None
+
+
+# ----------------------------------------------------------------------------- the decision
+def promote(registry, name: str, challenger: str, prepared: str, params: PromoteParams) -> dict[str, Any]:
+    """Compare, decide, move the alias when the challenger wins, and tag both versions."""
+    from pipeline.hashing import tree_sha256
+    from pipeline.records import read_meta, read_split_arrays
+
+    champion = registry.version_by_alias(name, CHAMPION)
+    version = registry.version(name, challenger)
+    test_sha256 = tree_sha256(Path(prepared) / "test")
+    decision: dict[str, Any] = {
+        "registered_model": name,
+        "challenger": challenger,
+        "champion_before": str(champion.version) if champion else None,
+        "test_sha256": test_sha256,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if version.tags.get("parity") != "passed":
+        return finish(registry, decision, False, f"v{challenger} has not passed verify's parity checks")
+    if champion is None:
+        return finish(registry, decision, True, "first model: no champion yet")
+    if str(champion.version) == challenger:
+        return finish(registry, decision, True, f"v{challenger} is already the champion")
+
+    meta = read_meta(prepared)
+    x, labels = read_split_arrays(prepared, meta, "test")
+    with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
+        champion_onnx = registry.download_onnx(name, champion.version, Path(tmp) / "champion")
+        challenger_onnx = registry.download_onnx(name, challenger, Path(tmp) / "challenger")
+        if onnx_class_names(champion_onnx) != meta.class_names:
+            return finish(registry, decision, False, f"champion v{champion.version} predicts other classes; "
+                          "compare impossible (move the alias by hand: --champion VERSION)")  # fmt: skip
+        try:
+            champion_pred = predicted_classes(champion_onnx, x)
+        except Exception:  # onnxruntime's own exception types: an input the champion does not take
+            return finish(registry, decision, False, f"champion v{champion.version} does not take this test "
+                          "split's input (move the alias by hand: --champion VERSION)")  # fmt: skip
+        challenger_pred = predicted_classes(challenger_onnx, x)
+    result = compare(labels, champion_pred, challenger_pred, meta.class_names, params)
+    decision.update(result, examples=int(len(labels)),
+                    champion_test_sha256=champion.tags.get("data.test_sha256"))  # fmt: skip
+    reason = "every check passed" if result["passed"] else failed_reasons(result)
+    return finish(registry, decision, result["passed"], reason)
+
+
+def finish(registry, decision: dict[str, Any], promoted: bool, reason: str) -> dict[str, Any]:
+    name, challenger, before = decision["registered_model"], decision["challenger"], decision["champion_before"]
+    decision.update(promoted=promoted, reason=reason, champion_after=challenger if promoted else before)
+    tags = {"promotion.decision": "champion" if promoted else "rejected", "promotion.reason": reason,
+            "promotion.time": decision["time"]}  # fmt: skip
+    if "checks" in decision:
+        tags["promotion.mcnemar_p"] = f"{decision['checks']['mcnemar']['p_value']:.4g}"
+    if before and before != challenger:
+        tags["promotion.compared_with"] = f"v{before}"
+        verdict = "replaced by" if promoted else "kept against"
+        registry.tag_version(name, before, {f"promotion.v{challenger}": f"{verdict} v{challenger}: {reason}"})
+    if promoted and before != challenger:
+        if before:
+            tags[PREVIOUS] = before
+        registry.set_alias(name, CHAMPION, challenger)
+    registry.tag_version(name, challenger, tags)
+    return decision
+
+
+def set_champion(registry, name: str, version: str | None) -> str:
+    """Move `champion` to `version`, or (None) back to the version the current champion replaced."""
+    current = registry.version_by_alias(name, CHAMPION)
+    if version is None:
+        if current is None:
+            raise PipelineError(f"registered model {name} has no champion to roll back")
+        version = current.tags.get(PREVIOUS)
+        if not version:
+            raise PipelineError(f"{name} v{current.version} replaced no earlier champion: nothing to roll back to")
+    rollback = current is not None and current.tags.get(PREVIOUS) == str(version)
+    registry.version(name, version)  # exists, or one line saying it does not
+    if current is not None and str(current.version) != str(version):
+        if rollback:  # the restored champion keeps its own predecessor: a second rollback goes further back
+            registry.tag_version(name, current.version, {"promotion.decision": f"rolled back to v{version}"})
+            registry.tag_version(
+                name, version, {"promotion.decision": f"champion again (rollback from v{current.version})"}
+            )
+        else:  # by hand: a rollback undoes it
+            registry.tag_version(name, version, {PREVIOUS: current.version, "promotion.decision": "champion (by hand)"})
+    registry.set_alias(name, CHAMPION, str(version))
+    return str(version)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser("promote", __doc__)
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--exported", default="exported")
+    parser.add_argument("--report", default="reports/promotion.json")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--rollback", action="store_true", help="move champion back to the version it replaced")
+    what.add_argument("--champion", metavar="VERSION", help="move champion to this registered version")
+    args = parser.parse_args(argv)
+
+    params: Params = load_params(args.params)
+    from pipeline.tracking import Registry
+
+    registry = Registry.open(params.mlflow.tracking_uri)
+    name = params.registered_model_name
+    if args.rollback or args.champion:
+        version = set_champion(registry, name, args.champion)
+        print(f"promote: {name}@champion is now v{version}")
+        return
+
+    from pipeline.verify import read_registered
+
+    registered = read_registered(Path(args.exported))
+    if not registered:
+        raise PipelineError(f"{args.exported}/metadata.json: the export registered no model version")
+    if registered["name"] != name:
+        raise PipelineError(
+            f"{args.exported}/metadata.json: exported as {registered['name']}, but params name {name} "
+            "(rerun `dvc repro export`)"
+        )
+    decision = promote(registry, name, str(registered["version"]), args.prepared, params.promote)
+    write_json(args.report, decision)
+    verdict = "promoted to champion" if decision["promoted"] else f"kept champion v{decision['champion_before']}"
+    print(f"promote: {name} v{decision['challenger']} {verdict} ({decision['reason']})")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,50 @@
+"""The model card from the stages' reports: every section, class names as written, and latency
+claimed for this model only when the benchmark timed this very file."""
+
+from pipeline.model_card import CardInputs, render
+
+
+def inputs(benchmark=None) -> CardInputs:
+    per_class = {
+        "T-shirt_top": {"class": "T-shirt/top", "precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 10},
+        "Bag": {"class": "Bag", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 10},
+    }
+    return CardInputs(
+        registered={"name": "fashion-mnist-classifier", "version": "4"},
+        run={"run_id": "abc", "commit": "f" * 40, "summary": "cnn (10 parameters) on fashion-mnist"},
+        data={"name": "fashion-mnist", "format": "idx", "source": "/data", "checksums": {"a.gz": "0" * 64},
+              "sha256": "1" * 64, "test_sha256": "2" * 64,
+              "report": {"counts": {"train": 90, "val": 10, "test": 20}, "duplicates": {"test_in_train": 0}}},
+        metadata={"class_names": ["T-shirt/top", "Bag"], "files": {"model.onnx": {"sha256": "s1"}},
+                  "input": {"name": "image", "dtype": "uint8", "shape": ["batch", 28, 28, 1], "meaning": "pixels"},
+                  "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", 2]},
+                  "producer_versions": {"keras": "3"}},
+        training={"epochs_run": 3, "best_epoch": 2, "parameters": 10, "global_batch_size": 8},
+        hyper={"model_name": "cnn", "optimizer": "adam", "learning_rate": 0.001},
+        evaluation={"test": {"examples": 20, "accuracy": 0.9, "top2_accuracy": 1.0, "macro_f1": 0.92,
+                             "loss": 0.3, "ece": 0.05, "per_class": per_class}},
+        parity={"formats": {"keras": {"accuracy": 0.9},
+                            "onnx": {"accuracy": 0.9, "max_abs_diff": 1e-6, "argmax_agreement": 1.0},
+                            "onnx_int8": {"accuracy": 0.85, "max_abs_diff": 0.1, "argmax_agreement": 0.95,
+                                          "accuracy_drop_vs_float32": 0.05}},
+                "max_int8_drop": 0.1},
+        benchmark=benchmark,
+    )  # fmt: skip
+
+
+def test_the_card_has_every_section_from_the_reports():
+    card = render(inputs())
+    assert card.startswith("# Model card: fashion-mnist-classifier v4\n")
+    for text in ("## Data", "## Model", "## Results", "## Intended use and limits", "## Provenance",
+                 "| T-shirt/top | 0.900 | 0.800 | 0.850 | 10 |", "int8 accuracy drop against float32: 0.0500",
+                 "0 test and n/a validation examples", "`a.gz`: `" + "0" * 64, "Weakest classes: T-shirt/top",
+                 "28×28 greyscale images", "Latency: not measured yet"):  # fmt: skip
+        assert text in card, text
+
+
+def test_latency_is_this_models_only_when_the_benchmark_timed_this_file():
+    engines = {"onnxruntime_fp32": {"batch1": {"median_ms": 0.1}, "batch256_images_per_s": 9000.0}}
+    same = render(inputs({"engines": engines, "model_sha256": "s1", "machine": {"logical_cpus": 2}}))
+    other = render(inputs({"engines": engines, "model_sha256": "s0", "machine": {"logical_cpus": 2}}))
+    assert "| onnxruntime_fp32 | 0.100 | 9,000 |" in same and "earlier export" not in same
+    assert "(measured on an earlier export of this pipeline)" in other
