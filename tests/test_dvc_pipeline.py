@@ -37,7 +37,7 @@ def test_repro_stops_on_bad_params_with_one_line(dvc_repo):
 NOISE = re.compile(r"^[IWE]\d{4} |cuInit|NodeDef mentions|oneDNN custom operations|shuffle=True|WARNING", re.M)
 
 
-def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tmp_path):
+def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tiny_data, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from pipeline.hashing import tree_sha256
@@ -63,6 +63,7 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tmp_path):
         "training_curves.png",
         "worst_errors.png",
     ]
+    assert_a_stranger_gets_the_evaluated_accuracy_from_raw_pixels(dvc_repo, Path(tiny_data["source"]))
     parity = json.loads((dvc_repo / "reports/parity.json").read_text())
     assert parity["passed"] and parity["examples"] == 40
     assert parity["formats"]["onnx"]["max_abs_diff"] <= 1e-4
@@ -193,22 +194,16 @@ def read_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def test_a_stranger_gets_the_evaluated_accuracy_from_raw_pixels(dvc_repo, tiny_data):
+def assert_a_stranger_gets_the_evaluated_accuracy_from_raw_pixels(repo: Path, source: Path) -> None:
     """No project code: onnxruntime alone, fed uint8 pixels straight from the IDX file, with class
     names from the file's own metadata, answers with the accuracy `evaluate` reported."""
     import onnxruntime as ort
 
-    set_params(dvc_repo, "train", epochs=4, learning_rate=0.01, early_stopping_patience=0)
-    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0})
-    set_params(dvc_repo, "export", calibration_size=60)
-    run(["dvc", "repro"], dvc_repo)
-    source = Path(tiny_data["source"])
     images = read_idx(source / "t10k-images-idx3-ubyte.gz")[..., np.newaxis]
     labels = read_idx(source / "t10k-labels-idx1-ubyte.gz")
-
-    reported = json.loads((dvc_repo / "reports/metrics.json").read_text())["test"]["accuracy"]
+    reported = json.loads((repo / "reports/metrics.json").read_text())["test"]["accuracy"]
     for name in ("model.onnx", "model.int8.onnx"):
-        session = ort.InferenceSession(str(dvc_repo / "exported" / name), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(repo / "exported" / name), providers=["CPUExecutionProvider"])
         class_names = json.loads(session.get_modelmeta().custom_metadata_map["class_names"])
         (probs,) = session.run(["probabilities"], {"image": images})
         if name == "model.onnx":

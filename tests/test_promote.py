@@ -49,7 +49,7 @@ def test_checks_compare_accuracy_per_class_f1_and_significance():
 def test_champion_moves_only_for_a_better_challenger_and_rolls_back(dvc_repo, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    set_params(dvc_repo, "train", epochs=10, learning_rate=0.01, early_stopping_patience=0)
+    set_params(dvc_repo, "train", epochs=6, learning_rate=0.01, early_stopping_patience=0)
     set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.5, "max_drop": 0.02, "baseline": "champion"})
     set_params(dvc_repo, "export", calibration_size=60)
     run(["git", "commit", "-qam", "tiny params"], dvc_repo)
