@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +278,6 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import time
 
         from mlflow.entities import Metric
 
@@ -371,7 +371,19 @@ class Tracker:
                 profile=json.dumps({"num_rows": info["examples"], "sha256": info["sha256"]}),
             )
             inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", split)]))
-        self.client.log_inputs(self.run_id, datasets=inputs)
+        # The store inserts a dataset it has not seen after looking it up: two runs logging the same
+        # split at once can both miss it and one insert fails (a unique-key violation). By then the
+        # other has stored it, and a retry links the existing dataset.
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except MlflowException:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
     def start_system_metrics(self, resume: bool = False, interval: float = 5.0):
         """MLflow's own sampler of CPU, memory, disk, network (and GPU where pynvml finds one) as
