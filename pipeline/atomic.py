@@ -39,6 +39,21 @@ def sweep_stale(target: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def swap_in(new: Path, target: Path) -> None:
+    """Put `new` where `target` is: a file over a file by one rename; otherwise (a rename cannot
+    overwrite a directory, nor put one over a file) by moving the old one aside first, then removing it."""
+    old = None
+    if target.exists() and (target.is_dir() or new.is_dir()):
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `target`; on success it replaces `target`."""
@@ -52,16 +67,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+    swap_in(tmp, target)
 
 
 @contextlib.contextmanager
@@ -76,15 +82,8 @@ def atomic_members(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield built
         for entry in sorted(built.iterdir()):
-            destination = target / entry.name
-            sweep_stale(destination)
-            if destination.is_dir() and not destination.is_symlink():
-                old = target / f".{entry.name}.old-{os.getpid()}"
-                os.replace(destination, old)
-                os.replace(entry, destination)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(entry, destination)
+            sweep_stale(target / entry.name)
+            swap_in(entry, target / entry.name)
     finally:
         shutil.rmtree(built, ignore_errors=True)
 

@@ -110,7 +110,9 @@ def file_baseline(path: Path) -> Baseline:
 
 def champion_baseline(registry, name: str, test_sha256: str) -> Baseline:
     """The registry champion's test accuracy, when it was measured on this very test split."""
-    champion = registry.version_by_alias(name, "champion")
+    from pipeline.tracking import CHAMPION
+
+    champion = registry.version_by_alias(name, CHAMPION)
     if champion is None:
         return Baseline(None, f"no champion of {name} yet")
     where = f"champion {name} v{champion.version}"

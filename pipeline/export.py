@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     evaluation = read_evaluation(Path(args.metrics))
-    from pipeline.tracking import Tracker
+    from pipeline.tracking import CHALLENGER, Tracker
 
     tracker = Tracker.resume(args.run_file)
     out = Path(args.out)
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     def register(onnx_path: Path) -> dict:
         version = tracker.log_onnx_model(onnx_path, name)
         tracker.registry.tag_version(name, version, version_tags(evaluation, tracker.run_id, params.data.dataset_name))
-        tracker.registry.set_alias(name, "challenger", version)
+        tracker.registry.set_alias(name, CHALLENGER, version)
         return {"name": name, "version": version}
 
     info = export(Path(args.model), args.prepared, out, params.export, params.prepare.seed, tracker.run_id, register)

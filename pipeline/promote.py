@@ -19,7 +19,6 @@ onto both versions' tags. A challenger that loses is an outcome, not an error: t
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +30,8 @@ from pipeline.atomic import write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.params import Params, PromoteParams, load_params
+from pipeline.tracking import CHAMPION
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 PREVIOUS = "promotion.previous_champion"
 
 
@@ -105,21 +104,9 @@ def failed_reasons(result: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- running the models
-def predicted_classes(onnx_path: Path, x: np.ndarray, batch: int = 512) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (inp,) = session.get_inputs()
-    return np.concatenate(
-        [session.run(None, {inp.name: x[i : i + batch]})[0].argmax(axis=1) for i in range(0, len(x), batch)]
-    )
-
-
-def onnx_class_names(onnx_path: Path) -> list[str] | None:
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    return json.loads(props["class_names"]) if "class_names" in props else None
+def comparable(classifier, meta) -> bool:
+    """Whether a registered model predicts this data's classes from this data's input."""
+    return classifier.class_names == meta.class_names and classifier.input_shape == tuple(meta.input_shape)
 
 
 # ----------------------------------------------------------------------------- the decision
@@ -147,18 +134,20 @@ def promote(registry, name: str, challenger: str, prepared: str, params: Promote
 
     meta = read_meta(prepared)
     x, labels = read_split_arrays(prepared, meta, "test")
+    from pipeline.predict import OnnxClassifier  # the deployment's own reader of an exported file
+
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
-        champion_onnx = registry.download_onnx(name, champion.version, Path(tmp) / "champion")
-        challenger_onnx = registry.download_onnx(name, challenger, Path(tmp) / "challenger")
-        if onnx_class_names(champion_onnx) != meta.class_names:
-            return finish(registry, decision, False, f"champion v{champion.version} predicts other classes; "
-                          "compare impossible (move the alias by hand: --champion VERSION)")  # fmt: skip
         try:
-            champion_pred = predicted_classes(champion_onnx, x)
-        except Exception:  # onnxruntime's own exception types: an input the champion does not take
-            return finish(registry, decision, False, f"champion v{champion.version} does not take this test "
-                          "split's input (move the alias by hand: --champion VERSION)")  # fmt: skip
-        challenger_pred = predicted_classes(challenger_onnx, x)
+            champion_model = OnnxClassifier(registry.download_onnx(name, champion.version, Path(tmp) / "champion"))
+        except PipelineError:  # not a model this pipeline exported
+            champion_model = None
+        if champion_model is None or not comparable(champion_model, meta):
+            reason = (f"champion v{champion.version} predicts other classes or takes another input; compare "
+                      "impossible (move the alias by hand: --champion VERSION)")  # fmt: skip
+            return finish(registry, decision, False, reason)
+        challenger_model = OnnxClassifier(registry.download_onnx(name, challenger, Path(tmp) / "challenger"))
+        champion_pred = champion_model.probabilities(x, batch_size=512).argmax(axis=1)
+        challenger_pred = challenger_model.probabilities(x, batch_size=512).argmax(axis=1)
     result = compare(labels, champion_pred, challenger_pred, meta.class_names, params)
     decision.update(result, examples=int(len(labels)),
                     champion_test_sha256=champion.tags.get("data.test_sha256"))  # fmt: skip

@@ -21,6 +21,8 @@ from typing import Any
 from pipeline.errors import PipelineError, first_line
 
 RUN_FILE_KEYS = ("run_id", "experiment_id", "tracking_uri")
+# The registry's aliases: the version in production, and the newest candidate (pipeline/promote.py).
+CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def project_root() -> Path:
@@ -156,6 +158,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise PipelineError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
 
 
+def existing_store_client(uri: str, missing: str):
+    """A client of the store at `uri`, which must exist already: an embedded store's file is checked
+    before MLflow sees the URI (opening it would create an empty database), a server is asked for
+    its health. `missing` is the one-line error for an absent embedded store."""
+    store = local_store(uri)
+    if store is not None and not store.exists():
+        raise PipelineError(missing)
+    check_reachable(uri)
+    return Tracker._client(uri)
+
+
 class Tracker:
     """One MLflow run, addressed by id through an explicit client (no global active run)."""
 
@@ -234,16 +247,13 @@ class Tracker:
         # The environment wins, as for `start`, so a shared server can be named in any clone.
         uri = resolve_tracking_uri(ids["tracking_uri"])
         run_id = ids["run_id"]
-        store = local_store(uri)
-        if store is not None and not store.exists():
-            # Checked before MLflow sees the URI: its SQLite store would create an empty database.
-            raise PipelineError(
-                f"{path}: MLflow run {run_id} is in the embedded store {portable_uri(uri)}, which this "
-                "clone does not have; set MLFLOW_TRACKING_URI to the shared tracking server, or rerun "
-                "`dvc repro train`"
-            )
-        check_reachable(uri)
-        tracker = cls(cls._client(uri), run_id, ids["experiment_id"], uri)
+        client = existing_store_client(
+            uri,
+            missing=f"{path}: MLflow run {run_id} is in the embedded store {portable_uri(uri)}, which this "
+            "clone does not have; set MLFLOW_TRACKING_URI to the shared tracking server, or rerun "
+            "`dvc repro train`",
+        )
+        tracker = cls(client, run_id, ids["experiment_id"], uri)
         tracker.check_run_exists(path)
         return tracker
 
@@ -414,11 +424,8 @@ class Registry:
     @classmethod
     def open(cls, configured_uri: str | None) -> Registry:
         uri = resolve_tracking_uri(configured_uri)
-        store = local_store(uri)
-        if store is not None and not store.exists():
-            raise PipelineError(f"MLflow store {portable_uri(uri)} does not exist (run `dvc repro` first)")
-        check_reachable(uri)
-        return cls(Tracker._client(uri), uri)
+        missing = f"MLflow store {portable_uri(uri)} does not exist (run `dvc repro` first)"
+        return cls(existing_store_client(uri, missing), uri)
 
     def version_by_alias(self, name: str, alias: str):
         """The version that carries `alias`, or None (no such model, or no such alias)."""

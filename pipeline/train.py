@@ -268,9 +268,10 @@ class RunTracking:
     """The chief's MLflow run for one training: opened once Keras has built the model (a bad layer
     list leaves no run), fed each epoch, closed with the outcome. Other workers track nothing."""
 
-    def __init__(self, params: Params, meta: PreparedMeta, prepared: Path, fingerprint: str, work_dir: Path,
-                 resume_id: str | None):  # fmt: skip
-        self.params, self.meta, self.prepared, self.fingerprint = params, meta, prepared, fingerprint
+    def __init__(self, params: Params, meta: PreparedMeta, prepared: Path, data_hash: str, fingerprint: str,
+                 work_dir: Path, resume_id: str | None):  # fmt: skip
+        self.params, self.meta, self.prepared, self.data_hash = params, meta, prepared, data_hash
+        self.fingerprint = fingerprint
         self.work_dir, self.resume_id = work_dir, resume_id
         self.tracker = None
         self.monitor = None
@@ -284,7 +285,7 @@ class RunTracking:
             **git_state(project_root()),
             **dvc_experiment_tags(),
             "mlflow.source.name": "pipeline.train (dvc.yaml stage train)",
-            "data.sha256": tree_sha256(self.prepared),
+            "data.sha256": self.data_hash,
             "data.name": self.params.data.dataset_name,
             "model.preset": name,
         }
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     prepared = Path(args.prepared)
     meta = checked_meta(params, prepared)
-    data_hash = tree_sha256(prepared)  # part of the resume fingerprint
+    data_hash = tree_sha256(prepared)  # part of the resume fingerprint, and tagged on the run
 
     from pipeline.devices import cluster_spec, is_chief
 
@@ -408,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     work_dir = shared if chief else Path(tempfile.mkdtemp(prefix="train-worker-"))
     fingerprint = training_fingerprint(params.train, data_hash)
     resume_id = prepare_work_dir(work_dir, fingerprint) if chief else None
-    tracking = RunTracking(params, meta, prepared, fingerprint, work_dir, resume_id)
+    tracking = RunTracking(params, meta, prepared, data_hash, fingerprint, work_dir, resume_id)
     verbose = 1 if sys.stdout.isatty() else 2
     try:
         result = train(
