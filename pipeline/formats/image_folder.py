@@ -119,7 +119,9 @@ def load_image(path: Path, size: tuple[int, int], color_mode: str) -> np.ndarray
 def _decode(image, size: tuple[int, int], color_mode: str) -> np.ndarray:
     from PIL import Image
 
-    image = image.convert("L" if color_mode == "grayscale" else "RGB")
+    mode = "L" if color_mode == "grayscale" else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
     height, width = size
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
