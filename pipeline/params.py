@@ -85,13 +85,15 @@ class NormalizationParams(Section):
 
 
 class AugmentParams(Section):
-    horizontal_flip: bool = False  # null in params.yaml: the preset's choice
+    # null in params.yaml: the preset's choice
+    horizontal_flip: bool = False
     translate: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
 
 
 ModelName = Literal[PRESET_NAMES]  # type: ignore[valid-type]
 # train.* keys a preset supplies when params.yaml leaves them null (or out).
-PRESET_KEYS = ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "schedule")
+PRESET_KEYS = ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "schedule", "label_smoothing")
+AUGMENT_KEYS = ("horizontal_flip", "translate")
 
 
 class TrainParams(Section):
@@ -106,7 +108,7 @@ class TrainParams(Section):
     momentum: Annotated[float, Field(ge=0, lt=1)]
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
     schedule: Literal["constant", "cosine", "exponential"]
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
     normalization: NormalizationParams = NormalizationParams()
     early_stopping_patience: Annotated[int, Field(ge=0, le=100_000)] = 5
     augment: AugmentParams = AugmentParams()
@@ -117,6 +119,10 @@ class TrainParams(Section):
     deterministic: Auto = "auto"
     mixed_precision: Auto = "auto"
     jit_compile: Auto = "auto"
+    # Batches per call of Keras' compiled train step (model.fit only; the multi-worker loop steps one
+    # at a time). auto: enough batches for ~2,048 examples per call
+    # (pipeline/train.py: batches_per_call).
+    steps_per_execution: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -133,9 +139,12 @@ class TrainParams(Section):
                 filled[key] = getattr(hyper, key)
         augment = filled.get("augment")
         if augment is None:
-            filled["augment"] = {"horizontal_flip": hyper.horizontal_flip}
-        elif isinstance(augment, dict) and augment.get("horizontal_flip") is None:
-            filled["augment"] = {**augment, "horizontal_flip": hyper.horizontal_flip}
+            augment = {}
+        if isinstance(augment, dict):
+            filled["augment"] = {
+                **augment,
+                **{key: getattr(hyper, key) for key in AUGMENT_KEYS if augment.get(key) is None},
+            }
         return filled
 
     @field_validator("model")

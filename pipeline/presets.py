@@ -25,7 +25,9 @@ class Hyper:
     learning_rate: float = 0.001
     momentum: float = 0.0
     schedule: str = "constant"
+    label_smoothing: float = 0.0
     horizontal_flip: bool = False
+    translate: float = 0.0  # random translation, a fraction of height and width
 
 
 @dataclass(frozen=True)

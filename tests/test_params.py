@@ -134,7 +134,11 @@ def test_unset_train_keys_take_the_presets_values(preset):
         hyper.momentum,
         hyper.schedule,
     )
-    assert train.augment.horizontal_flip == hyper.horizontal_flip
+    assert (train.label_smoothing, train.augment.horizontal_flip, train.augment.translate) == (
+        hyper.label_smoothing,
+        hyper.horizontal_flip,
+        hyper.translate,
+    )
 
 
 def test_set_train_keys_override_the_preset():
@@ -146,6 +150,7 @@ def test_set_train_keys_override_the_preset():
 def test_committed_params_leave_the_hyperparameters_to_the_preset():
     """So `dvc exp run -S train.model=<preset>` alone trains the preset as its origin does."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
-    from pipeline.params import PRESET_KEYS
+    from pipeline.params import AUGMENT_KEYS, PRESET_KEYS
 
-    assert all(raw[key] is None for key in PRESET_KEYS) and raw["augment"]["horizontal_flip"] is None
+    assert all(raw[key] is None for key in PRESET_KEYS)
+    assert all(raw["augment"][key] is None for key in AUGMENT_KEYS)
