@@ -92,7 +92,16 @@ class AugmentParams(Section):
 
 ModelName = Literal[PRESET_NAMES]  # type: ignore[valid-type]
 # train.* keys a preset supplies when params.yaml leaves them null (or out).
-PRESET_KEYS = ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "schedule", "label_smoothing")
+PRESET_KEYS = (
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "learning_rate",
+    "momentum",
+    "schedule",
+    "label_smoothing",
+    "early_stopping_patience",
+)
 AUGMENT_KEYS = ("horizontal_flip", "translate")
 
 
@@ -110,7 +119,7 @@ class TrainParams(Section):
     schedule: Literal["constant", "cosine", "exponential"]
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
     normalization: NormalizationParams = NormalizationParams()
-    early_stopping_patience: Annotated[int, Field(ge=0, le=100_000)] = 5
+    early_stopping_patience: Annotated[int, Field(ge=0, le=100_000)]
     augment: AugmentParams = AugmentParams()
     shuffle_buffer: Annotated[int, Field(ge=1, le=10**8)] = 10_000
     cache: bool = True

@@ -26,6 +26,7 @@ class Hyper:
     momentum: float = 0.0
     schedule: str = "constant"
     label_smoothing: float = 0.0
+    early_stopping_patience: int = 5  # epochs without a val_loss improvement; 0: every epoch runs
     horizontal_flip: bool = False
     translate: float = 0.0  # random translation, a fraction of height and width
 

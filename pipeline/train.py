@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 CHECKPOINTS = "checkpoints"  # the custom loop's checkpoints, under the state directory
+# `train.steps_per_execution: auto` runs this many examples' batches per call of the compiled train
+# step: at batch 32 Keras' per-step Python and dispatch cost ~1 ms, more than the step itself on a
+# small MLP (benchmarks/throughput.py measures it against a plain `model.fit(x, y)`).
+AUTO_EXAMPLES_PER_CALL = 2048
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -67,6 +71,12 @@ def make_loss(params: TrainParams, num_classes: int):
         return keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=smoothing)
 
     return smoothed_sparse_crossentropy
+
+
+def batches_per_call(setting: int | str, global_batch: int, steps_per_epoch: int) -> int:
+    """Keras' `steps_per_execution`: the setting, or for `auto` ~AUTO_EXAMPLES_PER_CALL examples."""
+    wanted = max(1, AUTO_EXAMPLES_PER_CALL // global_batch) if setting == "auto" else int(setting)
+    return max(1, min(wanted, steps_per_epoch))
 
 
 def current_learning_rate(model) -> float:
@@ -175,6 +185,7 @@ def train(
             loss=make_loss(p, meta.num_classes),
             metrics=["accuracy"],
             jit_compile=devices.jit_compile,
+            steps_per_execution=1 if custom else batches_per_call(p.steps_per_execution, global_batch, steps_per_epoch),
         )
 
     if on_start is not None:
@@ -240,6 +251,7 @@ def train(
         "training_seconds": round(seconds, 2),
         "examples_per_second": round(seen / seconds, 1) if seconds else None,
         "global_batch_size": global_batch,
+        "steps_per_execution": int(model.steps_per_execution),
         "training_loop": "custom (tf.distribute)" if custom else "keras fit",
         "devices": devices.to_dict(),
         "parameters": int(model.count_params()),

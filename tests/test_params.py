@@ -134,8 +134,11 @@ def test_unset_train_keys_take_the_presets_values(preset):
         hyper.momentum,
         hyper.schedule,
     )
-    assert (train.label_smoothing, train.augment.horizontal_flip, train.augment.translate) == (
+    assert (train.label_smoothing, train.early_stopping_patience) == (
         hyper.label_smoothing,
+        hyper.early_stopping_patience,
+    )
+    assert (train.augment.horizontal_flip, train.augment.translate) == (
         hyper.horizontal_flip,
         hyper.translate,
     )

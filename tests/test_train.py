@@ -32,6 +32,16 @@ def run_train(project, **env):
     return proc
 
 
+@pytest.mark.parametrize(
+    ("setting", "batch", "steps", "expected"),
+    [("auto", 32, 1688, 64), ("auto", 128, 422, 16), ("auto", 4096, 14, 1), ("auto", 128, 5, 5), (8, 32, 1688, 8)],
+)
+def test_batches_per_call(setting, batch, steps, expected):
+    from pipeline.train import batches_per_call
+
+    assert batches_per_call(setting, batch, steps) == expected
+
+
 def test_train_writes_outputs_and_one_mlflow_run(project):
     from mlflow.tracking import MlflowClient
 
