@@ -1,0 +1,65 @@
+"""Seconds per DVC stage: each stage of dvc.yaml, in order, through `dvc repro --single-item`, then a
+no-op `dvc repro` (median of three). Writes reports/stages.json, the README's stage table.
+
+    python benchmarks/stages.py [--force]
+
+Run it in the project (it updates the outputs and dvc.lock as `dvc repro` would). --force reruns
+every stage, the figures of a run from scratch; without it, a stage whose inputs have not changed
+costs only DVC's check. Each stage's seconds include its process start (Python, TensorFlow or
+onnxruntime imports) and DVC's own hashing; `train`'s include the training itself, which
+reports/train.json times apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="rerun every stage (a run from scratch)")
+    parser.add_argument("--out", default=str(REPO / "reports/stages.json"))
+    args = parser.parse_args()
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    stages = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    seconds = {}
+    for stage in stages:
+        seconds[stage] = round(timed([dvc, "repro", "--single-item", *(["--force"] if args.force else []), stage]), 1)
+        print(f"{stage}: {seconds[stage]} s", flush=True)
+    no_op = [timed([dvc, "repro"]) for _ in range(3)]
+    train = json.loads((REPO / "reports/train.json").read_text())
+    total = sum(seconds.values())
+    report = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "forced": args.force,
+        "stage_seconds": seconds,
+        "total_seconds": round(total, 1),
+        "training_seconds": train["training_seconds"],
+        "total_minus_training_seconds": round(total - train["training_seconds"], 1),
+        "no_op_repro_seconds": round(statistics.median(no_op), 2),
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
