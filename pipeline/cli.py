@@ -90,6 +90,8 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
     if quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's own INFO/WARNING after absl's start-up
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # MLflow's tqdm bar for each registry download (promote, verify): one redrawn line per file.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with quiet_native_logs() if quiet else contextlib.nullcontext():
         _run(main, argv)
 

@@ -66,6 +66,7 @@ def test_champion_moves_only_for_a_better_challenger_and_rolls_back(dvc_repo, tm
         dvc_repo,
     )  # fmt: skip
     assert "promote: source-classifier v2 kept champion v1 (accuracy" in worse.stdout
+    assert "Downloading artifacts" not in worse.stderr + worse.stdout  # MLflow's progress bar, off
     decision = json.loads((dvc_repo / "reports/promotion.json").read_text())
     assert not decision["promoted"] and decision["champion_after"] == "1"
     assert decision["test_sha256"] == decision["champion_test_sha256"]
