@@ -86,12 +86,13 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
 
     With `--debug` or PIPELINE_DEBUG=1 the traceback is shown instead, and nothing is filtered.
     """
+    # MLflow's tqdm bar for each registry download (promote, verify): a redrawn line per file, which
+    # a stage's log keeps as noise whatever the log level (set the variable to "true" to see it).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     quiet = quiet_requested(argv)
     if quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's own INFO/WARNING after absl's start-up
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        # MLflow's tqdm bar for each registry download (promote, verify): one redrawn line per file.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with quiet_native_logs() if quiet else contextlib.nullcontext():
         _run(main, argv)
 
