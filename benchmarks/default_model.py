@@ -129,8 +129,6 @@ def candidate_params(name: str, params_path: Path, epochs: int | None):
 
 def run_one(name: str, params_path: Path, prepared: Path, epochs: int | None) -> dict:
     """One training in this process: epoch times, validation and test accuracy."""
-    import keras
-
     from pipeline.dataset import make_dataset
     from pipeline.records import read_meta
     from pipeline.train import train
@@ -146,7 +144,6 @@ def run_one(name: str, params_path: Path, prepared: Path, epochs: int | None) ->
     epoch_seconds = [round(b - a, 2) for a, b in zip(marks, marks[1:], strict=False)]
     test = make_dataset(str(prepared), meta, "test", 512, training=False)
     _, test_accuracy = result.model.evaluate(test, verbose=0)
-    del keras
     return {
         "epochs": params.train.epochs,
         "epochs_run": result.report["epochs_run"],

@@ -164,9 +164,7 @@ def forward_flops(model) -> int:
         if isinstance(layer, keras.layers.Conv2D):
             _, h, w, c_out = layer.output.shape
             kh, kw = layer.kernel_size
-            c_in = layer.input.shape[-1]
-            groups = c_in if isinstance(layer, keras.layers.DepthwiseConv2D) else 1
-            flops += 2 * h * w * kh * kw * (c_in // groups) * c_out
+            flops += 2 * h * w * kh * kw * layer.input.shape[-1] * c_out
         elif isinstance(layer, keras.layers.Dense):
             flops += 2 * layer.input.shape[-1] * layer.units
         elif isinstance(layer, keras.layers.LSTM):

@@ -190,39 +190,35 @@ def load_table(path: Path, feature_names: list[str]) -> list[Item]:
     return [Item(f"{path}:{row}", x) for row, x in zip(table.row_numbers, table.features, strict=True)]
 
 
-def image_item(path: Path, input_shape: tuple[int, ...]) -> Item:
-    try:
-        return Item(str(path), load_image(path, input_shape))
-    except PipelineError as exc:
-        return Item(str(path), error=str(exc))
-
-
 def collect_inputs(
     paths: list[str], input_shape: tuple[int, ...], feature_names: list[str] | None = None
 ) -> list[Item]:
     """Items in the order given (a directory's files sorted by name). Images are decoded in this
     thread: on a quiet machine, two threads took 2.4x as long (Python's lock), a pool of forked
     processes 0.6x, not worth forking a process that holds onnxruntime's threads."""
-    slots: list[list[Item] | Path] = []  # items, or an image still to decode
+    items: list[Item] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                slots.append([Item(raw, error=f"{path}: directory holds no PNG or JPEG files")])
+                items.append(Item(raw, error=f"{path}: directory holds no PNG or JPEG files"))
             targets = files
         else:
             targets = [path]
         for target in targets:
             if not target.exists():
-                slots.append([Item(str(target), error=f"{target}: no such file")])
+                items.append(Item(str(target), error=f"{target}: no such file"))
             elif target.suffix.lower() == ".npy":
-                slots.append(load_array(target, input_shape))
+                items.extend(load_array(target, input_shape))
             elif target.suffix.lower() == ".csv" and len(input_shape) == 1:
-                slots.append(load_table(target, feature_names or []))
+                items.extend(load_table(target, feature_names or []))
             else:
-                slots.append(target)
-    return [item for slot in slots for item in ([image_item(slot, input_shape)] if isinstance(slot, Path) else slot)]
+                try:
+                    items.append(Item(str(target), load_image(target, input_shape)))
+                except PipelineError as exc:
+                    items.append(Item(str(target), error=str(exc)))
+    return items
 
 
 def predict_items(classifier: OnnxClassifier, items: list[Item], k: int) -> list[dict]:
