@@ -57,12 +57,14 @@ def make_dataset(
     workers: int = 1,
     drop_remainder: bool = False,
     shard: str | None = None,
+    class_weights: list[float] | None = None,
 ):
     """Batched (raw input, int64 label) for `split`; shuffled and augmented when training.
 
     `batch_size` is the global batch; under a multi-worker strategy each worker reads its shard
     (`shard`: "FILE" or "DATA", default `shard_policy`), set explicitly rather than left to
-    tf.data's AUTO guess.
+    tf.data's AUTO guess. `class_weights` (one per class) add each example's weight as a third
+    element, as Keras' own `fit(class_weight=...)` does to a dataset.
     """
     import tensorflow as tf
 
@@ -80,4 +82,7 @@ def make_dataset(
     if training and augment is not None:
         dtype = tf.as_dtype(meta.dtype)
         dataset = dataset.map(lambda x, y: (augment_raw(augment, x, dtype), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if class_weights is not None:
+        weights = tf.constant(class_weights, tf.float32)
+        dataset = dataset.map(lambda x, y: (x, y, tf.gather(weights, y)), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

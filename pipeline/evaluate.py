@@ -59,36 +59,101 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int)
     return float(np.sum(weights * np.abs(accuracy_in_bin - confidence_in_bin)))
 
 
-def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str], bins: int = 15) -> dict:
+# More classes than this: the report keeps the weakest classes (reports/per_class.csv has every one)
+# and the confusion figure shows the largest confusions instead of an n × n matrix.
+MANY_CLASSES = 30
+WORST_CLASSES = 10
+TOP_K = (2, 5)  # top-k accuracy for each k below the class count (top-2 of two classes is always 1)
+
+
+def task_of(class_names: list[str], positive_class: str | None) -> dict[str, Any]:
+    """What kind of classification this is, and which metrics apply to it."""
+    n = len(class_names)
+    task: dict[str, Any] = {"type": "binary" if n == 2 else "multiclass", "classes": n}
+    if n == 2:
+        task["positive_class"] = positive_class or class_names[1]
+    left_out = {f"top{k}_accuracy": f"needs more than {k} classes" for k in TOP_K if k >= n}
+    if n != 2:
+        left_out["roc_auc"] = left_out["average_precision"] = "binary tasks only"
+    if n > MANY_CLASSES:
+        left_out["per_class"] = f"more than {MANY_CLASSES} classes: worst_classes here, every class in per_class.csv"
+    task["left_out"] = left_out
+    return task
+
+
+def per_class_table(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support of every class (scikit-learn), keyed for metric names."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, s = precision_recall_fscore_support(
+        labels, predicted, labels=list(range(len(class_names))), zero_division=0
+    )
+    return [
+        {"key": key, "class": name, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+         "support": int(s[i])}
+        for i, (key, name) in enumerate(zip(class_keys(class_names), class_names, strict=True))
+    ]  # fmt: skip
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray, positive: int) -> dict[str, Any]:
+    """The positive class's ranking quality and the confusion at the default decision (the larger
+    probability, i.e. a threshold of 0.5 on the positive class)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    truth, predicted = labels == positive, probs.argmax(axis=1) == positive
+    out: dict[str, Any] = {}
+    if truth.all() or not truth.any():  # a ranking metric needs both classes in the test split
+        out["left_out"] = {"roc_auc": "the test split holds one class", "average_precision": "idem"}
+    else:
+        out["roc_auc"] = float(roc_auc_score(truth, probs[:, positive]))
+        out["average_precision"] = float(average_precision_score(truth, probs[:, positive]))
+    out["confusion"] = {
+        "true_positives": int(np.sum(truth & predicted)),
+        "false_positives": int(np.sum(~truth & predicted)),
+        "true_negatives": int(np.sum(~truth & ~predicted)),
+        "false_negatives": int(np.sum(truth & ~predicted)),
+    }
+    return out
+
+
+def compute_metrics(
+    labels: np.ndarray, probs: np.ndarray, class_names: list[str], bins: int = 15, positive_class: str | None = None
+) -> dict:
+    """The test metrics that apply to this task (`task_of`): every metric scikit-learn computes."""
     from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_support, top_k_accuracy_score
 
     classes = list(range(len(class_names)))
+    task = task_of(class_names, positive_class)
     # A float32 softmax sums to 1 within ~1e-7; sklearn's log_loss wants float64 exactness.
     probs = probs / probs.sum(axis=1, keepdims=True)
     predicted = probs.argmax(axis=1)
+    table = per_class_table(labels, predicted, class_names)
     metrics: dict[str, Any] = {
+        "task": task,
         "loss": float(log_loss(labels, probs, labels=classes)),
         "accuracy": float(accuracy_score(labels, predicted)),
-        "top2_accuracy": float(top_k_accuracy_score(labels, probs, k=2, labels=classes)),
+        # scikit-learn's balanced_accuracy_score: the mean recall of the classes the test split holds.
+        "balanced_accuracy": float(np.mean([row["recall"] for row in table if row["support"]])),
     }
+    for k in TOP_K:
+        if f"top{k}_accuracy" not in task["left_out"]:
+            metrics[f"top{k}_accuracy"] = float(top_k_accuracy_score(labels, probs, k=k, labels=classes))
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(
             labels, predicted, labels=classes, average=average, zero_division=0
         )
         metrics.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
-    p, r, f, s = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
+    if task["type"] == "binary":
+        binary = binary_metrics(labels, probs, class_names.index(task["positive_class"]))
+        task["left_out"].update(binary.pop("left_out", {}))
+        metrics.update(binary)
     metrics["ece"] = expected_calibration_error(labels, probs, bins)
     metrics["examples"] = int(len(labels))
-    metrics["per_class"] = {
-        key: {
-            "class": name,
-            "precision": float(p[i]),
-            "recall": float(r[i]),
-            "f1": float(f[i]),
-            "support": int(s[i]),
-        }
-        for i, (key, name) in enumerate(zip(class_keys(class_names), class_names, strict=True))
-    }
+    if len(class_names) <= MANY_CLASSES:
+        metrics["per_class"] = {row["key"]: {k: v for k, v in row.items() if k != "key"} for row in table}
+    else:
+        worst = sorted(table, key=lambda row: (row["f1"], row["key"]))[:WORST_CLASSES]
+        metrics["worst_classes"] = {row["key"]: {k: v for k, v in row.items() if k != "key"} for row in worst}
     return metrics
 
 
@@ -174,7 +239,17 @@ def plot_training_curves(history_csv: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def short(name: str, width: int = 24) -> str:
+    """A class name that fits a figure's label."""
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
 def plot_confusion_matrix(labels, predicted, class_names: list[str], out: Path) -> None:
+    """Every cell for up to MANY_CLASSES classes; beyond, the largest confusions (an n × n picture of
+    hundreds of classes is unreadable and grows with n²)."""
+    if len(class_names) > MANY_CLASSES:
+        plot_top_confusions(labels, predicted, class_names, out)
+        return
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -184,7 +259,7 @@ def plot_confusion_matrix(labels, predicted, class_names: list[str], out: Path) 
         labels,
         predicted,
         labels=list(range(len(class_names))),
-        display_labels=class_names,
+        display_labels=[short(name) for name in class_names],
         normalize="true",
         values_format=".2f",
         cmap="Blues",
@@ -194,6 +269,31 @@ def plot_confusion_matrix(labels, predicted, class_names: list[str], out: Path) 
         text_kw={"fontsize": 8},
     )
     ax.set(title="Confusion matrix (test, each row normalised to 1)", xlabel="predicted class", ylabel="true class")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def top_confusions(labels, predicted, count: int = 25) -> list[tuple[int, int, int]]:
+    """The `count` most frequent (true, predicted, examples) mistakes, largest first."""
+    wrong = labels != predicted
+    pairs, counts = np.unique(np.stack([labels[wrong], predicted[wrong]], axis=1), axis=0, return_counts=True)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0], -counts))[:count] if len(counts) else []
+    return [(int(pairs[i, 0]), int(pairs[i, 1]), int(counts[i])) for i in order]
+
+
+def plot_top_confusions(labels, predicted, class_names: list[str], out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    mistakes = top_confusions(labels, predicted)
+    fig, ax = plt.subplots(figsize=(9, 0.32 * max(len(mistakes), 4) + 1.5), layout="constrained")
+    names = [f"{short(class_names[t])} → {short(class_names[p])}" for t, p, _ in mistakes]
+    ax.barh(range(len(mistakes)), [c for *_, c in mistakes], color="tab:blue")
+    ax.set_yticks(range(len(mistakes)), names, fontsize=8)
+    ax.invert_yaxis()
+    if not mistakes:
+        ax.text(0.5, 0.5, "no misclassified test examples", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title=f"Most frequent confusions (test, {len(class_names)} classes: true → predicted)",
+           xlabel="test examples")  # fmt: skip
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -214,7 +314,8 @@ def plot_worst_errors(images, labels, probs, class_names: list[str], count: int,
         image = images[i]
         ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
         ax.set_title(
-            f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({probs[i, predicted[i]]:.2f})",
+            f"true: {short(class_names[labels[i]])}\npred: {short(class_names[predicted[i]])} "
+            f"({probs[i, predicted[i]]:.2f})",
             fontsize=8,
         )
     if not len(worst):
@@ -246,6 +347,14 @@ def write_predictions(path: Path, labels, probs, class_names: list[str]) -> None
             writer.writerow([i, class_names[a], class_names[p], f"{probs[i, p]:.4f}"])
 
 
+def write_per_class(path: Path, table: list[dict[str, Any]]) -> None:
+    """Every class's precision, recall, F1 and support: the per-class table of any number of classes."""
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+
+
 def flat_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
     out = {}
     for key, value in tree.items():
@@ -265,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-file", default="models/mlflow_run.json")
     parser.add_argument("--metrics", default="reports/metrics.json")
     parser.add_argument("--predictions", default="reports/predictions.csv")
+    parser.add_argument("--per-class", default="reports/per_class.csv")
     parser.add_argument("--figures", default="reports/figures")
     args = parser.parse_args(argv)
 
@@ -283,10 +393,11 @@ def main(argv: list[str] | None = None) -> None:
     images, labels = read_split_arrays(args.prepared, meta, "test")
     probs, throughput = predict_split(model, args.prepared, meta, "test", params.batch_size)
 
-    test = compute_metrics(labels, probs, meta.class_names, params.calibration_bins)
+    test = compute_metrics(labels, probs, meta.class_names, params.calibration_bins, meta.positive_class)
     test["examples_per_second"] = round(throughput, 1)
     gate = apply_gate(test, params.gate, baseline)
     write_predictions(Path(args.predictions), labels, probs, meta.class_names)
+    write_per_class(Path(args.per_class), per_class_table(labels, probs.argmax(axis=1), meta.class_names))
     with atomic_dir(args.figures) as tmp:
         plot_training_curves(Path(args.history), tmp / FIGURES[0])
         plot_confusion_matrix(labels, probs.argmax(axis=1), meta.class_names, tmp / FIGURES[1])
@@ -297,15 +408,18 @@ def main(argv: list[str] | None = None) -> None:
     tracker.log_dataset_inputs(
         all_params.data.dataset_name, all_params.data.source, split_inputs(meta, {"test": test_sha256})
     )
-    tracker.log_metrics(flat_metrics(test, "test."))
+    tracker.log_metrics(flat_metrics({k: v for k, v in test.items() if k != "task"}, "test."))
+    task = {f"evaluate.task.{k}": v for k, v in test["task"].items() if k != "left_out"}
     tracker.set_tags(
-        {"evaluate.gate": "passed" if gate["passed"] else "failed", "evaluate.gate_reason": gate["reason"]}
+        {"evaluate.gate": "passed" if gate["passed"] else "failed", "evaluate.gate_reason": gate["reason"], **task}
     )
     tracker.log_artifact(args.figures, "figures")
     tracker.log_artifact(args.metrics, "evaluation")
     tracker.log_artifact(args.predictions, "evaluation")
+    tracker.log_artifact(args.per_class, "evaluation")
+    ranking = f"ROC AUC {test['roc_auc']:.4f} ({test['task']['positive_class']}), " if "roc_auc" in test else ""
     print(
-        f"evaluate: test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, "
+        f"evaluate: test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, {ranking}"
         f"loss {test['loss']:.4f}, ECE {test['ece']:.4f}; {throughput:,.0f} examples/s; "
         f"gate {'passed' if gate['passed'] else 'FAILED'}"
     )

@@ -39,6 +39,12 @@ def _inputs(metadata: dict) -> str:
     return f"table rows of {shape[0]} features"
 
 
+def class_list(names: list[str], shown: int = 20) -> str:
+    if len(names) <= shown:
+        return ", ".join(names)
+    return ", ".join(names[:shown]) + f", … ({len(names):,} in all: `metadata.json`)"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -82,39 +88,78 @@ def model_section(c: CardInputs) -> list[str]:
         f"rate {h.get('learning_rate')} ({h.get('schedule')} schedule), batch {t.get('global_batch_size')}, label "
         f"smoothing {h.get('label_smoothing')}, augmentation: flip {augment.get('horizontal_flip')}, translate "
         f"{augment.get('translate')}; {t.get('training_loop')}, {t.get('training_seconds', 0):,.0f} s.",
-        f"- **Classes:** {', '.join(m['class_names'])}.",
+        f"- **Classes:** {class_list(m['class_names'])}.",
     ]
+
+
+# The headline metrics, in the card's order, where the task has them (evaluate leaves the others out).
+HEADLINE = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("top2_accuracy", "top-2 accuracy"),
+    ("top5_accuracy", "top-5 accuracy"),
+    ("macro_f1", "macro F1"),
+    ("roc_auc", "ROC AUC"),
+    ("average_precision", "average precision"),
+    ("loss", "log loss"),
+    ("ece", "calibration (ECE)"),
+)
+
+
+def task_lines(test: dict) -> list[str]:
+    """Which task this is and which metrics apply, as evaluate decided."""
+    task = test.get("task", {})
+    kind = task.get("type", "multiclass")
+    what = f"**Task:** {kind}, {task.get('classes', '?')} classes"
+    if kind == "binary":
+        what += f"; the positive class (ROC AUC, average precision, confusion) is **{task.get('positive_class')}**"
+    lines = [what + "."]
+    left_out = task.get("left_out", {})
+    if left_out:
+        lines.append("Left out: " + "; ".join(f"{k.replace('_', ' ')} ({why})" for k, why in left_out.items()) + ".")
+    return lines
+
+
+def class_rows(test: dict) -> tuple[str, list[list[Any]]]:
+    """The per-class table: every class, or the weakest when there are too many to list."""
+    table = test.get("per_class")
+    title = "Per class:"
+    if table is None:
+        table = test.get("worst_classes", {})
+        title = f"The {len(table)} weakest classes by F1 (every class: `reports/per_class.csv`):"
+    rows = [
+        [v.get("class", k), f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+        for k, v in table.items()
+    ]
+    return title, rows
 
 
 def results_section(c: CardInputs) -> list[str]:
     test, fmts = c.evaluation["test"], c.parity["formats"]
+    headline = [(key, label) for key, label in HEADLINE if key in test]
+    title, rows = class_rows(test)
     lines = [
         "## Results",
         "",
         f"On the {test['examples']:,} test examples (never seen in training or model selection):",
         "",
-        *_table(
-            ["accuracy", "top-2 accuracy", "macro F1", "log loss", "calibration (ECE)"],
-            [
-                [
-                    f"{test['accuracy']:.4f}",
-                    f"{test['top2_accuracy']:.4f}",
-                    f"{test['macro_f1']:.4f}",
-                    f"{test['loss']:.4f}",
-                    f"{test['ece']:.4f}",
-                ]
-            ],  # fmt: skip
-        ),
+        *task_lines(test),
         "",
-        "Per class:",
+        *_table([label for _, label in headline], [[f"{test[key]:.4f}" for key, _ in headline]]),
+    ]
+    if "confusion" in test:
+        cm = test["confusion"]
+        lines += [
+            "",
+            f"Confusion for {test['task']['positive_class']} at the default decision (the larger probability): "
+            f"{cm['true_positives']} true positives, {cm['false_positives']} false positives, "
+            f"{cm['true_negatives']} true negatives, {cm['false_negatives']} false negatives.",
+        ]
+    lines += [
         "",
-        *_table(
-            ["class", "precision", "recall", "F1", "support"],
-            [
-                [v.get("class", k), f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
-                for k, v in test["per_class"].items()
-            ],
-        ),
+        title,
+        "",
+        *_table(["class", "precision", "recall", "F1", "support"], rows),
         "",
         "Exported forms against the Keras model on the same test set (`reports/parity.json`):",
         "",
@@ -157,7 +202,7 @@ def latency_lines(bench: dict | None, metadata: dict) -> list[str]:
 
 def limits_section(c: CardInputs) -> list[str]:
     test = c.evaluation["test"]
-    weakest = sorted(test["per_class"].values(), key=lambda v: v["f1"])[:2]
+    weakest = sorted((test.get("per_class") or test.get("worst_classes", {})).values(), key=lambda v: v["f1"])[:2]
     return [
         "## Intended use and limits",
         "",

@@ -59,15 +59,15 @@ def fit_custom(
 
     # The steps of Keras' own TensorFlow trainer, per replica: the compiled loss (plus regularization)
     # is scaled by 1 / replicas, so the optimizer's all-reduce SUM gives the global mean's gradient.
-    def train_replica(x, y):
+    def train_replica(x, y, weights=None):  # weights: per example, from train.class_weight
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
-            loss = model.compute_loss(x=x, y=y, y_pred=probs, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=probs, sample_weight=weights, training=True)
             scaled = optimizer.scale_loss(loss)  # mixed precision: LossScaleOptimizer's scale
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)  # unscales, all-reduces, steps
         metrics["loss"].update_state(loss * replicas, sample_weight=tf.shape(x)[0])  # this replica's mean
-        metrics["accuracy"].update_state(y, probs)
+        metrics["accuracy"].update_state(y, probs)  # compile's `metrics` are unweighted (not weighted_metrics)
 
     def val_replica(x, y):
         probs = model(x, training=False)

@@ -121,6 +121,9 @@ class TrainParams(Section):
     normalization: NormalizationParams = NormalizationParams()
     early_stopping_patience: Annotated[int, Field(ge=0, le=100_000)]
     augment: AugmentParams = AugmentParams()
+    # null: every example counts the same; balanced: each class's examples weigh
+    # n / (classes × its count), so a rare class counts as much as a common one (skewed data).
+    class_weight: Literal["balanced"] | None = None
     shuffle_buffer: Annotated[int, Field(ge=1, le=10**8)] = 10_000
     cache: bool = True
     seed: Seed = 42

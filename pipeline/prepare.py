@@ -5,6 +5,7 @@ seeded, write TFRecord shards to data/prepared/ and the data report reports/data
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from pipeline.formats.base import RawData, Split
 from pipeline.normalization import PIXEL_SCALE, measure
 from pipeline.params import DataParams, Params, load_params
 from pipeline.records import META_FILE, PreparedMeta, write_split
+from pipeline.schema import positive_class_problem
 
 
 def load_raw(raw_dir: Path, data: DataParams) -> RawData:
@@ -58,9 +60,36 @@ def count_shared(a: list[bytes], b: list[bytes]) -> int:
     return sum(d in seen for d in b)
 
 
-def per_class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
-    counts = np.bincount(labels, minlength=len(class_names))
-    return {name: int(c) for name, c in zip(class_names, counts, strict=True)}
+# A class this many times rarer than the largest, in the train split, gets prepare's warning.
+SKEW_WARNING_RATIO = 20
+
+
+def checked_classes(labels: np.ndarray, class_names: list[str], data: DataParams) -> str | None:
+    """The positive class of two-class data; data of a single class is an error."""
+    counts = np.bincount(labels, minlength=len(class_names)).tolist()
+    present = [name for name, count in zip(class_names, counts, strict=True) if count]
+    if len(present) < 2:
+        raise PipelineError(
+            f"data.{data.format}: the data holds one class ({present[0]!r}, {len(labels)} examples); "
+            "a classifier needs at least 2"
+        )
+    section = data.selected
+    problem = positive_class_problem(section.positive_class, class_names)
+    if problem:
+        raise PipelineError(f"data.{data.format}.positive_class {problem}")
+    return (section.positive_class or class_names[1]) if len(class_names) == 2 else None
+
+
+def skew_warning(counts: list[int], class_names: list[str]) -> str | None:
+    """A line naming the rarest and the most common class when they are far apart."""
+    present = [(count, name) for name, count in zip(class_names, counts, strict=True) if count]
+    (few, rare), (many, common) = min(present), max(present)
+    if few * SKEW_WARNING_RATIO > many:
+        return None
+    return (
+        f"skewed classes: {rare!r} has {few} training examples, {common!r} {many} (1:{many / few:.0f}); "
+        "train.class_weight: balanced weighs each class by its rarity"
+    )
 
 
 def split_test(raw: RawData, params: Params) -> tuple[Split, Split]:
@@ -75,6 +104,7 @@ def split_test(raw: RawData, params: Params) -> tuple[Split, Split]:
 def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
     """Write the prepared splits to `out_dir`; returns the data report."""
     raw = load_raw(raw_dir, params.data)
+    positive = checked_classes(raw.train[1], raw.class_names, params.data)
     (x_all, y_all), test = split_test(raw, params)
     train_idx, val_idx = stratified_split(y_all, params.prepare.val_fraction, params.prepare.seed)
     splits = {
@@ -84,6 +114,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
     }
     statistics = measure(splits["train"][0], PIXEL_SCALE if raw.is_image else 1.0)
     class_names = raw.class_names
+    class_counts = {name: np.bincount(y, minlength=len(class_names)).tolist() for name, (_, y) in splits.items()}
     with atomic_dir(out_dir) as tmp:
         shards = {name: write_split(tmp / name, x, y, params.prepare.shard_size) for name, (x, y) in splits.items()}
         meta = PreparedMeta(
@@ -94,6 +125,8 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
             shards=shards,
             dtype=str(x_all.dtype),
             feature_names=raw.feature_names,
+            class_counts=class_counts,
+            positive_class=positive,
         )
         write_json(tmp / META_FILE, meta.to_dict())
 
@@ -104,7 +137,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
         "input_shape": list(meta.input_shape),
         "num_classes": meta.num_classes,
         "counts": meta.counts,
-        "per_class": {name: per_class_counts(y, class_names) for name, (_, y) in splits.items()},
+        "per_class": {split: dict(zip(class_names, counts, strict=True)) for split, counts in class_counts.items()},
         "inputs": {
             "train_mean": float(np.mean(splits["train"][0], dtype=np.float64) * statistics.scale),
             "train_std": float(np.std(splits["train"][0], dtype=np.float64) * statistics.scale),
@@ -114,6 +147,8 @@ def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
             "val_in_train": count_shared(digests["train"], digests["val"]),
         },
         "skipped": {"count": len(raw.skipped), "files": raw.skipped},
+        "positive_class": positive,
+        "warnings": [w for w in (skew_warning(class_counts["train"], class_names),) if w],
     }
 
 
@@ -126,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     report = prepare(Path(args.raw), Path(args.out), params)
     write_json(args.report, report)
+    for warning in report["warnings"]:
+        print(f"prepare: warning: {warning}", file=sys.stderr)
     counts = ", ".join(f"{k} {v}" for k, v in report["counts"].items())
     print(
         f"prepare: {counts} examples in {args.out}; "

@@ -27,7 +27,7 @@ from pipeline.normalization import Normalization
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 PARSE_BLOCK = 1024  # records parsed per op by read_split
 
 
@@ -41,6 +41,10 @@ class PreparedMeta:
     dtype: str = "uint8"
     # Names of the feature columns, for tabular data (the deployed model's metadata carries them).
     feature_names: list[str] | None = None
+    # Examples of each class (in class_names order) per split: class weights, skew warnings.
+    class_counts: dict[str, list[int]] | None = None
+    # The class binary metrics (ROC AUC, precision, ...) are about: two-class data only.
+    positive_class: str | None = None
 
     @property
     def is_image(self) -> bool:
@@ -57,8 +61,10 @@ class PreparedMeta:
             "dtype": self.dtype,
             "feature_names": self.feature_names,
             "class_names": self.class_names,
+            "positive_class": self.positive_class,
             "statistics": self.statistics.to_dict(),
             "counts": self.counts,
+            "class_counts": self.class_counts,
             "shards": self.shards,
         }
 
@@ -122,6 +128,8 @@ def read_meta(prepared_dir: str) -> PreparedMeta:
         shards={k: list(v) for k, v in raw["shards"].items()},
         dtype=raw["dtype"],
         feature_names=raw.get("feature_names"),
+        class_counts=raw.get("class_counts"),
+        positive_class=raw.get("positive_class"),
     )
 
 

@@ -39,6 +39,9 @@ class FormatSection(Section):
     sha256: Checksums | None = None
     # null: from the data (IDX/CIFAR labels 0..n-1, folder names, distinct CSV labels).
     class_names: ClassNames | None = None
+    # Two-class data only: the class ROC AUC, average precision and the confusion counts are about.
+    # null: the second class name (benign of malignant/benign, 1 of 0/1).
+    positive_class: Annotated[str, Field(min_length=1)] | None = None
 
     @field_validator("class_names")
     @classmethod
@@ -54,9 +57,23 @@ class FormatSection(Section):
         return self.files()
 
     @model_validator(mode="after")
-    def _checksums_name_known_files(self) -> FormatSection:
+    def _checksums_and_positive_class_fit(self) -> FormatSection:
         known = self.known_files()
         unknown = sorted(set(self.sha256 or {}) - set(known)) if known is not None else []
         if unknown:
             raise ValueError(f".sha256 names {unknown[0]!r}, which is not one of this format's files {known}")
+        problem = positive_class_problem(self.positive_class, self.class_names)
+        if problem:
+            raise ValueError(f".positive_class {problem}")
         return self
+
+
+def positive_class_problem(positive: str | None, class_names: list[str] | None) -> str | None:
+    """Why `positive_class` does not fit these class names (None: it fits, or nothing to check yet)."""
+    if positive is None or class_names is None:
+        return None
+    if len(class_names) != 2:
+        return f"applies to two-class data; the data has {len(class_names)} classes"
+    if positive not in class_names:
+        return f"{positive!r} is not one of the classes {class_names}"
+    return None

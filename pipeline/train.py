@@ -79,6 +79,15 @@ def batches_per_call(setting: int | str, global_batch: int, steps_per_epoch: int
     return max(1, min(wanted, steps_per_epoch))
 
 
+def class_weights(meta: PreparedMeta) -> list[float]:
+    """scikit-learn's "balanced" weights, n / (classes × count), of the train split's classes (a class
+    without training examples never occurs as a label: weight 1)."""
+    counts = meta.class_counts["train"]
+    present = [c for c in counts if c]
+    total = sum(present)
+    return [total / (len(present) * c) if c else 1.0 for c in counts]
+
+
 def current_learning_rate(model) -> float:
     import keras
 
@@ -162,9 +171,10 @@ def train(
     # example (every worker shuffles the whole split alike and keeps its part of each global batch)
     # guarantees it; by file, shards of unequal size would give workers unequal shares.
     common = {"cache": p.cache, "workers": devices.workers, "shard": "DATA" if synchronous else None}
+    weights = class_weights(meta) if p.class_weight == "balanced" else None
     train_ds = make_dataset(
         str(prepared_dir), meta, "train", global_batch, training=True, shuffle_buffer=p.shuffle_buffer,
-        seed=p.seed, augment=augment, drop_remainder=synchronous, **common,
+        seed=p.seed, augment=augment, drop_remainder=synchronous, class_weights=weights, **common,
     )  # fmt: skip
     val_ds = make_dataset(str(prepared_dir), meta, "val", global_batch, training=False, **common)
     if synchronous:
@@ -256,6 +266,7 @@ def train(
         "devices": devices.to_dict(),
         "parameters": int(model.count_params()),
         "normalization": applied_normalization(model),
+        "class_weights": None if weights is None else [round(w, 6) for w in weights],
     }
     return TrainResult(model, history, devices, seconds, model_summary(model), report)
 

@@ -115,3 +115,71 @@ def test_figures_are_drawn_without_a_display(tmp_path, monkeypatch):
         with Image.open(tmp_path / name) as image:
             assert image.size[0] >= min_size[0] and image.size[1] >= min_size[1], (name, image.size)
             assert len(set(image.convert("L").getdata())) > 10  # something drawn, not a blank canvas
+
+
+def test_two_classes_get_the_binary_metrics_and_no_top_k():
+    """Positive class b: scores 0.9, 0.8, 0.3 for the b examples, 0.6, 0.2 for the a ones."""
+    labels = np.array([1, 1, 1, 0, 0])
+    positive = np.array([0.9, 0.8, 0.3, 0.6, 0.2])
+    probs = np.stack([1 - positive, positive], axis=1)
+    m = compute_metrics(labels, probs, ["a", "b"])
+    assert m["task"]["type"] == "binary" and m["task"]["positive_class"] == "b"
+    assert "top2_accuracy" not in m and "top5_accuracy" not in m
+    assert set(m["task"]["left_out"]) == {"top2_accuracy", "top5_accuracy"}
+    # Pairs (positive, negative) ranked right: 0.9 and 0.8 beat both negatives, 0.3 beats 0.2 only.
+    assert m["roc_auc"] == pytest.approx(5 / 6)
+    # Precision at each positive's rank: 1/1, 2/2, 3/4.
+    assert m["average_precision"] == pytest.approx((1 + 1 + 3 / 4) / 3)
+    assert m["confusion"] == {"true_positives": 2, "false_positives": 1, "true_negatives": 1, "false_negatives": 1}
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    from sklearn.metrics import balanced_accuracy_score
+
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, probs.argmax(1)))
+
+    flipped = compute_metrics(labels, probs, ["a", "b"], positive_class="a")
+    assert flipped["task"]["positive_class"] == "a" and flipped["roc_auc"] == pytest.approx(5 / 6)
+    assert flipped["confusion"]["true_positives"] == 1  # a predicted a: example 4
+    one_class = compute_metrics(np.array([1, 1]), probs[:2], ["a", "b"])
+    assert "roc_auc" not in one_class and one_class["task"]["left_out"]["roc_auc"] == "the test split holds one class"
+
+
+def test_many_classes_keep_the_report_and_figures_bounded(tmp_path):
+    from pipeline.evaluate import per_class_table, top_confusions, write_per_class
+
+    n = 1000
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(n), 3)
+    probs = rng.dirichlet(np.ones(n) * 0.05, len(labels))
+    probs[np.arange(len(labels)), labels] += 0.5 * (rng.random(len(labels)) < 0.6)  # right 60 % of the time
+    names = [f"species {i:04d} with a long descriptive name" for i in range(n)]
+    m = compute_metrics(labels, probs, names)
+    assert m["task"] == {
+        "type": "multiclass",
+        "classes": n,
+        "left_out": {
+            "roc_auc": "binary tasks only",
+            "average_precision": "binary tasks only",
+            "per_class": m["task"]["left_out"]["per_class"],
+        },
+    }
+    assert "per_class" not in m and len(m["worst_classes"]) == 10
+    assert 0 < m["top2_accuracy"] <= m["top5_accuracy"] <= 1 and m["accuracy"] <= m["top2_accuracy"]
+    assert min(v["f1"] for v in m["worst_classes"].values()) == min(r["f1"] for r in per_class_table(
+        labels, probs.argmax(1), names))  # fmt: skip
+    write_per_class(tmp_path / "per_class.csv", per_class_table(labels, probs.argmax(1), names))
+    assert len((tmp_path / "per_class.csv").read_text().splitlines()) == n + 1
+
+    predicted = probs.argmax(1)
+    mistakes = top_confusions(labels, predicted)
+    assert len(mistakes) == 25 and [c for *_, c in mistakes] == sorted((c for *_, c in mistakes), reverse=True)
+    plot_confusion_matrix(labels, predicted, names, tmp_path / "cm.png")
+    with Image.open(tmp_path / "cm.png") as image:  # a bar chart of 25 confusions, not 10^6 cells
+        assert image.size[0] < 1500 and image.size[1] < 1500
+
+
+def test_five_classes_get_top_2_but_not_top_5():
+    labels = np.arange(5)
+    probs = np.eye(5)[[0, 1, 2, 3, 0]] * 0.6 + 0.08
+    m = compute_metrics(labels, probs, list("abcde"))
+    assert "top2_accuracy" in m and "top5_accuracy" not in m and "roc_auc" not in m
+    assert m["task"]["left_out"]["top5_accuracy"] == "needs more than 5 classes"

@@ -1,5 +1,7 @@
 """Stage prepare: validated, stratified, seeded splits in TFRecord shards that read back exactly."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,48 @@ def test_shards_are_byte_identical_across_processes(tmp_path):
     write_split(tmp_path / "here", np.arange(24, dtype=np.uint8).reshape(3, 2, 4, 1), np.array([0, 1, 2]), 10)
     digests.add(hashlib.sha256((tmp_path / "here/part-00000-of-00001.tfrecord").read_bytes()).hexdigest())
     assert len(digests) == 1 and len(next(iter(digests))) == 64, digests
+
+
+def test_one_class_is_one_line(tiny_data, raw, tmp_path):
+    write_idx(raw / FILES["train_labels"], np.full(120, 2, np.uint8))
+    with pytest.raises(PipelineError, match=r"^data\.idx: the data holds one class \('class_2', 120 examples\); "
+                       "a classifier needs at least 2$"):  # fmt: skip
+        run_prepare(tiny_data, raw, tmp_path / "prepared")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_skewed_classes_are_counted_and_warned_about(tiny_data, raw, tmp_path):
+    labels = np.array([0] * 100 + [1] * 15 + [2] * 3 + [3] * 2, np.uint8)
+    write_idx(raw / FILES["train_labels"], labels)
+    report = run_prepare(tiny_data, raw, tmp_path / "prepared")
+    meta = read_meta(str(tmp_path / "prepared"))
+    # The stratified split keeps the proportions: 90 / 13-14 / 2-3 / 1-2 of 108 in train.
+    assert sum(meta.class_counts["train"]) == 108 and meta.class_counts["train"][0] == 90
+    assert meta.class_counts["val"] == [10, 2, 0, 0] or sum(meta.class_counts["val"]) == 12
+    assert report["warnings"] == [
+        f"skewed classes: 'class_3' has {meta.class_counts['train'][3]} training examples, 'class_0' 90 "
+        f"(1:{90 / meta.class_counts['train'][3]:.0f}); train.class_weight: balanced weighs each class by its rarity"
+    ]
+    assert meta.positive_class is None  # four classes: no positive class
+
+
+def test_two_classes_have_a_positive_class(tmp_path):
+    from helpers.data import fetch_and_prepare, write_csv_dataset
+
+    data = write_csv_dataset(tmp_path / "table", n_classes=2)
+    report, meta = fetch_and_prepare(data, tmp_path)
+    assert meta.class_names == ["setosa", "versicolor"] and meta.positive_class == "versicolor"
+    assert report["positive_class"] == "versicolor" and report["warnings"] == []
+    data["csv"]["positive_class"] = "setosa"
+    _, meta = fetch_and_prepare(data, tmp_path / "again")
+    assert meta.positive_class == "setosa"
+    for positive, message in (
+        ("virginica", "data.csv.positive_class 'virginica' is not one of the classes ['setosa', 'versicolor']"),
+    ):
+        data["csv"]["positive_class"] = positive
+        with pytest.raises(PipelineError, match=f"^{re.escape(message)}$"):
+            fetch_and_prepare(data, tmp_path / positive)
+    data = write_csv_dataset(tmp_path / "three")
+    data["csv"]["positive_class"] = "setosa"
+    with pytest.raises(PipelineError, match=r"^data\.csv\.positive_class applies to two-class data; the data has 3"):
+        fetch_and_prepare(data, tmp_path / "three-prepared")

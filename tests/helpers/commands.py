@@ -3,7 +3,10 @@ project's venv first on PATH), subprocesses with their output kept, and params.y
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +36,15 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **extra_env) -> subproces
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_stages(directory: Path, *stages: str) -> None:
+    """Run stages in this process, each with the command line dvc.yaml gives it (`python -m
+    pipeline.<stage> ...`), in `directory`: the stages' own code and paths, without a new Python and
+    TensorFlow start for each."""
+    commands = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in stages:
+        argv = shlex.split(commands[stage]["cmd"])
+        assert argv[:3] == ["python", "-m", f"pipeline.{stage}"], argv
+        with contextlib.chdir(directory):
+            importlib.import_module(f"pipeline.{stage}").main(argv[3:])

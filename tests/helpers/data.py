@@ -125,14 +125,17 @@ def write_image_folder_dataset(
     }
 
 
-def write_csv_dataset(directory: Path, n_train=150, n_test=60, n_features=4, seed=0, label_column="species") -> dict:
-    """Iris-like: three species whose features differ in mean; returns the `data` section."""
+def write_csv_dataset(
+    directory: Path, n_train=150, n_test=60, n_features=4, seed=0, label_column="species", n_classes=3
+) -> dict:
+    """Iris-like: species whose features differ in mean (three, or the first `n_classes` of them, or
+    `n_classes` named s000, s001, ... beyond three); returns the `data` section."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    species = ["setosa", "versicolor", "virginica"]
+    species = ["setosa", "versicolor", "virginica"] if n_classes <= 3 else [f"s{i:03d}" for i in range(n_classes)]
     names = [f"f{i}" for i in range(n_features)]
     for file, n in (("train.csv", n_train), ("test.csv", n_test)):
-        labels = balanced_labels(n, 3, rng)
+        labels = balanced_labels(n, n_classes, rng)
         features = rng.normal(size=(n, n_features)) + 3.0 * labels[:, None] * (1 + np.arange(n_features))
         write_table(directory / file, features, [species[y] for y in labels], names, label_column=label_column)
     return {"format": "csv", "source": str(directory), "csv": {"label_column": label_column}}
