@@ -48,3 +48,28 @@ def test_latency_is_this_models_only_when_the_benchmark_timed_this_file():
     other = render(inputs({"engines": engines, "model_sha256": "s0", "machine": {"logical_cpus": 2}}))
     assert "| onnxruntime_fp32 | 0.100 | 9,000 |" in same and "earlier export" not in same
     assert "(measured on an earlier export of this pipeline)" in other
+
+
+def test_a_binary_card_names_the_positive_class_and_what_was_left_out():
+    card_inputs = inputs()
+    test = {
+        **card_inputs.evaluation["test"],
+        "roc_auc": 0.97,
+        "average_precision": 0.95,
+        "task": {
+            "type": "binary",
+            "classes": 2,
+            "positive_class": "Bag",
+            "left_out": {"top2_accuracy": "needs more than 2 classes"},
+        },
+        "confusion": {"true_positives": 9, "false_positives": 1, "true_negatives": 9, "false_negatives": 1},
+    }
+    del test["top2_accuracy"]
+    import dataclasses
+
+    card = render(dataclasses.replace(card_inputs, evaluation={"test": test}))
+    assert "**Task:** binary, 2 classes; the positive class (ROC AUC, average precision, confusion) is **Bag**." in card
+    assert "Left out: top2 accuracy (needs more than 2 classes)." in card
+    assert "| accuracy | macro F1 | ROC AUC | average precision | log loss | calibration (ECE) |" in card
+    assert "| 0.9000 | 0.9200 | 0.9700 | 0.9500 | 0.3000 | 0.0500 |" in card
+    assert "9 true positives, 1 false positives, 9 true negatives, 1 false negatives" in card
