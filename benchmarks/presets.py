@@ -37,12 +37,16 @@ AS_TABLE = {"tabular_mlp"}
 
 
 def idx_arrays(data: dict) -> dict:
-    from pipeline.formats.idx import read_images_and_labels
+    from pipeline.formats.idx import read_idx
+
+    def images(path):
+        x = read_idx(path, (3, 4))
+        return x[..., None] if x.ndim == 3 else x
 
     source, idx = Path(data["source"]), data["idx"]
     return {
-        "train": read_images_and_labels(source / idx["train_images"], source / idx["train_labels"], None),
-        "test": read_images_and_labels(source / idx["test_images"], source / idx["test_labels"], None),
+        part: (images(source / idx[f"{part}_images"]), read_idx(source / idx[f"{part}_labels"], (1,)))
+        for part in ("train", "test")
     }
 
 

@@ -31,15 +31,17 @@ def debug_enabled(argv: list[str] | None = None) -> bool:
 # Lines of native (C++) logging that say nothing to a user of the stage: absl's INFO/WARNING/ERROR
 # lines (`I0000 00:00:... file.cc:12] ...`, printed before absl's log initialisation, whatever
 # TF_CPP_MIN_LOG_LEVEL says: abseil-cpp#1718), TensorFlow's own INFO/WARNING lines, absl's notice
-# about them, the MLflow store's schema migrations, and MLflow's registry messages (the stage says
-# which version it registered).
+# about them, the MLflow store's schema migrations, MLflow's registry messages (the stage says
+# which version it registered), and Python logging's default-format INFO/WARNING lines, which
+# Apache Beam's workers print (prepare.runner: beam) whatever the driver's logging says.
 CONSOLE_NOISE = re.compile(
     r"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] \S+:\d+\] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|INFO  \[alembic\."
     r"|Successfully registered model '|Created version '\d+' of model '"
-    r"|Registered model '.*' already exists\. Creating a new version of this model)"
+    r"|Registered model '.*' already exists\. Creating a new version of this model"
+    r"|(?:INFO|WARNING):[\w.]+:)"
 )
 
 

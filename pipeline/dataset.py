@@ -51,7 +51,7 @@ def make_dataset(
     training: bool,
     shuffle_buffer: int = 10_000,
     seed: int = 0,
-    cache: bool = True,
+    cache: str | None = "memory",
     augment=None,
     files=None,
     workers: int = 1,
@@ -63,7 +63,8 @@ def make_dataset(
 
     `batch_size` is the global batch; under a multi-worker strategy each worker reads its shard
     (`shard`: "FILE" or "DATA", default `shard_policy`), set explicitly rather than left to
-    tf.data's AUTO guess. `class_weights` (one per class) add each example's weight as a third
+    tf.data's AUTO guess. `cache`: "memory", a file path prefix (tf.data's file cache), or None.
+    `class_weights` (one per class) add each example's weight as a third
     element, as Keras' own `fit(class_weight=...)` does to a dataset.
     """
     import tensorflow as tf
@@ -75,7 +76,7 @@ def make_dataset(
     )
     dataset = dataset.with_options(options)
     if cache:
-        dataset = dataset.cache()
+        dataset = dataset.cache("" if cache == "memory" else cache)
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)

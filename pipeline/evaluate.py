@@ -298,27 +298,57 @@ def plot_top_confusions(labels, predicted, class_names: list[str], out: Path) ->
     plt.close(fig)
 
 
-def plot_worst_errors(images, labels, probs, class_names: list[str], count: int, out: Path) -> int:
+@dataclass(frozen=True)
+class Mistake:
+    confidence: float
+    index: int
+    image: np.ndarray
+    label: int
+    predicted: int
+
+
+class WorstErrors:
+    """The `count` most confidently wrong examples seen so far, with their inputs: a bounded heap,
+    so the figure needs no second pass over the test split and no more than `count` images."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.heap: list[tuple[float, int, Mistake]] = []  # (confidence, -index): ties go to the earlier one
+
+    def add(self, first_index: int, images: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> None:
+        import heapq
+
+        predicted = probs.argmax(axis=1)
+        for i in np.flatnonzero(predicted != labels):
+            mistake = Mistake(float(probs[i, predicted[i]]), first_index + int(i), images[i].copy(), int(labels[i]),
+                              int(predicted[i]))  # fmt: skip
+            item = (mistake.confidence, -mistake.index, mistake)
+            if len(self.heap) < self.count:
+                heapq.heappush(self.heap, item)
+            elif item[:2] > self.heap[0][:2]:
+                heapq.heapreplace(self.heap, item)
+
+    def worst(self) -> list[Mistake]:
+        return [m for *_, m in sorted(self.heap, key=lambda item: item[:2], reverse=True)]
+
+
+def plot_worst_errors(worst: list[Mistake], class_names: list[str], out: Path) -> int:
     """The test images the model got wrong with the most confidence; returns how many are shown."""
     import matplotlib.pyplot as plt
 
-    predicted = probs.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != labels)
-    worst = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]
     cols = 4
     rows = max(1, -(-len(worst) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.9), layout="constrained", squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, worst, strict=False):  # the grid has a cell per image, and spare cells
-        image = images[i]
-        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
+    for ax, m in zip(axes.flat, worst, strict=False):  # the grid has a cell per image, and spare cells
+        grey = m.image.shape[-1] == 1
+        ax.imshow(m.image[..., 0] if grey else m.image, cmap="gray" if grey else None)
         ax.set_title(
-            f"true: {short(class_names[labels[i]])}\npred: {short(class_names[predicted[i]])} "
-            f"({probs[i, predicted[i]]:.2f})",
+            f"true: {short(class_names[m.label])}\npred: {short(class_names[m.predicted])} ({m.confidence:.2f})",
             fontsize=8,
         )
-    if not len(worst):
+    if not worst:
         axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
     fig.suptitle("Most confidently wrong test images")
     fig.savefig(out, dpi=110)
@@ -327,15 +357,24 @@ def plot_worst_errors(images, labels, probs, class_names: list[str], count: int,
 
 
 # ----------------------------------------------------------------------------- the core
-def predict_split(model, prepared_dir: str, meta, split: str, batch_size: int) -> tuple[np.ndarray, float]:
-    """Probabilities for a whole split, and the inference throughput in examples/s."""
-    from pipeline.dataset import make_dataset
+def predict_split(
+    model, prepared_dir: str, meta, split: str, batch_size: int, worst: WorstErrors | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels and probabilities (float32) of a split, streamed a batch at a time (`worst` sees each
+    batch's inputs), and the inference throughput in examples/s."""
+    from pipeline.records import iter_batches
 
-    dataset = make_dataset(prepared_dir, meta, split, batch_size, training=False, cache=False)
-    started = time.perf_counter()
-    probs = model.predict(dataset, verbose=0)
-    seconds = time.perf_counter() - started
-    return probs.astype(np.float64), len(probs) / seconds
+    labels, probs, seconds, seen = [], [], 0.0, 0
+    for x, y in iter_batches(prepared_dir, meta, split, batch_size):
+        started = time.perf_counter()
+        p = np.asarray(model.predict_on_batch(x), dtype=np.float32)
+        seconds += time.perf_counter() - started
+        if worst is not None:
+            worst.add(seen, x, y, p)
+        labels.append(y)
+        probs.append(p)
+        seen += len(y)
+    return np.concatenate(labels), np.concatenate(probs), seen / seconds if seconds else 0.0
 
 
 def write_predictions(path: Path, labels, probs, class_names: list[str]) -> None:
@@ -382,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     params = all_params.evaluate
     from pipeline.hashing import tree_sha256
     from pipeline.model import load_keras_model
-    from pipeline.records import read_meta, read_split_arrays
+    from pipeline.records import read_meta
     from pipeline.tracking import Tracker, split_inputs
 
     meta = read_meta(args.prepared)
@@ -390,8 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     test_sha256 = tree_sha256(Path(args.prepared) / "test")
     baseline = gate_baseline(all_params, tracker.registry, test_sha256)
     model = load_keras_model(args.model)
-    images, labels = read_split_arrays(args.prepared, meta, "test")
-    probs, throughput = predict_split(model, args.prepared, meta, "test", params.batch_size)
+    worst = WorstErrors(params.worst_examples) if meta.is_image else None  # a table's rows are no pictures
+    labels, probs, throughput = predict_split(model, args.prepared, meta, "test", params.batch_size, worst)
 
     test = compute_metrics(labels, probs, meta.class_names, params.calibration_bins, meta.positive_class)
     test["examples_per_second"] = round(throughput, 1)
@@ -401,8 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(args.figures) as tmp:
         plot_training_curves(Path(args.history), tmp / FIGURES[0])
         plot_confusion_matrix(labels, probs.argmax(axis=1), meta.class_names, tmp / FIGURES[1])
-        if meta.is_image:  # a table's rows are no pictures
-            plot_worst_errors(images, labels, probs, meta.class_names, params.worst_examples, tmp / FIGURES[2])
+        if worst is not None:
+            plot_worst_errors(worst.worst(), meta.class_names, tmp / FIGURES[2])
     write_json(args.metrics, {"test": test, "gate": gate, "data": {"test_sha256": test_sha256}})
 
     tracker.log_dataset_inputs(

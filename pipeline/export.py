@@ -161,11 +161,25 @@ def preprocessing_nodes(model_proto) -> list[str]:
     return names
 
 
-def calibration_batches(inputs: np.ndarray, size: int, seed: int, batch: int = 50) -> list[np.ndarray]:
-    """A seeded sample of raw train inputs, as the deployed model receives them."""
-    rng = np.random.default_rng(seed)
-    picked = inputs[np.sort(rng.choice(len(inputs), size=min(size, len(inputs)), replace=False))]
-    return [picked[i : i + batch] for i in range(0, len(picked), batch)]
+def calibration_sample(prepared_dir: str, meta, size: int, seed: int) -> np.ndarray:
+    """A seeded sample of `size` raw train inputs, as the deployed model receives them: the positions
+    are drawn first, then picked out as the train split streams by (only the sample is kept)."""
+    from pipeline.records import iter_batches
+
+    count = meta.counts["train"]
+    wanted = np.sort(np.random.default_rng(seed).choice(count, size=min(size, count), replace=False))
+    picked, position = [], 0
+    for x, _ in iter_batches(prepared_dir, meta, "train", 4096):
+        here = wanted[(wanted >= position) & (wanted < position + len(x))] - position
+        picked.append(x[here])
+        position += len(x)
+        if position > wanted[-1]:
+            break
+    return np.concatenate(picked)
+
+
+def calibration_batches(sample: np.ndarray, batch: int = 50) -> list[np.ndarray]:
+    return [sample[i : i + batch] for i in range(0, len(sample), batch)]
 
 
 def quantize_int8(
@@ -220,7 +234,7 @@ def export(
     `register(onnx_path)` (the stage passes MLflow's registration) runs before metadata.json is
     written, so the file is written once, registry version included, inside the atomic directory."""
     from pipeline.model import applied_normalization, load_keras_model
-    from pipeline.records import read_meta, read_split_arrays
+    from pipeline.records import read_meta
 
     meta = read_meta(prepared_dir)
     model = float32_model(load_keras_model(str(model_path)))
@@ -238,8 +252,7 @@ def export(
     with atomic_members(out_dir) as tmp:
         export_saved_model(model, serve, tmp / "saved_model")
         export_onnx(serve, params.opset, metadata, tmp / "model.onnx")
-        train_inputs, _ = read_split_arrays(prepared_dir, meta, "train")
-        batches = calibration_batches(train_inputs, params.calibration_size, seed)
+        batches = calibration_batches(calibration_sample(prepared_dir, meta, params.calibration_size, seed))
         quantize_int8(tmp / "model.onnx", input_name, batches, tmp / "model.int8.onnx", metadata)
         files = {}
         for name in ("model.onnx", "model.int8.onnx"):

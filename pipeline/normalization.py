@@ -38,19 +38,74 @@ class Normalization:
         return cls(mean=stat(data["mean"]), std=stat(data["std"]), scale=float(data.get("scale", PIXEL_SCALE)))
 
 
+class Moments:
+    """Count, mean and sum of squared deviations per channel (the last axis: colour channels, table
+    features), accumulated in float64 as examples stream by and merged exactly as Chan, Golub and
+    LeVeque's parallel algorithm does: the statistics of a split of any size, in constant memory."""
+
+    ROWS = 1 << 18  # values converted to float64 at a time, per channel
+
+    def __init__(self, channels: int):
+        self.count = 0
+        self.mean = np.zeros(channels)
+        self.m2 = np.zeros(channels)
+
+    def add(self, inputs: np.ndarray) -> Moments:
+        rows = inputs.reshape(-1, inputs.shape[-1])
+        for start in range(0, len(rows), self.ROWS):
+            values = rows[start : start + self.ROWS].astype(np.float64)
+            part = Moments(values.shape[1])
+            part.count, part.mean = len(values), values.mean(axis=0)
+            part.m2 = ((values - part.mean) ** 2).sum(axis=0)
+            self.merge(part)
+        return self
+
+    def merge(self, other: Moments) -> Moments:
+        if other.count:
+            total = self.count + other.count
+            delta = other.mean - self.mean
+            self.mean = self.mean + delta * (other.count / total)
+            self.m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
+            self.count = total
+        return self
+
+    def state(self) -> list:
+        """Plain data (to send between processes); `from_state` makes the Moments again."""
+        return [self.count, self.mean.tolist(), self.m2.tolist()]
+
+    @classmethod
+    def from_state(cls, state: list) -> Moments:
+        moments = cls(len(state[1]))
+        moments.count, moments.mean, moments.m2 = int(state[0]), np.array(state[1]), np.array(state[2])
+        return moments
+
+    def pooled(self) -> Moments:
+        """All channels as one (the statistics of every value together)."""
+        whole = Moments(1)
+        for mean, m2 in zip(self.mean, self.m2, strict=True):
+            whole.merge(Moments.from_state([self.count, [mean], [m2]]))
+        return whole
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.count, 1))
+
+    def normalization(self, scale: float, single: bool) -> Normalization:
+        """mean/std after `scale`: one value when `single` (grey images), else per channel or feature.
+        A constant input gets std 1 (it carries no information)."""
+        mean, std = self.mean * scale, self.std * scale
+        if single:
+            return Normalization(mean=float(mean[0]), std=float(std[0]) or 1.0, scale=scale)
+        return Normalization(
+            mean=tuple(float(m) for m in mean), std=tuple(float(s) if s > 0 else 1.0 for s in std), scale=scale
+        )
+
+
 def measure(inputs: np.ndarray, scale: float) -> Normalization:
-    """Mean/std of raw train inputs after `scale`: one value for grey images, else per last axis
-    (colour channels, table features). A constant input gets std 1 (it carries no information)."""
-    values = inputs.astype(np.float64) * scale
-    if values.ndim == 4 and values.shape[-1] == 1:
-        return Normalization(mean=float(values.mean()), std=float(values.std()) or 1.0, scale=scale)
-    axes = tuple(range(values.ndim - 1))
-    std = values.std(axis=axes)
-    return Normalization(
-        mean=tuple(float(m) for m in values.mean(axis=axes)),
-        std=tuple(float(s) if s > 0 else 1.0 for s in std),
-        scale=scale,
-    )
+    """The statistics of a whole array of raw inputs (small data, tests): one value for grey images,
+    else one per channel or feature."""
+    single = inputs.ndim == 4 and inputs.shape[-1] == 1
+    return Moments(inputs.shape[-1]).add(inputs).normalization(scale, single)
 
 
 def choose(mode: str, measured: Normalization, mean: float, std: float) -> Normalization:

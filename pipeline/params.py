@@ -69,6 +69,13 @@ class PrepareParams(Section):
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     seed: Seed = 42
     shard_size: Annotated[int, Field(ge=1, le=10**7)] = 10_000
+    # local: this machine, decoding on `workers` processes (auto: every core this process may use);
+    # beam: an Apache Beam pipeline on the runner beam_options name (pipeline/beam.py).
+    runner: Literal["local", "beam"] = "local"
+    workers: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
+    # Beam's own pipeline options, passed through: ["--runner=FlinkRunner", "--flink_master=host:8081"].
+    # Empty: Beam's in-process DirectRunner on this machine.
+    beam_options: list[str] = []
 
 
 # --------------------------------------------------------------------------- train
@@ -125,7 +132,9 @@ class TrainParams(Section):
     # n / (classes × its count), so a rare class counts as much as a common one (skewed data).
     class_weight: Literal["balanced"] | None = None
     shuffle_buffer: Annotated[int, Field(ge=1, le=10**8)] = 10_000
-    cache: bool = True
+    # The decoded splits, cached after the first epoch: memory, a file under the work directory, or
+    # off; auto: memory when train and val fit a quarter of the available memory, else a file.
+    cache: Literal["auto", "memory", "file", "off"] = "auto"
     seed: Seed = 42
     # auto: op determinism on CPU, off on GPU (where deterministic kernels cost speed).
     deterministic: Auto = "auto"

@@ -1,11 +1,24 @@
-"""Stage `prepare`: read and validate the raw data in its format (pipeline/formats/: IDX, CIFAR-10
-binary, image folders, CSV), split off validation (and test, when the data has none) stratified and
-seeded, write TFRecord shards to data/prepared/ and the data report reports/data.json."""
+"""Stage `prepare`: the raw data in its format (pipeline/formats/: IDX, CIFAR-10 binary, image folders,
+CSV), validated, split into train / val (and test, when the data has none) stratified and seeded,
+written as TFRecord shards to data/prepared/, with the data report reports/data.json.
+
+It streams, so memory does not grow with the data: a cheap first pass reads each example's label
+(and file), the splits are drawn from the labels, then the examples are decoded a chunk at a time,
+on every core for formats whose decoding is work (image folders), and written shard by shard in
+order: the output is the same whatever the core count. Per example only its label, its split and a
+16-byte digest for the leakage check are kept. `prepare.runner: beam` runs the same per-example
+functions as an Apache Beam pipeline (pipeline/beam.py). No TensorFlow is imported.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +26,29 @@ import numpy as np
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
-from pipeline.formats import FORMATS
-from pipeline.formats.base import RawData, Split
-from pipeline.normalization import PIXEL_SCALE, measure
-from pipeline.params import DataParams, Params, load_params
-from pipeline.records import META_FILE, PreparedMeta, write_split
+from pipeline.formats import FORMATS, decode_chunk
+from pipeline.formats.base import Decoded, Scan
+from pipeline.normalization import PIXEL_SCALE, Moments
+from pipeline.params import DataParams, Params, PrepareParams, load_params
+from pipeline.records import META_FILE, SPLITS, PreparedMeta, SplitWriter, serialize_example
 from pipeline.schema import positive_class_problem
 
+TRAIN, VAL, TEST = range(3)  # a split's code; SPLITS names them
+# A class this many times rarer than the largest, in the train split, gets prepare's warning.
+SKEW_WARNING_RATIO = 20
+CHUNKS_AHEAD = 2  # per worker: decoded chunks waiting for the writer, which bounds memory
+# Decoding processes are forked: they start in milliseconds with the reader already imported, and
+# need no importable __main__ (spawned ones re-import it: a script without a main guard, a notebook
+# or `python -` fail). prepare imports no TensorFlow, whose threads forking would not copy.
+START_METHOD = "fork"
 
-def load_raw(raw_dir: Path, data: DataParams) -> RawData:
-    """The raw data of `data.format`, read and validated by that format's module."""
+
+# ----------------------------------------------------------------------------- the first pass
+def scan_raw(raw_dir: Path, data: DataParams) -> Scan:
+    """Labels (and files) of the raw data of `data.format`, read and validated by that format's module."""
     if not raw_dir.is_dir():
         raise PipelineError(f"{raw_dir}: raw data not found (run `dvc repro fetch`)")
-    return FORMATS[data.format].read(raw_dir, data.selected)
+    return FORMATS[data.format].scan(raw_dir, data.selected)
 
 
 def stratified_split(
@@ -49,19 +72,20 @@ def stratified_split(
     return np.sort(train_idx), np.sort(val_idx)
 
 
-def digests_of(images: np.ndarray) -> list[bytes]:
-    flat = images.reshape(len(images), -1)
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
-
-
-def count_shared(a: list[bytes], b: list[bytes]) -> int:
-    """How many images of `b` also appear, byte for byte, in `a`."""
-    seen = set(a)
-    return sum(d in seen for d in b)
-
-
-# A class this many times rarer than the largest, in the train split, gets prepare's warning.
-SKEW_WARNING_RATIO = 20
+def plan_splits(scan: Scan, prepare: PrepareParams) -> dict[str, np.ndarray]:
+    """Each raw example's split (TRAIN, VAL, TEST), part by part: the data's own test part, or a
+    stratified test fraction of train; then a stratified validation fraction of the rest."""
+    train = scan.parts["train"]
+    codes = {"train": np.full(len(train), TRAIN, dtype=np.int8)}
+    keep = np.arange(len(train))
+    if "test" in scan.parts:
+        codes["test"] = np.full(len(scan.parts["test"]), TEST, dtype=np.int8)
+    else:
+        keep, test = stratified_split(train.labels, prepare.test_fraction, prepare.seed, "prepare.test_fraction")
+        codes["train"][test] = TEST
+    _, val = stratified_split(train.labels[keep], prepare.val_fraction, prepare.seed)
+    codes["train"][keep[val]] = VAL
+    return codes
 
 
 def checked_classes(labels: np.ndarray, class_names: list[str], data: DataParams) -> str | None:
@@ -92,63 +116,175 @@ def skew_warning(counts: list[int], class_names: list[str]) -> str | None:
     )
 
 
-def split_test(raw: RawData, params: Params) -> tuple[Split, Split]:
-    """Train and test: as the data has them, or a stratified test fraction split off train."""
-    if raw.test is not None:
-        return raw.train, raw.test
-    x, y = raw.train
-    keep, test = stratified_split(y, params.prepare.test_fraction, params.prepare.seed, "prepare.test_fraction")
-    return (x[keep], y[keep]), (x[test], y[test])
+# ----------------------------------------------------------------------------- the second pass
+def digest(inputs: np.ndarray) -> bytes:
+    """16 bytes that stand for an example in the leakage check (byte-identical inputs only)."""
+    return hashlib.blake2b(inputs.tobytes(), digest_size=16).digest()
 
 
-def prepare(raw_dir: Path, out_dir: Path, params: Params) -> dict:
-    """Write the prepared splits to `out_dir`; returns the data report."""
-    raw = load_raw(raw_dir, params.data)
-    positive = checked_classes(raw.train[1], raw.class_names, params.data)
-    (x_all, y_all), test = split_test(raw, params)
-    train_idx, val_idx = stratified_split(y_all, params.prepare.val_fraction, params.prepare.seed)
+def count_shared(seen: np.ndarray, digests: np.ndarray) -> int:
+    """How many of `digests` also occur in `seen` (arrays of 16-byte digests)."""
+    return int(np.isin(digests, seen).sum()) if len(digests) and len(seen) else 0
+
+
+def as_digests(digests: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(digests), dtype="V16")
+
+
+class Split:
+    """What prepare keeps of one split while it streams: the shard writer, label counts, digests
+    (and, for train, the statistics)."""
+
+    def __init__(self, directory: Path, shard_size: int, n_classes: int, channels: int | None):
+        self.writer = SplitWriter(directory, shard_size)
+        self.counts = np.zeros(n_classes, dtype=np.int64)
+        self.digests: list[bytes] = []
+        self.moments = Moments(channels) if channels else None
+
+    def add(self, inputs: np.ndarray, labels: np.ndarray) -> None:
+        for x, label in zip(inputs, labels, strict=True):
+            self.writer.write(serialize_example(x.tobytes(), label))
+            self.digests.append(digest(x))
+        self.counts += np.bincount(labels, minlength=len(self.counts))
+        if self.moments is not None:
+            self.moments.add(inputs)
+
+
+def worker_count(setting: int | str) -> int:
+    return len(os.sched_getaffinity(0)) if setting == "auto" else int(setting)
+
+
+def decoded_chunks(
+    fmt: str, raw_dir: Path, section, scan: Scan, part: str, pool, workers: int
+) -> Iterator[tuple[int, Decoded]]:
+    """(position, decoded examples) of a part in order; decoded in `pool`'s `workers` processes when
+    there is a pool, at most CHUNKS_AHEAD chunks per worker ahead of the writer."""
+    reader = FORMATS[fmt]
+    options = reader.decode_options(section, scan)
+    chunks = reader.chunks(raw_dir, section, scan, part)
+    if pool is None:
+        for position, payload in chunks:
+            yield position, reader.decode(payload, raw_dir, options)
+        return
+    pending = []
+    for position, payload in chunks:
+        pending.append((position, pool.submit(decode_chunk, fmt, payload, raw_dir, options)))
+        if len(pending) >= CHUNKS_AHEAD * workers:
+            first, future = pending.pop(0)
+            yield first, future.result()
+    for position, future in pending:
+        yield position, future.result()
+
+
+@dataclass
+class Written:
+    """What either runner knows once every example is in its shards."""
+
+    shards: dict[str, list[str]]
+    counts: dict[str, int]
+    class_counts: dict[str, list[int]]
+    digests: dict[str, np.ndarray]  # per split, its examples' 16-byte digests
+    moments: Moments  # of the train split's inputs
+    skipped: list[str]  # files left out as unreadable
+
+
+def write_local(raw_dir: Path, data: DataParams, scan: Scan, plan: dict[str, np.ndarray], out: Path,
+                shard_size: int, workers: int) -> Written:  # fmt: skip
+    """Decode every example once, on `workers` processes where the format's decoding is worth it,
+    and write it to its split's shards in order."""
+    channels = scan.input_shape[-1]
     splits = {
-        "train": (x_all[train_idx], y_all[train_idx]),
-        "val": (x_all[val_idx], y_all[val_idx]),
-        "test": test,
+        name: Split(out / name, shard_size, len(scan.class_names), channels if name == "train" else None)
+        for name in SPLITS
     }
-    statistics = measure(splits["train"][0], PIXEL_SCALE if raw.is_image else 1.0)
-    class_names = raw.class_names
-    class_counts = {name: np.bincount(y, minlength=len(class_names)).tolist() for name, (_, y) in splits.items()}
+    skipped: list[str] = []
+    parallel = FORMATS[data.format].DECODE_IN_PROCESSES and workers > 1
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(START_METHOD)) if parallel else None
+    try:
+        for part_name, part in scan.parts.items():
+            chunks = decoded_chunks(data.format, raw_dir, data.selected, scan, part_name, pool, workers)
+            for position, decoded in chunks:
+                offsets = np.arange(position, position + len(decoded.inputs) + len(decoded.skipped))
+                if decoded.skipped:
+                    skipped += [key for _, key in decoded.skipped]
+                    offsets = np.delete(offsets, [offset for offset, _ in decoded.skipped])
+                codes, labels = plan[part_name][offsets], part.labels[offsets]
+                for code, name in enumerate(SPLITS):
+                    mine = codes == code
+                    if mine.any():
+                        splits[name].add(decoded.inputs[mine], labels[mine])
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return Written(
+        shards={name: split.writer.close() for name, split in splits.items()},
+        counts={name: split.writer.count for name, split in splits.items()},
+        class_counts={name: split.counts.tolist() for name, split in splits.items()},
+        digests={name: as_digests(split.digests) for name, split in splits.items()},
+        moments=splits["train"].moments,
+        skipped=skipped,
+    )
+
+
+def write_beam(raw_dir: Path, data: DataParams, scan: Scan, plan: dict[str, np.ndarray], out: Path,
+               params: PrepareParams) -> Written:  # fmt: skip
+    from pipeline import beam
+
+    result = beam.run(raw_dir, data, scan, plan, out, params.shard_size, params.beam_options)
+    result["digests"] = {name: np.frombuffer(blob, dtype="V16") for name, blob in result["digests"].items()}
+    return Written(**result)
+
+
+def prepare(raw_dir: Path, out_dir: Path, params: Params, workers: int | None = None) -> dict:
+    """Write the prepared splits to `out_dir`; returns the data report."""
+    data, settings = params.data, params.prepare
+    scan = scan_raw(raw_dir, data)
+    positive = checked_classes(scan.parts["train"].labels, scan.class_names, data)
+    plan = plan_splits(scan, settings)
     with atomic_dir(out_dir) as tmp:
-        shards = {name: write_split(tmp / name, x, y, params.prepare.shard_size) for name, (x, y) in splits.items()}
+        if settings.runner == "beam":
+            written = write_beam(raw_dir, data, scan, plan, tmp, settings)
+        else:
+            written = write_local(raw_dir, data, scan, plan, tmp, settings.shard_size,
+                                  workers or worker_count(settings.workers))  # fmt: skip
+        if not written.counts["train"]:
+            raise PipelineError(f"data.{data.format}: no readable training examples (every one was skipped)")
         meta = PreparedMeta(
-            input_shape=tuple(int(d) for d in x_all.shape[1:]),
-            class_names=list(class_names),
-            statistics=statistics,
-            counts={name: int(len(y)) for name, (_, y) in splits.items()},
-            shards=shards,
-            dtype=str(x_all.dtype),
-            feature_names=raw.feature_names,
-            class_counts=class_counts,
+            input_shape=scan.input_shape,
+            class_names=list(scan.class_names),
+            statistics=written.moments.normalization(
+                PIXEL_SCALE if scan.is_image else 1.0, single=scan.is_image and scan.input_shape[-1] == 1
+            ),
+            counts=written.counts,
+            shards=written.shards,
+            dtype=scan.dtype,
+            feature_names=scan.feature_names,
+            class_counts=written.class_counts,
             positive_class=positive,
         )
         write_json(tmp / META_FILE, meta.to_dict())
+    return data_report(data.format, meta, written)
 
-    digests = {name: digests_of(x) for name, (x, _) in splits.items()}
-    train_and_val = digests["train"] + digests["val"]
+
+def data_report(fmt: str, meta: PreparedMeta, written: Written) -> dict:
+    """reports/data.json: counts, classes, the train inputs' statistics, the leakage check, skips."""
+    digests, pooled, scale = written.digests, written.moments.pooled(), meta.statistics.scale
     return {
-        "format": params.data.format,
+        "format": fmt,
         "input_shape": list(meta.input_shape),
         "num_classes": meta.num_classes,
         "counts": meta.counts,
-        "per_class": {split: dict(zip(class_names, counts, strict=True)) for split, counts in class_counts.items()},
-        "inputs": {
-            "train_mean": float(np.mean(splits["train"][0], dtype=np.float64) * statistics.scale),
-            "train_std": float(np.std(splits["train"][0], dtype=np.float64) * statistics.scale),
+        "per_class": {
+            split: dict(zip(meta.class_names, counts, strict=True)) for split, counts in meta.class_counts.items()
         },
+        "inputs": {"train_mean": float(pooled.mean[0] * scale), "train_std": float(pooled.std[0] * scale)},
         "duplicates": {
-            "test_in_train": count_shared(train_and_val, digests["test"]),
+            "test_in_train": count_shared(np.concatenate([digests["train"], digests["val"]]), digests["test"]),
             "val_in_train": count_shared(digests["train"], digests["val"]),
         },
-        "skipped": {"count": len(raw.skipped), "files": raw.skipped},
-        "positive_class": positive,
-        "warnings": [w for w in (skew_warning(class_counts["train"], class_names),) if w],
+        "skipped": {"count": len(written.skipped), "files": written.skipped},
+        "positive_class": meta.positive_class,
+        "warnings": [w for w in (skew_warning(meta.class_counts["train"], meta.class_names),) if w],
     }
 
 

@@ -109,11 +109,23 @@ def comparable(classifier, meta) -> bool:
     return classifier.class_names == meta.class_names and classifier.input_shape == tuple(meta.input_shape)
 
 
+def predicted_classes(prepared: str, meta, *models) -> tuple[np.ndarray, ...]:
+    """The test labels and each model's predicted classes, the split streamed a batch at a time."""
+    from pipeline.records import iter_batches
+
+    labels, predicted = [], [[] for _ in models]
+    for x, y in iter_batches(prepared, meta, "test", 512):
+        labels.append(y)
+        for out, model in zip(predicted, models, strict=True):
+            out.append(model.probabilities(x, batch_size=512).argmax(axis=1))
+    return np.concatenate(labels), *(np.concatenate(p) for p in predicted)
+
+
 # ----------------------------------------------------------------------------- the decision
 def promote(registry, name: str, challenger: str, prepared: str, params: PromoteParams) -> dict[str, Any]:
     """Compare, decide, move the alias when the challenger wins, and tag both versions."""
     from pipeline.hashing import tree_sha256
-    from pipeline.records import read_meta, read_split_arrays
+    from pipeline.records import read_meta
 
     champion = registry.version_by_alias(name, CHAMPION)
     version = registry.version(name, challenger)
@@ -133,7 +145,6 @@ def promote(registry, name: str, challenger: str, prepared: str, params: Promote
         return finish(registry, decision, True, f"v{challenger} is already the champion")
 
     meta = read_meta(prepared)
-    x, labels = read_split_arrays(prepared, meta, "test")
     from pipeline.predict import OnnxClassifier  # the deployment's own reader of an exported file
 
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
@@ -146,8 +157,7 @@ def promote(registry, name: str, challenger: str, prepared: str, params: Promote
                       "impossible (move the alias by hand: --champion VERSION)")  # fmt: skip
             return finish(registry, decision, False, reason)
         challenger_model = OnnxClassifier(registry.download_onnx(name, challenger, Path(tmp) / "challenger"))
-        champion_pred = champion_model.probabilities(x, batch_size=512).argmax(axis=1)
-        challenger_pred = challenger_model.probabilities(x, batch_size=512).argmax(axis=1)
+        labels, champion_pred, challenger_pred = predicted_classes(prepared, meta, champion_model, challenger_model)
     result = compare(labels, champion_pred, challenger_pred, meta.class_names, params)
     decision.update(result, examples=int(len(labels)),
                     champion_test_sha256=champion.tags.get("data.test_sha256"))  # fmt: skip

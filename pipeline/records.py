@@ -14,8 +14,12 @@ functions that need it.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import posixpath
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,36 +73,139 @@ class PreparedMeta:
         }
 
 
-def shard_names(count: int, shard_size: int) -> list[str]:
-    n = max(1, -(-count // shard_size))
-    return [f"part-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)]
+def shard_name(index: int, count: int) -> str:
+    return f"part-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def write_split(directory: Path, images: np.ndarray, labels: np.ndarray, shard_size: int) -> list[str]:
-    """Write one split as TFRecord shards of tf.train.Example; returns the shard file names."""
-    import tensorflow as tf
+# ----------------------------------------------------------------------------- tf.train.Example, no TensorFlow
+@functools.cache
+def example_class():
+    """tf.train.Example (tensorflow/core/example/{example,feature}.proto, the fields used here) built
+    in a private protobuf pool: prepare, its Beam workers and the TensorFlow-free stages write and read
+    the very bytes TensorFlow does, with protobuf's own serialisation, without importing TensorFlow
+    (and without clashing with its copy of the same messages when it is imported)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-    directory.mkdir(parents=True, exist_ok=True)
-    names = shard_names(len(images), shard_size)
-    for i, name in enumerate(names):
-        with tf.io.TFRecordWriter(str(directory / name)) as writer:
-            for image, label in zip(
-                images[i * shard_size : (i + 1) * shard_size],
-                labels[i * shard_size : (i + 1) * shard_size],
-                strict=True,
-            ):
-                example = tf.train.Example(
-                    features=tf.train.Features(
-                        feature={
-                            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
-                            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-                        }
-                    )
-                )
-                # deterministic: map entries in key order, so the same data gives the same bytes
-                # (and DVC the same hash) in every process.
-                writer.write(example.SerializeToString(deterministic=True))
-    return names
+    F = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="pipeline_example.proto", package="tensorflow", syntax="proto3")
+
+    def message(name, *fields, options=None):
+        m = proto.message_type.add(name=name)
+        for number, (field_name, kind, label, type_name) in enumerate(fields, start=1):
+            field = m.field.add(name=field_name, number=number, type=kind, label=label)
+            if type_name:
+                field.type_name = type_name
+        if options is not None:
+            m.options.CopyFrom(options)
+        return m
+
+    repeated, optional = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+    message("BytesList", ("value", F.TYPE_BYTES, repeated, None))
+    message("FloatList", ("value", F.TYPE_FLOAT, repeated, None))
+    message("Int64List", ("value", F.TYPE_INT64, repeated, None))
+    feature = message(
+        "Feature",
+        ("bytes_list", F.TYPE_MESSAGE, optional, ".tensorflow.BytesList"),
+        ("float_list", F.TYPE_MESSAGE, optional, ".tensorflow.FloatList"),
+        ("int64_list", F.TYPE_MESSAGE, optional, ".tensorflow.Int64List"),
+    )
+    feature.oneof_decl.add(name="kind")
+    for field in feature.field:
+        field.oneof_index = 0
+    features = message("Features", ("feature", F.TYPE_MESSAGE, repeated, ".tensorflow.Features.FeatureEntry"))
+    entry = features.nested_type.add(name="FeatureEntry", options=descriptor_pb2.MessageOptions(map_entry=True))
+    entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=optional)
+    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=optional, type_name=".tensorflow.Feature")
+    message("Example", ("features", F.TYPE_MESSAGE, optional, ".tensorflow.Features"))
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
+
+
+def serialize_example(data: bytes, label: int) -> bytes:
+    """One prepared example, {image: raw input bytes, label: int64}, as tf.train.Example bytes;
+    deterministic (map entries in key order), so the same data gives the same shards and DVC hash
+    in every process."""
+    example = example_class()()
+    example.features.feature["image"].bytes_list.value.append(data)
+    example.features.feature["label"].int64_list.value.append(int(label))
+    return example.SerializeToString(deterministic=True)
+
+
+def parse_example(record: bytes) -> tuple[bytes, int]:
+    example = example_class().FromString(record)
+    features = example.features.feature
+    return features["image"].bytes_list.value[0], int(features["label"].int64_list.value[0])
+
+
+def _masked_crc(data: bytes) -> int:
+    """TFRecord's checksum: CRC-32C, rotated right by 15 bits plus a constant."""
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame(record: bytes) -> bytes:
+    """A record as TFRecord stores it: length, its checksum, the data, its checksum."""
+    length = struct.pack("<Q", len(record))
+    return length + struct.pack("<I", _masked_crc(length)) + record + struct.pack("<I", _masked_crc(record))
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[bytes]:
+    """The records of one TFRecord file, checksums verified (what TFRecordDataset reads)."""
+    with open(path, "rb") as f:
+        while header := f.read(12):
+            if len(header) < 12:
+                raise PipelineError(f"{path}: truncated TFRecord header (rerun `dvc repro prepare`)")
+            (length,), (crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
+            record = f.read(length)
+            tail = f.read(4)
+            if crc != _masked_crc(header[:8]) or len(record) < length or len(tail) < 4:
+                raise PipelineError(f"{path}: truncated or corrupt TFRecord (rerun `dvc repro prepare`)")
+            if struct.unpack("<I", tail)[0] != _masked_crc(record):
+                raise PipelineError(f"{path}: a record's checksum does not match (rerun `dvc repro prepare`)")
+            yield record
+
+
+class SplitWriter:
+    """Writes one split's examples, in the order given, as shards of `shard_size` examples:
+    part-00000-of-000NN.tfrecord, ... (NN is known once the last example is in: see close())."""
+
+    def __init__(self, directory: Path, shard_size: int):
+        self.directory, self.shard_size = directory, shard_size
+        directory.mkdir(parents=True, exist_ok=True)
+        self.count, self.shards, self.file = 0, 0, None
+
+    def write(self, record: bytes) -> None:
+        if self.count % self.shard_size == 0:
+            self._next_shard()
+        self.file.write(frame(record))
+        self.count += 1
+
+    def _next_shard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.file = open(self.directory / f".part-{self.shards:05d}", "wb")  # noqa: SIM115 (open across writes)
+        self.shards += 1
+
+    def close(self) -> list[str]:
+        """Names the shards by their final count; returns their names (one empty shard for no examples)."""
+        if self.file is None:
+            self._next_shard()
+        self.file.close()
+        names = [shard_name(i, self.shards) for i in range(self.shards)]
+        for i, name in enumerate(names):
+            os.replace(self.directory / f".part-{i:05d}", self.directory / name)
+        return names
+
+
+def write_split(directory: Path, inputs: np.ndarray, labels: np.ndarray, shard_size: int) -> list[str]:
+    """Arrays already in memory as one split's shards (benchmarks, small data); returns their names."""
+    writer = SplitWriter(directory, shard_size)
+    for x, label in zip(inputs, labels, strict=True):
+        writer.write(serialize_example(np.ascontiguousarray(x).tobytes(), int(label)))
+    return writer.close()
 
 
 def read_meta(prepared_dir: str) -> PreparedMeta:
@@ -171,10 +278,27 @@ def read_split(prepared_dir: str, meta: PreparedMeta, split: str, files: list[st
     return dataset
 
 
+def iter_batches(prepared_dir: str, meta: PreparedMeta, split: str, batch_size: int) -> Iterator[tuple]:
+    """A split as NumPy batches (raw inputs, int64 labels) in file order, read without TensorFlow:
+    memory holds one batch, whatever the split's size."""
+    dtype, shape = np.dtype(meta.dtype), meta.input_shape
+    inputs, labels = [], []
+    for path in split_files(prepared_dir, meta, split):
+        for record in iter_records(path):
+            data, label = parse_example(record)
+            inputs.append(np.frombuffer(data, dtype=dtype).reshape(shape))
+            labels.append(label)
+            if len(labels) == batch_size:
+                yield np.stack(inputs), np.asarray(labels, dtype=np.int64)
+                inputs, labels = [], []
+    if labels:
+        yield np.stack(inputs), np.asarray(labels, dtype=np.int64)
+
+
 def read_split_arrays(prepared_dir: str, meta: PreparedMeta, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A whole split as NumPy arrays, for evaluation and parity checks (not for training)."""
-    images, labels = [], []
-    for x, y in read_split(prepared_dir, meta, split).batch(4096).as_numpy_iterator():
-        images.append(x)
-        labels.append(y)
-    return np.concatenate(images), np.concatenate(labels)
+    """A whole split as NumPy arrays: for tests and benchmarks on small data; stages stream with
+    iter_batches."""
+    batches = list(iter_batches(prepared_dir, meta, split, 4096))
+    if not batches:
+        return np.zeros((0, *meta.input_shape), meta.dtype), np.zeros(0, np.int64)
+    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from pipeline.atomic import atomic_file, write_json
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
@@ -77,6 +79,39 @@ def batches_per_call(setting: int | str, global_batch: int, steps_per_epoch: int
     """Keras' `steps_per_execution`: the setting, or for `auto` ~AUTO_EXAMPLES_PER_CALL examples."""
     wanted = max(1, AUTO_EXAMPLES_PER_CALL // global_batch) if setting == "auto" else int(setting)
     return max(1, min(wanted, steps_per_epoch))
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Where tf.data keeps the decoded train and val splits after the first epoch."""
+
+    mode: str  # memory | file | off
+    bytes: int  # what the two splits take decoded
+    budget: int  # a quarter of the memory available when training started
+    directory: Path
+
+    def place(self, split: str) -> str | None:
+        if self.mode == "off":
+            return None
+        return "memory" if self.mode == "memory" else str(self.directory / split)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "bytes": self.bytes, "memory_budget": self.budget}
+
+
+def cache_plan(setting: str, meta: PreparedMeta, directory: Path) -> CachePlan:
+    """`train.cache`; auto is memory when the decoded train and val splits fit a quarter of the
+    available memory, else a file in the work directory (removed with it once training ends)."""
+    import psutil
+
+    example = int(np.prod(meta.input_shape)) * np.dtype(meta.dtype).itemsize + 8  # + the int64 label
+    size = example * (meta.counts["train"] + meta.counts["val"])
+    budget = psutil.virtual_memory().available // 4
+    mode = ("memory" if size <= budget else "file") if setting == "auto" else setting
+    if mode == "file":
+        shutil.rmtree(directory, ignore_errors=True)  # a killed run's partial cache (and its lock files)
+        directory.mkdir(parents=True)
+    return CachePlan(mode, size, budget, directory)
 
 
 def class_weights(meta: PreparedMeta) -> list[float]:
@@ -170,13 +205,17 @@ def train(
     # Several workers step together: each must get the same number of whole batches. Sharding by
     # example (every worker shuffles the whole split alike and keeps its part of each global batch)
     # guarantees it; by file, shards of unequal size would give workers unequal shares.
-    common = {"cache": p.cache, "workers": devices.workers, "shard": "DATA" if synchronous else None}
+    common = {"workers": devices.workers, "shard": "DATA" if synchronous else None}
     weights = class_weights(meta) if p.class_weight == "balanced" else None
+    cache = cache_plan(p.cache, meta, work_dir / "cache")
     train_ds = make_dataset(
         str(prepared_dir), meta, "train", global_batch, training=True, shuffle_buffer=p.shuffle_buffer,
-        seed=p.seed, augment=augment, drop_remainder=synchronous, class_weights=weights, **common,
+        seed=p.seed, augment=augment, drop_remainder=synchronous, class_weights=weights,
+        cache=cache.place("train"), **common,
     )  # fmt: skip
-    val_ds = make_dataset(str(prepared_dir), meta, "val", global_batch, training=False, **common)
+    val_ds = make_dataset(
+        str(prepared_dir), meta, "val", global_batch, training=False, cache=cache.place("val"), **common
+    )
     if synchronous:
         # Whole batches only: a worker left with an empty last batch fails on CPU (oneDNN).
         steps_per_epoch = meta.counts["train"] // global_batch
@@ -267,6 +306,7 @@ def train(
         "parameters": int(model.count_params()),
         "normalization": applied_normalization(model),
         "class_weights": None if weights is None else [round(w, 6) for w in weights],
+        "cache": cache.to_dict(),
     }
     return TrainResult(model, history, devices, seconds, model_summary(model), report)
 
@@ -357,6 +397,7 @@ class RunTracking:
                 "train.replicas": devices.replicas,
                 "train.workers": devices.workers,
                 "train.loop": report["training_loop"],
+                "train.cache": report["cache"]["mode"],
             }
         )
         tracker.log_metrics(

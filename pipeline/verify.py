@@ -61,14 +61,30 @@ def pyfunc_predictor(model, input_name: str):
     return predict
 
 
-def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    diff = np.abs(probs - reference)
-    return {
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "argmax_agreement": float(np.mean(probs.argmax(1) == reference.argmax(1))),
-        "accuracy": float(np.mean(probs.argmax(1) == labels)),
-    }
+class Agreement:
+    """One form's outputs against the reference's, accumulated batch by batch: nothing per example
+    is kept, so the test split can be of any size."""
+
+    def __init__(self):
+        self.max_abs, self.sum_abs, self.values, self.agree, self.correct, self.examples = 0.0, 0.0, 0, 0, 0, 0
+
+    def add(self, reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> None:
+        diff = np.abs(np.asarray(probs, dtype=np.float64) - reference)
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.sum_abs += float(diff.sum())
+        self.values += diff.size
+        predicted = np.asarray(probs).argmax(1)
+        self.agree += int(np.sum(predicted == reference.argmax(1)))
+        self.correct += int(np.sum(predicted == labels))
+        self.examples += len(labels)
+
+    def result(self) -> dict[str, float]:
+        return {
+            "max_abs_diff": self.max_abs,
+            "mean_abs_diff": self.sum_abs / max(self.values, 1),
+            "argmax_agreement": self.agree / max(self.examples, 1),
+            "accuracy": self.correct / max(self.examples, 1),
+        }
 
 
 def batch_consistency(fn, x: np.ndarray) -> float:
@@ -112,14 +128,12 @@ def verify(
 ) -> dict:
     """Parity of every exported form on the raw test split; `registered` is the MLflow pyfunc model."""
     from pipeline.model import input_name, load_keras_model
-    from pipeline.records import read_meta, read_split_arrays
+    from pipeline.records import iter_batches, read_meta
 
     meta = read_meta(prepared_dir)
-    x, labels = read_split_arrays(prepared_dir, meta, "test")  # raw, as a deployer has them
     feed = input_name(meta.input_shape)
 
     model = load_keras_model(str(model_path))
-    reference = predict_in_batches(lambda b: model(b, training=False).numpy(), x, batch_size)
     predictors = {"saved_model": saved_model_predictor(exported / "saved_model", feed)}
     for name, path in (("onnx", exported / "model.onnx"), ("onnx_int8", exported / "model.int8.onnx")):
         if path.exists():
@@ -132,16 +146,26 @@ def verify(
     if registered is not None:
         predictors["mlflow_pyfunc"] = pyfunc_predictor(registered, feed)
 
-    results = {"keras": {"accuracy": float(np.mean(reference.argmax(1) == labels))}}
+    # One pass over the raw test split, as a deployer has it: every form on each batch.
+    keras, agreements, first = Agreement(), {fmt: Agreement() for fmt in predictors}, []
+    for x, labels in iter_batches(prepared_dir, meta, "test", batch_size):
+        reference = model(x, training=False).numpy().astype(np.float64)
+        keras.add(reference, reference, labels)
+        for fmt, fn in predictors.items():
+            agreements[fmt].add(reference, fn(x), labels)
+        if sum(map(len, first)) < BATCH_CHECK_EXAMPLES:
+            first.append(x)
+    sample = np.concatenate(first)[:BATCH_CHECK_EXAMPLES]
+    results = {"keras": {"accuracy": keras.result()["accuracy"]}}
     for fmt, fn in predictors.items():
-        results[fmt] = compare(reference, predict_in_batches(fn, x, batch_size), labels)
+        results[fmt] = agreements[fmt].result()
         if fmt != "onnx_int8":
-            results[fmt]["batch_max_abs_diff"] = batch_consistency(fn, x[:BATCH_CHECK_EXAMPLES])
+            results[fmt]["batch_max_abs_diff"] = batch_consistency(fn, sample)
     failures = check(results, max_int8_drop)
     for fmt, drop in int8_drops(results).items():
         results[fmt]["accuracy_drop_vs_float32"] = drop
     return {
-        "examples": int(len(labels)),
+        "examples": keras.examples,
         "max_abs_diff_limit": MAX_ABS_DIFF,
         "batch_sizes": list(BATCH_SIZES),
         "formats": results,

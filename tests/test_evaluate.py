@@ -9,6 +9,7 @@ from PIL import Image
 from pipeline.errors import PipelineError
 from pipeline.evaluate import (
     Baseline,
+    WorstErrors,
     apply_gate,
     class_keys,
     compute_metrics,
@@ -109,7 +110,15 @@ def test_figures_are_drawn_without_a_display(tmp_path, monkeypatch):
     labels = rng.integers(0, 10, 200)
     probs = rng.dirichlet(np.ones(10), 200)
     plot_confusion_matrix(labels, probs.argmax(1), names, tmp_path / "cm.png")
-    shown = plot_worst_errors(rng.integers(0, 255, (200, 28, 28, 1)), labels, probs, names, 16, tmp_path / "worst.png")
+    worst = WorstErrors(16)
+    images = rng.integers(0, 255, (200, 28, 28, 1))
+    for start in range(0, 200, 64):  # batch by batch, as evaluate streams the test split
+        worst.add(start, images[start : start + 64], labels[start : start + 64], probs[start : start + 64])
+    predicted = probs.argmax(1)
+    wrong = np.flatnonzero(predicted != labels)
+    expected = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:16]
+    assert [m.index for m in worst.worst()] == list(expected)  # the 16 most confident mistakes, in order
+    shown = plot_worst_errors(worst.worst(), names, tmp_path / "worst.png")
     assert shown == 16
     for name, min_size in (("curves.png", (1000, 400)), ("cm.png", (800, 800)), ("worst.png", (1000, 1000))):
         with Image.open(tmp_path / name) as image:

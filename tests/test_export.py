@@ -197,3 +197,14 @@ def test_mixed_precision_models_export_in_float32():
     assert plain.inputs[0].dtype == "uint8"  # the raw input stays raw
     x = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
     np.testing.assert_allclose(plain(x).numpy(), mixed(x).numpy().astype(np.float32), atol=2e-2)
+
+
+def test_the_calibration_sample_is_drawn_while_the_train_split_streams(prepared):
+    """The same seeded positions as drawing from the whole split in memory, without holding it."""
+    from pipeline.export import calibration_sample
+
+    meta = read_meta(prepared)
+    x, _ = read_split_arrays(prepared, meta, "train")
+    for size, seed in ((40, 0), (40, 1), (1000, 0)):
+        wanted = np.sort(np.random.default_rng(seed).choice(len(x), size=min(size, len(x)), replace=False))
+        np.testing.assert_array_equal(calibration_sample(prepared, meta, size, seed), x[wanted])

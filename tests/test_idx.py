@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.formats.idx import read_idx, read_images_and_labels, write_idx
+from pipeline.formats.idx import read_idx, scan_part, write_idx
 from pipeline.hashing import content_sha256
 
 
@@ -24,9 +24,9 @@ def test_round_trip(tmp_path, name):
     labels = np.array([0, 1, 2, 0, 1, 2, 0], dtype=np.uint8)
     write_idx(tmp_path / name, images)
     write_idx(tmp_path / "labels.gz", labels)
-    x, y = read_images_and_labels(tmp_path / name, tmp_path / "labels.gz", n_classes=3)
-    assert x.shape == (7, 5, 3, 1) and y.dtype == np.int64
-    np.testing.assert_array_equal(x[..., 0], images)
+    y, shape = scan_part(tmp_path / name, tmp_path / "labels.gz", n_classes=3)
+    assert shape == (5, 3, 1) and y.dtype == np.int64
+    np.testing.assert_array_equal(read_idx(tmp_path / name, (3,)), images)
     np.testing.assert_array_equal(y, labels)
 
 
@@ -111,7 +111,7 @@ def test_counts_disagree(tmp_path):
     write_idx(tmp_path / "l.gz", np.zeros(4, np.uint8))
     expect_error(
         r"l\.gz: holds 4 labels but .*i\.gz holds 5 images",
-        read_images_and_labels,
+        scan_part,
         tmp_path / "i.gz",
         tmp_path / "l.gz",
         10,
@@ -123,7 +123,7 @@ def test_label_outside_classes(tmp_path):
     write_idx(tmp_path / "l.gz", np.array([0, 1, 7], np.uint8))
     expect_error(
         r"l\.gz: label 7 at index 2 is outside the 3 classes",
-        read_images_and_labels,
+        scan_part,
         tmp_path / "i.gz",
         tmp_path / "l.gz",
         3,
@@ -134,7 +134,7 @@ def test_labels_file_given_as_images(tmp_path):
     write_idx(tmp_path / "l.gz", np.zeros(4, np.uint8))
     expect_error(
         "bad magic number 0x00000801, expected 0x00000803 or 0x00000804",
-        read_images_and_labels,
+        scan_part,
         tmp_path / "l.gz",
         tmp_path / "l.gz",
         3,

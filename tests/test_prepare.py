@@ -1,5 +1,6 @@
 """Stage prepare: validated, stratified, seeded splits in TFRecord shards that read back exactly."""
 
+import json
 import re
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.fetch import fetch
-from pipeline.formats.idx import read_images_and_labels, write_idx
+from pipeline.formats.idx import read_idx, write_idx
 from pipeline.params import parse_params
 from pipeline.prepare import prepare
 from pipeline.records import read_meta, read_split_arrays
@@ -36,7 +37,7 @@ def test_splits_are_stratified_complete_and_read_back(tiny_data, raw, tmp_path):
     assert meta.input_shape == (28, 28, 1) and meta.num_classes == 4
     assert meta.shards["train"] == ["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
 
-    x_raw, y_raw = read_images_and_labels(raw / FILES["train_images"], raw / FILES["train_labels"], 4)
+    x_raw, y_raw = read_idx(raw / FILES["train_images"], (3,)), read_idx(raw / FILES["train_labels"], (1,))
     x_tr, y_tr = read_split_arrays(str(tmp_path / "prepared"), meta, "train")
     x_va, y_va = read_split_arrays(str(tmp_path / "prepared"), meta, "val")
     # Every training example lands in exactly one of train/val, unchanged.
@@ -69,11 +70,9 @@ def test_prepare_measures_the_train_statistics_and_keeps_inputs_raw(tiny_data, r
 
 def test_duplicates_between_train_and_test_are_counted(tiny_data, raw, tmp_path):
     files = FILES
-    x, y = read_images_and_labels(raw / files["train_images"], raw / files["train_labels"], 4)
-    xt, yt = read_images_and_labels(raw / files["test_images"], raw / files["test_labels"], 4)
-    xt = xt.copy()
+    x, xt = read_idx(raw / files["train_images"], (3,)), read_idx(raw / files["test_images"], (3,)).copy()
     xt[[0, 5, 9]] = x[[3, 4, 5]]
-    write_idx(raw / files["test_images"], xt[..., 0])
+    write_idx(raw / files["test_images"], xt)
     report = run_prepare(tiny_data, raw, tmp_path / "p")
     assert report["duplicates"]["test_in_train"] == 3
 
@@ -140,34 +139,54 @@ def test_prepare_does_not_depend_on_the_model(tiny_data, raw, tmp_path):
     assert len({tree_sha256(tmp_path / name) for name in "abc"}) == 1
 
 
-def test_shards_are_byte_identical_across_processes(tmp_path):
-    """Protobuf (upb) serialises map entries in an order seeded per process unless asked not to, and
-    DVC hashes the bytes. Seven processes (this one and six more) must write the same shard: with a
-    per-process order, all seven would agree by chance once in 64 runs."""
+def test_shards_are_tensorflow_s_own_bytes_and_the_same_in_every_process(tmp_path):
+    """prepare writes tf.train.Example records without TensorFlow: they must be the bytes TensorFlow
+    writes (deterministic serialisation: map entries in key order), TFRecordDataset must read them,
+    and every process must write the same shard (DVC hashes the bytes)."""
     import hashlib
     import subprocess
     import sys
 
-    from pipeline.records import write_split
+    import tensorflow as tf
 
-    script = (
-        "import sys, hashlib, numpy as np; from pathlib import Path; from pipeline.records import write_split;"
-        "d = Path(sys.argv[1]); write_split(d, np.arange(24, dtype=np.uint8).reshape(3, 2, 4, 1),"
-        " np.array([0, 1, 2]), 10);"
-        " print(hashlib.sha256((d / 'part-00000-of-00001.tfrecord').read_bytes()).hexdigest())"
-    )
+    from pipeline.records import SplitWriter, serialize_example
+
     from helpers.commands import tool_env
 
+    pixels = np.arange(24, dtype=np.uint8).reshape(3, 2, 4, 1)
+    for x, label in zip(pixels, [0, 1, 2**40], strict=True):
+        feature = {
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[x.tobytes()])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        }
+        ours = serialize_example(x.tobytes(), label)
+        theirs = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+        assert theirs == ours
+    script = (
+        "import sys, hashlib, numpy as np; from pathlib import Path; from pipeline.records import SplitWriter,"
+        " serialize_example; w = SplitWriter(Path(sys.argv[1]), 2);"
+        " [w.write(serialize_example(x.tobytes(), i)) for i, x in enumerate(np.arange(24, dtype=np.uint8)"
+        ".reshape(3, 2, 4, 1))]; names = w.close();"
+        " print(names, hashlib.sha256(b''.join((Path(sys.argv[1]) / n).read_bytes() for n in names)).hexdigest())"
+    )
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(tmp_path / f"p{i}")], stdout=subprocess.PIPE, text=True, env=tool_env()
         )
-        for i in range(6)
+        for i in range(3)
     ]
-    digests = {proc.communicate()[0].strip() for proc in procs}
-    write_split(tmp_path / "here", np.arange(24, dtype=np.uint8).reshape(3, 2, 4, 1), np.array([0, 1, 2]), 10)
-    digests.add(hashlib.sha256((tmp_path / "here/part-00000-of-00001.tfrecord").read_bytes()).hexdigest())
-    assert len(digests) == 1 and len(next(iter(digests))) == 64, digests
+    outputs = {proc.communicate()[0].strip() for proc in procs}
+    writer = SplitWriter(tmp_path / "here", 2)
+    for i, x in enumerate(pixels):
+        writer.write(serialize_example(x.tobytes(), i))
+    names = writer.close()
+    assert names == ["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
+    here = hashlib.sha256(b"".join((tmp_path / "here" / n).read_bytes() for n in names)).hexdigest()
+    assert outputs == {f"{names} {here}"}, outputs
+    read = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset([str(tmp_path / "here" / n)
+                                                                                     for n in names])]  # fmt: skip
+    assert [e.features.feature["label"].int64_list.value[0] for e in read] == [0, 1, 2]
+    assert read[2].features.feature["image"].bytes_list.value[0] == pixels[2].tobytes()
 
 
 def test_one_class_is_one_line(tiny_data, raw, tmp_path):
@@ -213,3 +232,97 @@ def test_two_classes_have_a_positive_class(tmp_path):
     data["csv"]["positive_class"] = "setosa"
     with pytest.raises(PipelineError, match=r"^data\.csv\.positive_class applies to two-class data; the data has 3"):
         fetch_and_prepare(data, tmp_path / "three-prepared")
+
+
+# ----------------------------------------------------------------------------- streaming, on every core
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_a_corrupt_image_found_late_by_a_worker_is_one_line_or_a_listed_skip(tmp_path, policy):
+    """Two decoding processes, ~400 images: the undecodable one comes after shards are written."""
+    from helpers.data import write_image_folder_dataset
+
+    data = write_image_folder_dataset(tmp_path / "images", n_train=400, n_test=8)
+    bad = tmp_path / "images/train/kind_d/0399.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200)
+    data["image_folder"]["unreadable"] = policy
+    params = parse_params({"data": data, "prepare": {"shard_size": 50, "workers": 2}})
+    fetch(params.data, tmp_path / "raw")
+    if policy == "fail":
+        with pytest.raises(PipelineError) as info:
+            prepare(tmp_path / "raw", tmp_path / "prepared", params)
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path}/raw/train/kind_d/0399.png: unreadable image (") and "\n" not in message
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "raw"]  # no output, no temporaries
+    else:
+        report = prepare(tmp_path / "raw", tmp_path / "prepared", params)
+        assert report["skipped"] == {"count": 1, "files": ["train/kind_d/0399.png"]}
+        assert report["counts"]["train"] + report["counts"]["val"] == 399
+
+
+def test_the_output_is_the_same_whatever_the_number_of_processes(tmp_path):
+    from pipeline.hashing import tree_sha256
+
+    from helpers.data import write_image_folder_dataset
+
+    data = write_image_folder_dataset(tmp_path / "images", n_train=300, n_test=20, rgb=True, size=20)
+    data["image_folder"]["image_size"] = [16, 16]  # resized: the work the processes share
+    fetch(parse_params({"data": data}).data, tmp_path / "raw")
+    for workers in (1, 2, 3):
+        params = parse_params({"data": data, "prepare": {"shard_size": 64, "workers": workers}})
+        prepare(tmp_path / "raw", tmp_path / f"p{workers}", params)
+    assert len({tree_sha256(tmp_path / f"p{n}") for n in (1, 2, 3)}) == 1
+
+
+def offline(command: list[str]) -> list[str]:
+    """`command` in a network namespace of its own with only loopback up: nothing can be downloaded."""
+    import os
+    import shlex
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed to prove the Beam runner works offline")
+    user = [] if os.geteuid() == 0 else ["-r"]
+    return ["unshare", *user, "-n", "sh", "-c", f"ip link set lo up && exec {shlex.join(command)}"]
+
+
+@pytest.mark.slow
+def test_beam_on_two_worker_processes_offline_gives_the_local_runner_s_splits(tmp_path):
+    """`prepare.runner: beam` with Beam's in-process runner in multi-process mode, two workers, the
+    network cut: the same examples in each split, class names, counts, and statistics to 1e-6."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from helpers.commands import tool_env
+    from helpers.data import write_image_folder_dataset
+
+    data = write_image_folder_dataset(tmp_path / "images", n_train=300, n_test=4, rgb=True)
+    data["image_folder"]["test"] = None  # the test split is drawn too
+    fetch(parse_params({"data": data}).data, tmp_path / "raw")
+    beam_options = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    for runner in ("local", "beam"):
+        params = {"data": data, "prepare": {"shard_size": 40, "runner": runner, "beam_options": beam_options}}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        command = [sys.executable, "-m", "pipeline.prepare", "--params", "params.yaml", "--raw", "raw",
+                   "--out", runner, "--report", f"{runner}.json"]  # fmt: skip
+        proc = subprocess.run(offline(command), cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stderr == "", proc.stderr[-3000:]  # Beam's own logging stays off a quiet console
+    local, beam = (read_meta(str(tmp_path / runner)) for runner in ("local", "beam"))
+    assert beam.class_names == local.class_names and beam.counts == local.counts
+    assert beam.class_counts == local.class_counts and beam.input_shape == local.input_shape
+    np.testing.assert_allclose(beam.statistics.mean, local.statistics.mean, rtol=1e-6)
+    np.testing.assert_allclose(beam.statistics.std, local.statistics.std, rtol=1e-6)
+    for split in ("train", "val", "test"):
+        examples = [
+            sorted(
+                (x.tobytes(), int(y)) for x, y in zip(*read_split_arrays(str(tmp_path / r), meta, split), strict=True)
+            )  # fmt: skip
+            for r, meta in (("local", local), ("beam", beam))
+        ]
+        assert examples[0] == examples[1] and len(examples[0]) == local.counts[split], split
+    local_report, beam_report = (json.loads((tmp_path / f"{r}.json").read_text()) for r in ("local", "beam"))
+    for key, value in beam_report.pop("inputs").items():  # merged in another order: equal to rounding
+        assert value == pytest.approx(local_report["inputs"][key], rel=1e-9)
+    del local_report["inputs"]
+    assert beam_report == local_report  # counts, per class, the leakage check, skips, warnings

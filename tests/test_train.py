@@ -206,3 +206,26 @@ def test_the_default_model_trains_sanely_on_a_few_thousand_images(tmp_path):
     last = history[-1]
     assert last["accuracy"] > 0.75, FASHION_MNIST
     assert last["val_accuracy"] > 0.8 and last["val_accuracy"] >= last["accuracy"] - 0.05
+
+
+def test_a_file_cache_trains_the_same_model_as_the_memory_cache(project):
+    """train.cache: file keeps the decoded splits under the work directory (for splits larger than
+    memory), read back in the same order: the same weights as caching in memory; auto chooses memory
+    for data that fits a quarter of the available memory."""
+    from pipeline.params import load_params
+    from pipeline.train import train
+
+    results = {}
+    for mode in ("memory", "file", "auto"):
+        set_params(project, "train", cache=mode, epochs=2, early_stopping_patience=0)
+        results[mode] = train(load_params(project / "params.yaml"), project / "data/prepared", project / mode,
+                              verbose=0)  # fmt: skip
+    assert results["file"].report["cache"]["mode"] == "file"
+    assert sorted(p.name for p in (project / "file/cache").iterdir() if p.suffix == ".index") == [
+        "train.index", "val.index"
+    ]  # fmt: skip
+    assert results["auto"].report["cache"]["mode"] == "memory" and not (project / "auto/cache").exists()
+    cache = results["auto"].report["cache"]
+    assert cache["bytes"] == (28 * 28 + 8) * (108 + 12) and cache["bytes"] < cache["memory_budget"]
+    for a, b in zip(results["memory"].model.get_weights(), results["file"].model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

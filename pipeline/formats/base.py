@@ -1,6 +1,17 @@
-"""What every data format's reader returns. No pydantic here (nor in the readers): the predictor
-decodes images and tables with the format modules in a deployment that has only onnxruntime,
-NumPy and Pillow. The params sections' common base is pipeline/schema.py's FormatSection."""
+"""What every data format's reader gives prepare, in two passes that never hold a whole split:
+
+1. `scan(raw_dir, section) -> Scan`: the cheap pass. Each part of the data (`train`, and `test` when
+   the data has its own) with every example's label (and, for files, its key), the class names, the
+   input shape and dtype; labels, headers and sizes are validated here, before anything is written.
+2. `chunks(raw_dir, section, scan, part, start, stop)`: the examples of a part in order, a chunk at a
+   time, as `(position of the first, payload)`; `decode(payload, raw_dir, options)` turns a payload
+   into inputs (uint8 images (k, h, w, c) or float32 rows (k, f)), validated, and names what it
+   skipped. `decode` is a plain function of plain data, so prepare can run it in worker processes
+   (formats with `DECODE_IN_PROCESSES`) and Beam on its workers.
+
+No pydantic here (nor in the readers): the predictor decodes images and tables with the format
+modules in a deployment that has only onnxruntime, NumPy and Pillow. The params sections' common
+base is pipeline/schema.py's FormatSection."""
 
 from __future__ import annotations
 
@@ -8,29 +19,48 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-Split = tuple[np.ndarray, np.ndarray]
+# Examples read per chunk: about this many bytes of inputs (a few MB in flight per worker).
+CHUNK_BYTES = 4 << 20
 
 
 @dataclass
-class RawData:
-    """What a format's `read` returns: validated examples (uint8 images (n, h, w, c) or float32
-    feature rows (n, f)) with int64 labels, and the class names."""
+class Part:
+    """One part of the raw data as the format has it: `train`, or the data's own `test`."""
 
-    train: Split
-    test: Split | None  # None: the data has no test part; prepare splits one off train
+    name: str
+    labels: np.ndarray  # int64, one per example, in the part's order
+    keys: list[str] | None = None  # each example's file, relative to the raw directory (image folders)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Scan:
+    parts: dict[str, Part]
     class_names: list[str]
+    input_shape: tuple[int, ...]
+    dtype: str  # "uint8" (images) or "float32" (table rows)
     feature_names: list[str] | None = None
-    skipped: list[str] = field(default_factory=list)  # unreadable files left out, relative to the data root
 
     @property
     def is_image(self) -> bool:
-        return self.train[0].ndim == 4
+        return len(self.input_shape) == 3
+
+    def chunk_examples(self) -> int:
+        """How many examples make one chunk of about CHUNK_BYTES."""
+        size = int(np.prod(self.input_shape)) * np.dtype(self.dtype).itemsize
+        return max(1, CHUNK_BYTES // max(size, 1))
 
 
-def check_same_shape(train: np.ndarray, test: np.ndarray, test_path) -> None:
+@dataclass
+class Decoded:
+    inputs: np.ndarray  # the payload's examples that decoded, in order
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (offset in the payload, file) left out
+
+
+def check_same_shape(train: tuple, test: tuple, test_path) -> None:
     from pipeline.errors import PipelineError
 
-    if train.shape[1:] != test.shape[1:]:
-        raise PipelineError(
-            f"{test_path}: input shape {test.shape[1:]} differs from the train part's {train.shape[1:]}"
-        )
+    if train != test:
+        raise PipelineError(f"{test_path}: input shape {test} differs from the train part's {train}")

@@ -8,9 +8,11 @@ give them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +20,7 @@ from typing import Annotated
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.formats.base import RawData
+from pipeline.formats.base import Decoded, Part, Scan
 
 NAME = "csv"
 URL_PREFIX_OK = True
@@ -46,54 +48,102 @@ def section():
     return Section
 
 
-def read(raw_dir: Path, section) -> RawData:
+DECODE_IN_PROCESSES = False  # converting cells is cheap next to tokenising them, which one reader does
+ROWS_PER_CHUNK = 4096
+
+
+def scan(raw_dir: Path, section) -> Scan:
+    """The label column of each table (every row's length and label checked), the feature columns
+    and the class names; features are converted later, a chunk of rows at a time."""
     train_path = raw_dir / section.train
-    train = read_table(train_path, section.label_column, section.feature_columns)
-    test_path = raw_dir / section.test if section.test else None
-    test = read_table(test_path, section.label_column, train.feature_names) if test_path else None
+    train = scan_table(train_path, section.label_column, section.feature_columns)
+    test = None
+    if section.test:
+        test = scan_table(raw_dir / section.test, section.label_column, train.feature_names)
     names = section.class_names or class_names_of(train.labels)
     if len(names) < 2:
         raise PipelineError(
             f"{train_path}: column {section.label_column!r} holds one class ({names[0]!r}); "
             "a classifier needs at least 2"
         )
-    y_train = encode_labels(train_path, train, names, section.label_column)
-    test_split = (test.features, encode_labels(test_path, test, names, section.label_column)) if test else None
-    return RawData((train.features, y_train), test_split, list(names), feature_names=train.feature_names)
+    parts = {"train": Part("train", encode_labels(train_path, train, names, section.label_column))}
+    if test is not None:
+        parts["test"] = Part("test", encode_labels(raw_dir / section.test, test, names, section.label_column))
+    return Scan(parts, list(names), (len(train.feature_names),), "float32", feature_names=train.feature_names)
+
+
+def chunks(raw_dir: Path, section, scan: Scan, part: str, start: int = 0, stop: int | None = None):
+    """(position, (file, [(row number, feature cells), ...])) of a table's data rows, in order."""
+    path = raw_dir / (section.train if part == "train" else section.test)
+    stop = len(scan.parts[part]) if stop is None else stop
+    with open_table(path) as (header, rows):
+        feature_at = [header.index(name) for name in scan.feature_names]
+        block, first = [], start
+        for position, (number, row) in enumerate(rows):
+            if position < start:
+                continue
+            if position >= stop:
+                break
+            block.append((number, [row[at] for at in feature_at]))
+            if len(block) == ROWS_PER_CHUNK:
+                yield first, (str(path), block)
+                block, first = [], position + 1
+        if block:
+            yield first, (str(path), block)
+
+
+def decode_options(section, scan: Scan) -> dict:
+    return {"feature_names": scan.feature_names}
+
+
+def decode(payload: tuple[str, list], raw_dir: Path, options: dict) -> Decoded:
+    path, rows = payload
+    return Decoded(to_features(path, rows, options["feature_names"]))
 
 
 @dataclass
 class Table:
-    features: np.ndarray  # (n, n_features) float32
+    features: np.ndarray | None  # (n, n_features) float32; None when only scanned
     labels: list[str]
     feature_names: list[str]
     row_numbers: list[int]  # each example's row in the file (header = 1), for error messages
 
 
-def read_table(
-    path: Path,
-    label_column: str | None,
-    feature_columns: list[str] | None,
-    columns_from: str = "data.csv.feature_columns",
-) -> Table:
-    """The table at `path`; `label_column` None reads features only (inputs to predict).
-    `columns_from` names where `feature_columns` came from, for the error message."""
+@contextlib.contextmanager
+def open_table(path: Path) -> Iterator[tuple[list[str], Iterator]]:
+    """The header (checked) and an iterator of (row number, cells) of the non-empty data rows."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            reader = csv.reader(f)
+            header = [cell.strip() for cell in next(reader, [])]
+            if not any(header):
+                raise PipelineError(f"{path}: empty file, expected a header row")
+            repeated = sorted({name for name in header if header.count(name) > 1})
+            if repeated:
+                raise PipelineError(
+                    f"{path}: header names column {repeated[0]!r} more than once "
+                    f"(columns {[i + 1 for i, name in enumerate(header) if name == repeated[0]]})"
+                )
+
+            def rows():
+                for number, row in enumerate(reader, start=2):
+                    if any(cell.strip() for cell in row):
+                        if len(row) != len(header):
+                            raise PipelineError(
+                                f"{path}: row {number} has {len(row)} cells, the header has {len(header)}"
+                            )
+                        yield number, row
+
+            yield header, rows()
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise PipelineError(f"{path}: not a readable CSV file ({exc})") from None
-    if not rows or not any(cell.strip() for cell in rows[0]):
-        raise PipelineError(f"{path}: empty file, expected a header row")
-    header = [cell.strip() for cell in rows[0]]
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        raise PipelineError(
-            f"{path}: header names column {repeated[0]!r} more than once "
-            f"(columns {[i + 1 for i, name in enumerate(header) if name == repeated[0]]})"
-        )
+
+
+def feature_columns_of(
+    path: Path, header: list[str], label_column: str | None, feature_columns: list[str] | None, columns_from: str
+) -> list[str]:
     if label_column is not None and label_column not in header:
         raise PipelineError(f"{path}: no label column {label_column!r} (data.csv.label_column); columns are {header}")
     names = feature_columns if feature_columns is not None else [c for c in header if c != label_column]
@@ -104,23 +154,15 @@ def read_table(
         raise PipelineError(f"{path}: data.csv.feature_columns includes the label column {label_column!r}")
     if not names:
         raise PipelineError(f"{path}: no feature columns besides the label column {label_column!r}")
-    label_at = header.index(label_column) if label_column is not None else None
-    feature_at = [header.index(n) for n in names]
-    body = [(number, row) for number, row in enumerate(rows[1:], start=2) if any(cell.strip() for cell in row)]
-    if not body:
-        raise PipelineError(f"{path}: no data rows after the header")
-    features = np.empty((len(body), len(names)), dtype=np.float32)
-    labels = []
-    for i, (number, row) in enumerate(body):
-        if len(row) != len(header):
-            raise PipelineError(f"{path}: row {number} has {len(row)} cells, the header has {len(header)}")
-        if label_at is not None:
-            label = row[label_at].strip()
-            if not label:
-                raise PipelineError(f"{path}: row {number}, column {label_column!r}: missing label")
-            labels.append(label)
-        for j, (column, at) in enumerate(zip(names, feature_at, strict=True)):
-            cell = row[at].strip()
+    return list(names)
+
+
+def to_features(path, rows: list[tuple[int, list[str]]], names: list[str]) -> np.ndarray:
+    """Feature cells (in `names` order) as float32; a missing or non-numeric cell names its row and column."""
+    features = np.empty((len(rows), len(names)), dtype=np.float32)
+    for i, (number, cells) in enumerate(rows):
+        for j, (column, cell) in enumerate(zip(names, cells, strict=True)):
+            cell = cell.strip()
             if not cell:
                 raise PipelineError(f"{path}: row {number}, column {column!r}: missing value")
             try:
@@ -130,7 +172,46 @@ def read_table(
             if not math.isfinite(value):
                 raise PipelineError(f"{path}: row {number}, column {column!r}: {cell!r} is not a finite number")
             features[i, j] = value
-    return Table(features, labels, list(names), [number for number, _ in body])
+    return features
+
+
+def scan_table(
+    path: Path,
+    label_column: str | None,
+    feature_columns: list[str] | None,
+    columns_from: str = "data.csv.feature_columns",
+    with_features: bool = False,
+) -> Table:
+    """The labels (and, `with_features`, the features) of the table at `path`; `label_column` None
+    reads features only. `columns_from` names where `feature_columns` came from, for the message."""
+    with open_table(path) as (header, rows):
+        names = feature_columns_of(path, header, label_column, feature_columns, columns_from)
+        label_at = header.index(label_column) if label_column is not None else None
+        feature_at = [header.index(n) for n in names]
+        labels, numbers, cells = [], [], []
+        for number, row in rows:
+            if label_at is not None:
+                label = row[label_at].strip()
+                if not label:
+                    raise PipelineError(f"{path}: row {number}, column {label_column!r}: missing label")
+                labels.append(label)
+            numbers.append(number)
+            if with_features:
+                cells.append((number, [row[at] for at in feature_at]))
+    if not numbers:
+        raise PipelineError(f"{path}: no data rows after the header")
+    features = to_features(path, cells, names) if with_features else None
+    return Table(features, labels, names, numbers)
+
+
+def read_table(
+    path: Path,
+    label_column: str | None,
+    feature_columns: list[str] | None,
+    columns_from: str = "data.csv.feature_columns",
+) -> Table:
+    """The whole table at `path`, features converted (the predictor's inputs)."""
+    return scan_table(path, label_column, feature_columns, columns_from, with_features=True)
 
 
 def _is_int(text: str) -> bool:

@@ -7,14 +7,13 @@ reported, as `data.image_folder.unreadable` says.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
 
 from pipeline.errors import PipelineError, first_line
-from pipeline.formats.base import RawData
+from pipeline.formats.base import Decoded, Part, Scan
 
 NAME = "image_folder"
 URL_PREFIX_OK = False  # a folder tree has no file list to append to a URL: a directory or an archive
@@ -49,28 +48,69 @@ def section():
     return Section
 
 
-def read(raw_dir: Path, section) -> RawData:
-    args = (tuple(section.image_size), section.color_mode, section.unreadable)
-    train = read_image_folder(raw_dir / section.train, *args, class_names=section.class_names)
-    test = None
-    skipped = list(train.skipped)
+DECODE_IN_PROCESSES = True  # decoding and resizing are the work: prepare spreads them over every core
+IMAGES_PER_CHUNK = 64  # a chunk is ~10-50 ms of decoding: enough to outweigh handing it to a worker
+
+
+def scan(raw_dir: Path, section) -> Scan:
+    """Every image file's class (its folder) and path; nothing is decoded yet."""
+    names, labels, keys = list_images(raw_dir, section.train, section.class_names)
+    parts = {"train": Part("train", labels, keys)}
     if section.test:
-        test = read_image_folder(raw_dir / section.test, *args, class_names=train.class_names)
-        skipped += test.skipped
-    return RawData(
-        (train.images, train.labels),
-        (test.images, test.labels) if test else None,
-        train.class_names,
-        skipped=skipped,
-    )
+        _, labels, keys = list_images(raw_dir, section.test, names)
+        parts["test"] = Part("test", labels, keys)
+    height, width = section.image_size
+    return Scan(parts, names, (height, width, 1 if section.color_mode == "grayscale" else 3), "uint8")
 
 
-@dataclass
-class FolderImages:
-    images: np.ndarray  # (n, height, width, channels) uint8
-    labels: np.ndarray  # (n,) int64
-    class_names: list[str]
-    skipped: list[str] = field(default_factory=list)  # unreadable files, relative to the data root
+def list_images(raw_dir: Path, folder: str, class_names: list[str] | None) -> tuple[list[str], np.ndarray, list]:
+    """Class names, each image's label and its path relative to `raw_dir`, class by class, sorted."""
+    root = raw_dir / folder
+    names = class_folders(root, class_names)
+    labels, keys = [], []
+    for label, name in enumerate(names):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        if not files:
+            raise PipelineError(f"{root / name}: no images ({', '.join(EXTENSIONS)}) for class {name!r}")
+        keys += [p.relative_to(raw_dir).as_posix() for p in files]
+        labels += [label] * len(files)
+    return names, np.asarray(labels, dtype=np.int64), keys
+
+
+def chunks(raw_dir: Path, section, scan: Scan, part: str, start: int = 0, stop: int | None = None):
+    """(position, image paths relative to the raw directory), IMAGES_PER_CHUNK at a time."""
+    keys = scan.parts[part].keys
+    stop = len(keys) if stop is None else min(stop, len(keys))
+    step = min(IMAGES_PER_CHUNK, scan.chunk_examples())
+    for position in range(start, stop, step):
+        yield position, keys[position : min(position + step, stop)]
+
+
+def decode_options(section, scan: Scan) -> dict:
+    return {"size": tuple(section.image_size), "color_mode": section.color_mode, "unreadable": section.unreadable}
+
+
+def decode(payload: list[str], raw_dir: Path, options: dict) -> Decoded:
+    """The images of `payload` (paths relative to `raw_dir`) decoded, converted and resized; an
+    undecodable one stops prepare with one line, or is skipped and named (`unreadable: skip`)."""
+    height, width = options["size"]
+    channels = 1 if options["color_mode"] == "grayscale" else 3
+    images = np.empty((len(payload), height, width, channels), dtype=np.uint8)
+    skipped: list[tuple[int, str]] = []
+    kept = 0
+    for offset, key in enumerate(payload):
+        path = Path(raw_dir) / key
+        try:
+            images[kept] = load_image(path, options["size"], options["color_mode"])
+        except UnreadableImage as exc:
+            if options["unreadable"] == "fail":
+                raise PipelineError(
+                    f"{path}: unreadable image ({exc}); set data.image_folder.unreadable: skip to leave such files out"
+                ) from None
+            skipped.append((offset, key))
+            continue
+        kept += 1
+    return Decoded(images[:kept], skipped)
 
 
 def class_folders(root: Path, class_names: list[str] | None) -> list[str]:
@@ -127,29 +167,3 @@ def _decode(image, size: tuple[int, int], color_mode: str) -> np.ndarray:
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels[..., None] if pixels.ndim == 2 else pixels
-
-
-def read_image_folder(
-    root: Path, size: tuple[int, int], color_mode: str, unreadable: str, class_names: list[str] | None = None
-) -> FolderImages:
-    names = class_folders(root, class_names)
-    images, labels, skipped = [], [], []
-    for label, name in enumerate(names):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
-        if not files:
-            raise PipelineError(f"{root / name}: no images ({', '.join(EXTENSIONS)}) for class {name!r}")
-        for path in files:
-            try:
-                images.append(load_image(path, size, color_mode))
-            except UnreadableImage as exc:
-                if unreadable == "fail":
-                    raise PipelineError(
-                        f"{path}: unreadable image ({exc}); "
-                        "set data.image_folder.unreadable: skip to leave such files out"
-                    ) from None
-                skipped.append(str(path.relative_to(root.parent)))
-                continue
-            labels.append(label)
-    if not images:
-        raise PipelineError(f"{root}: no readable images")
-    return FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), names, skipped)

@@ -1,0 +1,198 @@
+"""`prepare.runner: beam`: prepare's second pass as an Apache Beam pipeline, for data past one machine.
+
+The same functions as the local runner (pipeline/prepare.py): the format's `chunks` and `decode`,
+`serialize_example`, the 16-byte `digest`, `Moments`; the driver still makes the cheap first pass
+and draws the splits, so both runners put the same examples in each split. Beam distributes
+ranges of raw examples over its workers and writes each split with `WriteToTFRecord` (shard names
+`part-SSSSS-of-NNNNN.tfrecord` as locally; which example lands in which shard may differ, and
+meta.json lists the shards, so `train` reads either). Workers read `data/raw` and write
+`data/prepared` through a filesystem they all see (one machine, or a shared mount on a cluster).
+
+`prepare.beam_options` are Beam's own pipeline options. Without `--runner` (or with
+`--runner=DirectRunner`) the pipeline runs on Beam's in-process FnApiRunner, named explicitly:
+Beam's DirectRunner would first try its Prism runner, a binary it downloads (no use offline);
+`--direct_running_mode=multi_processing --direct_num_workers=N` spreads that over N processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+RESULTS = ".beam-results"  # what the pipeline reports back to the driver, removed afterwards
+RANGE = 1024  # raw examples per element: the unit Beam distributes
+
+
+def _quiet_import():
+    """apache_beam, without the warnings its GCP modules log at import when their clients are absent."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        import apache_beam
+    finally:
+        root.setLevel(level)
+    return apache_beam
+
+
+def beam_runner(options: list[str]):
+    """The runner `options` name; the in-process FnApiRunner for none or DirectRunner."""
+    named = [o.split("=", 1)[1] for o in options if o.startswith("--runner=")]
+    if not named or named[-1] in ("DirectRunner", "FnApiRunner"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner(), [o for o in options if not o.startswith("--runner=")]
+    return None, options
+
+
+def ranges(scan) -> list[tuple[str, int, int]]:
+    return [(name, start, min(start + RANGE, len(part))) for name, part in scan.parts.items()
+            for start in range(0, len(part), RANGE)]  # fmt: skip
+
+
+class DecodeRange:
+    """Decode one range of raw examples; emit each record to its split, and the range's digests,
+    label counts, train statistics and skipped files on the side."""
+
+    def __init__(self, fmt: str, raw_dir: str, section, scan, plan: dict[str, np.ndarray]):
+        from pipeline.formats import FORMATS
+
+        # The params section travels as plain data (its class is built at run time, in each process).
+        self.fmt, self.raw_dir, self.section, self.scan, self.plan = fmt, raw_dir, section.model_dump(), scan, plan
+        self.options = FORMATS[fmt].decode_options(section, scan)
+
+    def __call__(self, element):
+        import apache_beam as beam
+
+        from pipeline.formats import FORMATS
+        from pipeline.normalization import Moments
+        from pipeline.prepare import SPLITS, TRAIN, digest
+        from pipeline.records import serialize_example
+
+        reader = FORMATS[self.fmt]
+        section, raw_dir = reader.section().model_validate(self.section), Path(self.raw_dir)
+        part, start, stop = element
+        labels, codes = self.scan.parts[part].labels, self.plan[part]
+        digests = {code: [] for code in range(len(SPLITS))}
+        counts = np.zeros((len(SPLITS), len(self.scan.class_names)), dtype=np.int64)
+        moments = Moments(self.scan.input_shape[-1])
+        for position, payload in reader.chunks(raw_dir, section, self.scan, part, start, stop):
+            decoded = reader.decode(payload, raw_dir, self.options)
+            gone = {offset for offset, _ in decoded.skipped}
+            for key in (key for _, key in decoded.skipped):
+                yield beam.pvalue.TaggedOutput("skipped", key)
+            kept = [position + offset for offset in range(len(decoded.inputs) + len(gone)) if offset not in gone]
+            for x, index in zip(decoded.inputs, kept, strict=True):
+                code, label = int(codes[index]), int(labels[index])
+                yield beam.pvalue.TaggedOutput(SPLITS[code], serialize_example(x.tobytes(), label))
+                digests[code].append(digest(x))
+                counts[code, label] += 1
+            train = codes[kept] == TRAIN if kept else np.zeros(0, bool)
+            if train.any():
+                moments.add(decoded.inputs[train])
+        yield beam.pvalue.TaggedOutput("side", {
+            "digests": {code: b"".join(d) for code, d in digests.items()},
+            "counts": counts.tolist(),
+            "moments": moments.state(),
+        })  # fmt: skip
+
+
+def merge_side(parts) -> dict[str, Any]:
+    """The ranges' side results as one: digests joined, counts summed, statistics merged."""
+    from pipeline.normalization import Moments
+
+    digests, counts, moments = {}, None, None
+    for part in parts:
+        for code, blob in part["digests"].items():
+            digests[int(code)] = digests.get(int(code), b"") + blob
+        counts = np.asarray(part["counts"]) if counts is None else counts + np.asarray(part["counts"])
+        other = Moments(len(part["moments"][1]))
+        other.count, other.mean, other.m2 = (
+            part["moments"][0],
+            np.array(part["moments"][1]),
+            np.array(part["moments"][2]),
+        )
+        moments = other if moments is None else moments.merge(other)
+    return {"digests": digests, "counts": counts, "moments": moments}
+
+
+def run(raw_dir: Path, data, scan, plan: dict[str, np.ndarray], out: Path, shard_size: int, options: list[str]):
+    """Write the splits into `out` on Beam; returns (shards per split, counts, class counts per split,
+    digests per split, train Moments, skipped files), what the local runner knows at its end."""
+    try:
+        beam = _quiet_import()
+    except ImportError:
+        raise PipelineError(
+            "prepare.runner: beam needs Apache Beam, an optional extra: `uv sync --extra pipeline --extra beam` "
+            "(or pip install 'apache-beam')"
+        ) from None
+    import pickle
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.prepare import SPLITS, TEST, TRAIN, VAL
+
+    runner, args = beam_runner(options)
+    planned = {name: int(sum(int(np.sum(codes == code)) for codes in plan.values()))
+               for code, name in enumerate(SPLITS)}  # fmt: skip
+    results = out / RESULTS
+    results.mkdir(parents=True)
+    try:
+        with beam.Pipeline(runner=runner, options=PipelineOptions(args)) as pipeline:
+            decoded = (
+                pipeline
+                | "ranges" >> beam.Create(ranges(scan))
+                | "spread" >> beam.Reshuffle()
+                | "decode"
+                >> beam.FlatMap(DecodeRange(data.format, str(raw_dir), data.selected, scan, plan)).with_outputs(
+                    "skipped", "side", *SPLITS
+                )
+            )
+            for name in SPLITS:
+                (out / name).mkdir()
+                _ = decoded[name] | f"write {name}" >> beam.io.WriteToTFRecord(
+                    str(out / name / "part"),
+                    file_name_suffix=".tfrecord",
+                    num_shards=max(1, -(-planned[name] // shard_size)),
+                )
+            _ = (
+                decoded.side
+                | "merge" >> beam.combiners.ToList()
+                | "side results" >> beam.Map(lambda parts: (results / "side.pickle").write_bytes(
+                    pickle.dumps(merge_side(parts))))
+            )  # fmt: skip
+            _ = (
+                decoded.skipped
+                | "skipped" >> beam.combiners.ToList()
+                | "skipped results" >> beam.Map(lambda keys: (results / "skipped.json").write_text(
+                    json.dumps(sorted(keys))))
+            )  # fmt: skip
+    except PipelineError:
+        raise
+    except Exception as exc:  # a worker's PipelineError arrives wrapped in the runner's own error
+        message = str(exc)
+        for line in message.splitlines():
+            if "PipelineError: " in line:
+                raise PipelineError(line.split("PipelineError: ", 1)[1].strip()) from None
+        raise
+    side = pickle.loads((results / "side.pickle").read_bytes())
+    skipped = json.loads((results / "skipped.json").read_text())
+    for path in results.iterdir():
+        path.unlink()
+    results.rmdir()
+    shards = {name: sorted(p.name for p in (out / name).glob("part-*.tfrecord")) for name in SPLITS}
+    counts = side["counts"]
+    return {
+        "shards": shards,
+        "counts": {name: int(counts[code].sum()) for code, name in enumerate(SPLITS)},
+        "class_counts": {name: counts[code].tolist() for code, name in enumerate(SPLITS)},
+        "digests": {SPLITS[code]: side["digests"].get(code, b"") for code in (TRAIN, VAL, TEST)},
+        "moments": side["moments"],
+        "skipped": skipped,
+    }
