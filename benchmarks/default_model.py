@@ -130,6 +130,7 @@ def candidate_params(name: str, params_path: Path, epochs: int | None):
 def run_one(name: str, params_path: Path, prepared: Path, epochs: int | None) -> dict:
     """One training in this process: epoch times, validation and test accuracy."""
     from pipeline.dataset import make_dataset
+    from pipeline.presets import resolve
     from pipeline.records import read_meta
     from pipeline.train import train
 
@@ -145,7 +146,7 @@ def run_one(name: str, params_path: Path, prepared: Path, epochs: int | None) ->
     test = make_dataset(str(prepared), meta, "test", 512, training=False)
     _, test_accuracy = result.model.evaluate(test, verbose=0)
     return {
-        "epochs": params.train.epochs,
+        "epochs": resolve(params.train).epochs,
         "epochs_run": result.report["epochs_run"],
         "best_epoch": result.report["best_epoch"],
         "best_val_accuracy": round(result.report["best"].get("val_accuracy", float("nan")), 4),
@@ -210,7 +211,9 @@ def main() -> None:
     if args.skip != "timing":
         for name in args.candidates:
             run = spawn(name, args, cores, args.timing_epochs)
-            epochs = candidate_params(name, Path(args.params), None).train.epochs
+            from pipeline.presets import resolve
+
+            epochs = resolve(candidate_params(name, Path(args.params), None).train).epochs
             results.setdefault(name, {})["timing_run"] = (
                 run if "error" in run else {**timing(run, epochs), "threads": cores}
             )

@@ -29,6 +29,7 @@ import yaml
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # helpers.writers: the formats' writers the tests use too
 
 # `cnn`, the default, is what `dvc repro` itself measures (reports/metrics.json).
 DEFAULT_PRESETS = ["keras_mlp", "mlp_128_64", "cnn2", "rnn", "mlp", "tabular_mlp", "lenet", "cnn4"]
@@ -72,7 +73,7 @@ def as_image_folder(data: dict, out: Path) -> dict:
 
 def as_table(data: dict, out: Path) -> dict:
     """The IDX images as CSV tables of 784 pixel columns and a label column."""
-    from pipeline.formats.csv import write_table
+    from helpers.writers import write_table
 
     out.mkdir(parents=True, exist_ok=True)
     names = data["idx"]["class_names"]

@@ -63,8 +63,7 @@ class DecodeRange:
     def __init__(self, fmt: str, raw_dir: str, section, scan, plan: dict[str, np.ndarray]):
         from pipeline.formats import FORMATS
 
-        # The params section travels as plain data (its class is built at run time, in each process).
-        self.fmt, self.raw_dir, self.section, self.scan, self.plan = fmt, raw_dir, section.model_dump(), scan, plan
+        self.fmt, self.raw_dir, self.section, self.scan, self.plan = fmt, raw_dir, section, scan, plan
         self.options = FORMATS[fmt].decode_options(section, scan)
 
     def __call__(self, element):
@@ -76,7 +75,7 @@ class DecodeRange:
         from pipeline.records import serialize_example
 
         reader = FORMATS[self.fmt]
-        section, raw_dir = reader.section().model_validate(self.section), Path(self.raw_dir)
+        section, raw_dir = self.section, Path(self.raw_dir)
         part, start, stop = element
         labels, codes = self.scan.parts[part].labels, self.plan[part]
         digests = {code: [] for code in range(len(SPLITS))}

@@ -24,7 +24,6 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_dir
 from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError, first_line
-from pipeline.formats import FORMATS
 from pipeline.hashing import content_sha256
 from pipeline.params import DataParams, load_params
 from pipeline.schema import FormatSection
@@ -131,7 +130,7 @@ def verify(path: Path, expected: str | None, where: str, label: str) -> str:
 
 def check_source(data: DataParams) -> None:
     if is_url(data.source):
-        if not FORMATS[data.format].URL_PREFIX_OK and not is_archive(data.source):
+        if not data.selected.url_prefix_ok and not is_archive(data.source):
             raise PipelineError(
                 f"data.source: {data.source}: {data.format} data come from a directory or an archive "
                 "(.zip, .tar.gz), not a URL prefix"

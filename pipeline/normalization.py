@@ -51,6 +51,8 @@ class Moments:
         self.m2 = np.zeros(channels)
 
     def add(self, inputs: np.ndarray) -> Moments:
+        if inputs.dtype == np.uint8:
+            return self.add_pixels(inputs)
         rows = inputs.reshape(-1, inputs.shape[-1])
         for start in range(0, len(rows), self.ROWS):
             values = rows[start : start + self.ROWS].astype(np.float64)
@@ -59,6 +61,19 @@ class Moments:
             part.m2 = ((values - part.mean) ** 2).sum(axis=0)
             self.merge(part)
         return self
+
+    def add_pixels(self, inputs: np.ndarray) -> Moments:
+        """uint8 inputs through a histogram of each channel's 256 values: exact sums, and a few
+        times faster than converting every pixel to float64."""
+        rows = inputs.reshape(-1, inputs.shape[-1])
+        values = np.arange(256, dtype=np.float64)
+        part = Moments(rows.shape[1])
+        part.count = len(rows)
+        for channel in range(rows.shape[1]) if len(rows) else ():
+            counts = np.bincount(rows[:, channel], minlength=256).astype(np.float64)
+            part.mean[channel] = counts @ values / len(rows)
+            part.m2[channel] = counts @ (values - part.mean[channel]) ** 2
+        return self.merge(part)
 
     def merge(self, other: Moments) -> Moments:
         if other.count:

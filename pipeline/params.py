@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import PipelineError
-from pipeline.formats import FORMATS
-from pipeline.presets import CUSTOM, PRESET_NAMES, hyper_for
-from pipeline.schema import BatchSize, FormatSection, Section, Seed
+from pipeline.schema import BatchSize, ClassNames, FormatSection, Section, Seed
 
 # Archive bounds: real data sets compress by at most ~10x (CIFAR-10's tarball by 1.1x).
 MAX_EXTRACTED_BYTES = 16 * 2**30
@@ -25,9 +23,75 @@ MAX_COMPRESSION_RATIO = 100
 
 
 # --------------------------------------------------------------------------- data / fetch
-class _DataBase(Section):
+# One section per data format (`data.<format>`): which files, how to read them. The readers are
+# pipeline/formats/<format>.py; these classes are only the schema, so no stage depends on a reader
+# it does not run.
+class IdxSection(FormatSection):
+    """`data.idx`: images (n, h, w) or (n, h, w, c) and labels (n,), gzip'd or plain."""
+
+    url_prefix_ok: ClassVar[bool] = True  # data.source may be an http(s) prefix the file names are appended to
+    train_images: str = "train-images-idx3-ubyte.gz"
+    train_labels: str = "train-labels-idx1-ubyte.gz"
+    test_images: str = "t10k-images-idx3-ubyte.gz"
+    test_labels: str = "t10k-labels-idx1-ubyte.gz"
+
+    def files(self) -> list[str]:
+        return [self.train_images, self.train_labels, self.test_images, self.test_labels]
+
+
+class Cifar10Section(FormatSection):
+    """`data.cifar10`: batch files of records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32)."""
+
+    url_prefix_ok: ClassVar[bool] = True
+    train: Annotated[list[str], Field(min_length=1)] = [f"data_batch_{i}.bin" for i in range(1, 6)]
+    test: Annotated[list[str], Field(min_length=1)] = ["test_batch.bin"]
+    class_names: ClassNames | None = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                      "ship", "truck"]  # fmt: skip
+
+    def files(self) -> list[str]:
+        return [*self.train, *self.test]
+
+
+Side = Annotated[int, Field(ge=1, le=4096)]
+
+
+class ImageFolderSection(FormatSection):
+    """`data.image_folder`: one subdirectory per class of PNG/JPEG files, under `train` (and `test`)."""
+
+    url_prefix_ok: ClassVar[bool] = False  # a folder tree has no file list to append to a URL
+    train: str = "train"
+    test: str | None = "test"  # null: prepare.test_fraction of `train` becomes the test split
+    image_size: tuple[Side, Side] = (28, 28)
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    unreadable: Literal["fail", "skip"] = "fail"  # an image that cannot be decoded: stop, or skip and report
+
+    def files(self) -> list[str]:
+        return [f"{self.train}/"] + ([f"{self.test}/"] if self.test else [])
+
+    def known_files(self) -> list[str] | None:
+        return None  # any image under the folders may be named
+
+
+class CsvSection(FormatSection):
+    """`data.csv`: a table with a header row, numeric feature columns and a label column."""
+
+    url_prefix_ok: ClassVar[bool] = True
+    train: str = "train.csv"
+    test: str | None = "test.csv"  # null: prepare.test_fraction of `train` becomes the test split
+    label_column: str = "label"
+    feature_columns: Annotated[list[str], Field(min_length=1)] | None = None  # null: every column but the label
+
+    def files(self) -> list[str]:
+        return [self.train] + ([self.test] if self.test else [])
+
+
+FORMAT_SECTIONS = {"idx": IdxSection, "cifar10": Cifar10Section, "image_folder": ImageFolderSection,
+                   "csv": CsvSection}  # fmt: skip
+
+
+class DataParams(Section):
     # Which format's reader prepare uses; its section below says which files and how to read them.
-    format: Literal[tuple(FORMATS)] = "idx"  # type: ignore[valid-type]
+    format: Literal[tuple(FORMAT_SECTIONS)] = "idx"  # type: ignore[valid-type]
     # A local directory, an http(s) URL prefix, or an archive (.tar.gz, .tgz, .tar, .zip; path or URL).
     source: str = "/usr/share/datasets/fashion-mnist"
     # The data set's name in MLflow (datasets, experiment, registered model); null: from data.source.
@@ -36,6 +100,10 @@ class _DataBase(Section):
     # exceed this many bytes, or expand more than this ratio of their own size (a zip bomb).
     max_extracted_bytes: Annotated[int, Field(ge=1)] = MAX_EXTRACTED_BYTES
     max_compression_ratio: Annotated[float, Field(ge=1)] = MAX_COMPRESSION_RATIO
+    idx: IdxSection = IdxSection()
+    cifar10: Cifar10Section = Cifar10Section()
+    image_folder: ImageFolderSection = ImageFolderSection()
+    csv: CsvSection = CsvSection()
 
     @property
     def dataset_name(self) -> str:
@@ -52,14 +120,6 @@ class _DataBase(Section):
     def selected(self) -> FormatSection:
         """The section of the chosen format."""
         return getattr(self, self.format)
-
-
-# One section per registered format (pipeline/formats/), named as the format.
-DataParams = create_model(
-    "DataParams",
-    __base__=_DataBase,
-    **{name: (module.section(), module.section()()) for name, module in FORMATS.items()},
-)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -92,41 +152,34 @@ class NormalizationParams(Section):
 
 
 class AugmentParams(Section):
-    # null in params.yaml: the preset's choice
-    horizontal_flip: bool = False
-    translate: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    # null: the preset's choice
+    horizontal_flip: bool | None = None
+    translate: Annotated[float, Field(ge=0, lt=0.5)] | None = None
 
 
-ModelName = Literal[PRESET_NAMES]  # type: ignore[valid-type]
-# train.* keys a preset supplies when params.yaml leaves them null (or out).
-PRESET_KEYS = (
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "learning_rate",
-    "momentum",
-    "schedule",
-    "label_smoothing",
-    "early_stopping_patience",
-)
-AUGMENT_KEYS = ("horizontal_flip", "translate")
+# A preset's name: train checks it against pipeline/presets.py (`resolve`), which the schema does
+# not import, so a change to a preset reruns only the stages it can change.
+PresetName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class TrainParams(Section):
+    """`train`. The keys that may be null take the preset's value when they are (pipeline/presets.py:
+    `resolve`, which `train` applies); a value set here wins."""
+
     # A preset name (pipeline/presets.py), or an explicit list of Keras layers:
     # [{Conv2D: {filters: 32, kernel_size: 3}}, ...]. The classifier head (Dense(n_classes) + softmax)
     # is always appended from the data's class count.
-    model: ModelName | list[dict[str, dict[str, Any]]] = "cnn"
-    epochs: Annotated[int, Field(ge=1, le=100_000)]
-    batch_size: BatchSize
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"]
-    learning_rate: Annotated[float, Field(gt=0, le=10)]
-    momentum: Annotated[float, Field(ge=0, lt=1)]
+    model: PresetName | list[dict[str, dict[str, Any]]] = "cnn"
+    epochs: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    batch_size: BatchSize | None = None
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] | None = None
+    learning_rate: Annotated[float, Field(gt=0, le=10)] | None = None
+    momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
-    schedule: Literal["constant", "cosine", "exponential"]
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    schedule: Literal["constant", "cosine", "exponential"] | None = None
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None
     normalization: NormalizationParams = NormalizationParams()
-    early_stopping_patience: Annotated[int, Field(ge=0, le=100_000)]
+    early_stopping_patience: Annotated[int, Field(ge=0, le=100_000)] | None = None
     augment: AugmentParams = AugmentParams()
     # null: every example counts the same; balanced: each class's examples weigh
     # n / (classes × its count), so a rare class counts as much as a common one (skewed data).
@@ -147,26 +200,11 @@ class TrainParams(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _preset_fills_unset_keys(cls, raw: Any) -> Any:
-        """Unset (null or absent) hyperparameters take the preset's values; set ones win."""
-        if not isinstance(raw, dict):
-            return raw
-        model = raw.get("model", "cnn")
-        # A bad model name is the model field's error; fill the rest anyway so it is the only one.
-        hyper = hyper_for(model) if isinstance(model, list) or model in PRESET_NAMES else CUSTOM
-        filled = dict(raw)
-        for key in PRESET_KEYS:
-            if filled.get(key) is None:
-                filled[key] = getattr(hyper, key)
-        augment = filled.get("augment")
-        if augment is None:
-            augment = {}
-        if isinstance(augment, dict):
-            filled["augment"] = {
-                **augment,
-                **{key: getattr(hyper, key) for key in AUGMENT_KEYS if augment.get(key) is None},
-            }
-        return filled
+    def _augment_may_be_null(cls, raw: Any) -> Any:
+        """`augment: null` is the preset's augmentation, as each of its keys null is."""
+        if isinstance(raw, dict) and "augment" in raw and raw["augment"] is None:
+            return {**raw, "augment": {}}
+        return raw
 
     @field_validator("model")
     @classmethod
@@ -233,7 +271,7 @@ class MlflowParams(Section):
 class Params(Section):
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
-    train: TrainParams = Field(default_factory=lambda: TrainParams.model_validate({}))
+    train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     promote: PromoteParams = PromoteParams()
@@ -354,7 +392,7 @@ def flatten(params: Params) -> dict[str, Any]:
             out[prefix] = value
 
     dumped = params.model_dump(mode="json")
-    for name in FORMATS:
+    for name in FORMAT_SECTIONS:
         if name != params.data.format:
             del dumped["data"][name]
     walk("", dumped)

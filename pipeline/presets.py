@@ -9,7 +9,7 @@ head, Dense(classes) + softmax, which `model.build_model` appends from the data'
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 Layers = list[dict[str, dict[str, Any]]]
@@ -264,6 +264,24 @@ PRESET_NAMES = tuple(PRESETS)
 
 def hyper_for(model: str | list) -> Hyper:
     return PRESETS[model].hyper if isinstance(model, str) else CUSTOM
+
+
+AUGMENT = ("horizontal_flip", "translate")  # Hyper's keys that fill train.augment, not train itself
+
+
+def resolve(train):
+    """The `train` params (params.TrainParams) with every key left null filled from the preset (or
+    CUSTOM for a layer list); an unknown preset is one line naming the choices."""
+    from pipeline.errors import PipelineError
+
+    if isinstance(train.model, str) and train.model not in PRESETS:
+        choices = ", ".join(repr(name) for name in PRESET_NAMES[:-1]) + f" or {PRESET_NAMES[-1]!r}"
+        raise PipelineError(f"params.yaml: train.model must be {choices}, got {train.model!r}")
+    hyper = hyper_for(train.model)
+    top = {f.name: getattr(hyper, f.name) for f in fields(Hyper) if f.name not in AUGMENT}
+    filled = {key: value for key, value in top.items() if getattr(train, key) is None}
+    augment = {key: getattr(hyper, key) for key in AUGMENT if getattr(train.augment, key) is None}
+    return train.model_copy(update={**filled, "augment": train.augment.model_copy(update=augment)})
 
 
 def normalization_for_model(model: str | list) -> tuple:

@@ -1,6 +1,5 @@
-"""The building blocks of the params schema, shared by pipeline/params.py and the data formats'
-own sections (pipeline/formats/): a frozen section that rejects unknown keys and non-finite
-numbers, and the bounded number types."""
+"""The building blocks of the params schema (pipeline/params.py): a frozen section that rejects
+unknown keys and non-finite numbers, the data formats' common section, the bounded number types."""
 
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ def unique(names: list[str] | None) -> list[str] | None:
 
 
 class FormatSection(Section):
-    """`data.<format>`: the keys every format has; each format module's `section()` adds its own."""
+    """`data.<format>`: the keys every format has; each format's section in pipeline/params.py adds its own."""
 
     # sha256 of each file's *decompressed* content, keyed by its path relative to data.source
     # (mirrors recompress .gz files). Files not listed are not checked; null (or {}) checks nothing.

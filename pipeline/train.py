@@ -25,7 +25,7 @@ from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.hashing import tree_sha256
 from pipeline.params import Params, TrainParams, flatten, load_params
-from pipeline.presets import check_fits
+from pipeline.presets import check_fits, resolve
 from pipeline.records import PreparedMeta, read_meta
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def train(
     from pipeline.devices import setup_devices
     from pipeline.model import applied_normalization, model_for_data
 
-    p = params.train
+    p = resolve(params.train)  # the preset's values for the keys left null
     meta = meta or read_meta(str(prepared_dir))
     strategy, devices = setup_devices(p.mixed_precision, p.jit_compile, p.deterministic, p.seed)
     custom = loop == "custom" or (loop == "auto" and devices.strategy == "MultiWorkerMirroredStrategy")
@@ -307,6 +307,8 @@ def train(
         "normalization": applied_normalization(model),
         "class_weights": None if weights is None else [round(w, 6) for w in weights],
         "cache": cache.to_dict(),
+        # The train section as trained: every preset value filled in (the model card shows them).
+        "hyperparameters": {**p.model_dump(mode="json"), "model_name": p.model_name},
     }
     return TrainResult(model, history, devices, seconds, model_summary(model), report)
 
@@ -460,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    params = params.model_copy(update={"train": resolve(params.train)})  # the preset's values, once
     prepared = Path(args.prepared)
     meta = checked_meta(params, prepared)
     data_hash = tree_sha256(prepared)  # part of the resume fingerprint, and tagged on the run

@@ -200,6 +200,7 @@ def card_inputs(args, params, tracker, registered: dict | None, report: dict) ->
     """Everything the model card shows, from the stages' reports, params and the MLflow run."""
     run = tracker.client.get_run(tracker.run_id)
     evaluation = read_json(Path(args.metrics), "evaluate")
+    training = read_json(Path(args.train_report), "train")
     data = params.data
     return CardInputs(
         registered=registered,
@@ -218,8 +219,8 @@ def card_inputs(args, params, tracker, registered: dict | None, report: dict) ->
             "report": read_json(Path(args.data_report), "prepare"),
         },
         metadata=read_json(Path(args.exported) / "metadata.json", "export"),
-        training=read_json(Path(args.train_report), "train"),
-        hyper={**params.train.model_dump(mode="json"), "model_name": params.train.model_name},
+        training=training,
+        hyper=training.get("hyperparameters", {}),
         evaluation=evaluation,
         parity={**report, "max_int8_drop": params.export.max_int8_drop},
         benchmark=read_json(Path(args.benchmark), "", optional=True),

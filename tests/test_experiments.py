@@ -7,9 +7,8 @@ import time
 import pytest
 import yaml
 
-from pipeline.formats.csv import write_table
-
 from helpers.commands import REPO, run, set_params
+from helpers.writers import write_table
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.formats.idx import read_idx, scan_part, write_idx
+from pipeline.formats.idx import read_idx, scan_part
 from pipeline.hashing import content_sha256
+
+from helpers.writers import write_idx
 
 
 def expect_error(pattern, fn, *args):

@@ -35,11 +35,6 @@ def test_committed_params_validate():
         ({**BASE, "prepare": {"val_fraction": 1.5}}, "params.yaml: prepare.val_fraction must be < 1.0, got 1.5"),
         ({**BASE, "train": {"batch_size": "big"}}, "params.yaml: train.batch_size must be an integer, got 'big'"),
         (
-            {**BASE, "train": {"model": "cnnx"}},
-            "params.yaml: train.model must be 'cnn', 'mlp', 'rnn', 'keras_mlp', "
-            "'mlp_128_64', 'lenet', 'cnn4', 'cnn2' or 'tabular_mlp', got 'cnnx'",
-        ),
-        (
             {**BASE, "train": {"model": [{"Dense": {}, "Flatten": {}}]}},
             "params.yaml: train.model[0] must map one layer",
         ),
@@ -106,7 +101,7 @@ def test_params_are_frozen_and_flatten_to_dotted_keys():
     with pytest.raises(ValidationError, match="frozen_instance"):
         params.train.epochs = 3
     flat = flatten(params)
-    assert flat["train.epochs"] == params.train.epochs
+    assert flat["train.epochs"] is None and flat["train.seed"] == params.train.seed
     assert flat["train.normalization.mode"] == "preset"
     assert all(not isinstance(v, dict) for v in flat.values())
 
@@ -120,12 +115,27 @@ def test_every_dvc_params_key_exists_in_the_schema():
             assert any(k == key or k.startswith(key + ".") for k in flat), f"{name}: {key}"
 
 
+def resolved(train: dict):
+    from pipeline.presets import resolve
+
+    return resolve(parse_params({"train": train}).train)
+
+
+def test_an_unknown_preset_is_one_line_naming_the_choices():
+    with pytest.raises(PipelineError) as info:
+        resolved({"model": "cnnx"})
+    assert str(info.value) == (
+        "params.yaml: train.model must be 'cnn', 'mlp', 'rnn', 'keras_mlp', "
+        "'mlp_128_64', 'lenet', 'cnn4', 'cnn2' or 'tabular_mlp', got 'cnnx'"
+    )
+
+
 @pytest.mark.parametrize("preset", ["cnn", "keras_mlp", "mlp_128_64", "lenet", "cnn2"])
 def test_unset_train_keys_take_the_presets_values(preset):
     from pipeline.presets import PRESETS
 
     hyper = PRESETS[preset].hyper
-    train = parse_params({"train": {"model": preset, "epochs": None}}).train
+    train = resolved({"model": preset, "epochs": None})
     assert (train.epochs, train.batch_size, train.optimizer, train.learning_rate, train.momentum, train.schedule) == (
         hyper.epochs,
         hyper.batch_size,
@@ -145,15 +155,19 @@ def test_unset_train_keys_take_the_presets_values(preset):
 
 
 def test_set_train_keys_override_the_preset():
-    train = parse_params({"train": {"model": "mlp_128_64", "learning_rate": 0.05, "augment": {"translate": 0.1}}}).train
+    train = resolved({"model": "mlp_128_64", "learning_rate": 0.05, "augment": {"translate": 0.1}})
     assert (train.optimizer, train.learning_rate, train.batch_size) == ("sgd", 0.05, 64)
     assert (train.augment.translate, train.augment.horizontal_flip) == (0.1, False)
+    assert resolved({"model": [{"Flatten": {}}]}).epochs == 20  # a layer list: presets.CUSTOM's
 
 
 def test_committed_params_leave_the_hyperparameters_to_the_preset():
-    """So `dvc exp run -S train.model=<preset>` alone trains the preset as its origin does."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
-    from pipeline.params import AUGMENT_KEYS, PRESET_KEYS
+    """So `dvc exp run -S train.model=<preset>` alone trains the preset as its origin does: every key
+    a preset brings (presets.Hyper's fields) is null in params.yaml."""
+    from dataclasses import fields
 
-    assert all(raw[key] is None for key in PRESET_KEYS)
-    assert all(raw["augment"][key] is None for key in AUGMENT_KEYS)
+    from pipeline.presets import AUGMENT, Hyper
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    for field in fields(Hyper):
+        assert (raw["augment"] if field.name in AUGMENT else raw)[field.name] is None, field.name

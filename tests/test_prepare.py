@@ -8,12 +8,13 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.fetch import fetch
-from pipeline.formats.idx import read_idx, write_idx
+from pipeline.formats.idx import read_idx
 from pipeline.params import parse_params
 from pipeline.prepare import prepare
 from pipeline.records import read_meta, read_split_arrays
 
 from helpers.data import FILES
+from helpers.writers import write_idx
 
 
 @pytest.fixture

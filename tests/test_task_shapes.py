@@ -10,9 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.formats.csv import write_table
-
 from helpers.commands import run_stages
+from helpers.writers import write_table
 
 pytestmark = pytest.mark.slow
 

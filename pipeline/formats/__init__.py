@@ -4,18 +4,18 @@ params schema, fetch, prepare and predict use.
 A format module defines
 
     NAME            its `data.format` value, and the name of its params section `data.<NAME>`
-    section()       that section's class (a schema.FormatSection: files(), sha256, class_names, its
-                    own keys), built on first call: the module itself imports no pydantic, so the
-                    predictor can decode with it in a deployment without the pipeline's packages
+                    (pipeline/params.py: the schema lives apart from the readers, so a change to a
+                    reader reruns only the stages that read raw data)
     scan, chunks, decode_options, decode
                     the two passes prepare makes (pipeline/formats/base.py); every malformation is
                     one PipelineError naming the file
     DECODE_IN_PROCESSES
                     whether decoding is worth worker processes (image folders: yes)
-    URL_PREFIX_OK   whether data.source may be an http(s) prefix that files() are appended to
 
-Adding a format is one new module here and one entry below (and its deps in dvc.yaml, which
-tests/test_house.py names).
+The modules import no pydantic: the predictor decodes images and tables with them in a deployment
+that has only onnxruntime, NumPy and Pillow. Adding a format is one module here and one entry
+below, its section in pipeline/params.py (tests/test_house.py checks the two registries agree),
+and its deps in dvc.yaml (which the same test names).
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """Data format `cifar10`: the CIFAR-10 *binary* version. Each record is 1 label byte then 3072 pixel
 bytes, the 32×32 red, green and blue planes in turn. Plain bytes, so reading runs no code from the file (the pickled
-"Python version" of CIFAR-10 would: we never load it). Writing is for tests and users' own data.
-"""
+"Python version" of CIFAR-10 would: we never load it)."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 
@@ -15,31 +12,8 @@ from pipeline.errors import PipelineError
 from pipeline.formats.base import Decoded, Part, Scan
 
 NAME = "cifar10"
-URL_PREFIX_OK = True
 SIDE = 32
 RECORD = 1 + 3 * SIDE * SIDE
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-@functools.cache
-def section():
-    """The params section `data.cifar10` (a pydantic model, built on first use: the predictor reads
-    with this module where pydantic is not installed)."""
-    from pydantic import Field
-
-    from pipeline.schema import ClassNames, FormatSection
-
-    class Section(FormatSection):
-        """`data.cifar10`: batch files of records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32)."""
-
-        train: Annotated[list[str], Field(min_length=1)] = [f"data_batch_{i}.bin" for i in range(1, 6)]
-        test: Annotated[list[str], Field(min_length=1)] = ["test_batch.bin"]
-        class_names: ClassNames | None = CIFAR10_CLASSES
-
-        def files(self) -> list[str]:
-            return [*self.train, *self.test]
-
-    return Section
 
 
 DECODE_IN_PROCESSES = False  # records are plain bytes: reading is the work
@@ -124,12 +98,3 @@ def read_batch(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, 32, 32, 3) uint8 and labels (n,) of one batch file (small files, tests)."""
     labels = batch_labels(path, n_classes)
     return np.concatenate([to_images(block) for _, block in _blocks(path, 4096)]), labels
-
-
-def write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write (n, 32, 32, 3) uint8 images and their labels as one CIFAR-10 binary batch file."""
-    if images.shape[1:] != (SIDE, SIDE, 3) or images.dtype != np.uint8:
-        raise ValueError(f"CIFAR-10 images are (n, 32, 32, 3) uint8, got {images.shape} {images.dtype}")
-    planes = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    records = np.concatenate([labels.astype(np.uint8)[:, None], planes], axis=1)
-    path.write_bytes(records.tobytes())

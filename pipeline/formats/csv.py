@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 
@@ -23,29 +21,6 @@ from pipeline.errors import PipelineError
 from pipeline.formats.base import Decoded, Part, Scan
 
 NAME = "csv"
-URL_PREFIX_OK = True
-
-
-@functools.cache
-def section():
-    """The params section `data.csv` (a pydantic model, built on first use: the predictor reads
-    with this module where pydantic is not installed)."""
-    from pydantic import Field
-
-    from pipeline.schema import FormatSection
-
-    class Section(FormatSection):
-        """`data.csv`: a table with a header row, numeric feature columns and a label column."""
-
-        train: str = "train.csv"
-        test: str | None = "test.csv"  # null: prepare.test_fraction of `train` becomes the test split
-        label_column: str = "label"
-        feature_columns: Annotated[list[str], Field(min_length=1)] | None = None  # null: every column but the label
-
-        def files(self) -> list[str]:
-            return [self.train] + ([self.test] if self.test else [])
-
-    return Section
 
 
 DECODE_IN_PROCESSES = False  # converting cells is cheap next to tokenising them, which one reader does
@@ -240,14 +215,3 @@ def encode_labels(path: Path, table: Table, class_names: list[str], column: str)
             )
         codes[i] = index[label]
     return codes
-
-
-def write_table(
-    path: Path, features: np.ndarray, labels: list, feature_names: list[str], label_column: str = "label"
-) -> None:
-    """Write a feature table and its labels as CSV with a header row (for tests and users)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*feature_names, label_column])
-        for row, label in zip(features, labels, strict=True):
-            writer.writerow([*(repr(float(v)) for v in row), label])

@@ -1,4 +1,4 @@
-"""Data format `idx`: MNIST-style IDX files (gzip'd or plain), strictly read; writing for tests and users.
+"""Data format `idx`: MNIST-style IDX files (gzip'd or plain), strictly read.
 
 Format: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then one
 big-endian uint32 per dimension, then the data in C order. Every way a file can be wrong
@@ -8,8 +8,6 @@ is a PipelineError naming the file.
 from __future__ import annotations
 
 import contextlib
-import functools
-import gzip
 import math
 import struct
 from collections.abc import Iterator
@@ -22,43 +20,9 @@ from pipeline.formats.base import Decoded, Part, Scan, check_same_shape
 from pipeline.hashing import is_gzip, reading
 
 NAME = "idx"
-URL_PREFIX_OK = True  # data.source may be an http(s) prefix the file names are appended to
 UBYTE = 0x08
 _CHUNK = 1 << 20
 _MAX_DEFLATE_RATIO = 1032  # deflate's largest possible expansion (RFC 1951: 258 bytes per 2 bits)
-
-# The default data set's: Fashion-MNIST as Debian's dataset-fashion-mnist (and the upstream mirror) has it.
-FASHION_MNIST_SHA256 = {
-    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-}
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                         "Bag", "Ankle boot"]  # fmt: skip
-
-
-@functools.cache
-def section():
-    """The params section `data.idx` (a pydantic model, built on first use: the predictor reads
-    with this module where pydantic is not installed)."""
-    from pipeline.schema import Checksums, ClassNames, FormatSection
-
-    class Section(FormatSection):
-        """`data.idx`: images (n, h, w) or (n, h, w, c) and labels (n,), gzip'd or plain."""
-
-        train_images: str = "train-images-idx3-ubyte.gz"
-        train_labels: str = "train-labels-idx1-ubyte.gz"
-        test_images: str = "t10k-images-idx3-ubyte.gz"
-        test_labels: str = "t10k-labels-idx1-ubyte.gz"
-        sha256: Checksums | None = FASHION_MNIST_SHA256
-        class_names: ClassNames | None = FASHION_MNIST_CLASSES
-
-        def files(self) -> list[str]:
-            return [self.train_images, self.train_labels, self.test_images, self.test_labels]
-
-    return Section
-
 
 DECODE_IN_PROCESSES = False  # the bytes are the pixels: reading is the work, and it streams
 
@@ -185,14 +149,3 @@ def read_idx(path: str | Path, ndims: tuple[int, ...]) -> np.ndarray:
     per_chunk = max(1, _CHUNK // max(1, math.prod(shape[1:])))
     blocks = [block for _, block in iter_idx(path, ndims, per_chunk)]
     return np.concatenate(blocks) if blocks else np.zeros(shape, np.uint8)
-
-
-def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> Path:
-    """Write a uint8 array as IDX (gzip'd when the name ends in .gz or `compress` says so)."""
-    path = Path(path)
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    payload = struct.pack(">HBB", 0, UBYTE, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload += array.tobytes()
-    compress = path.suffix == ".gz" if compress is None else compress
-    path.write_bytes(gzip.compress(payload, mtime=0) if compress else payload)
-    return path

@@ -6,9 +6,7 @@ reported, as `data.image_folder.unreadable` says.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
 
@@ -16,36 +14,7 @@ from pipeline.errors import PipelineError, first_line
 from pipeline.formats.base import Decoded, Part, Scan
 
 NAME = "image_folder"
-URL_PREFIX_OK = False  # a folder tree has no file list to append to a URL: a directory or an archive
 EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-
-@functools.cache
-def section():
-    """The params section `data.image_folder` (a pydantic model, built on first use: the predictor reads
-    with this module where pydantic is not installed)."""
-    from pydantic import Field
-
-    from pipeline.schema import FormatSection
-
-    Side = Annotated[int, Field(ge=1, le=4096)]
-
-    class Section(FormatSection):
-        """`data.image_folder`: one subdirectory per class of PNG/JPEG files, under `train` (and `test`)."""
-
-        train: str = "train"
-        test: str | None = "test"  # null: prepare.test_fraction of `train` becomes the test split
-        image_size: tuple[Side, Side] = (28, 28)
-        color_mode: Literal["grayscale", "rgb"] = "grayscale"
-        unreadable: Literal["fail", "skip"] = "fail"  # an image that cannot be decoded: stop, or skip and report
-
-        def files(self) -> list[str]:
-            return [f"{self.train}/"] + ([f"{self.test}/"] if self.test else [])
-
-        def known_files(self) -> list[str] | None:
-            return None  # any image under the folders may be named
-
-    return Section
 
 
 DECODE_IN_PROCESSES = True  # decoding and resizing are the work: prepare spreads them over every core

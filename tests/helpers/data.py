@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.formats.cifar10 import write_batch
-from pipeline.formats.csv import write_table
-from pipeline.formats.idx import write_idx
 from pipeline.hashing import content_sha256
 
 from helpers.commands import REPO
+from helpers.writers import write_batch, write_idx, write_table
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
