@@ -71,24 +71,6 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_members(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside the directory `target`; on success each entry in it
-    replaces its namesake in `target`, each by one rename (for a stage whose outputs are several
-    files in a directory that also holds another stage's); entries that it lacks stay."""
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    sweep_stale(target)
-    built = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    try:
-        yield built
-        for entry in sorted(built.iterdir()):
-            sweep_stale(target / entry.name)
-            swap_in(entry, target / entry.name)
-    finally:
-        shutil.rmtree(built, ignore_errors=True)
-
-
-@contextlib.contextmanager
 def atomic_file(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `target` (ending in `suffix`, for writers that insist on one);
     on success it is renamed onto `target`."""

@@ -51,9 +51,8 @@ def cluster_spec() -> dict[str, Any] | None:
     return config if config.get("cluster", {}).get("worker") else None
 
 
-def strategy_kind(config: dict[str, Any] | None, gpu_count: int) -> str:
-    if config is not None:
-        return "multi_worker_mirrored"
+def strategy_kind(gpu_count: int) -> str:
+    """Without TF_CONFIG: several GPUs mirror, else TensorFlow's default (one device)."""
     return "mirrored" if gpu_count > 1 else "default"
 
 
@@ -65,7 +64,7 @@ def choose_strategy():
     if config is not None:
         # Collective ops must be set up before TensorFlow's context starts: decide before listing devices.
         return tf.distribute.MultiWorkerMirroredStrategy()
-    kind = strategy_kind(config, len(tf.config.list_logical_devices("GPU")))
+    kind = strategy_kind(len(tf.config.list_logical_devices("GPU")))
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()  # all visible GPUs
     return tf.distribute.get_strategy()
@@ -78,6 +77,18 @@ def is_chief(config: dict[str, Any] | None) -> bool:
     # Without an explicit chief, worker 0 is the chief (TensorFlow's convention).
     has_chief = "chief" in config.get("cluster", {})
     return task.get("type") == "chief" or (not has_chief and task.get("type") == "worker" and task.get("index", 0) == 0)
+
+
+def public_name(strategy) -> str:
+    """The strategy as tf.distribute's public API names it: MultiWorkerMirroredStrategy's class is
+    CollectiveAllReduceStrategy, the default one's a private _DefaultDistributionStrategy."""
+    import tensorflow as tf
+
+    for public, name in ((tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
+                         (tf.distribute.MirroredStrategy, "MirroredStrategy")):  # fmt: skip
+        if isinstance(strategy, public):
+            return name
+    return "DefaultStrategy"  # tf.distribute.get_strategy(): one device, no distribution
 
 
 def setup_devices(mixed_precision: str, jit_compile: str, deterministic: str, seed: int):
@@ -95,10 +106,8 @@ def setup_devices(mixed_precision: str, jit_compile: str, deterministic: str, se
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
     strategy = choose_strategy()
     config = cluster_spec()
-    # MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy: report the public name.
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     setup = DeviceSetup(
-        strategy="MultiWorkerMirroredStrategy" if multi_worker else type(strategy).__name__,
+        strategy=public_name(strategy),
         devices=[d.name for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU")],
         gpus=len(gpus),
         replicas=int(strategy.num_replicas_in_sync),

@@ -8,7 +8,7 @@ and a quality gate whose failure stops the pipeline before export.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import re
 import time
 from dataclasses import dataclass
@@ -17,10 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_dir, atomic_file, write_json
-from pipeline.cli import run_cli, stage_parser
-from pipeline.errors import PipelineError
-from pipeline.params import GateParams, Params, load_params
+from pipeline.params import GateParams
+from pipeline.stage import Stage, StageResult, run_stage
 
 FIGURES = ("training_curves.png", "confusion_matrix.png", "worst_errors.png")
 
@@ -164,18 +162,9 @@ class Baseline:
     source: str
 
 
-def file_baseline(path: Path) -> Baseline:
-    if not path.exists():
-        raise PipelineError(f"{path}: baseline metrics file not found (evaluate.gate.baseline)")
-    try:
-        return Baseline(float(json.loads(path.read_text())["test"]["accuracy"]), str(path))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise PipelineError(f"{path}: has no test.accuracy to compare against") from None
-
-
 def champion_baseline(registry, name: str, test_sha256: str) -> Baseline:
     """The registry champion's test accuracy, when it was measured on this very test split."""
-    from pipeline.tracking import CHAMPION
+    from pipeline.registry import CHAMPION
 
     champion = registry.version_by_alias(name, CHAMPION)
     if champion is None:
@@ -208,15 +197,6 @@ def apply_gate(test: dict, gate: GateParams, baseline: Baseline | None) -> dict:
         "baseline_accuracy": baseline.accuracy if baseline else None,
         "baseline": baseline.source if baseline else None,
     }
-
-
-def gate_baseline(params: Params, registry, test_sha256: str) -> Baseline | None:
-    gate = params.evaluate.gate
-    if gate.max_drop is None or gate.baseline is None:
-        return None
-    if gate.baseline == "champion":
-        return champion_baseline(registry, params.registered_model_name, test_sha256)
-    return file_baseline(Path(gate.baseline))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -377,21 +357,25 @@ def predict_split(
     return np.concatenate(labels), np.concatenate(probs), seen / seconds if seconds else 0.0
 
 
-def write_predictions(path: Path, labels, probs, class_names: list[str]) -> None:
+def predictions_csv(labels, probs, class_names: list[str]) -> str:
+    """One row per test example (DVC's confusion plot reads it)."""
     predicted = probs.argmax(axis=1)
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "actual", "predicted", "confidence"])
-        for i, (a, p) in enumerate(zip(labels, predicted, strict=True)):
-            writer.writerow([i, class_names[a], class_names[p], f"{probs[i, p]:.4f}"])
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["index", "actual", "predicted", "confidence"])
+    for i, (a, p) in enumerate(zip(labels, predicted, strict=True)):
+        writer.writerow([i, class_names[a], class_names[p], f"{probs[i, p]:.4f}"])
+    return out.getvalue()
 
 
-def write_per_class(path: Path, table: list[dict[str, Any]]) -> None:
+def per_class_csv(table: list[dict[str, Any]]) -> str:
     """Every class's precision, recall, F1 and support: the per-class table of any number of classes."""
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["class", "precision", "recall", "f1", "support"], extrasaction="ignore",
+                            lineterminator="\n")  # fmt: skip
+    writer.writeheader()
+    writer.writerows(table)
+    return out.getvalue()
 
 
 def flat_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
@@ -405,66 +389,80 @@ def flat_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("evaluate", __doc__)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--model", default="models/model.keras")
-    parser.add_argument("--history", default="models/history.csv")
-    parser.add_argument("--run-file", default="models/mlflow_run.json")
-    parser.add_argument("--metrics", default="reports/metrics.json")
-    parser.add_argument("--predictions", default="reports/predictions.csv")
-    parser.add_argument("--per-class", default="reports/per_class.csv")
-    parser.add_argument("--figures", default="reports/figures")
-    args = parser.parse_args(argv)
+STAGE = Stage(
+    "evaluate",
+    __doc__,
+    params=("evaluate", "mlflow.registered_model_name"),
+    inputs=("prepared", "model", "history", "run_file"),
+    outputs=("metrics", "predictions", "per_class", "figures"),
+)
 
-    all_params = load_params(args.params)
-    params = all_params.evaluate
-    from pipeline.hashing import tree_sha256
+
+def evaluate(paths: dict[str, Path], params, run) -> StageResult:
+    """The test split's metrics, the gate's verdict against the registry's champion, the figures."""
     from pipeline.model import load_keras_model
     from pipeline.records import read_meta
-    from pipeline.tracking import Tracker, split_inputs
+    from pipeline.registry import registered_model_name
 
-    meta = read_meta(args.prepared)
-    tracker = Tracker.resume(args.run_file)
-    test_sha256 = tree_sha256(Path(args.prepared) / "test")
-    baseline = gate_baseline(all_params, tracker.registry, test_sha256)
-    model = load_keras_model(args.model)
-    worst = WorstErrors(params.worst_examples) if meta.is_image else None  # a table's rows are no pictures
-    labels, probs, throughput = predict_split(model, args.prepared, meta, "test", params.batch_size, worst)
+    settings = params.evaluate
+    meta = read_meta(paths["prepared"])
+    test_sha256 = meta.split_sha256["test"]
+    name = registered_model_name(params.mlflow.registered_model_name, meta)
+    compare = settings.gate.max_drop is not None and settings.gate.baseline == "champion"
+    baseline = champion_baseline(run.registry, name, test_sha256) if compare else None
+    model = load_keras_model(str(paths["model"]))
+    worst = WorstErrors(settings.worst_examples) if meta.is_image else None  # a table's rows are no pictures
+    labels, probs, throughput = predict_split(model, paths["prepared"], meta, "test", settings.batch_size, worst)
 
-    test = compute_metrics(labels, probs, meta.class_names, params.calibration_bins, meta.positive_class)
+    test = compute_metrics(labels, probs, meta.class_names, settings.calibration_bins, meta.positive_class)
     test["examples_per_second"] = round(throughput, 1)
-    gate = apply_gate(test, params.gate, baseline)
-    write_predictions(Path(args.predictions), labels, probs, meta.class_names)
-    write_per_class(Path(args.per_class), per_class_table(labels, probs.argmax(axis=1), meta.class_names))
-    with atomic_dir(args.figures) as tmp:
-        plot_training_curves(Path(args.history), tmp / FIGURES[0])
-        plot_confusion_matrix(labels, probs.argmax(axis=1), meta.class_names, tmp / FIGURES[1])
-        if worst is not None:
-            plot_worst_errors(worst.worst(), meta.class_names, tmp / FIGURES[2])
-    write_json(args.metrics, {"test": test, "gate": gate, "data": {"test_sha256": test_sha256}})
+    gate = apply_gate(test, settings.gate, baseline)
+    predicted = probs.argmax(axis=1)
 
-    tracker.log_dataset_inputs(
-        all_params.data.dataset_name, all_params.data.source, split_inputs(meta, {"test": test_sha256})
-    )
-    tracker.log_metrics(flat_metrics({k: v for k, v in test.items() if k != "task"}, "test."))
-    task = {f"evaluate.task.{k}": v for k, v in test["task"].items() if k != "left_out"}
-    tracker.set_tags(
-        {"evaluate.gate": "passed" if gate["passed"] else "failed", "evaluate.gate_reason": gate["reason"], **task}
-    )
-    tracker.log_artifact(args.figures, "figures")
-    tracker.log_artifact(args.metrics, "evaluation")
-    tracker.log_artifact(args.predictions, "evaluation")
-    tracker.log_artifact(args.per_class, "evaluation")
+    def figures(directory: Path) -> None:
+        plot_training_curves(paths["history"], directory / FIGURES[0])
+        plot_confusion_matrix(labels, predicted, meta.class_names, directory / FIGURES[1])
+        if worst is not None:
+            plot_worst_errors(worst.worst(), meta.class_names, directory / FIGURES[2])
+
+    def lineage(run) -> list[str]:
+        from pipeline.lineage import log_dataset_inputs, split_inputs
+
+        log_dataset_inputs(run, meta.name, meta.source, split_inputs(meta, {"test": test_sha256}))
+        return []
+
     ranking = f"ROC AUC {test['roc_auc']:.4f} ({test['task']['positive_class']}), " if "roc_auc" in test else ""
-    print(
-        f"evaluate: test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, {ranking}"
+    task = {f"evaluate.task.{k}": v for k, v in test["task"].items() if k != "left_out"}
+    return StageResult(
+        outputs={
+            "metrics": {"test": test, "gate": gate, "data": {"test_sha256": test_sha256}},
+            "predictions": predictions_csv(labels, probs, meta.class_names),
+            "per_class": per_class_csv(per_class_table(labels, predicted, meta.class_names)),
+            "figures": figures,
+        },
+        summary=f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, {ranking}"
         f"loss {test['loss']:.4f}, ECE {test['ece']:.4f}; {throughput:,.0f} examples/s; "
-        f"gate {'passed' if gate['passed'] else 'FAILED'}"
+        f"gate {'passed' if gate['passed'] else 'FAILED'}",
+        metrics=flat_metrics({k: v for k, v in test.items() if k != "task"}, "test."),
+        tags={
+            "evaluate.gate": "passed" if gate["passed"] else "failed",
+            "evaluate.gate_reason": gate["reason"],
+            **task,
+        },  # fmt: skip
+        artifacts={
+            "figures": "figures",
+            "metrics": "evaluation",
+            "predictions": "evaluation",
+            "per_class": "evaluation",
+        },  # fmt: skip
+        publish=lineage,
+        failure=None if gate["passed"] else f"quality gate failed: {gate['reason']}",
     )
-    if not gate["passed"]:
-        raise PipelineError(f"quality gate failed: {gate['reason']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage(STAGE, evaluate, argv)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

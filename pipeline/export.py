@@ -1,5 +1,5 @@
 """Stage `export`: the trained Keras model as a TensorFlow SavedModel and ONNX (float32 and static
-int8), with the metadata a deployer needs, registered in MLflow as the `challenger`.
+int8), with the metadata a deployer needs, then registered in MLflow as the `challenger`.
 
 Every form takes the model's raw input (its normalisation is inside the graph) and returns
 `probabilities` (float32 [batch, classes]):
@@ -9,27 +9,23 @@ Every form takes the model's raw input (its normalisation is inside the graph) a
     exported/model.int8.onnx onnxruntime static QDQ quantization, calibrated on a seeded raw train sample
     exported/metadata.json   input spec, class names, opset, provenance, sizes and sha256 of files
 
-Everything is built in a temporary directory beside exported/ and renamed into place, file by
-file: exported/MODEL_CARD.md is verify's (it knows the parity results).
+exported/ is this stage's alone and is replaced as a whole (the old set or the new one). The MLflow
+version is registered only once it is in place, and recorded in the registration report.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_members
-from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.hashing import file_sha256, tree_sha256
-from pipeline.params import ExportParams, load_params
+from pipeline.records import OUTPUT_NAME
+from pipeline.stage import Stage, StageResult, read_output, run_stage
 
-OUTPUT_NAME = "probabilities"
-MODEL_CARD = "MODEL_CARD.md"  # written by verify
 BATCH_DIM = "batch"
 LAYOUT = "NHWC"
 
@@ -88,31 +84,62 @@ def input_description(meta) -> str:
     return "raw feature values in feature_names order; normalised inside the model"
 
 
-def onnx_metadata(meta, input_dtype: str, normalization: dict | None, run_id: str | None) -> dict[str, str]:
+def export_metadata(meta, model, run_id: str | None, opset: int) -> dict[str, Any]:
+    """What a deployer needs to know of every exported form: the input and output contract, the
+    classes, what the graph does to the input (information only), producers, provenance. Built once:
+    metadata.json holds it (with the files' hashes), each ONNX file carries it flattened."""
     import keras
     import onnx
     import tensorflow as tf
     import tf2onnx
 
+    from pipeline.model import applied_normalization
+
+    input_name, input_dtype, _ = model_input(model)
     return {
-        "class_names": json.dumps(meta.class_names),
-        "input_layout": input_layout(meta),
-        "input_shape": json.dumps([BATCH_DIM, *meta.input_shape]),
-        "input_dtype": input_dtype,
-        "input": input_description(meta),
+        "input": {
+            "name": input_name,
+            "dtype": input_dtype,
+            "shape": [BATCH_DIM, *meta.input_shape],
+            "layout": input_layout(meta),
+            "feature_names": meta.feature_names,
+            "range": [0, 255] if meta.is_image else None,
+            "meaning": input_description(meta),
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "dtype": "float32",
+            "shape": [BATCH_DIM, meta.num_classes],
+            "meaning": "softmax probabilities over class_names",
+        },
+        "class_names": meta.class_names,
         # Information only: the graph applies it (no consumer needs to).
-        "normalization_inside": json.dumps(normalization),
-        "feature_names": json.dumps(meta.feature_names or []),
+        "normalization_inside": applied_normalization(model),
+        "opset": opset,
+        "producer_versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "tf2onnx": tf2onnx.__version__,
+            "onnx": onnx.__version__,
+        },  # fmt: skip
+        "mlflow_run_id": run_id,
+    }
+
+
+def onnx_properties(metadata: dict[str, Any]) -> dict[str, str]:
+    """The metadata as ONNX `metadata_props` (strings), the keys onnxruntime-only readers use."""
+    inp = metadata["input"]
+    return {
+        "class_names": json.dumps(metadata["class_names"]),
+        "input_layout": inp["layout"],
+        "input_shape": json.dumps(inp["shape"]),
+        "input_dtype": inp["dtype"],
+        "input": inp["meaning"],
+        "normalization_inside": json.dumps(metadata["normalization_inside"]),
+        "feature_names": json.dumps(inp["feature_names"] or []),
         "output": f"{OUTPUT_NAME}: softmax over class_names",
-        "producer_versions": json.dumps(
-            {
-                "tensorflow": tf.__version__,
-                "keras": keras.__version__,
-                "tf2onnx": tf2onnx.__version__,
-                "onnx": onnx.__version__,
-            }
-        ),
-        "mlflow_run_id": run_id or "",
+        "producer_versions": json.dumps(metadata["producer_versions"]),
+        "mlflow_run_id": metadata["mlflow_run_id"] or "",
     }
 
 
@@ -220,77 +247,39 @@ def quantize_int8(
     onnx.save_model(model, str(out), save_as_external_data=False)
 
 
-def export(
-    model_path: Path,
-    prepared_dir: str,
-    out_dir: Path,
-    params: ExportParams,
-    seed: int,
-    run_id: str | None,
-    register: Callable[[Path], dict] | None = None,
-) -> dict[str, Any]:
-    """Build every exported artifact in a temporary directory, then move it onto `out_dir`.
+def file_facts(path: Path) -> dict[str, Any]:
+    """Size and content hash of an exported file or directory."""
+    if path.is_dir():
+        return {"bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()), "sha256": tree_sha256(path)}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
-    `register(onnx_path)` (the stage passes MLflow's registration) runs before metadata.json is
-    written, so the file is written once, registry version included, inside the atomic directory."""
-    from pipeline.model import applied_normalization, load_keras_model
-    from pipeline.records import read_meta
 
-    meta = read_meta(prepared_dir)
+def build_exports(model, meta, prepared_dir: str, params, metadata: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Every exported form into `out` (a fresh directory), and metadata.json; returns the metadata."""
+    serve = serving_function(model)
+    properties = onnx_properties(metadata)
+    export_saved_model(model, serve, out / "saved_model")
+    export_onnx(serve, params.opset, properties, out / "model.onnx")
+    batches = calibration_batches(calibration_sample(prepared_dir, meta, params.calibration_size, params.seed))
+    quantize_int8(out / "model.onnx", metadata["input"]["name"], batches, out / "model.int8.onnx", properties)
+    files = {name: file_facts(out / name) for name in ("model.onnx", "model.int8.onnx", "saved_model")}
+    full = {**metadata, "files": files}
+    (out / "metadata.json").write_text(json.dumps(full, indent=2) + "\n")
+    return full
+
+
+def load_for_export(model_path: Path, meta):
+    """The trained model in float32, checked against the prepared data it will be fed."""
+    from pipeline.model import load_keras_model
+
     model = float32_model(load_keras_model(str(model_path)))
-    input_name, input_dtype, input_shape = model_input(model)
+    _, input_dtype, input_shape = model_input(model)
     if input_shape != tuple(meta.input_shape) or input_dtype != meta.dtype:
         raise PipelineError(
             f"{model_path}: model input {input_dtype} {input_shape} does not match the prepared "
             f"data's {meta.dtype} {tuple(meta.input_shape)} (rerun `dvc repro train`)"
         )
-    serve = serving_function(model)
-    normalization = applied_normalization(model)
-    metadata = onnx_metadata(meta, input_dtype, normalization, run_id)
-    # The model card in out_dir is verify's, about the model being replaced: it goes first.
-    (out_dir / MODEL_CARD).unlink(missing_ok=True)
-    with atomic_members(out_dir) as tmp:
-        export_saved_model(model, serve, tmp / "saved_model")
-        export_onnx(serve, params.opset, metadata, tmp / "model.onnx")
-        batches = calibration_batches(calibration_sample(prepared_dir, meta, params.calibration_size, seed))
-        quantize_int8(tmp / "model.onnx", input_name, batches, tmp / "model.int8.onnx", metadata)
-        files = {}
-        for name in ("model.onnx", "model.int8.onnx"):
-            if (tmp / name).exists():
-                files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
-        saved = tmp / "saved_model"
-        files["saved_model"] = {
-            "bytes": sum(p.stat().st_size for p in saved.rglob("*") if p.is_file()),
-            "sha256": tree_sha256(saved),
-        }
-        info = {
-            "input": {
-                "name": input_name,
-                "dtype": input_dtype,
-                "shape": [BATCH_DIM, *meta.input_shape],
-                "layout": input_layout(meta),
-                "feature_names": meta.feature_names,
-                "range": [0, 255] if meta.is_image else None,
-                "meaning": input_description(meta),
-            },
-            "output": {
-                "name": OUTPUT_NAME,
-                "dtype": "float32",
-                "shape": [BATCH_DIM, meta.num_classes],
-                "meaning": "softmax probabilities over class_names",
-            },
-            "class_names": meta.class_names,
-            # Information only: the model applies it to its raw input.
-            "normalization_inside": normalization,
-            "opset": params.opset,
-            "files": files,
-            "source_model": {"path": str(model_path), "sha256": file_sha256(model_path)},
-            "producer_versions": json.loads(metadata["producer_versions"]),
-            "mlflow_run_id": run_id,
-            "mlflow_registered_model": register(tmp / "model.onnx") if register else None,
-        }
-        (tmp / "metadata.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info
+    return model
 
 
 def version_tags(evaluation: dict, run_id: str, data_name: str) -> dict[str, Any]:
@@ -308,49 +297,77 @@ def version_tags(evaluation: dict, run_id: str, data_name: str) -> dict[str, Any
     }
 
 
+def export_model(model_path: Path, prepared_dir: str, out_dir: Path, params, run_id: str | None = None) -> dict:
+    """Every exported form of the model at `model_path` into `out_dir`, atomically; returns the
+    metadata (the stage does the same, registering the result)."""
+    from pipeline.atomic import atomic_dir
+    from pipeline.records import read_meta
+
+    meta = read_meta(prepared_dir)
+    model = load_for_export(model_path, meta)
+    with atomic_dir(out_dir) as tmp:
+        return build_exports(model, meta, prepared_dir, params, export_metadata(meta, model, run_id, params.opset), tmp)
+
+
 def read_evaluation(path: Path) -> dict:
+    evaluation = read_output(path, "evaluate", "test.accuracy and gate.passed")
     try:
-        evaluation = json.loads(path.read_text())
         passed, reason = bool(evaluation["gate"]["passed"]), evaluation["gate"]["reason"]
         float(evaluation["test"]["accuracy"])
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found (run `dvc repro evaluate`)") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         raise PipelineError(f"{path}: not an evaluate metrics file (needs test.accuracy and gate.passed)") from None
     if not passed:
         raise PipelineError(f"{path}: the quality gate failed ({reason}); nothing to export")
     return evaluation
 
 
+STAGE = Stage(
+    "export",
+    __doc__,
+    params=("export", "mlflow.registered_model_name"),
+    inputs=("prepared", "model", "metrics", "run_file"),
+    outputs=("out", "registration"),
+)
+
+
+def export(paths: dict[str, Path], params, run) -> StageResult:
+    """exported/ whole (written atomically by the edge), then, once it is in place, a new registry
+    version of the ONNX model as `challenger`, recorded in the registration report."""
+    from pipeline.records import read_meta
+    from pipeline.registry import CHALLENGER, registered_model_name
+
+    evaluation = read_evaluation(paths["metrics"])
+    meta = read_meta(paths["prepared"])
+    model = load_for_export(paths["model"], meta)
+    metadata = export_metadata(meta, model, run.run_id, params.export.opset)
+    built: dict[str, Any] = {}
+    name = registered_model_name(params.mlflow.registered_model_name, meta)
+
+    def build(directory: Path) -> None:
+        built.update(build_exports(model, meta, str(paths["prepared"]), params.export, metadata, directory))
+
+    def register(run) -> list[str]:
+        from pipeline.stage import write_output
+
+        sizes = ", ".join(f"{file} {facts['bytes'] / 1024:,.0f} KiB" for file, facts in built["files"].items())
+        registry = run.registry
+        version = registry.register_onnx(run.run_id, paths["out"] / "model.onnx", name, metadata)
+        registry.tag_version(name, version, version_tags(evaluation, run.run_id, meta.name))
+        registry.set_alias(name, CHALLENGER, version)
+        from pipeline.tracking import portable_uri
+
+        write_output(paths["registration"], {
+            "name": name, "version": version, "run_id": run.run_id, "tracking_uri": portable_uri(run.tracking_uri),
+            "files": built["files"],
+        })  # fmt: skip
+        return [f"{sizes}; registered {name} v{version} as {CHALLENGER}"]
+
+    return StageResult(outputs={"out": build}, summary="", artifacts={"out": "export"}, publish=register)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("export", __doc__)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--model", default="models/model.keras")
-    parser.add_argument("--metrics", default="reports/metrics.json", help="evaluate's verdict, tagged on the version")
-    parser.add_argument("--run-file", default="models/mlflow_run.json")
-    parser.add_argument("--out", default="exported")
-    args = parser.parse_args(argv)
-
-    params = load_params(args.params)
-    evaluation = read_evaluation(Path(args.metrics))
-    from pipeline.tracking import CHALLENGER, Tracker
-
-    tracker = Tracker.resume(args.run_file)
-    out = Path(args.out)
-    name = params.registered_model_name
-
-    def register(onnx_path: Path) -> dict:
-        version = tracker.log_onnx_model(onnx_path, name)
-        tracker.registry.tag_version(name, version, version_tags(evaluation, tracker.run_id, params.data.dataset_name))
-        tracker.registry.set_alias(name, CHALLENGER, version)
-        return {"name": name, "version": version}
-
-    info = export(Path(args.model), args.prepared, out, params.export, params.prepare.seed, tracker.run_id, register)
-    tracker.log_artifact(out / "saved_model", "saved_model")
-    tracker.log_artifact(out / "metadata.json", "export")
-    sizes = ", ".join(f"{file} {f['bytes'] / 1024:,.0f} KiB" for file, f in info["files"].items())
-    print(f"export: {sizes}; registered {name} v{info['mlflow_registered_model']['version']} as challenger")
+    run_stage(STAGE, export, argv)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -8,7 +8,6 @@ or an archive (.tar.gz, .tgz, .tar, .zip; a path or a URL). The files the chosen
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tarfile
@@ -22,11 +21,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir
-from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError, first_line
 from pipeline.hashing import content_sha256
-from pipeline.params import DataParams, load_params
+from pipeline.params import DataParams
 from pipeline.schema import FormatSection
+from pipeline.stage import Stage, StageResult, run_stage
 
 _DOWNLOAD_CHUNK = 1 << 16
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -174,26 +173,30 @@ def gather(data: DataParams, dest: Path, scratch: Path) -> None:
             copy_local(root, name, target, data)
 
 
-def fetch(data: DataParams, out_dir: Path) -> dict[str, str]:
-    """Fill `out_dir` with the verified raw files. Returns relative path -> sha256 of decompressed
-    content for each file of a fixed-list format (idx, cifar10, csv) and each file named in sha256."""
+def fill(data: DataParams, directory: Path) -> dict[str, str]:
+    """Put the verified raw files in `directory` (a fresh one). Returns relative path -> sha256 of
+    decompressed content for each file of a fixed-list format (idx, cifar10, csv) and each file
+    named in sha256."""
     check_source(data)
     section = data.selected
     where = f"data.{data.format}.sha256"
     checksums = section.sha256 or {}
-    with (
-        atomic_dir(out_dir) as tmp,
-        tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{out_dir.name}.tmp-{os.getpid()}-scratch-") as scratch,
-    ):
-        gather(data, tmp, Path(scratch))
-        missing = sorted(name for name in checksums if not (tmp / name).is_file())
-        if missing:
-            raise PipelineError(f"{where}: names {missing[0]!r}, which data.source does not hold")
-        files = [n for n in section.files() if not n.endswith("/")]
-        return {
-            name: verify(tmp / name, checksums.get(name), where, source_label(data.source, name))
-            for name in sorted(set(files) | set(checksums))
-        }
+    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f"{directory.name}-scratch-") as scratch:
+        gather(data, directory, Path(scratch))
+    missing = sorted(name for name in checksums if not (directory / name).is_file())
+    if missing:
+        raise PipelineError(f"{where}: names {missing[0]!r}, which data.source does not hold")
+    files = [n for n in section.files() if not n.endswith("/")]
+    return {
+        name: verify(directory / name, checksums.get(name), where, source_label(data.source, name))
+        for name in sorted(set(files) | set(checksums))
+    }
+
+
+def fetch(data: DataParams, out_dir: Path) -> dict[str, str]:
+    """`fill` into `out_dir`, atomically (the old raw data or the new)."""
+    with atomic_dir(out_dir) as tmp:
+        return fill(data, tmp)
 
 
 def source_label(source: str, name: str) -> str:
@@ -203,16 +206,29 @@ def source_label(source: str, name: str) -> str:
     return f"{source.rstrip('/')}/{name}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("fetch", __doc__)
-    parser.add_argument("--out", default="data/raw", help="directory for the raw files")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
+STAGE = Stage("fetch", __doc__, params=("data",), inputs=(), outputs=("out",), tracked=False)
+
+
+def fetch_stage(paths: dict[str, Path], params) -> StageResult:
     data = params.data
-    fetch(data, Path(args.out))
-    count = sum(1 for p in Path(args.out).rglob("*") if p.is_file())
-    print(f"fetch: {count} {data.format} files in {args.out} ({len(data.selected.sha256 or {})} checksums verified)")
+    check_source(data)  # before anything is written
+    fetched: list[int] = []
+
+    def build(directory: Path) -> None:
+        fill(data, directory)
+        fetched.append(sum(1 for p in directory.rglob("*") if p.is_file()))
+
+    return StageResult(
+        outputs={"out": build},
+        summary=lambda: (
+            f"{fetched[0]} {data.format} files in {paths['out']} ({len(data.selected.sha256 or {})} checksums verified)"
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage(STAGE, fetch_stage, argv)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

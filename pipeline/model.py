@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.errors import PipelineError, first_line
 from pipeline.normalization import Normalization, choose, preprocessing_layers
 from pipeline.presets import check_fits, normalization_for_model, preset_layers
+from pipeline.records import input_name
 
 # Keyword arguments every Keras layer takes through **kwargs.
 _BASE_LAYER_ARGS = {"name", "dtype", "trainable", "autocast", "input_shape", "input_dim"}
@@ -66,11 +67,6 @@ def make_layers(spec: list[dict[str, dict[str, Any]]]) -> list:
             first = first_line(exc)
             raise PipelineError(f"params.yaml: {where}: {name}({args}) failed: {first}") from None
     return layers
-
-
-def input_name(input_shape: tuple[int, ...]) -> str:
-    """The model's input name: `image` for (h, w, c) images, `features` for table rows."""
-    return "image" if len(input_shape) == 3 else "features"
 
 
 def model_normalization(

@@ -1,4 +1,4 @@
-"""The model card (exported/MODEL_CARD.md): what a deployer should know about the exported model,
+"""The model card (reports/model_card.md): what a deployer should know about the exported model,
 from what the stages recorded. `verify` writes it, since only it knows the parity results, logs it
 to the MLflow run and makes it the registered version's description.
 
@@ -20,8 +20,7 @@ class CardInputs:
     training: dict[str, Any]  # reports/train.json
     hyper: dict[str, Any]  # the train section as trained (resolved preset values)
     evaluation: dict[str, Any]  # reports/metrics.json
-    parity: dict[str, Any]  # reports/parity.json (this verify's)
-    benchmark: dict[str, Any] | None  # reports/bench.json, when present
+    parity: dict[str, Any]  # reports/parity.json (this verify's, with its latency measurements)
 
 
 def _pct(x: float) -> str:
@@ -176,27 +175,21 @@ def results_section(c: CardInputs) -> list[str]:
     if "onnx_int8" in fmts:
         drop = fmts["onnx_int8"].get("accuracy_drop_vs_float32", 0.0)
         lines += ["", f"int8 accuracy drop against float32: {drop:.4f} (allowed: {c.parity.get('max_int8_drop', '')})."]
-    lines += ["", *latency_lines(c.benchmark, c.metadata)]
+    lines += ["", *latency_lines(c.parity)]
     return lines
 
 
-def latency_lines(bench: dict | None, metadata: dict) -> list[str]:
-    if not bench or "engines" not in bench:
-        return ["Latency: not measured yet (`python benchmarks/inference.py` writes `reports/bench.json`)."]
-    machine = bench.get("machine", {})
-    where = f"{machine.get('logical_cpus', '?')} logical CPUs, onnxruntime {machine.get('onnxruntime', '?')}"
-    measured = bench.get("model_sha256")
-    current = metadata.get("files", {}).get("model.onnx", {}).get("sha256")
-    note = "" if measured and measured == current else " (measured on an earlier export of this pipeline)"
-    rows = [
-        [name, f"{e['batch1']['median_ms']:.3f}", f"{e['batch256_images_per_s']:,.0f}"]
-        for name, e in bench["engines"].items()
-        if name.startswith(("onnxruntime", "saved_model"))
-    ]
+def latency_lines(parity: dict) -> list[str]:
+    timed = parity.get("latency")
+    if not timed:
+        return ["Latency: not measured."]
+    rows = [[name, f"{e['batch1_median_ms']:.3f}", f"{e['batch256_images_per_s']:,.0f}"]
+            for name, e in timed["engines"].items()]  # fmt: skip
     return [
-        f"Latency from `benchmarks/inference.py` ({where}){note}:",
+        f"Latency of these very files, timed by `verify` ({timed['cpus']} logical CPUs, onnxruntime "
+        f"{timed['onnxruntime']}, CPU provider; `benchmarks/inference.py` measures more carefully):",
         "",
-        *_table(["engine", "batch 1 median ms", "batch 256 images/s"], rows),
+        *_table(["file", "batch 1 median ms", "batch 256 images/s"], rows),
     ]
 
 

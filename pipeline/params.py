@@ -227,8 +227,9 @@ class GateParams(Section):
     min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.90
     # Fail when test accuracy falls more than this below the baseline's (null: no such check).
     max_drop: Annotated[float, Field(ge=0, le=1)] | None = 0.02
-    # champion: the registry's champion, when it was tested on the same test split; else a metrics file.
-    baseline: str | None = "champion"
+    # champion: the registry's champion, when it was tested on the same test split; null: none.
+    # (Against an earlier commit's metrics: `dvc metrics diff`.)
+    baseline: Literal["champion"] | None = "champion"
 
 
 class EvaluateParams(Section):
@@ -241,9 +242,22 @@ class EvaluateParams(Section):
 # --------------------------------------------------------------------------- export
 class ExportParams(Section):
     opset: Annotated[int, Field(ge=13, le=21)] = 17
+    # A seeded sample of the train split calibrates the int8 quantization.
     calibration_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+    seed: Seed = 42
+
+
+# --------------------------------------------------------------------------- verify
+class VerifyParams(Section):
+    # float32 forms: largest |Δ| of any probability against Keras; 100 % argmax agreement always.
+    max_abs_diff: Annotated[float, Field(gt=0, le=1)] = 1e-4
+    # int8 forms: accuracy at most this below float32 ONNX.
     max_int8_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
-    batch_size: BatchSize = 256
+    batch_size: BatchSize = 256  # of the parity pass
+    # The same inputs in batches of each size must give the same outputs (within max_abs_diff / 10);
+    # the first examples of the test split, enough that every size leaves a ragged last batch.
+    batch_sizes: Annotated[list[BatchSize], Field(min_length=2)] = [1, 7, 256]
+    batch_check_examples: Annotated[int, Field(ge=1, le=100_000)] = 263
 
 
 # --------------------------------------------------------------------------- promote
@@ -274,16 +288,9 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
+    verify: VerifyParams = VerifyParams()
     promote: PromoteParams = PromoteParams()
     mlflow: MlflowParams = MlflowParams()
-
-    @property
-    def experiment_name(self) -> str:
-        return self.mlflow.experiment_name or self.data.dataset_name
-
-    @property
-    def registered_model_name(self) -> str:
-        return self.mlflow.registered_model_name or f"{self.data.dataset_name}-classifier"
 
 
 # --------------------------------------------------------------------------- loading
@@ -397,3 +404,26 @@ def flatten(params: Params) -> dict[str, Any]:
             del dumped["data"][name]
     walk("", dumped)
     return out
+
+
+class Scoped:
+    """The validated params as one stage sees them: the keys it declares (dotted, as dvc.yaml lists
+    them) and what lies below them. Any other key is a programming error naming the key, so a
+    stage cannot read a param whose change would not rerun it."""
+
+    def __init__(self, value: Any, keys: tuple[str, ...], path: str = ""):
+        self._value, self._keys, self._path = value, keys, path
+
+    def __getattr__(self, name: str) -> Any:
+        full = f"{self._path}.{name}" if self._path else name
+        if any(full == key or full.startswith(f"{key}.") for key in self._keys):
+            return getattr(self._value, name)
+        if any(key.startswith(f"{full}.") for key in self._keys):
+            return Scoped(getattr(self._value, name), self._keys, full)
+        raise AttributeError(f"params key {full!r} is not among this stage's params {list(self._keys)} (dvc.yaml)")
+
+
+def stage_params(path: str | os.PathLike, keys: tuple[str, ...]) -> Scoped:
+    """params.yaml validated whole (a mistake anywhere stops the first stage that runs), seen
+    through the keys the stage declares."""
+    return Scoped(load_params(path), keys)

@@ -13,6 +13,7 @@ functions as an Apache Beam pipeline (pipeline/beam.py). No TensorFlow is import
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import sys
@@ -24,14 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_dir, write_json
-from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.formats import FORMATS, decode_chunk
 from pipeline.formats.base import Decoded, Scan
+from pipeline.hashing import tree_sha256
 from pipeline.normalization import PIXEL_SCALE, Moments
-from pipeline.params import DataParams, Params, PrepareParams, load_params
+from pipeline.params import DataParams, PrepareParams
 from pipeline.records import META_FILE, SPLITS, PreparedMeta, SplitWriter, serialize_example
 from pipeline.schema import positive_class_problem
+from pipeline.stage import Stage, StageResult, run_stage
 
 TRAIN, VAL, TEST = range(3)  # a split's code; SPLITS names them
 # A class this many times rarer than the largest, in the train split, gets prepare's warning.
@@ -235,42 +237,60 @@ def write_beam(raw_dir: Path, data: DataParams, scan: Scan, plan: dict[str, np.n
     return Written(**result)
 
 
-def prepare(raw_dir: Path, out_dir: Path, params: Params, workers: int | None = None) -> dict:
-    """Write the prepared splits to `out_dir`; returns the data report."""
-    data, settings = params.data, params.prepare
+def prepare_into(raw_dir: Path, directory: Path, data: DataParams, settings: PrepareParams,
+                 workers: int | None = None) -> dict:  # fmt: skip
+    """Write the prepared splits into `directory` (a fresh one); returns the data report."""
     scan = scan_raw(raw_dir, data)
     positive = checked_classes(scan.parts["train"].labels, scan.class_names, data)
     plan = plan_splits(scan, settings)
+    if settings.runner == "beam":
+        written = write_beam(raw_dir, data, scan, plan, directory, settings)
+    else:
+        written = write_local(raw_dir, data, scan, plan, directory, settings.shard_size,
+                              workers or worker_count(settings.workers))  # fmt: skip
+    if not written.counts["train"]:
+        raise PipelineError(f"data.{data.format}: no readable training examples (every one was skipped)")
+    meta = PreparedMeta(
+        input_shape=scan.input_shape,
+        class_names=list(scan.class_names),
+        statistics=written.moments.normalization(
+            PIXEL_SCALE if scan.is_image else 1.0, single=scan.is_image and scan.input_shape[-1] == 1
+        ),
+        counts=written.counts,
+        shards=written.shards,
+        dtype=scan.dtype,
+        feature_names=scan.feature_names,
+        class_counts=written.class_counts,
+        positive_class=positive,
+        name=data.dataset_name,
+        source=data.source,
+        format=data.format,
+        split_sha256={split: tree_sha256(directory / split) for split in SPLITS},
+    )
+    write_json(directory / META_FILE, meta.to_dict())
+    return data_report(data, meta, written)
+
+
+def prepare(raw_dir: Path, out_dir: Path, params, workers: int | None = None) -> dict:
+    """`prepare_into` `out_dir`, atomically (the old prepared data or the new)."""
     with atomic_dir(out_dir) as tmp:
-        if settings.runner == "beam":
-            written = write_beam(raw_dir, data, scan, plan, tmp, settings)
-        else:
-            written = write_local(raw_dir, data, scan, plan, tmp, settings.shard_size,
-                                  workers or worker_count(settings.workers))  # fmt: skip
-        if not written.counts["train"]:
-            raise PipelineError(f"data.{data.format}: no readable training examples (every one was skipped)")
-        meta = PreparedMeta(
-            input_shape=scan.input_shape,
-            class_names=list(scan.class_names),
-            statistics=written.moments.normalization(
-                PIXEL_SCALE if scan.is_image else 1.0, single=scan.is_image and scan.input_shape[-1] == 1
-            ),
-            counts=written.counts,
-            shards=written.shards,
-            dtype=scan.dtype,
-            feature_names=scan.feature_names,
-            class_counts=written.class_counts,
-            positive_class=positive,
-        )
-        write_json(tmp / META_FILE, meta.to_dict())
-    return data_report(data.format, meta, written)
+        return prepare_into(raw_dir, tmp, params.data, params.prepare, workers)
 
 
-def data_report(fmt: str, meta: PreparedMeta, written: Written) -> dict:
-    """reports/data.json: counts, classes, the train inputs' statistics, the leakage check, skips."""
+def data_report(data: DataParams, meta: PreparedMeta, written: Written) -> dict:
+    """reports/data.json: where the data came from, counts, classes, the train inputs' statistics,
+    the leakage check, skips."""
     digests, pooled, scale = written.digests, written.moments.pooled(), meta.statistics.scale
     return {
-        "format": fmt,
+        "format": data.format,
+        # As params.yaml names them (the model card shows them): the data set, its source, and the
+        # checksums fetch verified.
+        "source": {
+            "name": meta.name,
+            "format": data.format,
+            "source": data.source,
+            "checksums": data.selected.sha256 or {},
+        },  # fmt: skip
         "input_shape": list(meta.input_shape),
         "num_classes": meta.num_classes,
         "counts": meta.counts,
@@ -288,24 +308,37 @@ def data_report(fmt: str, meta: PreparedMeta, written: Written) -> dict:
     }
 
 
+STAGE = Stage("prepare", __doc__, params=("data", "prepare"), inputs=("raw",), outputs=("out", "report"),
+              tracked=False)  # fmt: skip
+
+
+def prepare_stage(paths: dict[str, Path], params) -> StageResult:
+    reports: list[dict] = []
+
+    def build(directory: Path) -> None:
+        reports.append(prepare_into(paths["raw"], directory, params.data, params.prepare))
+
+    def summary() -> str:
+        report = reports[0]
+        for warning in report["warnings"]:
+            print(f"prepare: warning: {warning}", file=sys.stderr)
+        counts = ", ".join(f"{k} {v}" for k, v in report["counts"].items())
+        skipped = report["skipped"]["count"]
+        return (
+            f"{counts} examples in {paths['out']}; {report['duplicates']['test_in_train']} test examples also in "
+            f"train/val" + (f"; {skipped} unreadable files skipped" if skipped else "")
+        )
+
+    # The report is written after the prepared data (outputs in order), from what building it found.
+    def report(path: Path) -> None:
+        path.write_text(json.dumps(reports[0], indent=2) + "\n")
+
+    return StageResult(outputs={"out": build, "report": report}, summary=summary)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("prepare", __doc__)
-    parser.add_argument("--raw", default="data/raw")
-    parser.add_argument("--out", default="data/prepared")
-    parser.add_argument("--report", default="reports/data.json")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    report = prepare(Path(args.raw), Path(args.out), params)
-    write_json(args.report, report)
-    for warning in report["warnings"]:
-        print(f"prepare: warning: {warning}", file=sys.stderr)
-    counts = ", ".join(f"{k} {v}" for k, v in report["counts"].items())
-    print(
-        f"prepare: {counts} examples in {args.out}; "
-        f"{report['duplicates']['test_in_train']} test examples also in train/val"
-        + (f"; {report['skipped']['count']} unreadable files skipped" if report["skipped"]["count"] else "")
-    )
+    run_stage(STAGE, prepare_stage, argv)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

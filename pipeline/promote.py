@@ -12,13 +12,15 @@ on the same test split and moves `champion` to the challenger only when every ch
 The first model becomes champion. Each decision goes to reports/promotion.json (a DVC metric) and
 onto both versions' tags. A challenger that loses is an outcome, not an error: the stage succeeds.
 
-    python -m pipeline.promote                 # the stage (dvc.yaml)
-    python -m pipeline.promote --rollback      # champion back to the version it replaced
-    python -m pipeline.promote --champion 3    # champion to version 3, by hand
+    dvc repro promote                                                  # the stage
+    python -m pipeline.promote --registration reports/export.json --rollback     # champion back
+    python -m pipeline.promote --registration reports/export.json --champion 3   # champion to v3
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import write_json
-from pipeline.cli import run_cli, stage_parser
+from pipeline.cli import run_cli
 from pipeline.errors import PipelineError
-from pipeline.params import Params, PromoteParams, load_params
-from pipeline.tracking import CHAMPION
+from pipeline.params import PromoteParams
+from pipeline.registry import CHAMPION
+from pipeline.stage import Stage, StageResult, read_output, run_stage
 
 PREVIOUS = "promotion.previous_champion"
 
@@ -122,30 +124,26 @@ def predicted_classes(prepared: str, meta, *models) -> tuple[np.ndarray, ...]:
 
 
 # ----------------------------------------------------------------------------- the decision
-def promote(registry, name: str, challenger: str, prepared: str, params: PromoteParams) -> dict[str, Any]:
-    """Compare, decide, move the alias when the challenger wins, and tag both versions."""
-    from pipeline.hashing import tree_sha256
-    from pipeline.records import read_meta
-
+def decide(registry, name: str, challenger: str, prepared: str, meta, params) -> dict[str, Any]:
+    """The decision: compare the challenger with the champion on the same test split (reading the
+    registry, changing nothing in it)."""
     champion = registry.version_by_alias(name, CHAMPION)
     version = registry.version(name, challenger)
-    test_sha256 = tree_sha256(Path(prepared) / "test")
     decision: dict[str, Any] = {
         "registered_model": name,
         "challenger": challenger,
         "champion_before": str(champion.version) if champion else None,
-        "test_sha256": test_sha256,
+        "test_sha256": meta.split_sha256["test"],
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if version.tags.get("parity") != "passed":
-        return finish(registry, decision, False, f"v{challenger} has not passed verify's parity checks")
+        return conclude(decision, False, f"v{challenger} has not passed verify's parity checks")
     if champion is None:
-        return finish(registry, decision, True, "first model: no champion yet")
+        return conclude(decision, True, "first model: no champion yet")
     if str(champion.version) == challenger:
-        return finish(registry, decision, True, f"v{challenger} is already the champion")
+        return conclude(decision, True, f"v{challenger} is already the champion")
 
-    meta = read_meta(prepared)
-    from pipeline.predict import OnnxClassifier  # the deployment's own reader of an exported file
+    from pipeline.classifier import OnnxClassifier  # the deployment's own reader of an exported file
 
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
         try:
@@ -155,19 +153,25 @@ def promote(registry, name: str, challenger: str, prepared: str, params: Promote
         if champion_model is None or not comparable(champion_model, meta):
             reason = (f"champion v{champion.version} predicts other classes or takes another input; compare "
                       "impossible (move the alias by hand: --champion VERSION)")  # fmt: skip
-            return finish(registry, decision, False, reason)
+            return conclude(decision, False, reason)
         challenger_model = OnnxClassifier(registry.download_onnx(name, challenger, Path(tmp) / "challenger"))
         labels, champion_pred, challenger_pred = predicted_classes(prepared, meta, champion_model, challenger_model)
     result = compare(labels, champion_pred, challenger_pred, meta.class_names, params)
     decision.update(result, examples=int(len(labels)),
                     champion_test_sha256=champion.tags.get("data.test_sha256"))  # fmt: skip
-    reason = "every check passed" if result["passed"] else failed_reasons(result)
-    return finish(registry, decision, result["passed"], reason)
+    return conclude(decision, result["passed"], "every check passed" if result["passed"] else failed_reasons(result))
 
 
-def finish(registry, decision: dict[str, Any], promoted: bool, reason: str) -> dict[str, Any]:
+def conclude(decision: dict[str, Any], promoted: bool, reason: str) -> dict[str, Any]:
+    before = decision["champion_before"]
+    return {**decision, "promoted": promoted, "reason": reason,
+            "champion_after": decision["challenger"] if promoted else before}  # fmt: skip
+
+
+def record(registry, decision: dict[str, Any]) -> None:
+    """The decision in the registry: `champion` moved when the challenger won, both versions tagged."""
     name, challenger, before = decision["registered_model"], decision["challenger"], decision["champion_before"]
-    decision.update(promoted=promoted, reason=reason, champion_after=challenger if promoted else before)
+    reason, promoted = decision["reason"], decision["promoted"]
     tags = {"promotion.decision": "champion" if promoted else "rejected", "promotion.reason": reason,
             "promotion.time": decision["time"]}  # fmt: skip
     if "checks" in decision:
@@ -181,7 +185,6 @@ def finish(registry, decision: dict[str, Any], promoted: bool, reason: str) -> d
             tags[PREVIOUS] = before
         registry.set_alias(name, CHAMPION, challenger)
     registry.tag_version(name, challenger, tags)
-    return decision
 
 
 def set_champion(registry, name: str, version: str | None) -> str:
@@ -207,41 +210,54 @@ def set_champion(registry, name: str, version: str | None) -> str:
     return str(version)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("promote", __doc__)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--exported", default="exported")
-    parser.add_argument("--report", default="reports/promotion.json")
-    what = parser.add_mutually_exclusive_group()
+STAGE = Stage("promote", __doc__, params=("promote",), inputs=("prepared", "registration"), outputs=("report",),
+              tracked=False)  # fmt: skip
+
+
+def registry_of(registration: dict):
+    """The registry that holds the exported model (MLFLOW_TRACKING_URI wins, as for every stage)."""
+    from pipeline.registry import Registry
+    from pipeline.tracking import existing_store_client, portable_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(registration["tracking_uri"])
+    missing = f"MLflow store {portable_uri(uri)} does not exist (set MLFLOW_TRACKING_URI, or run `dvc repro`)"
+    return Registry(existing_store_client(uri, missing), uri)
+
+
+def promote(paths: dict[str, Path], params) -> StageResult:
+    from pipeline.records import read_meta
+
+    registered = read_output(paths["registration"], "export", "name and version")
+    registry = registry_of(registered)
+    meta = read_meta(paths["prepared"])
+    name = registered["name"]
+    decision = decide(registry, name, str(registered["version"]), str(paths["prepared"]), meta, params.promote)
+    verdict = "promoted to champion" if decision["promoted"] else f"kept champion v{decision['champion_before']}"
+    record(registry, decision)  # the registry is no output of DVC's: the decision file is written after it
+    return StageResult(outputs={"report": decision},
+                       summary=f"{name} v{decision['challenger']} {verdict} ({decision['reason']})")  # fmt: skip
+
+
+def move_by_hand(argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.promote", description="move the champion alias by hand")
+    parser.add_argument("--registration", required=True, type=Path, help="export's report (reports/export.json)")
+    what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--rollback", action="store_true", help="move champion back to the version it replaced")
     what.add_argument("--champion", metavar="VERSION", help="move champion to this registered version")
+    parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
+    registered = read_output(args.registration, "export", "name and version")
+    version = set_champion(registry_of(registered), registered["name"], args.champion)
+    print(f"promote: {registered['name']}@champion is now v{version}")
 
-    params: Params = load_params(args.params)
-    from pipeline.tracking import Registry
 
-    registry = Registry.open(params.mlflow.tracking_uri)
-    name = params.registered_model_name
-    if args.rollback or args.champion:
-        version = set_champion(registry, name, args.champion)
-        print(f"promote: {name}@champion is now v{version}")
-        return
-
-    from pipeline.verify import read_registered
-
-    registered = read_registered(Path(args.exported))
-    if not registered:
-        raise PipelineError(f"{args.exported}/metadata.json: the export registered no model version")
-    if registered["name"] != name:
-        raise PipelineError(
-            f"{args.exported}/metadata.json: exported as {registered['name']}, but params name {name} "
-            "(rerun `dvc repro export`)"
-        )
-    decision = promote(registry, name, str(registered["version"]), args.prepared, params.promote)
-    write_json(args.report, decision)
-    verdict = "promoted to champion" if decision["promoted"] else f"kept champion v{decision['champion_before']}"
-    print(f"promote: {name} v{decision['challenger']} {verdict} ({decision['reason']})")
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--rollback" in argv or "--champion" in argv:
+        run_cli(move_by_hand, argv)
+    else:
+        run_stage(STAGE, promote, argv)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

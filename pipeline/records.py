@@ -49,10 +49,22 @@ class PreparedMeta:
     class_counts: dict[str, list[int]] | None = None
     # The class binary metrics (ROC AUC, precision, ...) are about: two-class data only.
     positive_class: str | None = None
+    # The data set's name (data.name, or from the source) and data.source: what MLflow names the
+    # experiment, the registered model and the datasets after.
+    name: str = "data"
+    source: str = ""
+    format: str = ""  # data.format of the raw data (idx, cifar10, image_folder, csv)
+    # Each split's content hash (hashing.tree_sha256 of its shards): MLflow's dataset digests, and
+    # what the gate and promote check a champion was tested on.
+    split_sha256: dict[str, str] | None = None
 
     @property
     def is_image(self) -> bool:
         return len(self.input_shape) == 3
+
+    @property
+    def input_name(self) -> str:
+        return input_name(self.input_shape)
 
     @property
     def num_classes(self) -> int:
@@ -61,6 +73,9 @@ class PreparedMeta:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "source": self.source,
+            "format": self.format,
             "input_shape": list(self.input_shape),
             "dtype": self.dtype,
             "feature_names": self.feature_names,
@@ -70,7 +85,16 @@ class PreparedMeta:
             "counts": self.counts,
             "class_counts": self.class_counts,
             "shards": self.shards,
+            "split_sha256": self.split_sha256,
         }
+
+
+OUTPUT_NAME = "probabilities"  # what every model and exported form outputs: softmax over the classes
+
+
+def input_name(input_shape: tuple[int, ...]) -> str:
+    """The models' input name: `image` for (h, w, c) images, `features` for table rows."""
+    return "image" if len(input_shape) == 3 else "features"
 
 
 def shard_name(index: int, count: int) -> str:
@@ -211,13 +235,7 @@ def write_split(directory: Path, inputs: np.ndarray, labels: np.ndarray, shard_s
 def read_meta(prepared_dir: str) -> PreparedMeta:
     path = posixpath.join(str(prepared_dir), META_FILE)
     try:
-        if "://" in str(prepared_dir):
-            import tensorflow as tf
-
-            with tf.io.gfile.GFile(path) as f:
-                raw = json.load(f)
-        else:
-            raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise PipelineError(f"{path}: prepared data not found (run `dvc repro prepare`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -235,8 +253,12 @@ def read_meta(prepared_dir: str) -> PreparedMeta:
         shards={k: list(v) for k, v in raw["shards"].items()},
         dtype=raw["dtype"],
         feature_names=raw.get("feature_names"),
-        class_counts=raw.get("class_counts"),
-        positive_class=raw.get("positive_class"),
+        class_counts=raw["class_counts"],
+        positive_class=raw["positive_class"],
+        name=raw["name"],
+        source=raw["source"],
+        format=raw["format"],
+        split_sha256=raw["split_sha256"],
     )
 
 

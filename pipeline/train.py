@@ -1,8 +1,8 @@
 """Stage `train`: a Keras Sequential model from params, fed by tf.data, on whatever devices are
 visible, resumable after a kill, tracked in MLflow.
 
-Writes models/model.keras, models/history.csv (one row per epoch), reports/train.json and the MLflow
-run file that later stages log into.
+Writes the model, its history (one row per epoch), the training report and the MLflow run file that
+later stages log into.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_file, write_json
-from pipeline.cli import run_cli, stage_parser
+from pipeline.atomic import atomic_file
+from pipeline.cli import run_cli
 from pipeline.errors import PipelineError
-from pipeline.hashing import tree_sha256
-from pipeline.params import Params, TrainParams, flatten, load_params
+from pipeline.params import TrainParams, stage_params
 from pipeline.presets import check_fits, resolve
-from pipeline.records import PreparedMeta, read_meta
+from pipeline.records import META_FILE, PreparedMeta, read_meta
+from pipeline.stage import Stage, write_output
 
 if TYPE_CHECKING:
     from pipeline.devices import DeviceSetup
@@ -129,9 +129,9 @@ def current_learning_rate(model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-def training_fingerprint(params: TrainParams, data_hash: str) -> str:
+def training_fingerprint(params: TrainParams, meta: PreparedMeta) -> str:
     """What a resumed backup must match: the same params and the same data."""
-    blob = json.dumps({"train": params.model_dump(mode="json"), "data": data_hash}, sort_keys=True)
+    blob = json.dumps({"train": params.model_dump(mode="json"), "data": meta.to_dict()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -169,7 +169,7 @@ class TrainResult:
 
 
 def train(
-    params: Params,
+    params,
     prepared_dir: Path,
     work_dir: Path,
     on_epoch=None,
@@ -179,8 +179,8 @@ def train(
     loop: str = "auto",
     shared_dir: Path | None = None,
 ) -> TrainResult:
-    """Train on the prepared splits. `work_dir` holds this process's resumable state (backup or
-    checkpoints, history so far).
+    """Train on the prepared splits. `params` has the `train` section (its null keys take the preset's
+    values here). `work_dir` holds this process's resumable state (backup or checkpoints, history so far).
 
     `loop`: `fit` (Keras' model.fit), `custom` (pipeline/multi_worker.py, the same steps driven by
     this project) or `auto`: custom when TF_CONFIG names a cluster, where Keras 3's fit fails.
@@ -242,18 +242,18 @@ def train(
     work_dir.mkdir(parents=True, exist_ok=True)
     history_path = work_dir / "history.csv"
 
+    # Rows of the epochs an interrupted run of this same training finished, then this run's.
+    rows = {int(row["epoch"]): row for row in read_history(history_path)}
+
     class EpochRecorder(keras.callbacks.Callback):
-        """Adds the learning rate to the epoch's logs and appends the row to history.csv."""
+        """Adds the learning rate to the epoch's logs and keeps the history in the work directory, so
+        a resumed training continues it (an epoch redone after a kill replaces its row)."""
 
         def on_epoch_end(self, epoch, logs=None):
             row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
             row["learning_rate"] = current_learning_rate(self.model)
-            new = not history_path.exists()
-            with open(history_path, "a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+            rows[epoch + 1] = row
+            write_history([rows[e] for e in sorted(rows)], history_path)
             if on_epoch is not None:
                 on_epoch(epoch + 1, row)
 
@@ -287,7 +287,7 @@ def train(
         )
     seconds = time.perf_counter() - started
 
-    history = read_history(history_path)
+    history = [rows[e] for e in sorted(rows)]
     if not history:
         raise PipelineError("train: no epoch finished")
     best = min(history, key=lambda row: row.get("val_loss", float("inf")))
@@ -314,62 +314,84 @@ def train(
 
 
 # ----------------------------------------------------------------------------- the stage
-def prepare_work_dir(work_dir: Path, fingerprint: str) -> str | None:
-    """Keep a backup only if it belongs to this exact training; returns the run id it was logging to."""
-    stamp = work_dir / "fingerprint.json"
-    if stamp.exists():
-        saved = json.loads(stamp.read_text())
-        if saved.get("fingerprint") == fingerprint:
-            print(f"train: resuming interrupted training from {work_dir}", file=sys.stderr)
-            return saved.get("run_id")
-        shutil.rmtree(work_dir)
-    elif work_dir.exists():
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    return None
+STAGE = Stage(
+    "train",
+    __doc__,
+    params=("train", "mlflow.tracking_uri", "mlflow.experiment_name"),
+    inputs=("prepared",),
+    outputs=("model", "history", "report", "run_file", "work_dir"),
+)
+CHIEF_STATE = "fingerprint.json"  # in the work directory: which training it holds, and its MLflow run
+
+
+class TrainingState:
+    """The work directory of one training, the one place its resumable state lives: Keras' backup
+    (or the custom loop's checkpoints), the history so far, and which training and MLflow run they
+    belong to. Kept until the training finishes; another training's state is cleared."""
+
+    def __init__(self, directory: Path, fingerprint: str):
+        self.directory, self.fingerprint = directory, fingerprint
+
+    def open(self) -> str | None:
+        """Keep a backup only if it belongs to this exact training; returns the run id it logged to."""
+        stamp = self.directory / CHIEF_STATE
+        if stamp.exists():
+            saved = json.loads(stamp.read_text())
+            if saved.get("fingerprint") == self.fingerprint:
+                print(f"train: resuming interrupted training from {self.directory}", file=sys.stderr)
+                return saved.get("run_id")
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return None
+
+    def remember(self, run_id: str) -> None:
+        (self.directory / CHIEF_STATE).write_text(json.dumps({"fingerprint": self.fingerprint, "run_id": run_id}))
+
+    def resumable(self) -> bool:
+        return any((self.directory / name).exists() for name in ("backup", CHECKPOINTS))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class RunTracking:
     """The chief's MLflow run for one training: opened once Keras has built the model (a bad layer
     list leaves no run), fed each epoch, closed with the outcome. Other workers track nothing."""
 
-    def __init__(self, params: Params, meta: PreparedMeta, prepared: Path, data_hash: str, fingerprint: str,
-                 work_dir: Path, resume_id: str | None):  # fmt: skip
-        self.params, self.meta, self.prepared, self.data_hash = params, meta, prepared, data_hash
-        self.fingerprint = fingerprint
-        self.work_dir, self.resume_id = work_dir, resume_id
-        self.tracker = None
+    def __init__(self, params, meta: PreparedMeta, state: TrainingState, resume_id: str | None, data_sha256: str):
+        self.params, self.meta, self.state, self.resume_id = params, meta, state, resume_id
+        self.data_sha256 = data_sha256
+        self.run = None
         self.monitor = None
 
     def start(self, model=None) -> None:
-        from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, project_root, split_inputs
+        from pipeline.lineage import dvc_experiment_tags, git_state, log_dataset_inputs, split_inputs
+        from pipeline.tracking import Run, project_root
 
-        name = self.params.train.model_name
-        split_hashes = {split: tree_sha256(self.prepared / split) for split in ("train", "val")}
+        p, meta = self.params.train, self.meta
         tags = {
             **git_state(project_root()),
             **dvc_experiment_tags(),
             "mlflow.source.name": "pipeline.train (dvc.yaml stage train)",
-            "data.sha256": self.data_hash,
-            "data.name": self.params.data.dataset_name,
-            "model.preset": name,
+            "data.sha256": self.data_sha256,
+            "data.name": meta.name,
+            "model.preset": p.model_name,
         }
-        self.tracker = Tracker.start(
+        self.run = Run.start(
             self.params.mlflow.tracking_uri,
-            self.params.experiment_name,
-            run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            self.params.mlflow.experiment_name or meta.name,
+            run_name=f"{p.model_name}-{time.strftime('%Y%m%d-%H%M%S')}",
             tags=tags,
             resume_run_id=self.resume_id,
         )
-        resumed = self.tracker.run_id == self.resume_id
-        self.monitor = self.tracker.start_system_metrics(resume=resumed)
-        stamp = {"fingerprint": self.fingerprint, "run_id": self.tracker.run_id}
-        (self.work_dir / "fingerprint.json").write_text(json.dumps(stamp))
-        self.tracker.log_params(flatten(self.params))
-        self.tracker.set_description(run_summary(self.params, self.meta, model))
+        resumed = self.run.run_id == self.resume_id
+        self.monitor = self.run.start_system_metrics(resume=resumed)
+        self.state.remember(self.run.run_id)
+        self.run.log_params(flatten_section("train", p))  # this stage's params, as trained
+        self.run.set_description(run_summary(p, meta, model))
         if not resumed:
-            data = self.params.data
-            self.tracker.log_dataset_inputs(data.dataset_name, data.source, split_inputs(self.meta, split_hashes))
+            hashes = {split: meta.split_sha256[split] for split in ("train", "val")}
+            log_dataset_inputs(self.run, meta.name, meta.source, split_inputs(meta, hashes))
 
     def stop_monitor(self) -> None:
         if self.monitor is not None:
@@ -377,133 +399,147 @@ class RunTracking:
             self.monitor = None
 
     def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
-        if self.tracker is not None:
-            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        if self.run is not None:
+            self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
 
     def fail(self, interrupted: bool) -> None:
         self.stop_monitor()
-        if self.tracker is not None:
-            self.tracker.end("KILLED" if interrupted else "FAILED")
+        if self.run is not None:
+            self.run.end("KILLED" if interrupted else "FAILED")
 
-    def record(self, result: TrainResult, args, report: dict[str, Any]) -> None:
+    def record(self, result: TrainResult, paths: dict[str, Path]) -> None:
         """Tags, summary metrics and artifacts of a finished training; the run file later stages use."""
         self.stop_monitor()
-        tracker, devices = self.tracker, result.devices
-        tracker.set_tags(
-            {
-                "train.strategy": devices.strategy,
-                "train.devices": ",".join(devices.devices),
-                "train.mixed_precision": devices.mixed_precision,
-                "train.jit_compile": devices.jit_compile,
-                "train.deterministic": devices.deterministic,
-                "train.replicas": devices.replicas,
-                "train.workers": devices.workers,
-                "train.loop": report["training_loop"],
-                "train.cache": report["cache"]["mode"],
-            }
-        )
-        tracker.log_metrics(
-            {
-                "training_seconds": report["training_seconds"],
-                "examples_per_second": report["examples_per_second"] or 0.0,
-                "best_epoch": report["best_epoch"],
-            }
-        )
-        tracker.log_text(result.summary, "model/summary.txt")
-        tracker.log_artifact(args.history, "training")
-        tracker.log_artifact(args.report, "training")
-        tracker.log_artifact(args.model, "model")
-        tracker.write_run_file(args.run_file)
-        tracker.end()
+        run, devices, report = self.run, result.devices, result.report
+        run.set_tags({
+            "train.strategy": devices.strategy,
+            "train.devices": ",".join(devices.devices),
+            "train.mixed_precision": devices.mixed_precision,
+            "train.jit_compile": devices.jit_compile,
+            "train.deterministic": devices.deterministic,
+            "train.replicas": devices.replicas,
+            "train.workers": devices.workers,
+            "train.loop": report["training_loop"],
+            "train.cache": report["cache"]["mode"],
+        })  # fmt: skip
+        run.log_metrics({
+            "training_seconds": report["training_seconds"],
+            "examples_per_second": report["examples_per_second"] or 0.0,
+            "best_epoch": report["best_epoch"],
+        })  # fmt: skip
+        run.log_text(result.summary, "model/summary.txt")
+        for option, directory in (("history", "training"), ("report", "training"), ("model", "model")):
+            run.log_artifact(paths[option], directory)
+        run.write_run_file(paths["run_file"])
+        run.end()
 
 
-def run_summary(params: Params, meta: PreparedMeta, model=None) -> str:
+def flatten_section(name: str, section) -> dict[str, Any]:
+    """A params section as dotted keys, as MLflow shows params."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+        else:
+            out[prefix] = value
+
+    walk(name, section.model_dump(mode="json"))
+    return out
+
+
+def run_summary(p: TrainParams, meta: PreparedMeta, model=None) -> str:
     """The run's one-line description: model, training setup, data."""
-    p = params.train
     size = f"{model.count_params():,} parameters; " if model is not None else ""
     counts = meta.counts
     return (
         f"{p.model_name} ({size}{p.epochs} epochs of {p.optimizer}, learning rate {p.learning_rate:g}, "
-        f"batch {p.batch_size}) on {params.data.dataset_name} ({params.data.format}, {counts['train']:,} train / "
+        f"batch {p.batch_size}) on {meta.name} ({meta.format}, {counts['train']:,} train / "
         f"{counts['val']:,} validation / {counts['test']:,} test examples, {meta.num_classes} classes)"
     )
 
 
-def checked_meta(params: Params, prepared: Path) -> PreparedMeta:
+def checked_meta(p: TrainParams, prepared: Path) -> PreparedMeta:
     """The prepared data's metadata, and whether the model fits it: before MLflow or TensorFlow start."""
     meta = read_meta(str(prepared))
-    misfit = check_fits(params.train.model, meta.input_shape)
+    misfit = check_fits(p.model, meta.input_shape)
     if misfit:
         raise PipelineError(f"params.yaml: train.model: {misfit} ({prepared}/meta.json)")
     return meta
 
 
-def save_outputs(result: TrainResult, args, report: dict[str, Any]) -> None:
+def save_outputs(result: TrainResult, paths: dict[str, Path], report: dict[str, Any]) -> None:
     """The chief's files: the model, its history and the training report, each written atomically."""
-    with atomic_file(args.model, suffix=".keras") as tmp:
-        result.model.save(tmp)
-    write_history(result.history, Path(args.history))
-    write_json(args.report, report)
+    write_output(paths["model"], result.model.save)
+    write_output(paths["history"], lambda path: write_history(result.history, path))
+    write_output(paths["report"], report)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("train", __doc__)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--model", default="models/model.keras")
-    parser.add_argument("--history", default="models/history.csv")
-    parser.add_argument("--report", default="reports/train.json")
-    parser.add_argument("--run-file", default="models/mlflow_run.json")
-    parser.add_argument(
-        "--work-dir",
-        default="models/.train-state",
-        help="resumable state of an unfinished training (kept until it finishes); with several workers, "
-        "the chief's, which every worker reads to resume",
-    )
-    args = parser.parse_args(argv)
+    run_cli(train_stage, argv)
 
-    params = load_params(args.params)
-    params = params.model_copy(update={"train": resolve(params.train)})  # the preset's values, once
-    prepared = Path(args.prepared)
-    meta = checked_meta(params, prepared)
-    data_hash = tree_sha256(prepared)  # part of the resume fingerprint, and tagged on the run
+
+def train_stage(argv: list[str] | None) -> None:
+    """The stage's edge. Unlike the others it logs while it works (each epoch into the MLflow run it
+    starts) and may be one worker of several; the pieces are run_stage's (pipeline/stage.py)."""
+    args = STAGE.parser().parse_args(argv)
+    paths = {option: getattr(args, option) for option in (*STAGE.inputs, *STAGE.outputs)}
+    params = stage_params(args.params, STAGE.params)
+    p = resolve(params.train)  # the preset's values, once
+    resolved = ResolvedParams(train=p, mlflow=params.mlflow)
+    meta = checked_meta(p, paths["prepared"])
 
     from pipeline.devices import cluster_spec, is_chief
 
     chief = is_chief(cluster_spec())
-    shared = Path(args.work_dir)
     # The chief keeps the resumable state in the shared place; other workers keep their own (the
     # checkpoint copies saving requires of them) in a scratch directory, removed at the end.
-    work_dir = shared if chief else Path(tempfile.mkdtemp(prefix="train-worker-"))
-    fingerprint = training_fingerprint(params.train, data_hash)
-    resume_id = prepare_work_dir(work_dir, fingerprint) if chief else None
-    tracking = RunTracking(params, meta, prepared, data_hash, fingerprint, work_dir, resume_id)
+    work_dir = paths["work_dir"] if chief else Path(tempfile.mkdtemp(prefix="train-worker-"))
+    state = TrainingState(work_dir, training_fingerprint(p, meta))
+    tracking = RunTracking(resolved, meta, state, state.open() if chief else None, data_sha256(paths["prepared"]))
+    if not chief:
+        work_dir.mkdir(parents=True, exist_ok=True)
     verbose = 1 if sys.stdout.isatty() else 2
     try:
         result = train(
-            params, prepared, work_dir, on_epoch=tracking.log_epoch, on_start=tracking.start if chief else None,
-            verbose=verbose, meta=meta, shared_dir=shared,
+            resolved, paths["prepared"], work_dir, on_epoch=tracking.log_epoch,
+            on_start=tracking.start if chief else None, verbose=verbose, meta=meta, shared_dir=paths["work_dir"],
         )  # fmt: skip
     except BaseException:
         tracking.fail(isinstance(sys.exc_info()[1], KeyboardInterrupt))
-        if not chief or not any((work_dir / name).exists() for name in ("backup", CHECKPOINTS)):
-            shutil.rmtree(work_dir, ignore_errors=True)  # nothing to resume from: leave no empty state behind
+        if not chief or not state.resumable():
+            state.remove()  # nothing to resume from: leave no empty state behind
         raise
 
     report = {**result.report, "class_names": meta.class_names}
     if not chief:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        state.remove()
         print(f"train: worker done ({report['epochs_run']} epochs); the chief wrote the outputs")
         return
-    save_outputs(result, args, report)
-    tracking.record(result, args, report)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    save_outputs(result, paths, report)
+    tracking.record(result, paths)
+    state.remove()
     best = report["best"]
     print(
         f"train: {report['epochs_run']} epochs in {report['training_seconds']:.0f} s on {result.devices.strategy} "
         f"({result.devices.replicas} replica(s), {report['training_loop']}); best epoch {report['best_epoch']} "
-        f"val_accuracy {best.get('val_accuracy', float('nan')):.4f}; MLflow run {tracking.tracker.run_id}"
+        f"val_accuracy {best.get('val_accuracy', float('nan')):.4f}; MLflow run {tracking.run.run_id}"
     )
 
 
+@dataclass(frozen=True)
+class ResolvedParams:
+    """What train reads: its own section with the preset's values filled in, and mlflow's keys."""
+
+    train: TrainParams
+    mlflow: Any
+
+
+def data_sha256(prepared: Path) -> str:
+    """The prepared data's identity: its meta.json holds every split's content hash and the statistics."""
+    return hashlib.sha256((prepared / META_FILE).read_bytes()).hexdigest()
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    main()

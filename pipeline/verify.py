@@ -2,44 +2,48 @@
 all fed the same raw inputs (uint8 pixels or raw features) that a deployer would feed them.
 
 Runs the Keras model, the SavedModel (tf.saved_model.load, no project code), each ONNX file
-(onnxruntime, CPU provider) and the registered MLflow model loaded back with `mlflow.pyfunc` in
-batches, and records per format the max/mean |Δ| of probabilities against Keras, argmax agreement
-and accuracy, plus a dynamic-batch check. float32 formats must be within `max_abs_diff` with 100%
-agreement; int8 may lose at most `export.max_int8_drop` accuracy. When every check passes, writes
-the model card (exported/MODEL_CARD.md, pipeline/model_card.py) and makes it the registered
+(onnxruntime, CPU provider) and the registered MLflow model loaded back with `mlflow.pyfunc`, one
+pass over the test split in batches, and records per form the max/mean |Δ| of probabilities
+against Keras, argmax agreement and accuracy, plus a batch-size check. float32 forms must be
+within `verify.max_abs_diff` with 100 % argmax agreement; int8 may lose at most
+`verify.max_int8_drop` accuracy. It also times each ONNX file here (batch 1 and 256). When every
+check passes it writes the model card (pipeline/model_card.py) and makes it the registered
 version's description.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import statistics
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_file, write_json
-from pipeline.cli import run_cli, stage_parser
 from pipeline.errors import PipelineError, first_line
 from pipeline.model_card import CardInputs
 from pipeline.model_card import render as render_card
-from pipeline.params import load_params
-
-OUTPUT_NAME = "probabilities"
-
-MAX_ABS_DIFF = 1e-4
-BATCH_SIZES = (1, 7, 256)
-BATCH_CHECK_EXAMPLES = 263  # 1 * 263, 7 * 37 + 4, 256 + 7: every size leaves a ragged last batch
+from pipeline.records import OUTPUT_NAME
+from pipeline.stage import Stage, StageResult, read_output, run_stage
 
 
 def predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([np.asarray(fn(x[i : i + batch]), dtype=np.float64) for i in range(0, len(x), batch)])
 
 
-def onnx_predictor(path: Path):
+def onnx_session(path: Path):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime rejects a damaged file with its own exception types
+        raise PipelineError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
+
+
+def onnx_predictor(session):
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
@@ -87,202 +91,202 @@ class Agreement:
         }
 
 
-def batch_consistency(fn, x: np.ndarray) -> float:
-    """Largest per-example difference between batch sizes 1, 7 and 256 on the same inputs."""
-    outputs = [predict_in_batches(fn, x, b) for b in BATCH_SIZES]
+def batch_consistency(fn, x: np.ndarray, sizes: list[int]) -> float:
+    """Largest per-example difference between the batch sizes on the same inputs."""
+    outputs = [predict_in_batches(fn, x, b) for b in sizes]
     return float(max(np.abs(o - outputs[-1]).max() for o in outputs))
 
 
 def int8_drops(results: dict[str, dict]) -> dict[str, float]:
-    """Accuracy lost by each int8 format against float32 ONNX."""
+    """Accuracy lost by each int8 form against float32 ONNX."""
     return {fmt: results["onnx"]["accuracy"] - r["accuracy"] for fmt, r in results.items() if fmt.endswith("int8")}
 
 
-def check(results: dict[str, dict], max_int8_drop: float) -> list[str]:
-    """One failure line per format outside its limit; `results` is left as it is."""
+def check(results: dict[str, dict], limits) -> list[str]:
+    """One failure line per form outside its limit (`limits`: the verify params)."""
     failures = []
     drops = int8_drops(results)
     for fmt, r in results.items():
         if fmt == "keras":
             continue
         if fmt in drops:
-            drop = drops[fmt]
-            if drop > max_int8_drop:
+            if drops[fmt] > limits.max_int8_drop:
                 failures.append(
-                    f"{fmt}: accuracy {r['accuracy']:.4f} is {drop:.4f} below float32 ONNX "
-                    f"{results['onnx']['accuracy']:.4f}, more than export.max_int8_drop {max_int8_drop}"
+                    f"{fmt}: accuracy {r['accuracy']:.4f} is {drops[fmt]:.4f} below float32 ONNX "
+                    f"{results['onnx']['accuracy']:.4f}, more than verify.max_int8_drop {limits.max_int8_drop}"
                 )
-        else:
-            if r["max_abs_diff"] > MAX_ABS_DIFF or r["argmax_agreement"] < 1.0:
-                failures.append(
-                    f"{fmt}: max |Δ| {r['max_abs_diff']:.3g} (limit {MAX_ABS_DIFF:g}), "
-                    f"argmax agreement {r['argmax_agreement']:.4%} (need 100%)"
-                )
-        if r.get("batch_max_abs_diff", 0.0) > MAX_ABS_DIFF / 10:
-            failures.append(f"{fmt}: batch sizes {BATCH_SIZES} disagree by {r['batch_max_abs_diff']:.3g}")
+        elif r["max_abs_diff"] > limits.max_abs_diff or r["argmax_agreement"] < 1.0:
+            failures.append(
+                f"{fmt}: max |Δ| {r['max_abs_diff']:.3g} (verify.max_abs_diff {limits.max_abs_diff:g}), "
+                f"argmax agreement {r['argmax_agreement']:.4%} (need 100%)"
+            )
+        if r.get("batch_max_abs_diff", 0.0) > limits.max_abs_diff / 10:
+            failures.append(f"{fmt}: batch sizes {list(limits.batch_sizes)} disagree by {r['batch_max_abs_diff']:.3g}")
     return failures
 
 
-def verify(
-    model_path: Path, exported: Path, prepared_dir: str, batch_size: int, max_int8_drop: float, registered=None
-) -> dict:
-    """Parity of every exported form on the raw test split; `registered` is the MLflow pyfunc model."""
-    from pipeline.model import input_name, load_keras_model
-    from pipeline.records import iter_batches, read_meta
+def parity(model, predictors: dict[str, Callable], prepared_dir: str, meta, limits) -> dict[str, Any]:
+    """Every form against Keras in one pass over the raw test split, as a deployer has it."""
+    from pipeline.records import iter_batches
 
-    meta = read_meta(prepared_dir)
-    feed = input_name(meta.input_shape)
-
-    model = load_keras_model(str(model_path))
-    predictors = {"saved_model": saved_model_predictor(exported / "saved_model", feed)}
-    for name, path in (("onnx", exported / "model.onnx"), ("onnx_int8", exported / "model.int8.onnx")):
-        if path.exists():
-            try:
-                predictors[name] = onnx_predictor(path)
-            except Exception as exc:  # onnxruntime rejects a damaged file with its own exception types
-                raise PipelineError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
-    if "onnx" not in predictors:
-        raise PipelineError(f"{exported / 'model.onnx'}: not found (run `dvc repro export`)")
-    if registered is not None:
-        predictors["mlflow_pyfunc"] = pyfunc_predictor(registered, feed)
-
-    # One pass over the raw test split, as a deployer has it: every form on each batch.
     keras, agreements, first = Agreement(), {fmt: Agreement() for fmt in predictors}, []
-    for x, labels in iter_batches(prepared_dir, meta, "test", batch_size):
+    kept = 0
+    for x, labels in iter_batches(prepared_dir, meta, "test", limits.batch_size):
         reference = model(x, training=False).numpy().astype(np.float64)
         keras.add(reference, reference, labels)
         for fmt, fn in predictors.items():
             agreements[fmt].add(reference, fn(x), labels)
-        if sum(map(len, first)) < BATCH_CHECK_EXAMPLES:
+        if kept < limits.batch_check_examples:
             first.append(x)
-    sample = np.concatenate(first)[:BATCH_CHECK_EXAMPLES]
+            kept += len(x)
+    sample = np.concatenate(first)[: limits.batch_check_examples]
     results = {"keras": {"accuracy": keras.result()["accuracy"]}}
     for fmt, fn in predictors.items():
         results[fmt] = agreements[fmt].result()
-        if fmt != "onnx_int8":
-            results[fmt]["batch_max_abs_diff"] = batch_consistency(fn, sample)
-    failures = check(results, max_int8_drop)
+        if "int8" not in fmt:
+            results[fmt]["batch_max_abs_diff"] = batch_consistency(fn, sample, list(limits.batch_sizes))
+    failures = check(results, limits)
     for fmt, drop in int8_drops(results).items():
         results[fmt]["accuracy_drop_vs_float32"] = drop
     return {
         "examples": keras.examples,
-        "max_abs_diff_limit": MAX_ABS_DIFF,
-        "batch_sizes": list(BATCH_SIZES),
+        "max_abs_diff_limit": limits.max_abs_diff,
+        "max_int8_drop": limits.max_int8_drop,
+        "batch_sizes": list(limits.batch_sizes),
         "formats": results,
         "passed": not failures,
         "failures": failures,
     }
 
 
-def read_registered(exported: Path) -> dict | None:
-    """The registry name and version that export recorded in metadata.json, if any."""
-    path = exported / "metadata.json"
-    try:
-        return json.loads(path.read_text()).get("mlflow_registered_model")
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found (run `dvc repro export`)") from None
-    except json.JSONDecodeError:
-        raise PipelineError(f"{path}: not valid JSON") from None
+def latency(sessions: dict[str, Any], sample: np.ndarray, calls: int = 200) -> dict[str, Any]:
+    """Each ONNX file timed here, on this machine: batch-1 median over `calls` calls, batch-256
+    throughput (the model card quotes these, for exactly the files it describes)."""
+    import onnxruntime as ort
+
+    timed = {}
+    for fmt, session in sessions.items():
+        name = session.get_inputs()[0].name
+        one, batch = sample[:1], np.resize(sample, (256, *sample.shape[1:]))
+        for _ in range(20):
+            session.run(None, {name: one})
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            session.run(None, {name: one})
+            times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(4):
+            session.run(None, {name: batch})
+        timed[fmt] = {
+            "batch1_median_ms": round(statistics.median(times) * 1000, 4),
+            "batch256_images_per_s": round(4 * 256 / (time.perf_counter() - started), 1),
+        }
+    return {"onnxruntime": ort.__version__, "cpus": os.cpu_count(), "engines": timed}
 
 
-def read_json(path: Path, stage: str, optional: bool = False) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        if optional:
-            return None
-        raise PipelineError(f"{path}: not found (run `dvc repro {stage}`)") from None
-    except json.JSONDecodeError:
-        raise PipelineError(f"{path}: not valid JSON") from None
+STAGE = Stage(
+    "verify",
+    __doc__,
+    params=("verify",),
+    inputs=("prepared", "model", "exported", "registration", "run_file", "metrics", "data_report", "train_report"),
+    outputs=("report", "card"),
+)
 
 
-def card_inputs(args, params, tracker, registered: dict | None, report: dict) -> CardInputs:
-    """Everything the model card shows, from the stages' reports, params and the MLflow run."""
-    run = tracker.client.get_run(tracker.run_id)
-    evaluation = read_json(Path(args.metrics), "evaluate")
-    training = read_json(Path(args.train_report), "train")
-    data = params.data
-    return CardInputs(
-        registered=registered,
-        run={
-            "run_id": tracker.run_id,
-            "commit": run.data.tags.get("mlflow.source.git.commit", "unknown"),
-            "summary": run.data.tags.get("mlflow.note.content", ""),
-        },
-        data={
-            "name": data.dataset_name,
-            "format": data.format,
-            "source": data.source,
-            "checksums": data.selected.sha256 or {},
-            "sha256": run.data.tags.get("data.sha256", ""),
-            "test_sha256": evaluation.get("data", {}).get("test_sha256", ""),
-            "report": read_json(Path(args.data_report), "prepare"),
-        },
-        metadata=read_json(Path(args.exported) / "metadata.json", "export"),
-        training=training,
-        hyper=training.get("hyperparameters", {}),
-        evaluation=evaluation,
-        parity={**report, "max_int8_drop": params.export.max_int8_drop},
-        benchmark=read_json(Path(args.benchmark), "", optional=True),
-    )
+def check_exports(model_path: Path, exported: Path, prepared_dir: str, limits, pyfunc=None) -> dict[str, Any]:
+    """Parity of every exported form in `exported` (and the registered `pyfunc` model) against the
+    Keras model, and each ONNX file's latency here: the report."""
+    from pipeline.model import load_keras_model
+    from pipeline.records import iter_batches, read_meta
+
+    meta = read_meta(prepared_dir)
+    for name in ("model.onnx", "model.int8.onnx", "saved_model"):
+        if not (exported / name).exists():
+            raise PipelineError(f"{exported / name}: not found (run `dvc repro export`)")
+    sessions = {"onnx": onnx_session(exported / "model.onnx"), "onnx_int8": onnx_session(exported / "model.int8.onnx")}
+    predictors = {
+        "saved_model": saved_model_predictor(exported / "saved_model", meta.input_name),
+        **{fmt: onnx_predictor(session) for fmt, session in sessions.items()},
+    }
+    if pyfunc is not None:
+        predictors["mlflow_pyfunc"] = pyfunc_predictor(pyfunc, meta.input_name)
+    report = parity(load_keras_model(str(model_path)), predictors, prepared_dir, meta, limits)
+    sample, _ = next(iter_batches(prepared_dir, meta, "test", 256))
+    report["latency"] = latency(sessions, sample)
+    return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("verify", __doc__)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--model", default="models/model.keras")
-    parser.add_argument("--exported", default="exported")
-    parser.add_argument("--run-file", default="models/mlflow_run.json")
-    parser.add_argument("--report", default="reports/parity.json")
-    parser.add_argument("--metrics", default="reports/metrics.json", help="evaluate's (for the model card)")
-    parser.add_argument("--data-report", default="reports/data.json", help="prepare's (for the model card)")
-    parser.add_argument("--train-report", default="reports/train.json", help="train's (for the model card)")
-    parser.add_argument("--benchmark", default="reports/bench.json", help="latency for the card, read if present")
-    parser.add_argument("--card", default="exported/MODEL_CARD.md")
-    args = parser.parse_args(argv)
-
-    all_params = load_params(args.params)
-    params = all_params.export
-    from pipeline.tracking import Tracker
-
-    tracker = Tracker.resume(args.run_file)
-    registered = read_registered(Path(args.exported))
-    pyfunc = tracker.load_registered_model(registered["name"], registered["version"]) if registered else None
-    report = verify(
-        Path(args.model), Path(args.exported), args.prepared, params.batch_size, params.max_int8_drop, registered=pyfunc
-    )
-    write_json(args.report, report)
-
-    tracker.log_metrics({f"parity.{fmt}.{k}": v for fmt, r in report["formats"].items() for k, v in r.items()})
+def verify(paths: dict[str, Path], params, run) -> StageResult:
+    registered = read_output(paths["registration"], "export", "name and version")
+    with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
+        pyfunc = run.registry.load_pyfunc(registered["name"], registered["version"], Path(tmp))
+        report = check_exports(paths["model"], paths["exported"], str(paths["prepared"]), params.verify, pyfunc)
     verdict = "passed" if report["passed"] else "failed"
-    tracker.set_tags({"verify.parity": verdict})
-    if registered:
-        tracker.registry.tag_version(
-            registered["name"],
-            registered["version"],
-            {
-                "parity": verdict,
-                "parity.onnx.max_abs_diff": f"{report['formats']['onnx']['max_abs_diff']:.3g}",
-                "parity.examples": report["examples"],
-            },
-        )
     lines = [
         f"{fmt}: accuracy {r['accuracy']:.4f}"
         + (f", max |Δ| {r['max_abs_diff']:.2g}, agreement {r['argmax_agreement']:.2%}" if "max_abs_diff" in r else "")
         for fmt, r in report["formats"].items()
     ]
-    print("verify: " + "; ".join(lines))
-    if report["failures"]:
-        raise PipelineError("parity check failed: " + "; ".join(report["failures"]))
+    outputs: dict[str, Any] = {"report": report}
+    card = None
+    if report["passed"]:
+        card = render_card(card_inputs(paths, run, registered, report))
+        outputs["card"] = card
 
-    card = render_card(card_inputs(args, all_params, tracker, registered, report))
-    with atomic_file(args.card) as tmp:
-        tmp.write_text(card)
-    tracker.log_artifact(args.card, "export")
-    if registered:
-        tracker.registry.set_description(registered["name"], registered["version"], card)
-    print(f"verify: model card {args.card}")
+    def publish(run) -> list[str]:
+        registry = run.registry
+        registry.tag_version(registered["name"], registered["version"], {
+            "parity": verdict,
+            "parity.onnx.max_abs_diff": f"{report['formats']['onnx']['max_abs_diff']:.3g}",
+            "parity.examples": report["examples"],
+        })  # fmt: skip
+        if card is not None:
+            run.log_artifact(paths["card"], "export")
+            registry.set_description(registered["name"], registered["version"], card)
+            return [f"model card {paths['card']}"]
+        return []
+
+    return StageResult(
+        outputs=outputs,
+        summary="; ".join(lines),
+        metrics={f"parity.{fmt}.{k}": v for fmt, r in report["formats"].items() for k, v in r.items()},
+        tags={"verify.parity": verdict},
+        publish=publish,
+        failure=None if report["passed"] else "parity check failed: " + "; ".join(report["failures"]),
+    )
+
+
+def card_inputs(paths: dict[str, Path], run, registered: dict, report: dict) -> CardInputs:
+    """Everything the model card shows, from the stages' reports and the MLflow run."""
+    tags = run.client.get_run(run.run_id).data.tags
+    evaluation = read_output(paths["metrics"], "evaluate")
+    training = read_output(paths["train_report"], "train")
+    data = read_output(paths["data_report"], "prepare")
+    return CardInputs(
+        registered=registered,
+        run={
+            "run_id": run.run_id,
+            "commit": tags.get("mlflow.source.git.commit", "unknown"),
+            "summary": tags.get("mlflow.note.content", ""),
+        },  # fmt: skip
+        data={
+            **data.get("source", {}),
+            "sha256": tags.get("data.sha256", ""),
+            "test_sha256": evaluation.get("data", {}).get("test_sha256", ""),
+            "report": data,
+        },  # fmt: skip
+        metadata=read_output(paths["exported"] / "metadata.json", "export"),
+        training=training,
+        hyper=training.get("hyperparameters", {}),
+        evaluation=evaluation,
+        parity=report,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage(STAGE, verify, argv)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import configparser
 import json
 import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,15 +52,13 @@ def tiny_params(data: dict, **sections) -> dict:
     return params
 
 
-@pytest.fixture
-def dvc_repo(tmp_path, tiny_data) -> Path:
-    """A fresh git + DVC repo holding this project's pipeline, pointed at the tiny data set."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
+def make_dvc_repo(repo: Path, data: dict, **sections) -> Path:
+    """A fresh git + DVC repo holding this project's pipeline, pointed at `data`, params committed."""
+    repo.mkdir(parents=True)
     shutil.copy(REPO / "dvc.yaml", repo)
     shutil.copy(REPO / ".gitignore", repo)
     shutil.copytree(REPO / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_data), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(data, **sections), sort_keys=False))
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "test@example.com"], repo)
     run(["git", "config", "user.name", "test"], repo)
@@ -78,6 +78,48 @@ def dvc_repo(tmp_path, tiny_data) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "init"], repo)
     return repo
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, tiny_data) -> Path:
+    """A fresh git + DVC repo holding this project's pipeline, pointed at the tiny data set."""
+    return make_dvc_repo(tmp_path / "repo", tiny_data)
+
+
+# A whole pipeline on the tiny data that trains to a real model (the tiny task is learnt in 6 epochs).
+REPRODUCED = {
+    "train": {"epochs": 6, "learning_rate": 0.01, "early_stopping_patience": 0},
+    "evaluate": {"gate": {"min_accuracy": 0.5, "max_drop": 0.02, "baseline": "champion"}},
+    "export": {"calibration_size": 60},
+}
+
+
+@dataclass(frozen=True)
+class Reproduced:
+    repo: Path
+    source: Path  # the tiny IDX data set's files
+    console: subprocess.CompletedProcess  # what `dvc repro` printed
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory) -> Reproduced:
+    """One repo, `dvc repro`-ed once on the tiny data, shared by the tests that only read what the
+    pipeline made (outputs, metrics, plots, the MLflow store and registry): `reproduced_copy` for a
+    test that changes anything."""
+    root = tmp_path_factory.mktemp("reproduced")
+    data = write_idx_dataset(root / "source")
+    repo = make_dvc_repo(root / "repo", data, **REPRODUCED)
+    # Sampled every 0.2 s, the few seconds of tiny training still give system metrics.
+    console = run(["dvc", "repro"], repo, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2")
+    return Reproduced(repo, Path(data["source"]), console)
+
+
+@pytest.fixture
+def reproduced_copy(reproduced, tmp_path) -> Path:
+    """A copy of the reproduced repo (git, DVC cache, outputs, its own MLflow store) to change."""
+    copy = tmp_path / "repo"
+    shutil.copytree(reproduced.repo, copy, symlinks=True)
+    return copy
 
 
 @pytest.fixture

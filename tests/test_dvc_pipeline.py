@@ -12,42 +12,24 @@ from helpers.commands import run, set_params
 pytestmark = pytest.mark.slow
 
 
-def test_repro_data_stages_then_nothing_to_do(dvc_repo):
-    run(["dvc", "repro", "prepare"], dvc_repo)
-    assert (dvc_repo / "data/prepared/meta.json").is_file()
-    report = json.loads((dvc_repo / "reports/data.json").read_text())
-    assert report["counts"] == {"train": 108, "val": 12, "test": 40}
-    assert report["num_classes"] == 4
-
-    again = run(["dvc", "repro", "prepare"], dvc_repo)
-    assert "Running stage" not in again.stdout
-    metrics = run(["dvc", "metrics", "show", "--json"], dvc_repo)
-    shown = json.loads(metrics.stdout)[""]["data"]["reports/data.json"]["data"]
-    assert shown["counts"] == report["counts"]
-
-
 def test_repro_stops_on_bad_params_with_one_line(dvc_repo):
-    set_params(dvc_repo, "prepare", val_fraction=0)
+    """The whole file is validated by the first stage that runs, whatever keys it reads itself."""
+    set_params(dvc_repo, "evaluate", batch_size=0)
     proc = run(["dvc", "repro", "prepare"], dvc_repo, check=False)
     assert proc.returncode != 0
-    assert "error: params.yaml: prepare.val_fraction must be > 0.0, got 0" in proc.stderr
-    assert not (dvc_repo / "data/prepared").exists()
+    assert "error: params.yaml: evaluate.batch_size must be >= 1, got 0" in proc.stderr
+    assert not (dvc_repo / "data/raw").exists() and not (dvc_repo / "data/prepared").exists()
 
 
 NOISE = re.compile(r"^[IWE]\d{4} |cuInit|NodeDef mentions|oneDNN custom operations|shuffle=True|WARNING", re.M)
 
 
-def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tiny_data, tmp_path):
+def test_full_pipeline_metrics_plots_mlflow_and_registry(reproduced, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from pipeline.hashing import tree_sha256
 
-    set_params(dvc_repo, "train", epochs=6, learning_rate=0.01, early_stopping_patience=0)
-    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.5})
-    set_params(dvc_repo, "export", calibration_size=60)
-    run(["git", "commit", "-qam", "tiny params"], dvc_repo)
-    # Sampled every 0.2 s, the few seconds of tiny training still give system metrics.
-    repro = run(["dvc", "repro"], dvc_repo, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2")
+    dvc_repo, repro = reproduced.repo, reproduced.console
     # The console: each stage's result, no TensorFlow/absl start-up lines, no warnings.
     assert not NOISE.search(repro.stderr + repro.stdout), repro.stderr
     for stage in ("fetch", "prepare", "train", "evaluate", "export", "verify", "promote"):
@@ -63,13 +45,15 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tiny_data, tm
         "training_curves.png",
         "worst_errors.png",
     ]
-    assert_a_stranger_gets_the_evaluated_accuracy_from_raw_pixels(dvc_repo, Path(tiny_data["source"]))
+    assert_a_stranger_gets_the_evaluated_accuracy_from_raw_pixels(dvc_repo, reproduced.source)
     parity = json.loads((dvc_repo / "reports/parity.json").read_text())
     assert parity["passed"] and parity["examples"] == 40
     assert parity["formats"]["onnx"]["max_abs_diff"] <= 1e-4
     assert set(parity["formats"]) == {"keras", "saved_model", "onnx", "onnx_int8", "mlflow_pyfunc"}
     assert parity["formats"]["mlflow_pyfunc"]["argmax_agreement"] == 1.0
-    assert (dvc_repo / "exported/model.onnx").is_file() and (dvc_repo / "exported/saved_model").is_dir()
+    assert sorted(p.name for p in (dvc_repo / "exported").iterdir()) == [
+        "metadata.json", "model.int8.onnx", "model.onnx", "saved_model"
+    ]  # one owner: export's alone  # fmt: skip
 
     again = run(["dvc", "repro"], dvc_repo)
     assert "Running stage" not in again.stdout
@@ -119,15 +103,18 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(dvc_repo, tiny_data, tm
     assert versions[0].run_id == run_info["run_id"] and versions[0].tags["gate"] == "passed"
     assert sorted(client.get_model_version("source-classifier", "1").aliases) == ["challenger", "champion"]
     assert client.get_experiment(run_info["experiment_id"]).name == "source"
-    card = (dvc_repo / "exported/MODEL_CARD.md").read_text()
+    card = (dvc_repo / "reports/model_card.md").read_text()
     assert card.startswith("# Model card: source-classifier v1") and versions[0].description == card
     for section in ("## Data", "## Model", "## Results", "## Intended use and limits", "Leakage check"):
         assert section in card
     promotion = json.loads((dvc_repo / "reports/promotion.json").read_text())
     assert promotion["promoted"] and promotion["reason"] == "first model: no champion yet"
-    # metadata.json is written once, registry version included, and MLflow holds that same file.
+    # The registered version is recorded once exported/ is in place; MLflow holds the same files.
+    registration = json.loads((dvc_repo / "reports/export.json").read_text())
+    assert (registration["name"], registration["version"]) == ("source-classifier", "1")
+    assert registration["tracking_uri"] == "sqlite:///mlflow.db" and registration["run_id"] == run_info["run_id"]
     metadata = (dvc_repo / "exported/metadata.json").read_text()
-    assert json.loads(metadata)["mlflow_registered_model"] == {"name": "source-classifier", "version": "1"}
+    assert json.loads(metadata)["files"] == registration["files"]
     logged = client.download_artifacts(run_info["run_id"], "export/metadata.json", str(tmp_path))
     assert Path(logged).read_text() == metadata
 
@@ -208,18 +195,21 @@ def assert_a_stranger_gets_the_evaluated_accuracy_from_raw_pixels(repo: Path, so
         (probs,) = session.run(["probabilities"], {"image": images})
         if name == "model.onnx":
             assert float(np.mean(probs.argmax(1) == labels)) == reported
-        else:
-            assert abs(float(np.mean(probs.argmax(1) == labels)) - reported) <= 0.1
+        else:  # int8: no more below than verify allows (verify.max_int8_drop)
+            assert float(np.mean(probs.argmax(1) == labels)) >= reported - 0.01
         assert len(class_names) == probs.shape[1] == 4
 
 
-def test_failing_gate_stops_before_export(dvc_repo):
-    set_params(dvc_repo, "train", epochs=1, learning_rate=1e-7, early_stopping_patience=0)
-    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.99})
-    proc = run(["dvc", "repro"], dvc_repo, check=False)
+def test_failing_gate_stops_before_export(reproduced_copy):
+    """Only train and evaluate rerun (the data did not change); export never sees the model."""
+    before = (reproduced_copy / "exported/model.onnx").read_bytes()
+    set_params(reproduced_copy, "train", epochs=1, learning_rate=1e-7, early_stopping_patience=0)
+    set_params(reproduced_copy, "evaluate", gate={"min_accuracy": 0.99})
+    proc = run(["dvc", "repro"], reproduced_copy, check=False)
     assert proc.returncode != 0
+    assert re.findall(r"Running stage '(\w+)'", proc.stdout) == ["train", "evaluate"]
     assert "error: quality gate failed: test.accuracy" in proc.stderr
     assert "is below evaluate.gate.min_accuracy 0.9900" in proc.stderr
-    verdict = json.loads((dvc_repo / "reports/metrics.json").read_text())["gate"]
+    verdict = json.loads((reproduced_copy / "reports/metrics.json").read_text())["gate"]
     assert verdict["passed"] is False
-    assert not (dvc_repo / "exported").exists()
+    assert (reproduced_copy / "exported/model.onnx").read_bytes() == before  # the previous export stands

@@ -1,12 +1,9 @@
 """Evaluation: metrics checked by hand on a tiny prediction set, the gate, and the figures."""
 
-import json
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import PipelineError
 from pipeline.evaluate import (
     Baseline,
     WorstErrors,
@@ -14,7 +11,6 @@ from pipeline.evaluate import (
     class_keys,
     compute_metrics,
     expected_calibration_error,
-    file_baseline,
     plot_confusion_matrix,
     plot_training_curves,
     plot_worst_errors,
@@ -64,21 +60,14 @@ def test_gate_passes_and_fails_with_the_numbers():
     assert verdict["reason"] == "test.accuracy 0.9100 is below evaluate.gate.min_accuracy 0.9300"
 
 
-def test_gate_against_a_baseline_file(tmp_path):
-    path = tmp_path / "baseline.json"
-    path.write_text(json.dumps({"test": {"accuracy": 0.93}}))
-    gate = GateParams(min_accuracy=0.5, max_drop=0.01, baseline=str(path))
-    baseline = file_baseline(path)
+def test_gate_against_a_baseline():
+    gate = GateParams(min_accuracy=0.5, max_drop=0.01)
+    baseline = Baseline(0.93, "champion m v3")
     assert apply_gate({"accuracy": 0.925}, gate, baseline)["passed"]
     verdict = apply_gate({"accuracy": 0.90}, gate, baseline)
     assert not verdict["passed"] and verdict["baseline_accuracy"] == 0.93
-    assert f"dropped 0.0300 below the baseline 0.9300 of {path}" in verdict["reason"]
+    assert "dropped 0.0300 below the baseline 0.9300 of champion m v3" in verdict["reason"]
     assert "evaluate.gate.max_drop 0.0100" in verdict["reason"]
-    with pytest.raises(PipelineError, match="missing.json: baseline metrics file not found"):
-        file_baseline(tmp_path / "missing.json")
-    path.write_text("{}")
-    with pytest.raises(PipelineError, match="has no test.accuracy"):
-        file_baseline(path)
 
 
 def test_a_baseline_without_accuracy_checks_nothing_and_says_why():
@@ -153,7 +142,7 @@ def test_two_classes_get_the_binary_metrics_and_no_top_k():
 
 
 def test_many_classes_keep_the_report_and_figures_bounded(tmp_path):
-    from pipeline.evaluate import per_class_table, top_confusions, write_per_class
+    from pipeline.evaluate import per_class_csv, per_class_table, top_confusions
 
     n = 1000
     rng = np.random.default_rng(0)
@@ -175,8 +164,7 @@ def test_many_classes_keep_the_report_and_figures_bounded(tmp_path):
     assert 0 < m["top2_accuracy"] <= m["top5_accuracy"] <= 1 and m["accuracy"] <= m["top2_accuracy"]
     assert min(v["f1"] for v in m["worst_classes"].values()) == min(r["f1"] for r in per_class_table(
         labels, probs.argmax(1), names))  # fmt: skip
-    write_per_class(tmp_path / "per_class.csv", per_class_table(labels, probs.argmax(1), names))
-    assert len((tmp_path / "per_class.csv").read_text().splitlines()) == n + 1
+    assert len(per_class_csv(per_class_table(labels, probs.argmax(1), names)).splitlines()) == n + 1
 
     predicted = probs.argmax(1)
     mistakes = top_confusions(labels, predicted)

@@ -35,7 +35,8 @@ def test_experiments_each_become_one_tagged_mlflow_run(dvc_repo):
 
     set_params(dvc_repo, "train", epochs=2, early_stopping_patience=0)
     set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0, "max_drop": None})  # variants: promote judges
-    set_params(dvc_repo, "export", calibration_size=40, max_int8_drop=1.0)
+    set_params(dvc_repo, "export", calibration_size=40)
+    set_params(dvc_repo, "verify", max_int8_drop=1.0)
     run(["git", "commit", "-qam", "tiny sweep baseline"], dvc_repo)
     baseline = run(["git", "rev-parse", "HEAD"], dvc_repo).stdout.strip()
 
@@ -80,45 +81,6 @@ def test_experiments_each_become_one_tagged_mlflow_run(dvc_repo):
     run(["dvc", "exp", "apply", "lr-0.003"], dvc_repo)
     applied = yaml.safe_load((dvc_repo / "params.yaml").read_text())
     assert applied["train"]["learning_rate"] == 0.003
-
-
-def test_switching_data_format_and_preset_with_set_params_alone(dvc_repo, tmp_path):
-    """`dvc exp run -S` with a new data set (a CSV table) and preset: nothing else is edited."""
-    from helpers.data import write_csv_dataset
-
-    table = write_csv_dataset(tmp_path / "table", label_column="label")
-    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0, "max_drop": None})  # variants: promote judges
-    run(["git", "commit", "-qam", "baseline"], dvc_repo)
-    run(
-        [
-            "dvc",
-            "exp",
-            "run",
-            "-n",
-            "iris-like",
-            "-S",
-            "data.format=csv",
-            "-S",
-            f"data.source={table['source']}",
-            "-S",
-            "train.model=tabular_mlp",
-            "-S",
-            "train.epochs=3",
-        ],
-        dvc_repo,
-    )
-
-    data = json.loads((dvc_repo / "reports/data.json").read_text())
-    assert data["format"] == "csv" and data["input_shape"] == [4] and data["num_classes"] == 3
-    parity = json.loads((dvc_repo / "reports/parity.json").read_text())
-    assert parity["passed"] and parity["formats"]["onnx"]["max_abs_diff"] <= 1e-4
-    metadata = json.loads((dvc_repo / "exported/metadata.json").read_text())
-    assert metadata["input"]["layout"] == "NC" and metadata["input"]["feature_names"] == ["f0", "f1", "f2", "f3"]
-    assert metadata["class_names"] == ["setosa", "versicolor", "virginica"]
-    # The experiment ran in the workspace; the commit it started from still says idx.
-    assert yaml.safe_load((dvc_repo / "params.yaml").read_text())["data"]["format"] == "csv"
-    assert yaml.safe_load(run(["git", "show", "HEAD:params.yaml"], dvc_repo).stdout)["data"]["format"] == "idx"
-    assert "iris-like" in experiments(dvc_repo)
 
 
 def readme_data_switch_commands() -> list[list[str]]:

@@ -11,14 +11,15 @@ import pytest
 import tensorflow as tf
 
 from pipeline.errors import PipelineError
-from pipeline.export import export, float32_model
+from pipeline.export import export_model, float32_model
 from pipeline.model import build_model
 from pipeline.normalization import Normalization
 from pipeline.params import parse_params
 from pipeline.records import read_meta, read_split_arrays
-from pipeline.verify import verify
+from pipeline.verify import check_exports
 
 pytestmark = pytest.mark.slow
+LOOSE_INT8 = parse_params({"verify": {"max_int8_drop": 0.5}}).verify
 
 EXPLICIT = [
     {"Conv2D": {"filters": 6, "kernel_size": 3}},
@@ -79,7 +80,7 @@ def trained_model(model_spec, prepared: str, path):
 def test_onnx_and_saved_model_match_keras(model_spec, tolerance, prepared, tmp_path):
     model = trained_model(model_spec, prepared, tmp_path / "model.keras")
     params = parse_params({"export": {"calibration_size": 40}}).export
-    info = export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id="run-123")
+    info = export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id="run-123")
 
     meta = read_meta(prepared)
     x, labels = read_split_arrays(prepared, meta, "test")  # raw uint8 pixels: the model normalises
@@ -103,7 +104,7 @@ def test_onnx_and_saved_model_match_keras(model_spec, tolerance, prepared, tmp_p
 def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path):
     trained_model("mlp", prepared, tmp_path / "model.keras")
     params = parse_params({"export": {"calibration_size": 60}}).export
-    info = export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id="run-123")
+    info = export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id="run-123")
     model = onnx.load(str(tmp_path / "exported/model.onnx"))
     onnx.checker.check_model(model, full_check=True)
     props = {p.key: p.value for p in model.metadata_props}
@@ -117,6 +118,9 @@ def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path):
 
     metadata = json.loads((tmp_path / "exported/metadata.json").read_text())
     assert set(metadata["files"]) == {"model.onnx", "model.int8.onnx", "saved_model"}
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == [
+        "metadata.json", "model.int8.onnx", "model.onnx", "saved_model"
+    ]  # fmt: skip
     assert metadata["input"]["shape"] == ["batch", 28, 28, 1] and metadata["opset"] == 17
     assert metadata == json.loads(json.dumps(info))
     assert metadata["input"]["dtype"] == "uint8" and metadata["input"]["name"] == "image"
@@ -133,14 +137,8 @@ def test_fp32_onnx_runs_in_the_onnx_reference_evaluator(prepared, tmp_path):
     from onnx.reference import ReferenceEvaluator
 
     trained_model("cnn2", prepared, tmp_path / "model.keras")
-    export(
-        tmp_path / "model.keras",
-        prepared,
-        tmp_path / "exported",
-        parse_params({"export": {"calibration_size": 40}}).export,
-        seed=0,
-        run_id=None,
-    )
+    export_model(tmp_path / "model.keras", prepared, tmp_path / "exported",
+                 parse_params({"export": {"calibration_size": 40}}).export)  # fmt: skip
     x, _ = read_split_arrays(prepared, read_meta(prepared), "test")
     path = str(tmp_path / "exported/model.onnx")
     reference = ReferenceEvaluator(path).run(None, {"image": x[:8]})[0]
@@ -151,11 +149,12 @@ def test_fp32_onnx_runs_in_the_onnx_reference_evaluator(prepared, tmp_path):
 def test_verify_passes_then_fails_on_a_corrupted_weight(prepared, tmp_path):
     trained_model("cnn", prepared, tmp_path / "model.keras")
     params = parse_params({"export": {"calibration_size": 60}}).export
-    export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id=None)
-    report = verify(tmp_path / "model.keras", tmp_path / "exported", prepared, 256, max_int8_drop=0.5)
+    export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id=None)
+    report = check_exports(tmp_path / "model.keras", tmp_path / "exported", prepared, LOOSE_INT8)
     assert report["passed"], report["failures"]
     assert report["formats"]["onnx"]["argmax_agreement"] == 1.0
     assert report["formats"]["saved_model"]["max_abs_diff"] <= 1e-5
+    assert set(report["latency"]["engines"]) == {"onnx", "onnx_int8"}
 
     model = onnx.load(str(tmp_path / "exported/model.onnx"))
     weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
@@ -163,7 +162,7 @@ def test_verify_passes_then_fails_on_a_corrupted_weight(prepared, tmp_path):
     array.flat[: array.size // 2] *= -3.0
     weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
     onnx.save(model, str(tmp_path / "exported/model.onnx"))
-    report = verify(tmp_path / "model.keras", tmp_path / "exported", prepared, 256, max_int8_drop=0.5)
+    report = check_exports(tmp_path / "model.keras", tmp_path / "exported", prepared, LOOSE_INT8)
     assert not report["passed"]
     assert any(f.startswith("onnx: max |Δ|") for f in report["failures"])
 
@@ -172,7 +171,7 @@ def test_export_refuses_what_is_not_a_keras_model(prepared, tmp_path):
     params = parse_params({}).export
     (tmp_path / "model.keras").write_text("not a model")
     with pytest.raises(PipelineError, match=r"model\.keras: not a Keras model file"):
-        export(tmp_path / "model.keras", prepared, tmp_path / "exported", params, seed=0, run_id=None)
+        export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id=None)
     assert not (tmp_path / "exported").exists()
 
 

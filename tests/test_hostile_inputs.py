@@ -28,7 +28,7 @@ from pipeline.formats.idx import read_idx
 from pipeline.params import parse_params
 from pipeline.prepare import prepare
 
-from helpers.commands import REPO, run
+from helpers.commands import REPO, run, stage_argv
 from helpers.data import fetch_and_prepare, write_csv_dataset, write_idx_dataset, write_image_folder_dataset
 
 PYTHON = os.path.abspath(sys.executable)
@@ -286,9 +286,9 @@ def test_a_killed_prepare_leaves_nothing_after_its_rerun(tmp_path, tiny_data):
     # 20,000 examples in shards of 10: ~2,000 files, seconds of writing to be killed in.
     data = write_idx_dataset(tmp_path / "big", n_train=20000, n_test=200)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": data, "prepare": {"shard_size": 10}}))
-    run([PYTHON, "-m", "pipeline.fetch"], tmp_path, PYTHONPATH=str(REPO))
+    run(stage_argv("fetch", PYTHON), tmp_path, PYTHONPATH=str(REPO))
     child = subprocess.Popen(
-        [PYTHON, "-m", "pipeline.prepare"],
+        stage_argv("prepare", PYTHON),
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stderr=subprocess.DEVNULL,
@@ -299,7 +299,7 @@ def test_a_killed_prepare_leaves_nothing_after_its_rerun(tmp_path, tiny_data):
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert list((tmp_path / "data").glob(".prepared.tmp-*")), "prepare finished before it could be killed"
-    run([PYTHON, "-m", "pipeline.prepare"], tmp_path, PYTHONPATH=str(REPO))
+    run(stage_argv("prepare", PYTHON), tmp_path, PYTHONPATH=str(REPO))
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["prepared", "raw"]
 
 
@@ -343,7 +343,7 @@ def test_a_bad_layer_list_fails_before_any_mlflow_run(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["model"] = [{"Dense": {"unit": 3}}]
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = run([PYTHON, "-m", "pipeline.train"], project, check=False, PYTHONPATH=str(REPO))
+    proc = run(stage_argv("train", PYTHON), project, check=False, PYTHONPATH=str(REPO))
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: params.yaml: train.model[0]: Dense has no argument 'unit' (did you mean 'units'?)"
@@ -357,7 +357,7 @@ def test_a_bad_layer_list_fails_before_any_mlflow_run(project):
 @pytest.mark.slow
 def test_an_unreachable_tracking_server_leaves_no_training_state(project):
     proc = run(
-        [PYTHON, "-m", "pipeline.train"],
+        stage_argv("train", PYTHON),
         project,
         check=False,
         PYTHONPATH=str(REPO),
@@ -386,6 +386,6 @@ def test_predictor_names_its_own_source_of_feature_names(tmp_path):
 def test_json_report_of_a_params_error_has_no_traceback(tmp_path):
     """The stage's own command line: one `error:` line, exit 1."""
     (tmp_path / "params.yaml").write_text(json.dumps({"train": {"batch_size": 10**21}}))
-    proc = run([PYTHON, "-m", "pipeline.train"], tmp_path, check=False, PYTHONPATH=str(REPO))
+    proc = run(stage_argv("train", PYTHON), tmp_path, check=False, PYTHONPATH=str(REPO))
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("error: params.yaml: train.batch_size must be <= 65536, got 1000000000000000000000")

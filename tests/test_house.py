@@ -110,3 +110,33 @@ def test_every_command_and_key_the_readme_names_exists():
         assert key in flat or any(k.startswith(f"{key}.") for k in flat), f"README sets unknown key {key}"
     for path in re.findall(r"`((?:pipeline|benchmarks|scripts|tests)/[\w./-]+\.(?:py|sh))`", readme):
         assert (REPO / path).is_file(), f"README names {path}, which does not exist"
+
+
+def stage_modules() -> dict[str, object]:
+    import importlib
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: (stage, importlib.import_module(f"pipeline.{name}").STAGE) for name, stage in stages.items()}
+
+
+def test_each_stage_reads_exactly_the_params_keys_dvc_yaml_lists():
+    """A stage sees only the keys its STAGE declares (pipeline/params.py: Scoped refuses any other),
+    and those are the keys dvc.yaml tracks for it: a change to any other key cannot change its
+    results, and a change to these reruns it."""
+    for name, (stage, declared) in stage_modules().items():
+        assert list(declared.params) == stage.get("params", []), name
+
+
+def test_every_path_a_stage_takes_is_on_its_dvc_yaml_command_line():
+    """dvc.yaml holds the only copy of each path: the stages' options are required, with no defaults."""
+    for name, (stage, declared) in stage_modules().items():
+        options = set(re.findall(r"--([a-z-]+)", stage["cmd"]))
+        expected = {"params", *(o.replace("_", "-") for o in (*declared.inputs, *declared.outputs))}
+        assert options == expected, name
+    for path in (REPO / "pipeline").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                for keyword in node.keywords:
+                    default = getattr(keyword.value, "value", None)
+                    if keyword.arg == "default" and isinstance(default, str) and "/" in default:
+                        assert path.name in ("predict.py", "plots_page.py"), f"{path.name}: path default {default}"

@@ -6,25 +6,19 @@ import json
 import pytest
 
 from helpers.browser import CHROMIUM_FLAGS, chromium_path
-from helpers.commands import run, set_params
 from helpers.servers import mlflow_server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def pipeline_run(project):
-    """A run made by the real stages on tiny data, from train to promote."""
-    set_params(project, "train", epochs=2)
-    set_params(project, "evaluate", gate={"min_accuracy": 0.0})
-    set_params(project, "export", calibration_size=40, max_int8_drop=1.0)
-    set_params(project, "mlflow", registered_model_name="ui-classifier")
-    for stage in ("train", "evaluate", "export", "verify", "promote"):
-        run(["python", "-m", f"pipeline.{stage}"], project, MLFLOW_TRACKING_URI="")
-    return json.loads((project / "models/mlflow_run.json").read_text())
+def pipeline_run(reproduced):
+    """The run the real stages made in the shared reproduced repo, from train to promote."""
+    info = json.loads((reproduced.repo / "models/mlflow_run.json").read_text())
+    return {**info, "tracking_uri": f"sqlite:///{reproduced.repo / 'mlflow.db'}"}
 
 
-def test_ui_shows_the_pipeline_run_its_metrics_and_figures(pipeline_run, project, tmp_path):
+def test_ui_shows_the_pipeline_run_its_metrics_and_figures(pipeline_run, tmp_path):
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import sync_playwright
 
@@ -52,7 +46,7 @@ def test_ui_shows_the_pipeline_run_its_metrics_and_figures(pipeline_run, project
             page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
 
             # The registered model: which version is champion.
-            page.goto(f"{url}/#/models/ui-classifier")
+            page.goto(f"{url}/#/models/source-classifier")
             page.get_by_text("champion").first.wait_for(timeout=60_000)
             page.get_by_text("challenger").first.wait_for(timeout=30_000)
             page.screenshot(path=str(tmp_path / "registry.png"), full_page=True)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A model trained on the tiny data set and exported, plus its test images as PNG and .npy."""
-    from pipeline.export import export
+    from pipeline.export import export_model
     from pipeline.fetch import fetch
     from pipeline.params import parse_params
     from pipeline.prepare import prepare
@@ -54,7 +54,7 @@ def exported(tmp_path_factory):
     meta = read_meta(prepared)
     model = train(params, root / "prepared", root / "work", verbose=0).model  # the project's training core
     model.save(root / "model.keras")
-    export(root / "model.keras", prepared, root / "exported", params.export, seed=0, run_id=None)
+    export_model(root / "model.keras", prepared, root / "exported", params.export)
 
     images, labels = read_split_arrays(prepared, meta, "test")
     pngs = root / "pngs"
@@ -136,7 +136,7 @@ def test_pngs_directory_and_npy_agree_with_the_labels(exported, tmp_path):
 def test_feeds_raw_pixels_as_a_bare_onnxruntime_session_does(exported):
     import onnxruntime as ort
 
-    from pipeline.predict import OnnxClassifier
+    from pipeline.classifier import OnnxClassifier
 
     classifier = OnnxClassifier(exported["model"])
     expected = ort.InferenceSession(str(exported["model"])).run(None, {"image": exported["images"]})[0]
@@ -144,7 +144,8 @@ def test_feeds_raw_pixels_as_a_bare_onnxruntime_session_does(exported):
 
 
 def test_other_sizes_and_colour_are_resized_and_greyed(exported, tmp_path):
-    from pipeline.predict import OnnxClassifier, load_image
+    from pipeline.classifier import OnnxClassifier
+    from pipeline.predict import load_image
 
     grey = exported["images"][3][..., 0]
     big = Image.fromarray(grey).resize((84, 84), Image.Resampling.NEAREST).convert("RGB")
@@ -248,16 +249,17 @@ def test_clean_virtualenv_with_only_the_predictor_dependencies(exported, tmp_pat
 def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_path):
     """`mlflow models serve` (--env-manager local) on loopback answers like the local predictor."""
 
-    from pipeline.predict import OnnxClassifier
-    from pipeline.tracking import Tracker
+    from pipeline.classifier import OnnxClassifier
+    from pipeline.tracking import Run
 
     from helpers.servers import free_port, stop, wait_for_http
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker.start(uri, "serving")
-    version = tracker.log_onnx_model(exported["model"], "tiny-classifier")
-    tracker.registry.set_alias("tiny-classifier", "champion", version)  # served by alias, as the README does
-    tracker.end()
+    run = Run.start(uri, "serving")
+    metadata = json.loads((exported["model"].parent / "metadata.json").read_text())
+    version = run.registry.register_onnx(run.run_id, exported["model"], "tiny-classifier", metadata)
+    run.registry.set_alias("tiny-classifier", "champion", version)  # served by alias, as the README does
+    run.end()
 
     port = free_port()
     mlflow = str(Path(PYTHON).parent / "mlflow")

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import evaluate, export, fetch, prepare, train, verify
+from pipeline.classifier import OnnxClassifier
 from pipeline.model import load_keras_model
-from pipeline.predict import OnnxClassifier
 from pipeline.presets import PRESETS
 from pipeline.records import read_meta, read_split_arrays
 
-from helpers.commands import run
+from helpers.commands import run, run_stages
 from helpers.data import write_cifar10_dataset, write_csv_dataset, write_idx_dataset, write_image_folder_dataset
 
 DATA = {
@@ -57,7 +56,8 @@ def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, mo
         "prepare": {"shard_size": 64},
         "train": {"model": preset, "epochs": 3, "shuffle_buffer": 256},
         "evaluate": {"gate": {"min_accuracy": 0.0}, "worst_examples": 4},
-        "export": {"calibration_size": 40, "max_int8_drop": 1.0},
+        "export": {"calibration_size": 40},
+        "verify": {"max_int8_drop": 1.0},
         "mlflow": {
             "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
             "experiment_name": "presets",
@@ -65,9 +65,8 @@ def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, mo
         },
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run_stages(tmp_path, "fetch", "prepare", "train", "evaluate", "export", "verify")
     monkeypatch.chdir(tmp_path)
-    for stage in (fetch, prepare, train, evaluate, export, verify):
-        stage.main([])
 
     hyper = PRESETS[preset].hyper
     trained = json.loads((tmp_path / "reports/train.json").read_text())

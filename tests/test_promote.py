@@ -9,7 +9,7 @@ import pytest
 from pipeline.params import PromoteParams
 from pipeline.promote import compare, mcnemar_exact
 
-from helpers.commands import run, set_params
+from helpers.commands import run, stage_argv
 
 
 def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_pairs():
@@ -46,28 +46,24 @@ def test_checks_compare_accuracy_per_class_f1_and_significance():
 
 
 @pytest.mark.slow
-def test_champion_moves_only_for_a_better_challenger_and_rolls_back(dvc_repo, tmp_path):
+def test_champion_moves_only_for_a_better_challenger_and_rolls_back(reproduced_copy):
     from mlflow.tracking import MlflowClient
 
-    set_params(dvc_repo, "train", epochs=6, learning_rate=0.01, early_stopping_patience=0)
-    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.5, "max_drop": 0.02, "baseline": "champion"})
-    set_params(dvc_repo, "export", calibration_size=60)
-    run(["git", "commit", "-qam", "tiny params"], dvc_repo)
-    run(["dvc", "repro"], dvc_repo)
-    client = MlflowClient(f"sqlite:///{dvc_repo / 'mlflow.db'}")
+    repo = reproduced_copy
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     name = "source-classifier"
-    first = json.loads((dvc_repo / "reports/metrics.json").read_text())["test"]["accuracy"]
+    first = json.loads((repo / "reports/metrics.json").read_text())["test"]["accuracy"]
     assert first >= 0.9 and str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
     # A deliberately worse challenger (one epoch at a tiny learning rate) that the gate lets through.
     worse = run(
         ["dvc", "exp", "run", "-S", "train.epochs=1", "-S", "train.learning_rate=0.00001",
          "-S", "evaluate.gate.min_accuracy=0", "-S", "evaluate.gate.max_drop=null"],
-        dvc_repo,
+        repo,
     )  # fmt: skip
     assert "promote: source-classifier v2 kept champion v1 (accuracy" in worse.stdout
     assert "Downloading artifacts" not in worse.stderr + worse.stdout  # MLflow's progress bar, off
-    decision = json.loads((dvc_repo / "reports/promotion.json").read_text())
+    decision = json.loads((repo / "reports/promotion.json").read_text())
     assert not decision["promoted"] and decision["champion_after"] == "1"
     assert decision["test_sha256"] == decision["champion_test_sha256"]
     assert decision["accuracy"]["champion"] == first and decision["accuracy"]["challenger"] < first
@@ -77,40 +73,44 @@ def test_champion_moves_only_for_a_better_challenger_and_rolls_back(dvc_repo, tm
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
     assert client.get_model_version(name, "2").tags["promotion.decision"] == "rejected"
     assert client.get_model_version(name, "1").tags["promotion.v2"].startswith("kept against v2: accuracy")
-    shown = json.loads(run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout)[""]["data"]
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)[""]["data"]
     assert shown["reports/promotion.json"]["data"]["promoted"] is False
 
     # By hand, then the documented rollback; a first champion has nothing to roll back to.
-    assert "champion is now v2" in run(["python", "-m", "pipeline.promote", "--champion", "2"], dvc_repo).stdout
-    assert "champion is now v1" in run(["python", "-m", "pipeline.promote", "--rollback"], dvc_repo).stdout
+    by_hand = ["python", "-m", "pipeline.promote", "--registration", "reports/export.json"]
+    assert "champion is now v2" in run([*by_hand, "--champion", "2"], repo).stdout
+    assert "champion is now v1" in run([*by_hand, "--rollback"], repo).stdout
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    again = run(["python", "-m", "pipeline.promote", "--rollback"], dvc_repo, check=False)
+    again = run([*by_hand, "--rollback"], repo, check=False)
     assert again.returncode == 1
     assert again.stderr.strip() == f"error: {name} v1 replaced no earlier champion: nothing to roll back to"
 
 
 @pytest.mark.slow
-def test_a_second_clone_reaches_the_run_through_the_shared_store_or_stops_with_one_line(dvc_repo, tmp_path):
-    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0})
-    run(["dvc", "repro", "train"], dvc_repo)
-    remote = tmp_path / "remote"
-    run(["dvc", "remote", "add", "-d", "shared", str(remote)], dvc_repo)
-    run(["dvc", "push", "-q"], dvc_repo)
-    run(["git", "add", "-A"], dvc_repo)
-    run(["git", "commit", "-qm", "trained"], dvc_repo)
+def test_a_second_clone_gets_the_outputs_through_a_dvc_remote_and_reaches_the_run_or_stops(reproduced_copy, tmp_path):
+    """`dvc push` to a remote, `git clone` and `dvc pull` elsewhere: every output back without
+    retraining, nothing left to run; the run files name the embedded store relative to the project,
+    so without the team's store `evaluate` stops with one line and creates none, and with it (here
+    the first repo's store, as a server would serve it) it logs into the same run."""
+    repo = reproduced_copy
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], repo)
+    run(["dvc", "push", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline results"], repo)
     clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(dvc_repo), str(clone)], tmp_path)
-    run(["dvc", "pull", "-q", "--with-deps", "train"], clone)
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    assert not (clone / "exported").exists()
+    run(["dvc", "pull", "-q"], clone)
+    assert (clone / "exported/model.onnx").read_bytes() == (repo / "exported/model.onnx").read_bytes()
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
+    assert "Running stage" not in run(["dvc", "repro"], clone).stdout  # nothing retrained
 
-    alone = run(["python", "-m", "pipeline.evaluate"], clone, check=False)
+    alone = run(stage_argv("evaluate"), clone, check=False)
     assert alone.returncode == 1
     (line,) = alone.stderr.strip().splitlines()
     run_id = json.loads((clone / "models/mlflow_run.json").read_text())["run_id"]
     assert line.startswith(f"error: models/mlflow_run.json: MLflow run {run_id} is in the embedded store")
-    assert not (clone / "mlflow.db").exists() and not (clone / "reports/metrics.json").exists()
-
-    # The team's store (here the first clone's, as a server would serve it): evaluate logs into the run.
-    store = f"sqlite:///{dvc_repo / 'mlflow.db'}"
-    shared = run(["python", "-m", "pipeline.evaluate"], clone, MLFLOW_TRACKING_URI=store)
+    assert not (clone / "mlflow.db").exists()
+    shared = run(stage_argv("evaluate"), clone, MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}")
     assert shared.stdout.startswith("evaluate: test accuracy")
     assert not (clone / "mlflow.db").exists()

@@ -1,4 +1,5 @@
-"""Scale out on existing engines: two tf.distribute workers on loopback, and a DVC remote round trip."""
+"""Training across machines on an existing engine: tf.distribute workers on loopback. (Sharing data and
+models through a DVC remote: tests/test_promote.py.)"""
 
 import csv
 import json
@@ -7,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers.commands import run, set_params, tool_env
+from helpers.commands import run, set_params, stage_argv, tool_env
 from helpers.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def start_workers(directory, count: int, tmp_path, command=None, **env):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         procs.append(
             subprocess.Popen(
-                command or ["python", "-m", "pipeline.train"],
+                command or stage_argv("train"),
                 cwd=directory,
                 env=tool_env(TF_CONFIG=tf_config, MLFLOW_TRACKING_URI="", TMPDIR=str(scratch), **env),
                 stdout=subprocess.PIPE,
@@ -120,7 +121,7 @@ def test_two_workers_train_one_model_like_one_process_with_the_same_global_batch
     assert mlrun.data.tags["train.workers"] == "2" and mlrun.data.tags["train.loop"] == "custom (tf.distribute)"
     assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "val_accuracy")] == list(range(1, EPOCHS + 1))
 
-    run(["python", "-m", "pipeline.train"], single, MLFLOW_TRACKING_URI="", TF_CONFIG="")
+    run(stage_argv("train"), single, MLFLOW_TRACKING_URI="", TF_CONFIG="")
     two, one = history(project), history(single)
     assert [r["epoch"] for r in two] == [r["epoch"] for r in one] == list(range(1, EPOCHS + 1))
     # Same model, data, global batch and learning-rate schedule: every worker shuffles the whole split
@@ -186,25 +187,3 @@ def test_a_one_worker_cluster_trains(project, tmp_path):
     report = json.loads((project / "reports/train.json").read_text())
     assert report["devices"]["strategy"] == "MultiWorkerMirroredStrategy" and report["devices"]["workers"] == 1
     assert report["training_loop"] == "custom (tf.distribute)" and report["epochs_run"] == 2
-
-
-def test_dvc_remote_round_trip_restores_exports_without_retraining(dvc_repo, tmp_path):
-    set_params(dvc_repo, "train", epochs=2, early_stopping_patience=0)
-    set_params(dvc_repo, "evaluate", gate={"min_accuracy": 0.0})
-    set_params(dvc_repo, "export", calibration_size=40, max_int8_drop=1.0)
-    run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote")], dvc_repo)
-    run(["dvc", "repro"], dvc_repo)
-    run(["git", "add", "-A"], dvc_repo)
-    run(["git", "commit", "-qm", "pipeline results"], dvc_repo)
-    run(["dvc", "push"], dvc_repo)
-
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(dvc_repo), str(clone)], tmp_path)
-    assert not (clone / "exported").exists()
-    run(["dvc", "pull"], clone)
-    assert (clone / "exported/model.onnx").read_bytes() == (dvc_repo / "exported/model.onnx").read_bytes()
-    assert (clone / "models/model.keras").is_file()
-    status = run(["dvc", "status"], clone)
-    assert "Data and pipelines are up to date" in status.stdout
-    again = run(["dvc", "repro"], clone)
-    assert "Running stage" not in again.stdout  # nothing retrained

@@ -112,7 +112,7 @@ def test_a_thousand_classes_train_evaluate_export_and_verify(tmp_path):
     assert not (reports / "figures/worst_errors.png").exists()  # table rows are no pictures
     parity = json.loads((reports / "parity.json").read_text())
     assert parity["passed"] and parity["formats"]["onnx"]["argmax_agreement"] == 1.0
-    card = (tmp_path / "p/exported/MODEL_CARD.md").read_text()
+    card = (tmp_path / "p/reports/model_card.md").read_text()
     assert "The 10 weakest classes by F1 (every class: `reports/per_class.csv`)" in card
     assert "(1,000 in all: `metadata.json`)" in card and "top-5 accuracy" in card
 

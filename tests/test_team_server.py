@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers.commands import set_params, tool_env
+from helpers.commands import set_params, stage_argv, tool_env
 from helpers.servers import mlflow_server, postgres_bin, postgres_cluster
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def test_two_trainings_at_once_against_a_postgres_backed_server(postgres_availab
     ):
         procs = [
             subprocess.Popen(
-                ["python", "-m", "pipeline.train"],
+                stage_argv("train"),
                 cwd=directory,
                 env=tool_env(MLFLOW_TRACKING_URI=url),
                 stdout=subprocess.PIPE,

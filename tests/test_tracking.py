@@ -7,7 +7,8 @@ import time
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.tracking import Tracker, dvc_experiment_tags, git_state, portable_uri, resolve_tracking_uri
+from pipeline.lineage import dvc_experiment_tags, git_state
+from pipeline.tracking import Run, portable_uri, resolve_tracking_uri
 
 
 def test_default_store_is_mlflow_db_at_the_dvc_root(monkeypatch, tmp_path):
@@ -78,7 +79,7 @@ def test_run_file_names_the_embedded_store_relative_to_the_project(monkeypatch, 
     assert portable_uri(f"sqlite:///{tmp_path}/mlflow.db") == "sqlite:///mlflow.db"
     assert portable_uri("sqlite:////elsewhere/team.db") == "sqlite:////elsewhere/team.db"
     assert portable_uri("http://mlflow.internal:5000") == "http://mlflow.internal:5000"
-    tracker = Tracker.start(None, "exp")
+    tracker = Run.start(None, "exp")
     tracker.write_run_file(tmp_path / "run.json")
     assert '"tracking_uri": "sqlite:///mlflow.db"' in (tmp_path / "run.json").read_text()
 
@@ -90,36 +91,36 @@ def test_a_run_the_reachable_store_lacks_is_one_line_and_creates_nothing(monkeyp
     run_file = tmp_path / "run.json"
     run_file.write_text('{"run_id": "abc123", "experiment_id": "1", "tracking_uri": "sqlite:///mlflow.db"}')
     with pytest.raises(PipelineError) as error:
-        Tracker.resume(run_file)
+        Run.resume(run_file)
     message = str(error.value)
     assert "MLflow run abc123 is in the embedded store sqlite:///mlflow.db, which this clone does not have" in message
     assert "MLFLOW_TRACKING_URI" in message and "dvc repro train" in message
     assert list(tmp_path.iterdir()) == [run_file]
     # A store that exists but lacks the run (another machine's run): one line too.
-    Tracker.start(None, "exp")
+    Run.start(None, "exp")
     with pytest.raises(PipelineError, match="MLflow run abc123 is not in the store sqlite:///mlflow.db"):
-        Tracker.resume(run_file)
+        Run.resume(run_file)
 
 
 def test_runs_are_distinct_and_resumable(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    first = Tracker.start(uri, "exp", run_name="a", tags={"k": "v"})
-    second = Tracker.start(uri, "exp", run_name="b")
+    first = Run.start(uri, "exp", run_name="a", tags={"k": "v"})
+    second = Run.start(uri, "exp", run_name="b")
     assert first.run_id != second.run_id and first.experiment_id == second.experiment_id
     first.write_run_file(tmp_path / "run.json")
-    again = Tracker.resume(tmp_path / "run.json")
+    again = Run.resume(tmp_path / "run.json")
     again.log_metrics({"m": 1.5}, step=2)
     assert again.client.get_run(first.run_id).data.metrics["m"] == 1.5
-    reopened = Tracker.start(uri, "exp", resume_run_id=first.run_id)
+    reopened = Run.start(uri, "exp", resume_run_id=first.run_id)
     assert reopened.run_id == first.run_id
 
 
 def test_missing_or_bad_run_file(tmp_path):
     with pytest.raises(PipelineError, match=r"run\.json: MLflow run file not found"):
-        Tracker.resume(tmp_path / "run.json")
+        Run.resume(tmp_path / "run.json")
     (tmp_path / "run.json").write_text('{"run_id": 1}')
     with pytest.raises(PipelineError, match=r"run\.json: not an MLflow run file"):
-        Tracker.resume(tmp_path / "run.json")
+        Run.resume(tmp_path / "run.json")
 
 
 def test_unreachable_server_fails_fast(tmp_path):
@@ -128,7 +129,7 @@ def test_unreachable_server_fails_fast(tmp_path):
         port = s.getsockname()[1]  # closed again: nothing listens there
     started = time.monotonic()
     with pytest.raises(PipelineError, match=rf"MLflow tracking server http://127.0.0.1:{port} is unreachable"):
-        Tracker.start(f"http://127.0.0.1:{port}", "exp")
+        Run.start(f"http://127.0.0.1:{port}", "exp")
     assert time.monotonic() - started < 10
 
 
@@ -139,7 +140,7 @@ def test_artifacts_of_a_temp_experiment_copy_land_in_the_real_repo(monkeypatch, 
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    tracker = Tracker.start(None, "exp")
+    tracker = Run.start(None, "exp")
     tracker.log_text("hello", "notes/hello.txt")
     location = tracker.client.get_experiment(tracker.experiment_id).artifact_location
     assert location == (tmp_path / "mlartifacts").as_uri()

@@ -38,13 +38,22 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **extra_env) -> subproces
     return proc
 
 
+def stage_argv(stage: str, python: str = "python") -> list[str]:
+    """The stage's command line exactly as dvc.yaml gives it (every path an argument)."""
+    argv = shlex.split(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["cmd"])
+    assert argv[:3] == ["python", "-m", f"pipeline.{stage}"], argv
+    return [python, *argv[1:]]
+
+
 def run_stages(directory: Path, *stages: str) -> None:
     """Run stages in this process, each with the command line dvc.yaml gives it (`python -m
     pipeline.<stage> ...`), in `directory`: the stages' own code and paths, without a new Python and
     TensorFlow start for each."""
-    commands = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for stage in stages:
-        argv = shlex.split(commands[stage]["cmd"])
-        assert argv[:3] == ["python", "-m", f"pipeline.{stage}"], argv
-        with contextlib.chdir(directory):
-            importlib.import_module(f"pipeline.{stage}").main(argv[3:])
+    environment = dict(os.environ)  # a stage sets its own process's logging variables: keep them here
+    try:
+        for stage in stages:
+            with contextlib.chdir(directory):
+                importlib.import_module(f"pipeline.{stage}").main(stage_argv(stage)[3:])
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
