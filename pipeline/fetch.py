@@ -115,7 +115,7 @@ def extract(archive: Path, dest: Path, budget: ExtractionBudget) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
 
 
-def verify(path: Path, expected: str | None, where: str, label: str) -> str:
+def checked_sha256(path: Path, expected: str | None, where: str, label: str) -> str:
     """sha256 of `path`'s decompressed content, checked against `expected`; errors name `label`
     (the file as data.source has it), not the temporary copy."""
     actual = content_sha256(path, label=label)
@@ -188,7 +188,7 @@ def fill(data: DataParams, directory: Path) -> dict[str, str]:
         raise PipelineError(f"{where}: names {missing[0]!r}, which data.source does not hold")
     files = [n for n in section.files() if not n.endswith("/")]
     return {
-        name: verify(directory / name, checksums.get(name), where, source_label(data.source, name))
+        name: checked_sha256(directory / name, checksums.get(name), where, source_label(data.source, name))
         for name in sorted(set(files) | set(checksums))
     }
 

@@ -33,10 +33,11 @@ MAX_ARRAY_ELEMENTS = 2**28  # 256 M values (1 GiB of uint8 pixels): larger array
 
 @dataclass
 class Item:
-    """One thing to classify: a name for the user, and its pixels (or why there are none)."""
+    """One thing to classify: a name for the user, and its raw input, an image's pixels or a table
+    row's features (or why there is none)."""
 
     name: str
-    pixels: np.ndarray | None = None
+    inputs: np.ndarray | None = None
     error: str | None = None
 
 
@@ -157,7 +158,7 @@ def collect_inputs(
 
 def predict_items(classifier: OnnxClassifier, items: list[Item], k: int) -> list[dict]:
     good = [item for item in items if item.error is None]
-    probs = classifier.probabilities(np.stack([item.pixels for item in good])) if good else np.zeros((0, 0))
+    probs = classifier.probabilities(np.stack([item.inputs for item in good])) if good else np.zeros((0, 0))
     ranked = iter(classifier.top_k(probs, k)) if good else iter(())
     results = []
     for item in items:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.tracking import existing_store_client, portable_uri, resolve_tracking_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_DIR = "onnx_model"  # where the run keeps the registered MLflow model
@@ -24,12 +23,6 @@ class Registry:
 
     def __init__(self, client, tracking_uri: str):
         self.client, self.tracking_uri = client, tracking_uri
-
-    @classmethod
-    def open(cls, configured_uri: str | None) -> Registry:
-        uri = resolve_tracking_uri(configured_uri)
-        missing = f"MLflow store {portable_uri(uri)} does not exist (run `dvc repro` first)"
-        return cls(existing_store_client(uri, missing), uri)
 
     def version_by_alias(self, name: str, alias: str):
         """The version that carries `alias`, or None (no such model, or no such alias)."""

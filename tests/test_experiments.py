@@ -153,3 +153,21 @@ def test_the_readmes_data_switch_commands_run_as_written(dvc_repo, tmp_path):
         if fmt in ("image_folder", "csv"):
             assert test["task"]["type"] == "binary" and test["roc_auc"] >= 0.9, (fmt, test)
     assert shown[names["csv"]]["metrics"]["test"]["task"]["positive_class"] == "malignant"
+
+
+def test_the_readmes_beam_command_runs_as_written_offline(reproduced_copy):
+    """README, Scale: `prepare` on Apache Beam's runner in multi-process mode, the network cut; the
+    pipeline goes on from its output (Beam may order the examples otherwise, so train reruns)."""
+    import shlex
+
+    from helpers.commands import offline
+
+    line = next(line for line in (REPO / "README.md").read_text().splitlines()
+                if line.startswith("dvc exp run -S prepare.runner=beam"))  # fmt: skip
+    proc = run(offline(shlex.split(line)), reproduced_copy, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Running stage 'prepare'" in proc.stdout and "promote: " in proc.stdout
+    params = yaml.safe_load((reproduced_copy / "params.yaml").read_text())["prepare"]
+    assert params["runner"] == "beam" and params["beam_options"][0] == "--direct_running_mode=multi_processing"
+    data = json.loads((reproduced_copy / "reports/data.json").read_text())
+    assert data["counts"] == {"train": 108, "val": 12, "test": 40}

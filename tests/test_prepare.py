@@ -273,18 +273,6 @@ def test_the_output_is_the_same_whatever_the_number_of_processes(tmp_path):
     assert len({tree_sha256(tmp_path / f"p{n}") for n in (1, 2, 3)}) == 1
 
 
-def offline(command: list[str]) -> list[str]:
-    """`command` in a network namespace of its own with only loopback up: nothing can be downloaded."""
-    import os
-    import shlex
-    import shutil
-
-    if shutil.which("unshare") is None:
-        pytest.fail("unshare (util-linux) is needed to prove the Beam runner works offline")
-    user = [] if os.geteuid() == 0 else ["-r"]
-    return ["unshare", *user, "-n", "sh", "-c", f"ip link set lo up && exec {shlex.join(command)}"]
-
-
 @pytest.mark.slow
 def test_beam_on_two_worker_processes_offline_gives_the_local_runner_s_splits(tmp_path):
     """`prepare.runner: beam` with Beam's in-process runner in multi-process mode, two workers, the
@@ -294,7 +282,7 @@ def test_beam_on_two_worker_processes_offline_gives_the_local_runner_s_splits(tm
 
     import yaml
 
-    from helpers.commands import tool_env
+    from helpers.commands import offline, tool_env
     from helpers.data import write_image_folder_dataset
 
     data = write_image_folder_dataset(tmp_path / "images", n_train=300, n_test=4, rgb=True)

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,13 @@ def run_stages(directory: Path, *stages: str) -> None:
     finally:
         os.environ.clear()
         os.environ.update(environment)
+
+
+def offline(command: list[str]) -> list[str]:
+    """`command` in a network namespace of its own with only loopback up: nothing can be downloaded."""
+    import pytest
+
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed to prove the Beam runner works offline")
+    user = [] if os.geteuid() == 0 else ["-r"]
+    return ["unshare", *user, "-n", "sh", "-c", f"ip link set lo up && exec {shlex.join(command)}"]
