@@ -3,10 +3,13 @@
 The same functions as the local runner (pipeline/prepare.py): the format's `chunks` and `decode`,
 `serialize_example`, the 16-byte `digest`, `Moments`; the driver still makes the cheap first pass
 and draws the splits, so both runners put the same examples in each split. Beam distributes
-ranges of raw examples over its workers and writes each split with `WriteToTFRecord` (shard names
-`part-SSSSS-of-NNNNN.tfrecord` as locally; which example lands in which shard may differ, and
-meta.json lists the shards, so `train` reads either). Workers read `data/raw` and write
-`data/prepared` through a filesystem they all see (one machine, or a shared mount on a cluster).
+ranges of `prepare.shard_size` raw examples over its workers; each range writes its part of every
+split as one shard (through a temporary name, so a retried bundle rewrites the same file), and no
+record passes through a shuffle: memory stays bounded on any runner, Beam's in-process one
+included. The driver then names the shards `part-SSSSS-of-NNNNN.tfrecord` in range order (their
+boundaries differ from the local runner's; meta.json lists them, so `train` reads either). Workers
+read `data/raw` and write `data/prepared` through a filesystem they all see (one machine, or a shared
+mount on a cluster).
 
 `prepare.beam_options` are Beam's own pipeline options. Without `--runner` (or with
 `--runner=DirectRunner`) the pipeline runs on Beam's in-process FnApiRunner, named explicitly:
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,6 @@ import numpy as np
 from pipeline.errors import PipelineError
 
 RESULTS = ".beam-results"  # what the pipeline reports back to the driver, removed afterwards
-RANGE = 1024  # raw examples per element: the unit Beam distributes
 
 
 def _quiet_import():
@@ -51,19 +54,26 @@ def beam_runner(options: list[str]):
     return None, options
 
 
-def ranges(scan) -> list[tuple[str, int, int]]:
-    return [(name, start, min(start + RANGE, len(part))) for name, part in scan.parts.items()
-            for start in range(0, len(part), RANGE)]  # fmt: skip
+def ranges(scan, size: int) -> list[tuple[str, int, int]]:
+    """The unit Beam distributes: `size` raw examples of a part."""
+    return [(name, start, min(start + size, len(part))) for name, part in scan.parts.items()
+            for start in range(0, len(part), size)]  # fmt: skip
+
+
+def range_shard(out: Path, split: str, part: str, start: int) -> Path:
+    """Where a range writes its part of a split, until the driver names the shards."""
+    return out / split / f".range-{part}-{start:012d}.tfrecord"
 
 
 class DecodeRange:
-    """Decode one range of raw examples; emit each record to its split, and the range's digests,
-    label counts, train statistics and skipped files on the side."""
+    """Decode one range of raw examples and write its records to one shard per split; emit the
+    range's digests, label counts, train statistics and skipped files."""
 
-    def __init__(self, fmt: str, raw_dir: str, section, scan, plan: dict[str, np.ndarray]):
+    def __init__(self, fmt: str, raw_dir: str, section, scan, plan: dict[str, np.ndarray], out: str):
         from pipeline.formats import FORMATS
 
         self.fmt, self.raw_dir, self.section, self.scan, self.plan = fmt, raw_dir, section, scan, plan
+        self.out = out
         self.options = FORMATS[fmt].decode_options(section, scan)
 
     def __call__(self, element):
@@ -72,7 +82,7 @@ class DecodeRange:
         from pipeline.formats import FORMATS
         from pipeline.normalization import Moments
         from pipeline.prepare import SPLITS, TRAIN, digest
-        from pipeline.records import serialize_example
+        from pipeline.records import frame, serialize_example
 
         reader = FORMATS[self.fmt]
         section, raw_dir = self.section, Path(self.raw_dir)
@@ -81,6 +91,8 @@ class DecodeRange:
         digests = {code: [] for code in range(len(SPLITS))}
         counts = np.zeros((len(SPLITS), len(self.scan.class_names)), dtype=np.int64)
         moments = Moments(self.scan.input_shape[-1])
+        targets = {code: range_shard(Path(self.out), name, part, start) for code, name in enumerate(SPLITS)}
+        files = {code: open(f"{path}.tmp", "wb") for code, path in targets.items()}  # noqa: SIM115
         for position, payload in reader.chunks(raw_dir, section, self.scan, part, start, stop):
             decoded = reader.decode(payload, raw_dir, self.options)
             gone = {offset for offset, _ in decoded.skipped}
@@ -89,12 +101,18 @@ class DecodeRange:
             kept = [position + offset for offset in range(len(decoded.inputs) + len(gone)) if offset not in gone]
             for x, index in zip(decoded.inputs, kept, strict=True):
                 code, label = int(codes[index]), int(labels[index])
-                yield beam.pvalue.TaggedOutput(SPLITS[code], serialize_example(x.tobytes(), label))
+                files[code].write(frame(serialize_example(x.tobytes(), label)))
                 digests[code].append(digest(x))
                 counts[code, label] += 1
             train = codes[kept] == TRAIN if kept else np.zeros(0, bool)
             if train.any():
                 moments.add(decoded.inputs[train])
+        for code, f in files.items():
+            f.close()
+            if counts[code].sum():
+                os.replace(f"{targets[code]}.tmp", targets[code])
+            else:
+                os.remove(f"{targets[code]}.tmp")
         yield beam.pvalue.TaggedOutput("side", {
             "digests": {code: b"".join(d) for code, d in digests.items()},
             "counts": counts.tolist(),
@@ -138,28 +156,21 @@ def run(raw_dir: Path, data, scan, plan: dict[str, np.ndarray], out: Path, shard
     from pipeline.prepare import SPLITS, TEST, TRAIN, VAL
 
     runner, args = beam_runner(options)
-    planned = {name: int(sum(int(np.sum(codes == code)) for codes in plan.values()))
-               for code, name in enumerate(SPLITS)}  # fmt: skip
     results = out / RESULTS
     results.mkdir(parents=True)
     try:
         with beam.Pipeline(runner=runner, options=PipelineOptions(args)) as pipeline:
-            decoded = (
-                pipeline
-                | "ranges" >> beam.Create(ranges(scan))
-                | "spread" >> beam.Reshuffle()
-                | "decode"
-                >> beam.FlatMap(DecodeRange(data.format, str(raw_dir), data.selected, scan, plan)).with_outputs(
-                    "skipped", "side", *SPLITS
-                )
-            )
             for name in SPLITS:
                 (out / name).mkdir()
-                _ = decoded[name] | f"write {name}" >> beam.io.WriteToTFRecord(
-                    str(out / name / "part"),
-                    file_name_suffix=".tfrecord",
-                    num_shards=max(1, -(-planned[name] // shard_size)),
-                )
+            decoded = (
+                pipeline
+                | "ranges" >> beam.Create(ranges(scan, shard_size))
+                | "spread" >> beam.Reshuffle()
+                | "decode and write"
+                >> beam.FlatMap(
+                    DecodeRange(data.format, str(raw_dir), data.selected, scan, plan, str(out))
+                ).with_outputs("skipped", "side")
+            )
             _ = (
                 decoded.side
                 | "merge" >> beam.combiners.ToList()
@@ -185,7 +196,7 @@ def run(raw_dir: Path, data, scan, plan: dict[str, np.ndarray], out: Path, shard
     for path in results.iterdir():
         path.unlink()
     results.rmdir()
-    shards = {name: sorted(p.name for p in (out / name).glob("part-*.tfrecord")) for name in SPLITS}
+    shards = {name: name_shards(out / name) for name in SPLITS}
     counts = side["counts"]
     return {
         "shards": shards,
@@ -195,3 +206,18 @@ def run(raw_dir: Path, data, scan, plan: dict[str, np.ndarray], out: Path, shard
         "moments": side["moments"],
         "skipped": skipped,
     }
+
+
+def name_shards(directory: Path) -> list[str]:
+    """The ranges' shards of a split as part-SSSSS-of-NNNNN.tfrecord, in range order (an empty split
+    gets one empty shard, as the local runner writes)."""
+    from pipeline.records import shard_name
+
+    ranges = sorted(directory.glob(".range-*.tfrecord"))
+    if not ranges:
+        (directory / ".range-empty.tfrecord").touch()
+        ranges = [directory / ".range-empty.tfrecord"]
+    names = [shard_name(i, len(ranges)) for i in range(len(ranges))]
+    for path, name in zip(ranges, names, strict=True):
+        os.replace(path, directory / name)
+    return names

@@ -196,7 +196,7 @@ def calibration_sample(prepared_dir: str, meta, size: int, seed: int) -> np.ndar
     count = meta.counts["train"]
     wanted = np.sort(np.random.default_rng(seed).choice(count, size=min(size, count), replace=False))
     picked, position = [], 0
-    for x, _ in iter_batches(prepared_dir, meta, "train", 4096):
+    for x, _ in iter_batches(prepared_dir, meta, "train", meta.examples_in(16 << 20)):
         here = wanted[(wanted >= position) & (wanted < position + len(x))] - position
         picked.append(x[here])
         position += len(x)

@@ -62,6 +62,11 @@ class PreparedMeta:
     def is_image(self) -> bool:
         return len(self.input_shape) == 3
 
+    def examples_in(self, nbytes: int) -> int:
+        """How many examples' inputs fit in `nbytes` (at least one): a batch size bounded in memory."""
+        size = int(np.prod(self.input_shape)) * np.dtype(self.dtype).itemsize
+        return max(1, nbytes // max(size, 1))
+
     @property
     def input_name(self) -> str:
         return input_name(self.input_shape)
