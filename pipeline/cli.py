@@ -90,13 +90,27 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
     """
     # MLflow's tqdm bar for each registry download (promote, verify): a redrawn line per file, which
     # a stage's log keeps as noise whatever the log level (set the variable to "true" to see it).
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # The variables are the stage's own: a caller that runs several stages in one process (a test, a
+    # notebook) gets its environment back, so the next stage decides quietness afresh.
     quiet = quiet_requested(argv)
+    settings = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     if quiet:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's own INFO/WARNING after absl's start-up
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    with quiet_native_logs() if quiet else contextlib.nullcontext():
+        settings["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's own INFO/WARNING after absl's start-up
+        settings["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    with stage_environment(settings), quiet_native_logs() if quiet else contextlib.nullcontext():
         _run(main, argv)
+
+
+@contextlib.contextmanager
+def stage_environment(settings: dict[str, str]) -> Iterator[None]:
+    """`settings` in os.environ where the user has not set them, for the stage's run only."""
+    added = {key: value for key, value in settings.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _run(main: Callable[[list[str] | None], None], argv: list[str] | None) -> None:

@@ -94,3 +94,23 @@ def test_cli_does_not_import_tensorflow_and_reports_errors(tiny_data, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("error: data.source:")
+
+
+def test_a_stage_run_in_process_leaves_its_callers_environment_as_it_was(tiny_data, tmp_path, monkeypatch):
+    """A stage sets its own logging variables (TF_CPP_MIN_LOG_LEVEL, MLflow's); kept afterwards, they
+    would make the next stage run from that process (a test, a notebook) think the user set them and
+    leave its console unfiltered (CI: Beam's worker logs on prepare's stderr)."""
+    import os
+
+    import yaml
+
+    from pipeline.fetch import main
+
+    for key in ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+                "PIPELINE_DEBUG"):  # fmt: skip
+        monkeypatch.delenv(key, raising=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": tiny_data}))
+    before = dict(os.environ)
+    main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "raw")])
+    assert (tmp_path / "raw").is_dir()
+    assert dict(os.environ) == before
