@@ -32,8 +32,9 @@ def debug_enabled(argv: list[str] | None = None) -> bool:
 # lines (`I0000 00:00:... file.cc:12] ...`, printed before absl's log initialisation, whatever
 # TF_CPP_MIN_LOG_LEVEL says: abseil-cpp#1718), TensorFlow's own INFO/WARNING lines, absl's notice
 # about them, the MLflow store's schema migrations, MLflow's registry messages (the stage says
-# which version it registered), and Python logging's default-format INFO/WARNING lines, which
-# Apache Beam's workers print (prepare.runner: beam) whatever the driver's logging says.
+# which version it registered), Python logging's default-format INFO/WARNING lines, which
+# Apache Beam's workers print (prepare.runner: beam) whatever the driver's logging says, and the
+# TensorFlow Lite converter's and LiteRT runtime's notices (the quantizer's settings, XNNPACK in use).
 CONSOLE_NOISE = re.compile(
     r"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] \S+:\d+\] "
@@ -41,7 +42,8 @@ CONSOLE_NOISE = re.compile(
     r"|INFO  \[alembic\."
     r"|Successfully registered model '|Created version '\d+' of model '"
     r"|Registered model '.*' already exists\. Creating a new version of this model"
-    r"|(?:INFO|WARNING):[\w.]+:)"
+    r"|(?:INFO|WARNING):[\w.]+:"
+    r"|fully_quantize: \d+, inference_type: |INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)"
 )
 
 

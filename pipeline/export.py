@@ -1,4 +1,4 @@
-"""Stage `export`: the trained Keras model as a TensorFlow SavedModel and ONNX (float32 and static
+"""Stage `export`: the trained Keras model as a TensorFlow SavedModel, ONNX and LiteRT (float32 and
 int8), with the metadata a deployer needs, then registered in MLflow as the `challenger`.
 
 Every form takes the model's raw input (its normalisation is inside the graph) and returns
@@ -7,6 +7,8 @@ Every form takes the model's raw input (its normalisation is inside the graph) a
     exported/saved_model/    serving signature: image (uint8 [batch, h, w, c]) or features (float32 [batch, n])
     exported/model.onnx      tf2onnx, the same input name and dtype with symbolic dim `batch`
     exported/model.int8.onnx onnxruntime static QDQ quantization, calibrated on a seeded raw train sample
+    exported/model.tflite    LiteRT float32, and model.int8.tflite full-integer int8 on the same sample
+                             (pipeline/litert.py); the metadata inside each file
     exported/metadata.json   input spec, class names, opset, provenance, sizes and sha256 of files
 
 exported/ is this stage's alone and is replaced as a whole (the old set or the new one). The MLflow
@@ -23,9 +25,11 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.hashing import file_sha256, tree_sha256
+from pipeline.litert import export_litert
 from pipeline.records import OUTPUT_NAME
 from pipeline.stage import Stage, StageResult, read_output, run_stage
 
+FILES = ("model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite", "saved_model")
 BATCH_DIM = "batch"
 LAYOUT = "NHWC"
 
@@ -254,6 +258,10 @@ def file_facts(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
+def write_saved_model(model, out: Path) -> None:
+    export_saved_model(model, serving_function(model), out)
+
+
 def build_exports(model, meta, prepared_dir: str, params, metadata: dict[str, Any], out: Path) -> dict[str, Any]:
     """Every exported form into `out` (a fresh directory), and metadata.json; returns the metadata."""
     serve = serving_function(model)
@@ -262,8 +270,11 @@ def build_exports(model, meta, prepared_dir: str, params, metadata: dict[str, An
     export_onnx(serve, params.opset, properties, out / "model.onnx")
     batches = calibration_batches(calibration_sample(prepared_dir, meta, params.calibration_size, params.seed))
     quantize_int8(out / "model.onnx", metadata["input"]["name"], batches, out / "model.int8.onnx", properties)
-    files = {name: file_facts(out / name) for name in ("model.onnx", "model.int8.onnx", "saved_model")}
-    full = {**metadata, "files": files}
+    in_float32 = export_litert(
+        model, out / "saved_model", write_saved_model, batches, metadata["input"]["name"], properties, out
+    )
+    files = {name: file_facts(out / name) for name in FILES}
+    full = {**metadata, "files": files, "litert_int8_float_ops": in_float32}
     (out / "metadata.json").write_text(json.dumps(full, indent=2) + "\n")
     return full
 
@@ -351,7 +362,8 @@ def export(paths: dict[str, Path], params, run) -> StageResult:
 
         sizes = ", ".join(f"{file} {facts['bytes'] / 1024:,.0f} KiB" for file, facts in built["files"].items())
         registry = run.registry
-        version = registry.register_onnx(run.run_id, paths["out"] / "model.onnx", name, metadata)
+        extra = tuple(paths["out"] / file for file in ("model.int8.onnx", "model.tflite", "model.int8.tflite"))
+        version = registry.register_onnx(run.run_id, paths["out"] / "model.onnx", name, metadata, extra)
         registry.tag_version(name, version, version_tags(evaluation, run.run_id, meta.name))
         registry.set_alias(name, CHALLENGER, version)
         from pipeline.tracking import portable_uri

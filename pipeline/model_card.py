@@ -172,9 +172,13 @@ def results_section(c: CardInputs) -> list[str]:
             ],
         ),
     ]
-    if "onnx_int8" in fmts:
-        drop = fmts["onnx_int8"].get("accuracy_drop_vs_float32", 0.0)
-        lines += ["", f"int8 accuracy drop against float32: {drop:.4f} (allowed: {c.parity.get('max_int8_drop', '')})."]
+    drops = [f"{fmt} {r['accuracy_drop_vs_float32']:.4f}" for fmt, r in fmts.items() if "accuracy_drop_vs_float32" in r]
+    if drops:
+        lines += ["", f"int8 accuracy drop against the same runtime's float32 file: {', '.join(drops)} "
+                      f"(allowed: {c.parity.get('max_int8_drop', '')})."]  # fmt: skip
+    in_float32 = c.metadata.get("litert_int8_float_ops") or []
+    if in_float32:
+        lines += ["", f"`model.int8.tflite` keeps these ops in float32 (no int8 kernel): {', '.join(in_float32)}."]
     lines += ["", *latency_lines(c.parity)]
     return lines
 
@@ -187,7 +191,8 @@ def latency_lines(parity: dict) -> list[str]:
             for name, e in timed["engines"].items()]  # fmt: skip
     return [
         f"Latency of these very files, timed by `verify` ({timed['cpus']} logical CPUs, onnxruntime "
-        f"{timed['onnxruntime']}, CPU provider; `benchmarks/inference.py` measures more carefully):",
+        f"{timed['onnxruntime']} CPU provider, ai-edge-litert {timed.get('ai-edge-litert', '?')} with XNNPACK, "
+        "each runtime's default threads; `benchmarks/inference.py` measures more carefully):",
         "",
         *_table(["file", "batch 1 median ms", "batch 256 images/s"], rows),
     ]
@@ -205,8 +210,9 @@ def limits_section(c: CardInputs) -> list[str]:
         "backgrounds, colours or sizes than the training data) are out of its distribution: measure before use.",
         "- Weakest classes: " + ", ".join(f"{v.get('class')} (F1 {v['f1']:.3f})" for v in weakest) + ".",
         f"- Probabilities are calibrated to within {test['ece']:.3f} (ECE); treat them as scores, not guarantees.",
-        "- Runs with onnxruntime alone (`model.onnx`, `model.int8.onnx`) or TensorFlow (`saved_model/`), raw "
-        "input in, probabilities out; see `metadata.json` for the exact contract.",
+        "- Runs with onnxruntime alone (`model.onnx`, `model.int8.onnx`), ai-edge-litert alone on phones and "
+        "edge devices (`model.tflite`, `model.int8.tflite`) or TensorFlow (`saved_model/`), raw input in, "
+        "probabilities out; see `metadata.json` for the exact contract.",
     ]
 
 

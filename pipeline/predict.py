@@ -1,6 +1,9 @@
-"""Predict with the exported ONNX model and onnxruntime alone: no TensorFlow, no Keras, no params.
+"""Predict with an exported model and its runtime alone: no TensorFlow, no Keras, no params.
 
     pipeline-predict [--model exported/model.onnx] [--top-k 3] [--json] INPUT [INPUT ...]
+
+A .onnx model runs on onnxruntime, a .tflite model (exported/model.tflite, model.int8.tflite) on
+ai-edge-litert: the same inputs, the same output.
 
 INPUT is a PNG/JPEG file, a directory of them, or a .npy array of one image (h×w or h×w×c) or many
 (n×h×w or n×h×w×c) with pixel values 0..255. For a model trained on a CSV table, INPUT is a .csv
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import OnnxClassifier
+from pipeline.classifier import Classifier, open_classifier
 from pipeline.cli import run_cli
 from pipeline.errors import PipelineError, first_line
 
@@ -156,7 +159,7 @@ def collect_inputs(
     return items
 
 
-def predict_items(classifier: OnnxClassifier, items: list[Item], k: int) -> list[dict]:
+def predict_items(classifier: Classifier, items: list[Item], k: int) -> list[dict]:
     good = [item for item in items if item.error is None]
     probs = classifier.probabilities(np.stack([item.inputs for item in good])) if good else np.zeros((0, 0))
     ranked = iter(classifier.top_k(probs, k)) if good else iter(())
@@ -190,14 +193,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="PNG/JPEG file, directory of them, .npy, or .csv (table models)"
     )
-    parser.add_argument("--model", default="exported/model.onnx")
+    parser.add_argument(
+        "--model", default="exported/model.onnx", help=".onnx (onnxruntime) or .tflite (ai-edge-litert)"
+    )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON object per input (JSON lines)")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="the runtime's threads (onnxruntime intra-op, LiteRT's interpreter)"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
-    classifier = OnnxClassifier(args.model, args.threads)
+    classifier = open_classifier(args.model, args.threads)
     k = max(1, min(args.top_k, len(classifier.class_names)))
     results = predict_items(
         classifier, collect_inputs(args.inputs, classifier.input_shape, classifier.feature_names), k

@@ -11,6 +11,7 @@ from pipeline.errors import PipelineError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_DIR = "onnx_model"  # where the run keeps the registered MLflow model
+EXTRA_DIR = "files"  # inside it: the version's other exported files (int8 ONNX, LiteRT)
 
 
 def registered_model_name(configured: str | None, meta) -> str:
@@ -53,10 +54,14 @@ class Registry:
     def set_description(self, name: str, version: str, text: str) -> None:
         self.client.update_model_version(name, str(version), description=text)
 
-    def register_onnx(self, run_id: str, path: Path, name: str, signature: dict) -> str:
+    def register_onnx(
+        self, run_id: str, path: Path, name: str, signature: dict, extra_files: tuple[Path, ...] = ()
+    ) -> str:
         """The ONNX file as an MLflow model in the run (`onnx_model/`) and a new version of `name`;
         returns the version. `signature`: the file's input and output (name, dtype, shape with a
         dynamic batch), so `mlflow models serve` answers a wrong input with MLflow's schema error.
+        `extra_files` (the other exported forms: int8 ONNX, LiteRT) travel in the version's
+        directory under `files/`, so the version holds every deployable file.
 
         Saved locally, then logged and registered through this registry's client: MLflow's
         `log_model` would need the global tracking URI and an active run."""
@@ -82,6 +87,12 @@ class Registry:
             local = Path(tmp) / MODEL_DIR
             mlflow.onnx.save_model(onnx.load(str(path)), str(local), signature=spec, input_example=example,
                                    save_as_external_data=False, onnx_execution_providers=providers)  # fmt: skip
+            if extra_files:
+                import shutil
+
+                (local / EXTRA_DIR).mkdir()
+                for extra in extra_files:
+                    shutil.copy2(extra, local / EXTRA_DIR / extra.name)
             self.client.log_artifacts(run_id, str(local), MODEL_DIR)
         try:
             self.client.create_registered_model(name)
@@ -101,7 +112,7 @@ class Registry:
 
     def download_onnx(self, name: str, version: str, directory: Path) -> Path:
         """The registered version's ONNX file, downloaded into `directory`."""
-        found = sorted(self.download(name, version, directory).rglob("*.onnx"))
+        found = sorted(p for p in self.download(name, version, directory).glob("*.onnx"))
         if not found:
             raise PipelineError(f"registered model {name} v{version} has no ONNX file")
         return found[0]

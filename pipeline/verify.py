@@ -2,12 +2,13 @@
 all fed the same raw inputs (uint8 pixels or raw features) that a deployer would feed them.
 
 Runs the Keras model, the SavedModel (tf.saved_model.load, no project code), each ONNX file
-(onnxruntime, CPU provider) and the registered MLflow model loaded back with `mlflow.pyfunc`, one
-pass over the test split in batches, and records per form the max/mean |Δ| of probabilities
-against Keras, argmax agreement and accuracy, plus a batch-size check. float32 forms must be
-within `verify.max_abs_diff` with 100 % argmax agreement; int8 may lose at most
-`verify.max_int8_drop` accuracy. It also times each ONNX file here (batch 1 and 256). When every
-check passes it writes the model card (pipeline/model_card.py) and makes it the registered
+(onnxruntime, CPU provider), each LiteRT file (ai-edge-litert's interpreter, as a phone runs it)
+and the registered MLflow model loaded back with `mlflow.pyfunc`, one pass over the test split in
+batches, and records per form the max/mean |Δ| of probabilities against Keras, argmax agreement
+and accuracy, plus a batch-size check. float32 forms must be within `verify.max_abs_diff` with
+100 % argmax agreement; an int8 file may lose at most `verify.max_int8_drop` accuracy against the
+float32 file of its runtime. It also times each ONNX and LiteRT file here (batch 1 and 256). When
+every check passes it writes the model card (pipeline/model_card.py) and makes it the registered
 version's description.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PipelineError, first_line
+from pipeline.errors import PipelineError
 from pipeline.model_card import CardInputs
 from pipeline.model_card import render as render_card
 from pipeline.records import OUTPUT_NAME
@@ -32,20 +33,6 @@ from pipeline.stage import Stage, StageResult, read_output, run_stage
 
 def predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([np.asarray(fn(x[i : i + batch]), dtype=np.float64) for i in range(0, len(x), batch)])
-
-
-def onnx_session(path: Path):
-    import onnxruntime as ort
-
-    try:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime rejects a damaged file with its own exception types
-        raise PipelineError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
-
-
-def onnx_predictor(session):
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
 
 
 def saved_model_predictor(path: Path, input_name: str):
@@ -97,9 +84,15 @@ def batch_consistency(fn, x: np.ndarray, sizes: list[int]) -> float:
     return float(max(np.abs(o - outputs[-1]).max() for o in outputs))
 
 
+def float32_of(fmt: str) -> str:
+    """The float32 form an int8 form is measured against: the same runtime's ("litert_int8": "litert")."""
+    return fmt.removesuffix("_int8")
+
+
 def int8_drops(results: dict[str, dict]) -> dict[str, float]:
-    """Accuracy lost by each int8 form against float32 ONNX."""
-    return {fmt: results["onnx"]["accuracy"] - r["accuracy"] for fmt, r in results.items() if fmt.endswith("int8")}
+    """Accuracy lost by each int8 form against its runtime's float32 form."""
+    return {fmt: results[float32_of(fmt)]["accuracy"] - r["accuracy"] for fmt, r in results.items()
+            if fmt.endswith("_int8")}  # fmt: skip
 
 
 def check(results: dict[str, dict], limits) -> list[str]:
@@ -112,8 +105,8 @@ def check(results: dict[str, dict], limits) -> list[str]:
         if fmt in drops:
             if drops[fmt] > limits.max_int8_drop:
                 failures.append(
-                    f"{fmt}: accuracy {r['accuracy']:.4f} is {drops[fmt]:.4f} below float32 ONNX "
-                    f"{results['onnx']['accuracy']:.4f}, more than verify.max_int8_drop {limits.max_int8_drop}"
+                    f"{fmt}: accuracy {r['accuracy']:.4f} is {drops[fmt]:.4f} below {float32_of(fmt)}'s "
+                    f"{results[float32_of(fmt)]['accuracy']:.4f}, more than verify.max_int8_drop {limits.max_int8_drop}"
                 )
         elif r["max_abs_diff"] > limits.max_abs_diff or r["argmax_agreement"] < 1.0:
             failures.append(
@@ -159,30 +152,34 @@ def parity(model, predictors: dict[str, Callable], prepared_dir: str, meta, limi
     }
 
 
-def latency(sessions: dict[str, Any], sample: np.ndarray, calls: int = 200) -> dict[str, Any]:
-    """Each ONNX file timed here, on this machine: batch-1 median over `calls` calls, batch-256
-    throughput (the model card quotes these, for exactly the files it describes)."""
-    import onnxruntime as ort
+def latency(engines: dict[str, Callable], sample: np.ndarray, calls: int = 200) -> dict[str, Any]:
+    """Each deployable file timed here, on this machine, in its runtime's default session: batch-1
+    median over `calls` calls, batch-256 throughput (the model card quotes these, for exactly the
+    files it describes). One engine at a time, each with a batch-1 and a batch-256 instance (LiteRT
+    reallocates its tensors when the batch size changes)."""
+    from importlib.metadata import version
 
     timed = {}
-    for fmt, session in sessions.items():
-        name = session.get_inputs()[0].name
-        one, batch = sample[:1], np.resize(sample, (256, *sample.shape[1:]))
+    batch = np.resize(sample, (256, *sample.shape[1:]))
+    for fmt, make in engines.items():
+        one_engine, batch_engine = make(), make()
         for _ in range(20):
-            session.run(None, {name: one})
+            one_engine(sample[:1])
+        batch_engine(batch)
         times = []
         for _ in range(calls):
             started = time.perf_counter()
-            session.run(None, {name: one})
+            one_engine(sample[:1])
             times.append(time.perf_counter() - started)
         started = time.perf_counter()
         for _ in range(4):
-            session.run(None, {name: batch})
+            batch_engine(batch)
         timed[fmt] = {
             "batch1_median_ms": round(statistics.median(times) * 1000, 4),
             "batch256_images_per_s": round(4 * 256 / (time.perf_counter() - started), 1),
         }
-    return {"onnxruntime": ort.__version__, "cpus": os.cpu_count(), "engines": timed}
+    runtimes = {name: version(name) for name in ("onnxruntime", "ai-edge-litert")}
+    return {**runtimes, "cpus": os.cpu_count(), "engines": timed}
 
 
 STAGE = Stage(
@@ -201,20 +198,37 @@ def check_exports(model_path: Path, exported: Path, prepared_dir: str, limits, p
     from pipeline.records import iter_batches, read_meta
 
     meta = read_meta(prepared_dir)
-    for name in ("model.onnx", "model.int8.onnx", "saved_model"):
+    for name in ("saved_model", *DEPLOYABLE.values()):
         if not (exported / name).exists():
             raise PipelineError(f"{exported / name}: not found (run `dvc repro export`)")
-    sessions = {"onnx": onnx_session(exported / "model.onnx"), "onnx_int8": onnx_session(exported / "model.int8.onnx")}
+    engines = {fmt: engine_of(exported / file) for fmt, file in DEPLOYABLE.items()}
     predictors = {
         "saved_model": saved_model_predictor(exported / "saved_model", meta.input_name),
-        **{fmt: onnx_predictor(session) for fmt, session in sessions.items()},
+        **{fmt: make() for fmt, make in engines.items()},
     }
     if pyfunc is not None:
         predictors["mlflow_pyfunc"] = pyfunc_predictor(pyfunc, meta.input_name)
     report = parity(load_keras_model(str(model_path)), predictors, prepared_dir, meta, limits)
     sample, _ = next(iter_batches(prepared_dir, meta, "test", 256))
-    report["latency"] = latency(sessions, sample)
+    report["latency"] = latency(engines, sample)
     return report
+
+
+# The files a deployer runs, by the name each form has in the report.
+DEPLOYABLE = {
+    "onnx": "model.onnx",
+    "onnx_int8": "model.int8.onnx",
+    "litert": "model.tflite",
+    "litert_int8": "model.int8.tflite",
+}
+
+
+def engine_of(path: Path) -> Callable[[], Callable[[np.ndarray], np.ndarray]]:
+    """A maker of the file's runtime as a deployer runs it (pipeline/classifier.py), fed the raw inputs."""
+    from pipeline.classifier import open_classifier
+
+    open_classifier(path)  # a damaged file: one line now, before any pass over the test split
+    return lambda: open_classifier(path).run
 
 
 def verify(paths: dict[str, Path], params, run) -> StageResult:
@@ -239,6 +253,7 @@ def verify(paths: dict[str, Path], params, run) -> StageResult:
         registry.tag_version(registered["name"], registered["version"], {
             "parity": verdict,
             "parity.onnx.max_abs_diff": f"{report['formats']['onnx']['max_abs_diff']:.3g}",
+            "parity.litert.max_abs_diff": f"{report['formats']['litert']['max_abs_diff']:.3g}",
             "parity.examples": report["examples"],
         })  # fmt: skip
         if card is not None:

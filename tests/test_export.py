@@ -1,6 +1,7 @@
-"""Export parity: for every preset and an explicit layer list, onnxruntime ≈ Keras ≈ SavedModel."""
+"""Export parity: for every preset and an explicit layer list, onnxruntime ≈ LiteRT ≈ Keras ≈ SavedModel."""
 
 import json
+import re
 from pathlib import Path
 
 import keras
@@ -77,7 +78,7 @@ def trained_model(model_spec, prepared: str, path):
     ],
     ids=["mlp", "cnn", "rnn", "explicit-bn-dropout"],
 )
-def test_onnx_and_saved_model_match_keras(model_spec, tolerance, prepared, tmp_path):
+def test_every_exported_form_matches_keras(model_spec, tolerance, prepared, tmp_path):
     model = trained_model(model_spec, prepared, tmp_path / "model.keras")
     params = parse_params({"export": {"calibration_size": 40}}).export
     info = export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id="run-123")
@@ -97,7 +98,17 @@ def test_onnx_and_saved_model_match_keras(model_spec, tolerance, prepared, tmp_p
     got_saved = signature(image=tf.constant(x))["probabilities"].numpy()
     np.testing.assert_allclose(got_saved, expected, atol=tolerance, rtol=tolerance)
 
-    assert (got_onnx.argmax(1) == expected.argmax(1)).all() and (got_saved.argmax(1) == expected.argmax(1)).all()
+    from pipeline.classifier import LiteRTClassifier
+
+    litert = LiteRTClassifier(tmp_path / "exported/model.tflite")  # ai-edge-litert's interpreter
+    assert (litert.input_name, litert.input_dtype, litert.output_name) == ("image", np.uint8, "probabilities")
+    got_litert = litert.run(x)
+    np.testing.assert_allclose(got_litert, expected, atol=tolerance, rtol=tolerance)
+    for got in (got_onnx, got_saved, got_litert):
+        assert (got.argmax(1) == expected.argmax(1)).all()
+    int8 = LiteRTClassifier(tmp_path / "exported/model.int8.tflite").run(x)
+    assert int8.shape == expected.shape and np.allclose(int8.sum(1), 1, atol=1e-2)
+    assert info["litert_int8_float_ops"] == [], "full-integer quantization left float32 ops"
     assert info["files"]["model.onnx"]["bytes"] == (tmp_path / "exported/model.onnx").stat().st_size
 
 
@@ -117,9 +128,10 @@ def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path):
     assert not list((tmp_path / "exported").glob("*.data"))  # one file, no external data
 
     metadata = json.loads((tmp_path / "exported/metadata.json").read_text())
-    assert set(metadata["files"]) == {"model.onnx", "model.int8.onnx", "saved_model"}
+    assert set(metadata["files"]) == {"model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite",
+                                      "saved_model"}  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == [
-        "metadata.json", "model.int8.onnx", "model.onnx", "saved_model"
+        "metadata.json", "model.int8.onnx", "model.int8.tflite", "model.onnx", "model.tflite", "saved_model"
     ]  # fmt: skip
     assert metadata["input"]["shape"] == ["batch", 28, 28, 1] and metadata["opset"] == 17
     assert metadata == json.loads(json.dumps(info))
@@ -130,6 +142,53 @@ def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path):
     for proto in (model, int8):
         used = {n.domain for n in proto.graph.node} | {""}
         assert {o.domain for o in proto.opset_import} == used
+
+
+def test_litert_files_carry_the_onnx_metadata_and_take_any_batch(prepared, tmp_path):
+    """Inside each .tflite file, read back with ai-edge-litert's schema alone: what the ONNX file
+    says; the batch dimension follows the input; int8 is full-integer (int8 weights and activations)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from pipeline.classifier import LiteRTClassifier
+    from pipeline.litert import operator_names, read_metadata
+
+    trained_model("cnn2", prepared, tmp_path / "model.keras")
+    export_model(tmp_path / "model.keras", prepared, tmp_path / "exported",
+                 parse_params({"export": {"calibration_size": 60}}).export, run_id="run-123")  # fmt: skip
+    onnx_props = {p.key: p.value for p in onnx.load(str(tmp_path / "exported/model.onnx")).metadata_props}
+    assert read_metadata(tmp_path / "exported/model.tflite") == onnx_props
+    quantized = read_metadata(tmp_path / "exported/model.int8.tflite")
+    assert quantized.pop("quantization").startswith("full-integer int8") and quantized == onnx_props
+
+    x, _ = read_split_arrays(prepared, read_meta(prepared), "test")
+    for file in ("model.tflite", "model.int8.tflite"):
+        classifier = LiteRTClassifier(tmp_path / "exported" / file, threads=1)
+        assert classifier.class_names == [f"class_{i}" for i in range(4)] and classifier.input_shape == (28, 28, 1)
+        whole = classifier.run(x)
+        one_by_one = np.concatenate([classifier.run(x[i : i + 1]) for i in range(5)])
+        np.testing.assert_allclose(one_by_one, whole[:5], atol=1e-6)
+    ops = operator_names((tmp_path / "exported/model.int8.tflite").read_bytes())
+    conv = [types for name, types in ops if name == "CONV_2D"]
+    assert conv and all(types[:2] == [schema.TensorType.INT8, schema.TensorType.INT8] for types in conv)
+
+
+def test_a_layer_litert_cannot_convert_is_one_line_naming_it(prepared, tmp_path):
+    """Bicubic resizing has no LiteRT built-in op (ONNX has one): export stops with one line and
+    leaves no exported/ behind."""
+    from pipeline.model import build_model
+    from pipeline.normalization import Normalization
+
+    spec = [{"Resizing": {"height": 14, "width": 14, "interpolation": "bicubic"}}, {"Flatten": {}}]
+    build_model(spec, (28, 28, 1), 4, Normalization(mean=0.3, std=0.35)).save(tmp_path / "model.keras")
+    params = parse_params({"export": {"calibration_size": 20}}).export
+    with pytest.raises(PipelineError) as error:
+        export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params)
+    assert re.fullmatch(  # Keras numbers a layer's default name in a process that made one before
+        r"train\.model: layer resizing(_\d+)? \(Resizing\) cannot be converted to LiteRT: it needs "
+        r"TensorFlow's ResizeBicubic, which LiteRT's built-in ops lack",
+        str(error.value),
+    ), str(error.value)
+    assert not (tmp_path / "exported").exists() and not list(tmp_path.glob(".exported*"))
 
 
 def test_fp32_onnx_runs_in_the_onnx_reference_evaluator(prepared, tmp_path):
@@ -154,7 +213,8 @@ def test_verify_passes_then_fails_on_a_corrupted_weight(prepared, tmp_path):
     assert report["passed"], report["failures"]
     assert report["formats"]["onnx"]["argmax_agreement"] == 1.0
     assert report["formats"]["saved_model"]["max_abs_diff"] <= 1e-5
-    assert set(report["latency"]["engines"]) == {"onnx", "onnx_int8"}
+    assert set(report["latency"]["engines"]) == {"onnx", "onnx_int8", "litert", "litert_int8"}
+    assert report["formats"]["litert"]["max_abs_diff"] <= 1e-5 and report["formats"]["litert"]["argmax_agreement"] == 1
 
     model = onnx.load(str(tmp_path / "exported/model.onnx"))
     weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
