@@ -17,7 +17,10 @@ version is registered only once it is in place, and recorded in the registration
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +154,8 @@ def export_onnx(serve, opset: int, metadata: dict[str, str], out: Path):
     import onnx
     import tf2onnx
 
-    model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
+    with environment_kept("TF_CPP_MIN_LOG_LEVEL"):  # tf2onnx sets it process-wide (to "3")
+        model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
     (graph_input,) = model_proto.graph.input
     (graph_output,) = model_proto.graph.output
     if graph_input.name != serve.input_signature[0].name or graph_output.name != OUTPUT_NAME:
@@ -167,6 +171,20 @@ def export_onnx(serve, opset: int, metadata: dict[str, str], out: Path):
     onnx.checker.check_model(model_proto, full_check=True)
     onnx.save_model(model_proto, str(out), save_as_external_data=False)
     return model_proto
+
+
+@contextlib.contextmanager
+def environment_kept(*names: str) -> Iterator[None]:
+    """os.environ's `names` as they were before the block, whatever a library set inside it."""
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def keep_used_domains(model_proto) -> None:

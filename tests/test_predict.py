@@ -246,6 +246,56 @@ def test_clean_virtualenv_with_only_the_predictor_dependencies(exported, tmp_pat
     assert len(out) == 12 and np.mean(correct) >= 0.9
 
 
+def test_a_litert_model_predicts_as_the_onnx_model_does(exported, tmp_path):
+    """The same command, inputs and output for exported/model.tflite (ai-edge-litert); no
+    onnxruntime imported, nothing of the runtime's on a quiet console."""
+    args = ["--json", exported["pngs"], exported["root"] / "test.npy"]
+    onnx_out = json_lines(predict(["--model", exported["model"], *args], tmp_path).stdout)
+    litert = predict(["--model", exported["root"] / "exported/model.tflite", *args], tmp_path)
+    assert litert.stderr == ""
+    litert_out = json_lines(litert.stdout)
+    assert [r["input"] for r in litert_out] == [r["input"] for r in onnx_out] and len(onnx_out) > 12
+    for a, b in zip(onnx_out, litert_out, strict=True):
+        assert [p["class"] for p in a["predictions"]] == [p["class"] for p in b["predictions"]]
+        for p, q in zip(a["predictions"], b["predictions"], strict=True):
+            assert abs(p["probability"] - q["probability"]) <= 2e-6
+    probe = (
+        "import sys; from pipeline.predict import main; main(sys.argv[1:]);"
+        "assert 'onnxruntime' not in sys.modules and 'tensorflow' not in sys.modules, sorted(sys.modules)"
+    )
+    model = exported["root"] / "exported/model.int8.tflite"
+    proc = subprocess.run([PYTHON, "-c", probe, "--model", str(model), "--json", str(exported["pngs"])],
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    correct = [r["predictions"][0]["class"] == Path(r["input"]).stem.split("_", 1)[1] for r in json_lines(proc.stdout)]
+    assert np.mean(correct) >= 0.75
+
+
+def test_clean_virtualenv_with_only_the_litert_runtime(exported, tmp_path):
+    """A phone-side check on a desktop: ai-edge-litert, NumPy and Pillow (the versions locked here)
+    and the console script, no onnxruntime, no TensorFlow."""
+    from importlib.metadata import version
+
+    venv = tmp_path / "deploy"
+    uv = [PYTHON, "-m", "uv"]
+    env = {"UV_PYTHON_DOWNLOADS": "never"}
+    run([*uv, "venv", "--quiet", "--python", PYTHON, str(venv)], tmp_path, **env)
+    python = str(venv / "bin/python")
+    runtime = [f"{name}=={version(name)}" for name in ("ai-edge-litert", "numpy", "pillow")]
+    run([*uv, "pip", "install", "--quiet", "--python", python, *runtime], tmp_path, **env)
+    run([*uv, "pip", "install", "--quiet", "--python", python, "--no-deps", str(REPO)], tmp_path, **env)
+    installed = run([*uv, "pip", "list", "--python", python, "--format", "json"], tmp_path, **env).stdout
+    names = {p["name"].lower() for p in json.loads(installed)}
+    assert "ai-edge-litert" in names and not names & {"onnxruntime", "tensorflow", "keras", "mlflow"}, names
+    model = exported["root"] / "exported/model.tflite"
+    proc = subprocess.run([str(venv / "bin/pipeline-predict"), "--json", "--model", str(model), str(exported["pngs"])],
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json_lines(proc.stdout)
+    correct = [r["predictions"][0]["class"] == Path(r["input"]).stem.split("_", 1)[1] for r in out]
+    assert len(out) == 12 and np.mean(correct) >= 0.9
+
+
 def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_path):
     """`mlflow models serve` (--env-manager local) on loopback answers like the local predictor."""
 
