@@ -1,10 +1,10 @@
 """Inference speed, side by side on the test split: Keras model.predict, a direct Keras call, the
-SavedModel signature, onnxruntime float32 and int8, all fed raw inputs (uint8 pixels): every form
-normalises inside its graph.
+SavedModel signature, onnxruntime float32 and int8, LiteRT float32 and int8 (ai-edge-litert's
+interpreter, XNNPACK), all fed raw inputs (uint8 pixels): every form normalises inside its graph.
 
 Batch 1: median and p99 latency over --calls calls (after --warmup calls); batch 256: throughput in
 images/s. Every engine runs with the same intra-op thread count (physical cores, or --threads) and
-one inter-op thread; the onnxruntime files run a second time on one intra-op thread (`*_1_thread`).
+one inter-op thread; the onnxruntime and LiteRT files run a second time on one thread (`*_1_thread`).
 Writes reports/bench.json and prints a table with ratios to the fastest.
 
     python benchmarks/inference.py [--calls 500] [--threads N] [--compare NAME=PATH.onnx ...]
@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -83,9 +84,9 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
+    from pipeline.classifier import INPUT_DTYPES, LiteRTClassifier
     from pipeline.hashing import file_sha256
     from pipeline.model import load_keras_model
-    from pipeline.predict import INPUT_DTYPES
     from pipeline.records import read_meta, read_split_arrays
 
     meta = read_meta(args.prepared)
@@ -118,6 +119,11 @@ def main() -> None:
         engines["onnxruntime_fp32_1_thread"] = ort_session(f"{args.exported}/model.onnx", 1)
         if Path(f"{args.exported}/model.int8.onnx").exists():
             engines["onnxruntime_int8_1_thread"] = ort_session(f"{args.exported}/model.int8.onnx", 1)
+    for file, label in (("model.tflite", "litert_fp32"), ("model.int8.tflite", "litert_int8")):
+        if Path(f"{args.exported}/{file}").exists():
+            engines[label] = LiteRTClassifier(f"{args.exported}/{file}", threads).run
+            if threads > 1:
+                engines[f"{label}_1_thread"] = LiteRTClassifier(f"{args.exported}/{file}", 1).run
     for spec in args.compare:
         label, _, path = spec.partition("=")
         engines[label] = ort_session(path)
@@ -143,6 +149,7 @@ def main() -> None:
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
             "onnxruntime": ort.__version__,
+            "ai_edge_litert": version("ai-edge-litert"),
         },
         "threads": {"intra_op": threads, "inter_op": 1},
         "calls": args.calls,
@@ -150,6 +157,7 @@ def main() -> None:
         "test_examples": int(len(x)),
         # The model card shows these latencies as this model's only when the file is the same.
         "model_sha256": file_sha256(Path(f"{args.exported}/model.onnx")),
+        "file_bytes": {p.name: p.stat().st_size for p in sorted(Path(args.exported).glob("model*"))},
         "engines": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -140,3 +140,13 @@ def test_every_path_a_stage_takes_is_on_its_dvc_yaml_command_line():
                     default = getattr(keyword.value, "value", None)
                     if keyword.arg == "default" and isinstance(default, str) and "/" in default:
                         assert path.name in ("predict.py", "plots_page.py"), f"{path.name}: path default {default}"
+
+
+def test_docs_speed_is_what_the_benchmarks_json_gives():
+    """docs/speed.md is rendered from reports/*.json by benchmarks/speed_doc.py: a figure typed by hand,
+    or a JSON rewritten without the page, fails here."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "benchmarks/speed_doc.py", "--check"], cwd=REPO)
+    assert proc.returncode == 0, "docs/speed.md is stale: run `python benchmarks/speed_doc.py`"

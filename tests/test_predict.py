@@ -359,15 +359,19 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
     np.testing.assert_allclose(served, local, atol=1e-5)
 
 
-def test_the_readmes_onnxruntime_alone_snippet_runs_as_written(exported, tmp_path):
-    """README: "Deploying with onnxruntime alone" runs in a directory holding only model.onnx and a
+@pytest.mark.parametrize(
+    "section, file",
+    [("Deploying with onnxruntime alone", "model.onnx"), ("Deploying to phones and edge devices", "model.tflite")],
+)
+def test_the_readmes_runtime_alone_snippets_run_as_written(exported, tmp_path, section, file):
+    """README: each runtime-alone snippet runs in a directory holding only its model file and a
     PNG, and names the class the project's predictor names."""
     import re
     import shutil
 
-    section = (REPO / "README.md").read_text().split("### Deploying with onnxruntime alone", 1)[1]
-    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    shutil.copy(exported["model"], tmp_path / "model.onnx")
+    text = (REPO / "README.md").read_text().split(f"### {section}", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    shutil.copy(exported["root"] / "exported" / file, tmp_path / file)
     png = sorted(exported["pngs"].iterdir())[0]
     shutil.copy(png, tmp_path / "shoe.png")
     (tmp_path / "snippet.py").write_text(snippet)

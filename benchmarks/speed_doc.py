@@ -1,0 +1,310 @@
+"""docs/speed.md from the benchmarks' JSON under reports/: every figure the README points to, each
+table naming the file and the script that wrote it. A figure is never typed by hand; rerun a
+benchmark, then this (tests/test_house.py fails while the page and the JSON disagree).
+
+    python benchmarks/speed_doc.py [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REPORTS = REPO / "reports"
+OUT = REPO / "docs/speed.md"
+
+
+def load(name: str) -> dict | None:
+    path = REPORTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows],
+    ]
+
+
+def source(report: str, script: str) -> str:
+    return f"From `reports/{report}`, written by `python benchmarks/{script}`."
+
+
+def missing(report: str, script: str) -> list[str]:
+    return [f"Not measured yet: `python benchmarks/{script}` writes `reports/{report}`."]
+
+
+def machine(report: dict) -> str:
+    m = report.get("machine", {})
+    cpus = m.get("cpus") or m.get("logical_cpus")
+    return f"{cpus} logical CPUs, Python {m.get('python', '?')}" if cpus else "this machine"
+
+
+def commands_section() -> list[str]:
+    f, s = load("fresh_clone.json"), load("stages.json")
+    lines = ["## The README's two commands", ""]
+    if s:
+        lines.append(f"Command 1 (`dvc repro` from scratch, after setup): {s['total_seconds'] / 60:.1f} min, "
+                     "stage by stage below.")  # fmt: skip
+    if f:
+        verdict = "passed" if f["exit_status"] == 0 else f"failed (exit status {f['exit_status']})"
+        lines.append(
+            f"Command 2 as CI runs it (`CI=true bash .ci/run` in a fresh clone of `{f['commit'][:7]}`, setup "
+            f"included, uv's download cache warm): {f['seconds'] / 60:.1f} min, {verdict}; the tests alone "
+            f"{f['test_seconds'] / 60:.1f} min ({f['tests']}). " + source("fresh_clone.json", "fresh_clone.py")
+        )
+    return lines if len(lines) > 2 else lines + missing("fresh_clone.json", "fresh_clone.py")
+
+
+def stages_section() -> list[str]:
+    s = load("stages.json")
+    lines = ["## A whole run, stage by stage", ""]
+    if s is None:
+        return lines + missing("stages.json", "stages.py --force")
+    lines += [
+        f"README command 1's `dvc repro`{' forced (every stage from scratch)' if s['forced'] else ''}, "
+        f"on {machine(s)}. Each stage's seconds include its process start and DVC's hashing. "
+        + source("stages.json", "stages.py --force"),
+        "",
+        *table(["stage", "seconds"], [[f"`{k}`", f"{v:.1f}"] for k, v in s["stage_seconds"].items()]),
+        "",
+        f"Total {s['total_seconds']:.1f} s, of which training {s['training_seconds']:.1f} s: "
+        f"{s['total_minus_training_seconds']:.1f} s for everything else. A second `dvc repro` with nothing "
+        f"changed: {s['no_op_repro_seconds']:.2f} s (median of three), running no stage.",
+    ]
+    return lines
+
+
+def default_run_section() -> list[str]:
+    metrics, train, parity = load("metrics.json"), load("train.json"), load("parity.json")
+    lines = ["## The default model", ""]
+    if not (metrics and train):
+        return lines + ["Not measured yet: README command 1 writes `reports/metrics.json` and `reports/train.json`."]
+    test = metrics["test"]
+    lines += [
+        f"The `cnn` preset on Fashion-MNIST, from `reports/metrics.json` and `reports/train.json` (README "
+        f"command 1): test accuracy **{test['accuracy']:.4f}**, macro F1 {test['macro_f1']:.4f}, after "
+        f"{train['epochs_run']} epochs and {train['training_seconds']:.0f} s of training.",
+    ]
+    if parity:
+        forms = parity["formats"]
+        lines += [
+            "",
+            f"Every exported form on all {parity['examples']:,} test examples (`reports/parity.json`, "
+            "written by `verify`):",
+            "",
+            *table(
+                ["form", "accuracy", "max abs. difference to Keras", "same top class"],
+                [
+                    [f"`{fmt}`", f"{r['accuracy']:.4f}", f"{r['max_abs_diff']:.2g}", f"{r['argmax_agreement']:.2%}"]
+                    for fmt, r in forms.items()
+                    if "max_abs_diff" in r
+                ],  # fmt: skip
+            ),
+        ]
+    candidates = load("default_model.json")
+    if candidates:
+        rows = [[f"`{name}`", c["accuracy_run"]["test_accuracy"], c["accuracy_run"]["epochs_run"],
+                 f"{c['accuracy_run']['training_seconds']:.0f}", c["why"]]
+                for name, c in candidates["candidates"].items()]  # fmt: skip
+        lines += [
+            "",
+            "Candidates for the default, each trained on one thread beside others (their seconds are not "
+            "comparable with the run above). " + source("default_model.json", "default_model.py"),
+            "",
+            *table(["candidate", "test accuracy", "epochs run", "training s", "what"], rows),
+        ]
+    return lines
+
+
+def throughput_section() -> list[str]:
+    t = load("throughput.json")
+    lines = ["## Training throughput", ""]
+    if t is None:
+        return lines + missing("throughput.json", "throughput.py")
+    rows = []
+    for preset, r in t["presets"].items():
+        plain, pipeline = r["plain"][0], r["pipeline"][0]
+        rows.append([f"`{preset}`", f"{pipeline['examples_per_second']:,.0f}", f"{plain['examples_per_second']:,.0f}",
+                     f"{r['ratio']:.2f}"])  # fmt: skip
+    lines += [
+        f"Examples per second of the pipeline's training against a plain `model.fit` script of the same "
+        f"model on in-memory arrays, {t['epochs']} epochs each, side by side on {machine(t)}. "
+        + source("throughput.json", "throughput.py"),
+        "",
+        *table(["preset", "pipeline examples/s", "plain fit examples/s", "ratio"], rows),
+    ]
+    peak, default = t.get("peak"), t.get("default_model")
+    if peak and default:
+        lines += [
+            "",
+            f"The default model trains at {default['training_gflops']:.1f} GFLOP/s, "
+            f"{default['of_conv_peak']:.0%} of this machine's measured 3×3 convolution peak "
+            f"({peak['conv3x3_64_gflops']:.0f} GFLOP/s).",
+        ]
+    return lines
+
+
+def inference_section() -> list[str]:
+    b = load("bench.json")
+    lines = ["## Inference", ""]
+    if b is None:
+        return lines + missing("bench.json", "inference.py")
+    m = b["machine"]
+    versions = ", ".join(
+        f"{k.replace('_', '-')} {m[k]}" for k in ("tensorflow", "onnxruntime", "ai_edge_litert") if k in m
+    )
+    lines += [
+        f"Every form fed raw uint8 pixels from the test split; batch 1: median and p99 over {b['calls']} calls; "
+        f"batch 256: images/s over the test split; {b['threads']['intra_op']} intra-op threads unless the name "
+        f"says one ({machine(b)}; {versions}). " + source("bench.json", "inference.py"),
+        "",
+        *table(
+            ["engine", "batch 1 median ms", "batch 1 p99 ms", "batch 256 images/s"],
+            [
+                [
+                    f"`{name}`",
+                    f"{e['batch1']['median_ms']:.3f}",
+                    f"{e['batch1']['p99_ms']:.3f}",
+                    f"{e['batch256_images_per_s']:,.0f}",
+                ]
+                for name, e in b["engines"].items()
+            ],  # fmt: skip
+        ),
+    ]
+    if b.get("file_bytes"):
+        lines += ["", *table(["file", "KiB"], [[f"`{k}`", f"{v / 1024:,.0f}"] for k, v in b["file_bytes"].items()])]
+    return lines
+
+
+def presets_section() -> list[str]:
+    p = load("presets.json")
+    lines = ["## Presets", ""]
+    if p is None:
+        return lines + missing("presets.json", "presets.py")
+    rows = []
+    for preset, r in p["presets"].items():
+        if "refused" in r:
+            rows.append([f"`{preset}`", "refused: " + r["refused"], "", "", "", "", "", ""])
+            continue
+        rows.append([
+            f"`{preset}`" + (" (data rewritten)" if "rewritten_from" in r["data"] else ""),
+            f"{r['test_accuracy']:.4f}",
+            r["epochs_run"],
+            f"{r['training_seconds']:.0f}",
+            f"{r['onnx_max_abs_diff']:.1g}",
+            f"{r['litert_max_abs_diff']:.1g}" if "litert_max_abs_diff" in r else "",
+            f"{r['int8_test_accuracy']:.4f} / {r['litert_int8_test_accuracy']:.4f}"
+            if "litert_int8_test_accuracy" in r else f"{r['int8_test_accuracy']:.4f}",
+            ("passed" if r.get("parity_passed") else "failed: " + "; ".join(r.get("parity_failures", [])))
+            if "parity_passed" in r else "",
+        ])  # fmt: skip
+    lines += [
+        "Each preset through fetch → prepare → train → evaluate → export → verify with its own "
+        f"hyperparameters, on {p['data']['format']} data ({machine(p)}); presets made for other inputs get "
+        "the same images rewritten as an image folder or a CSV table. " + source("presets.json", "presets.py"),
+        "",
+        *table(
+            [
+                "preset",
+                "test accuracy",
+                "epochs",
+                "training s",
+                "ONNX max abs. diff",
+                "LiteRT max abs. diff",
+                "int8 accuracy (ONNX / LiteRT)",
+                "verify",
+            ],
+            rows,
+        ),  # fmt: skip
+    ]
+    return lines
+
+
+def scale_section() -> list[str]:
+    s = load("scale.json")
+    lines = ["## Scale", ""]
+    if s is None:
+        return lines + missing("scale.json", "scale.py")
+    rows = [[f"{int(n):,}", how, f"{r['images_per_second']:,.0f}", f"{r['peak_rss_mb']:,.0f}"]
+            for n, runs in s["prepare"].items() for how, r in runs.items()]  # fmt: skip
+    lines += [
+        f"`prepare` on {s['images']}; memory: {s['memory']} ({machine(s)}). `before` is the prepare of an "
+        "earlier version that held the data set in memory. " + source("scale.json", "scale.py"),
+        "",
+        *table(["images", "prepare", "images/s", "peak memory MB"], rows),
+    ]
+    if s.get("stages"):
+        sizes = list(s["stages"])
+        stage_names = list(s["stages"][sizes[0]])
+        lines += [
+            "",
+            "The stages after it on the same images, peak memory MB (train caches its split in memory by "
+            "design while it fits: `train.cache: auto`):",
+            "",
+            *table(["stage", *[f"{int(n):,} images" for n in sizes]],
+                   [[f"`{st}`", *[f"{s['stages'][n][st]['peak_rss_mb']:,.0f}" for n in sizes]] for st in stage_names]),
+        ]  # fmt: skip
+    return lines
+
+
+def other_section() -> list[str]:
+    lines = ["## Input pipeline and training across machines", ""]
+    i, w = load("bench_input.json"), load("multi_worker.json")
+    if i:
+        lines += [
+            f"`tf.data` from the TFRecord shards against in-memory arrays, epoch seconds after the first "
+            f"(median): {i['median_epoch_seconds_after_first']['pipeline']:.1f} s against "
+            f"{i['median_epoch_seconds_after_first']['in_memory']:.1f} s; the input pipeline alone reads "
+            f"{i['pipeline_alone_examples_per_second']['first_pass']:,} examples/s on its first pass. "
+            + source("bench_input.json", "input_pipeline.py"),
+            "",
+        ]
+    if w:
+        two, one = w["runs"]["two_workers"], w["runs"]["one_process"]
+        lines += [
+            f"Two workers through `MultiWorkerMirroredStrategy` on loopback ({w['note']}): "
+            f"{two['training_seconds']:.0f} s against {one['training_seconds']:.0f} s in one process, histories "
+            f"within {w['max_history_difference']:.3f}. " + source("multi_worker.json", "multi_worker.py"),
+        ]
+    return lines
+
+
+def render() -> str:
+    parts = [
+        [
+            "# Speed, memory and accuracy",
+            "",
+            "Every figure here comes from a JSON file under `reports/` that a script in `benchmarks/` "
+            "wrote; `python benchmarks/speed_doc.py` makes this page from them. The machine is shared "
+            "and noisy: compare figures measured side by side in one run, not across tables.",
+        ],
+        commands_section(),
+        stages_section(),
+        default_run_section(),
+        inference_section(),
+        presets_section(),
+        throughput_section(),
+        scale_section(),
+        other_section(),
+    ]
+    return "\n\n".join("\n".join(part) for part in parts) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/speed.md is not what the JSON gives")
+    args = parser.parse_args()
+    text = render()
+    if args.check:
+        sys.exit(0 if OUT.is_file() and OUT.read_text() == text else 1)
+    OUT.write_text(text)
+    print(f"wrote {OUT.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
