@@ -49,10 +49,12 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(reproduced, tmp_path):
     parity = json.loads((dvc_repo / "reports/parity.json").read_text())
     assert parity["passed"] and parity["examples"] == 40
     assert parity["formats"]["onnx"]["max_abs_diff"] <= 1e-4
-    assert set(parity["formats"]) == {"keras", "saved_model", "onnx", "onnx_int8", "mlflow_pyfunc"}
+    assert set(parity["formats"]) == {"keras", "saved_model", "onnx", "onnx_int8", "litert", "litert_int8",
+                                      "mlflow_pyfunc"}  # fmt: skip
     assert parity["formats"]["mlflow_pyfunc"]["argmax_agreement"] == 1.0
+    assert parity["formats"]["litert"]["argmax_agreement"] == 1.0
     assert sorted(p.name for p in (dvc_repo / "exported").iterdir()) == [
-        "metadata.json", "model.int8.onnx", "model.onnx", "saved_model"
+        "metadata.json", "model.int8.onnx", "model.int8.tflite", "model.onnx", "model.tflite", "saved_model"
     ]  # one owner: export's alone  # fmt: skip
 
     again = run(["dvc", "repro"], dvc_repo)
@@ -117,6 +119,10 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(reproduced, tmp_path):
     assert json.loads(metadata)["files"] == registration["files"]
     logged = client.download_artifacts(run_info["run_id"], "export/metadata.json", str(tmp_path))
     assert Path(logged).read_text() == metadata
+    # The registered version holds every deployable file, byte for byte what exported/ holds.
+    version_dir = Path(client.download_artifacts(run_info["run_id"], "onnx_model", str(tmp_path / "version")))
+    for name in ("model.int8.onnx", "model.tflite", "model.int8.tflite"):
+        assert (version_dir / "files" / name).read_bytes() == (dvc_repo / "exported" / name).read_bytes(), name
 
     import mlflow.pyfunc
     import onnxruntime as ort

@@ -26,7 +26,10 @@ def inputs(latency=None) -> CardInputs:
         parity={"formats": {"keras": {"accuracy": 0.9},
                             "onnx": {"accuracy": 0.9, "max_abs_diff": 1e-6, "argmax_agreement": 1.0},
                             "onnx_int8": {"accuracy": 0.85, "max_abs_diff": 0.1, "argmax_agreement": 0.95,
-                                          "accuracy_drop_vs_float32": 0.05}},
+                                          "accuracy_drop_vs_float32": 0.05},
+                            "litert": {"accuracy": 0.9, "max_abs_diff": 2e-6, "argmax_agreement": 1.0},
+                            "litert_int8": {"accuracy": 0.88, "max_abs_diff": 0.08, "argmax_agreement": 0.97,
+                                            "accuracy_drop_vs_float32": 0.02}},
                 "max_int8_drop": 0.1, **({"latency": latency} if latency else {})},
     )  # fmt: skip
 
@@ -35,17 +38,20 @@ def test_the_card_has_every_section_from_the_reports():
     card = render(inputs())
     assert card.startswith("# Model card: fashion-mnist-classifier v4\n")
     for text in ("## Data", "## Model", "## Results", "## Intended use and limits", "## Provenance",
-                 "| T-shirt/top | 0.900 | 0.800 | 0.850 | 10 |", "int8 accuracy drop against float32: 0.0500",
+                 "| T-shirt/top | 0.900 | 0.800 | 0.850 | 10 |", "| litert | 0.9000 | 2e-06 | 100.00 % |",
+                 "int8 accuracy drop against the same runtime's float32 file: onnx_int8 0.0500, litert_int8 0.0200",
                  "0 test and n/a validation examples", "`a.gz`: `" + "0" * 64, "Weakest classes: T-shirt/top",
                  "28×28 greyscale images", "Latency: not measured."):  # fmt: skip
         assert text in card, text
 
 
 def test_latency_is_what_verify_timed_of_these_files():
-    timed = {"onnxruntime": "1.32.0", "cpus": 2,
-             "engines": {"onnx": {"batch1_median_ms": 0.1, "batch256_images_per_s": 9000.0}}}  # fmt: skip
+    timed = {"onnxruntime": "1.32.0", "ai-edge-litert": "2.3.0", "cpus": 2,
+             "engines": {"onnx": {"batch1_median_ms": 0.1, "batch256_images_per_s": 9000.0},
+                         "litert_int8": {"batch1_median_ms": 0.05, "batch256_images_per_s": 12000.0}}}  # fmt: skip
     card = render(inputs(timed))
-    assert "| onnx | 0.100 | 9,000 |" in card
+    assert "| onnx | 0.100 | 9,000 |" in card and "| litert_int8 | 0.050 | 12,000 |" in card
+    assert "ai-edge-litert 2.3.0 with XNNPACK" in card
     assert "Latency of these very files, timed by `verify` (2 logical CPUs, onnxruntime 1.32.0" in card
 
 

@@ -73,8 +73,9 @@ def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, mo
     assert trained["global_batch_size"] == hyper.batch_size
     parity = json.loads((tmp_path / "reports/parity.json").read_text())
     assert parity["passed"], parity["failures"]
-    assert set(parity["formats"]) == {"keras", "saved_model", "onnx", "onnx_int8", "mlflow_pyfunc"}
-    for fmt in ("saved_model", "onnx", "mlflow_pyfunc"):  # all fed the same raw test inputs
+    assert set(parity["formats"]) == {"keras", "saved_model", "onnx", "onnx_int8", "litert", "litert_int8",
+                                      "mlflow_pyfunc"}  # fmt: skip
+    for fmt in ("saved_model", "onnx", "litert", "mlflow_pyfunc"):  # all fed the same raw test inputs
         result = parity["formats"][fmt]
         assert result["max_abs_diff"] <= 1e-4 and result["argmax_agreement"] == 1.0, fmt
 
