@@ -1,13 +1,14 @@
 """Seconds per DVC stage: each stage of dvc.yaml, in order, through `dvc repro --single-item`, then a
 no-op `dvc repro` (median of three). Writes reports/stages.json, the README's stage table.
 
-    python benchmarks/stages.py [--force]
+    python benchmarks/stages.py [--force] [--resume]
 
 Run it in the project (it updates the outputs and dvc.lock as `dvc repro` would). --force reruns
 every stage, the figures of a run from scratch; without it, a stage whose inputs have not changed
 costs only DVC's check. Each stage's seconds include its process start (Python, TensorFlow or
 onnxruntime imports) and DVC's own hashing; `train`'s include the training itself, which
-reports/train.json times apart.
+reports/train.json times apart. Should a stage fail, fix it and rerun with --resume: the stages
+timed before it keep their seconds (reports/stages.partial.json holds them meanwhile).
 """
 
 from __future__ import annotations
@@ -37,14 +38,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rerun every stage (a run from scratch)")
     parser.add_argument("--out", default=str(REPO / "reports/stages.json"))
+    parser.add_argument(
+        "--resume", action="store_true", help="continue a run of this script that a failed stage stopped"
+    )
     args = parser.parse_args()
 
     dvc = str(Path(sys.executable).with_name("dvc"))
     stages = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
-    seconds = {}
+    partial = Path(args.out).with_suffix(".partial.json")
+    seconds = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
     for stage in stages:
+        if stage in seconds:
+            print(f"{stage}: {seconds[stage]} s (this run, before it stopped)", flush=True)
+            continue
         seconds[stage] = round(timed([dvc, "repro", "--single-item", *(["--force"] if args.force else []), stage]), 1)
         print(f"{stage}: {seconds[stage]} s", flush=True)
+        partial.write_text(json.dumps(seconds, indent=2) + "\n")  # what --resume keeps
+    partial.unlink(missing_ok=True)
     no_op = [timed([dvc, "repro"]) for _ in range(3)]
     train = json.loads((REPO / "reports/train.json").read_text())
     total = sum(seconds.values())
