@@ -112,8 +112,9 @@ def run_preset(preset: str, base: dict, work: Path) -> dict:
     exported = json.loads((work / "exported/metadata.json").read_text())
     files, forms = exported["files"], parity["formats"]
     from pipeline.params import load_params
+    from pipeline.presets import resolve
 
-    train_params = load_params(work / "params.yaml").train
+    train_params = resolve(load_params(work / "params.yaml").train)  # the preset's values, as train used them
     return {
         "hyperparameters": {
             k: getattr(train_params, k)
