@@ -14,7 +14,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from helpers.commands import REPO, run
+from helpers.commands import REPO, run, tool_env
 
 PYTHON = os.path.abspath(sys.executable)
 
@@ -332,7 +332,7 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+            env=tool_env(MLFLOW_TRACKING_URI=uri),  # the venv first on PATH: MLflow starts its uvicorn
         )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server, timeout=180)
