@@ -106,13 +106,24 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
 @contextlib.contextmanager
 def stage_environment(settings: dict[str, str]) -> Iterator[None]:
     """`settings` in os.environ where the user has not set them, for the stage's run only."""
-    added = {key: value for key, value in settings.items() if key not in os.environ}
-    os.environ.update(added)
+    with environment_kept(*settings):
+        for key, value in settings.items():
+            os.environ.setdefault(key, value)
+        yield
+
+
+@contextlib.contextmanager
+def environment_kept(*names: str) -> Iterator[None]:
+    """os.environ's `names` as they were before the block, whatever the block (or a library in it) set."""
+    before = {name: os.environ.get(name) for name in names}
     try:
         yield
     finally:
-        for key in added:
-            os.environ.pop(key, None)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _run(main: Callable[[list[str] | None], None], argv: list[str] | None) -> None:

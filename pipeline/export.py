@@ -17,15 +17,13 @@ version is registered only once it is in place, and recorded in the registration
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.cli import environment_kept
 from pipeline.errors import PipelineError
 from pipeline.hashing import file_sha256, tree_sha256
 from pipeline.litert import export_litert
@@ -171,20 +169,6 @@ def export_onnx(serve, opset: int, metadata: dict[str, str], out: Path):
     onnx.checker.check_model(model_proto, full_check=True)
     onnx.save_model(model_proto, str(out), save_as_external_data=False)
     return model_proto
-
-
-@contextlib.contextmanager
-def environment_kept(*names: str) -> Iterator[None]:
-    """os.environ's `names` as they were before the block, whatever a library set inside it."""
-    before = {name: os.environ.get(name) for name in names}
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def keep_used_domains(model_proto) -> None:
