@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import struct
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -154,14 +155,18 @@ def read_metadata(path: Path) -> dict[str, str]:
     """The properties `with_metadata` put in the file at `path` ({} when it has none)."""
     data = Path(path).read_bytes()
     model = _model(data, Path(path))
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name() == METADATA_NAME.encode():
-            try:
-                return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
-            except (ValueError, AttributeError):
-                raise PipelineError(f"{path}: its {METADATA_NAME} metadata is malformed") from None
-    return {}
+    try:  # offsets past the end: a truncated or damaged file
+        entries = [model.Metadata(i) for i in range(model.MetadataLength())]
+        blob = next((model.Buffers(e.Buffer()).DataAsNumpy() for e in entries if e.Name() == METADATA_NAME.encode()),
+                    None)  # fmt: skip
+    except (struct.error, IndexError, AttributeError):
+        raise PipelineError(f"{path}: damaged or truncated LiteRT file") from None
+    if blob is None:
+        return {}
+    try:
+        return json.loads(np.asarray(blob).tobytes())
+    except (ValueError, AttributeError):
+        raise PipelineError(f"{path}: its {METADATA_NAME} metadata is malformed") from None
 
 
 def operator_names(flatbuffer: bytes) -> list[tuple[str, list[int]]]:

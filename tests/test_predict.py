@@ -380,3 +380,14 @@ def test_the_readmes_runtime_alone_snippets_run_as_written(exported, tmp_path, s
     expected = json_lines(predict(["--json", "--top-k", "1", "--model", exported["model"], png], tmp_path).stdout)
     assert name == expected[0]["predictions"][0]["class"]
     assert float(probability) == pytest.approx(expected[0]["predictions"][0]["probability"], abs=1e-5)
+
+
+def test_a_truncated_or_foreign_tflite_file_is_one_line(exported, tmp_path):
+    whole = (exported["root"] / "exported/model.tflite").read_bytes()
+    (tmp_path / "cut.tflite").write_bytes(whole[:3000])
+    (tmp_path / "text.tflite").write_text("not a model")
+    for name, message in (("cut.tflite", "damaged or truncated LiteRT file"),
+                          ("text.tflite", "not a LiteRT (.tflite) flatbuffer")):  # fmt: skip
+        proc = predict(["--model", tmp_path / name, exported["pngs"]], tmp_path, check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == f"error: {tmp_path / name}: {message}"
