@@ -67,19 +67,22 @@ def trained_model(model_spec, prepared: str, path):
     return model
 
 
+ALL_REWRITES = ["static_reshapes", "fold_layout_into_matmul", "fold_affine_into_layers", "fold_input_affine"]
+
+
 @pytest.mark.parametrize(
-    "model_spec, tolerance",
+    "model_spec, tolerance, rewrites",
     [
-        ("mlp", 1e-5),
-        ("cnn", 1e-5),
+        ("mlp", 1e-5, ["fold_input_affine"]),
+        ("cnn", 1e-5, ALL_REWRITES),
         # LSTM: ONNX's fused LSTM op and TF's unrolled kernel sum the gates in another order, and 28
         # recurrent steps compound float32 rounding; 1e-4 still catches any real difference.
-        ("rnn", 1e-4),
-        (EXPLICIT, 1e-5),
+        ("rnn", 1e-4, None),
+        (EXPLICIT, 1e-5, ALL_REWRITES),
     ],
     ids=["mlp", "cnn", "rnn", "explicit-bn-dropout"],
 )
-def test_every_exported_form_matches_keras(model_spec, tolerance, prepared, tmp_path):
+def test_every_exported_form_matches_keras(model_spec, tolerance, rewrites, prepared, tmp_path):
     model = trained_model(model_spec, prepared, tmp_path / "model.keras")
     params = parse_params({"export": {"calibration_size": 40}}).export
     info = export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id="run-123")
@@ -111,6 +114,11 @@ def test_every_exported_form_matches_keras(model_spec, tolerance, prepared, tmp_
     assert int8.shape == expected.shape and np.allclose(int8.sum(1), 1, atol=1e-2)
     assert info["litert_int8_float_ops"] == [], "full-integer quantization left float32 ops"
     assert info["files"]["model.onnx"]["bytes"] == (tmp_path / "exported/model.onnx").stat().st_size
+    print(model_spec, info["onnx_rewrites"])
+    if rewrites is not None:  # pipeline/onnx_graph.py: the normalisation and layout ops folded into weights
+        assert info["onnx_rewrites"] == rewrites
+        ops = [node.op_type for node in onnx.load(str(tmp_path / "exported/model.onnx")).graph.node]
+        assert not {"Shape", "Gather", "Concat", "Transpose", "Mul"} & set(ops), ops
 
 
 def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path, monkeypatch):
