@@ -5,6 +5,8 @@ interpreter, XNNPACK), all fed raw inputs (uint8 pixels): every form normalises 
 Batch 1: median and p99 latency over --calls calls (after --warmup calls); batch 256: throughput in
 images/s. Every engine runs with the same intra-op thread count (physical cores, or --threads) and
 one inter-op thread; the onnxruntime and LiteRT files run a second time on one thread (`*_1_thread`).
+Two more onnxruntime engines: the same model as tf2onnx converts it, before export's graph rewrites
+(`onnxruntime_fp32_tf2onnx_graph`), and the exported file with I/O binding (`*_iobinding`).
 Writes reports/bench.json and prints a table with ratios to the fastest.
 
     python benchmarks/inference.py [--calls 500] [--threads N] [--compare NAME=PATH.onnx ...]
@@ -20,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -78,6 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     threads = args.threads or physical_cores()
 
+    import numpy as np
+    import onnx
     import onnxruntime as ort
     import tensorflow as tf
 
@@ -85,9 +90,10 @@ def main() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
     from pipeline.classifier import INPUT_DTYPES, LiteRTClassifier
+    from pipeline.export import load_for_export, serving_function, tf2onnx_graph
     from pipeline.hashing import file_sha256
     from pipeline.model import load_keras_model
-    from pipeline.records import read_meta, read_split_arrays
+    from pipeline.records import OUTPUT_NAME, read_meta, read_split_arrays
 
     meta = read_meta(args.prepared)
     x, _ = read_split_arrays(args.prepared, meta, "test")  # raw, as a deployer feeds them
@@ -97,11 +103,30 @@ def main() -> None:
     input_name = model.inputs[0].name
     signature = tf.saved_model.load(f"{args.exported}/saved_model").signatures["serving_default"]
 
-    def ort_session(path, intra=threads):
+    def new_session(path, intra):
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def iobinding_session(path, intra):
+        """onnxruntime with the input and output bound to NumPy buffers (no per-call allocation or
+        copies): what a latency-bound deployer can add in a few lines."""
+        session = new_session(path, intra)
+        outputs: dict[int, np.ndarray] = {}
+
+        def run(batch):
+            binding = session.io_binding()
+            binding.bind_cpu_input(session.get_inputs()[0].name, batch)
+            out = outputs.setdefault(len(batch), np.empty((len(batch), len(meta.class_names)), np.float32))
+            binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+            session.run_with_iobinding(binding)
+            return out
+
+        return run
+
+    def ort_session(path, intra=threads):
+        session = new_session(path, intra)
         (graph_input,) = session.get_inputs()
         dtype = INPUT_DTYPES[graph_input.type]
         return lambda batch: session.run(None, {graph_input.name: batch.astype(dtype, copy=False)})[0]
@@ -124,6 +149,11 @@ def main() -> None:
             engines[label] = LiteRTClassifier(f"{args.exported}/{file}", threads).run
             if threads > 1:
                 engines[f"{label}_1_thread"] = LiteRTClassifier(f"{args.exported}/{file}", 1).run
+    # The same model as tf2onnx writes it, before export's graph rewrites (pipeline/onnx_graph.py).
+    unfolded = Path(tempfile.mkdtemp(prefix="bench-inference-")) / "tf2onnx.onnx"
+    onnx.save(tf2onnx_graph(serving_function(load_for_export(Path(args.model), meta)), 17, unfolded), str(unfolded))
+    engines["onnxruntime_fp32_tf2onnx_graph"] = ort_session(str(unfolded))
+    engines["onnxruntime_fp32_iobinding"] = iobinding_session(f"{args.exported}/model.onnx", threads)
     for spec in args.compare:
         label, _, path = spec.partition("=")
         engines[label] = ort_session(path)

@@ -394,7 +394,7 @@ STAGE = Stage(
     __doc__,
     params=("evaluate", "mlflow.registered_model_name"),
     inputs=("prepared", "model", "history", "run_file"),
-    outputs=("metrics", "predictions", "per_class", "figures"),
+    outputs=("metrics", "predictions", "per_class", "probabilities", "figures"),
 )
 
 
@@ -438,6 +438,8 @@ def evaluate(paths: dict[str, Path], params, run) -> StageResult:
             "metrics": {"test": test, "gate": gate, "data": {"test_sha256": test_sha256}},
             "predictions": predictions_csv(labels, probs, meta.class_names),
             "per_class": per_class_csv(per_class_table(labels, predicted, meta.class_names)),
+            # The Keras model's own outputs, in test-split order: verify's reference for every exported form.
+            "probabilities": lambda path: np.save(path, probs),
             "figures": figures,
         },
         summary=f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, {ranking}"

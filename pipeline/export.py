@@ -155,6 +155,21 @@ def export_onnx(serve, opset: int, metadata: dict[str, str], sample: np.ndarray,
     """tf2onnx's graph, simplified (pipeline/onnx_graph.py) where that keeps its outputs on `sample`;
     returns the rewrites applied."""
     import onnx
+
+    model_proto = tf2onnx_graph(serve, opset, out)
+    del model_proto.metadata_props[:]
+    for key, value in metadata.items():
+        model_proto.metadata_props.add(key=key, value=value)
+    keep_used_domains(model_proto)
+    onnx.checker.check_model(model_proto, full_check=True)
+    model_proto, applied = simplified(model_proto, sample)
+    onnx.save_model(model_proto, str(out), save_as_external_data=False)
+    return applied
+
+
+def tf2onnx_graph(serve, opset: int, out: Path):
+    """The serving function as tf2onnx converts it, named as the contract says (benchmarks/inference.py
+    times it beside the simplified file)."""
     import tf2onnx
 
     with environment_kept("TF_CPP_MIN_LOG_LEVEL"):  # tf2onnx sets it process-wide (to "3")
@@ -167,14 +182,7 @@ def export_onnx(serve, opset: int, metadata: dict[str, str], sample: np.ndarray,
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
     model_proto.doc_string = "Classifier exported by the Keras → ONNX pipeline"
     model_proto.producer_name = "tf2onnx"
-    del model_proto.metadata_props[:]
-    for key, value in metadata.items():
-        model_proto.metadata_props.add(key=key, value=value)
-    keep_used_domains(model_proto)
-    onnx.checker.check_model(model_proto, full_check=True)
-    model_proto, applied = simplified(model_proto, sample)
-    onnx.save_model(model_proto, str(out), save_as_external_data=False)
-    return applied
+    return model_proto
 
 
 def simplified(model_proto, sample: np.ndarray):

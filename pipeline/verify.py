@@ -1,11 +1,12 @@
 """Stage `verify`: prove on the whole test split that the exported models compute what Keras computes,
 all fed the same raw inputs (uint8 pixels or raw features) that a deployer would feed them.
 
-Runs the Keras model, the SavedModel (tf.saved_model.load, no project code), each ONNX file
-(onnxruntime, CPU provider), each LiteRT file (ai-edge-litert's interpreter, as a phone runs it)
-and the registered MLflow model loaded back with `mlflow.pyfunc`, one pass over the test split in
-batches, and records per form the max/mean |Δ| of probabilities against Keras, argmax agreement
-and accuracy, plus a batch-size check. float32 forms must be within `verify.max_abs_diff` with
+The reference is the Keras model's own output on the test split, as evaluate recorded it (so the
+Keras model is not loaded again). Runs the SavedModel (tf.saved_model.load, no project code), each
+ONNX file (onnxruntime, CPU provider), each LiteRT file (ai-edge-litert's interpreter, as a phone
+runs it) and the registered MLflow model loaded back with `mlflow.pyfunc`, one pass over the test
+split in batches, and records per form the max/mean |Δ| of probabilities against Keras, argmax
+agreement and accuracy, plus a batch-size check. float32 forms must be within `verify.max_abs_diff` with
 100 % argmax agreement; an int8 file may lose at most `verify.max_int8_drop` accuracy against the
 float32 file of its runtime. It also times each ONNX and LiteRT file here (batch 1 and 256). When
 every check passes it writes the model card (pipeline/model_card.py) and makes it the registered
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.classifier import open_classifier
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.model_card import CardInputs
 from pipeline.model_card import render as render_card
 from pipeline.records import OUTPUT_NAME
@@ -120,17 +121,37 @@ def check(results: dict[str, dict], limits) -> list[str]:
     return failures
 
 
-def parity(model, predictors: dict[str, Callable], prepared_dir: str, meta, limits) -> dict[str, Any]:
-    """Every form against Keras in one pass over the raw test split, as a deployer has it."""
+def keras_reference(path: Path, meta) -> np.ndarray:
+    """evaluate's record of the Keras model's probabilities on the test split (memory-mapped: read a
+    batch at a time), checked against the split it must describe."""
+    try:
+        probs = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found (run `dvc repro evaluate`)") from None
+    except (ValueError, OSError) as exc:
+        raise PipelineError(f"{path}: not a NumPy array file ({first_line(exc)}; rerun `dvc repro evaluate`)") from None
+    expected = (meta.counts["test"], meta.num_classes)
+    if probs.shape != expected or probs.dtype != np.float32:
+        raise PipelineError(
+            f"{path}: holds {probs.dtype} {probs.shape}, the test split needs float32 {expected} "
+            "(rerun `dvc repro evaluate`)"
+        )
+    return probs
+
+
+def parity(reference: np.ndarray, predictors: dict[str, Callable], prepared_dir: str, meta, limits) -> dict[str, Any]:
+    """Every form against Keras's `reference` outputs in one pass over the raw test split, as a
+    deployer has it."""
     from pipeline.records import iter_batches
 
     keras, agreements, first = Agreement(), {fmt: Agreement() for fmt in predictors}, []
-    kept = 0
+    kept = position = 0
     for x, labels in iter_batches(prepared_dir, meta, "test", limits.batch_size):
-        reference = model(x, training=False).numpy().astype(np.float64)
-        keras.add(reference, reference, labels)
+        expected = np.asarray(reference[position : position + len(x)], dtype=np.float64)
+        position += len(x)
+        keras.add(expected, expected, labels)
         for fmt, fn in predictors.items():
-            agreements[fmt].add(reference, fn(x), labels)
+            agreements[fmt].add(expected, fn(x), labels)
         if kept < limits.batch_check_examples:
             first.append(x)
             kept += len(x)
@@ -188,18 +209,28 @@ STAGE = Stage(
     "verify",
     __doc__,
     params=("verify",),
-    inputs=("prepared", "model", "exported", "registration", "run_file", "metrics", "data_report", "train_report"),
+    inputs=(
+        "prepared",
+        "probabilities",
+        "exported",
+        "registration",
+        "run_file",
+        "metrics",
+        "data_report",
+        "train_report",
+    ),
     outputs=("report", "card"),
 )
 
 
-def check_exports(model_path: Path, exported: Path, prepared_dir: str, limits, pyfunc=None) -> dict[str, Any]:
+def check_exports(reference: Path, exported: Path, prepared_dir: str, limits, pyfunc=None) -> dict[str, Any]:
     """Parity of every exported form in `exported` (and the registered `pyfunc` model) against the
-    Keras model, and each ONNX file's latency here: the report."""
-    from pipeline.model import load_keras_model
+    Keras model's outputs in `reference` (evaluate's probabilities file), and each deployable file's
+    latency here: the report."""
     from pipeline.records import iter_batches, read_meta
 
     meta = read_meta(prepared_dir)
+    expected = keras_reference(reference, meta)
     for name in ("saved_model", *DEPLOYABLE.values()):
         if not (exported / name).exists():
             raise PipelineError(f"{exported / name}: not found (run `dvc repro export`)")
@@ -212,7 +243,7 @@ def check_exports(model_path: Path, exported: Path, prepared_dir: str, limits, p
     }
     if pyfunc is not None:
         predictors["mlflow_pyfunc"] = pyfunc_predictor(pyfunc, meta.input_name)
-    report = parity(load_keras_model(str(model_path)), predictors, prepared_dir, meta, limits)
+    report = parity(expected, predictors, prepared_dir, meta, limits)
     sample, _ = next(iter_batches(prepared_dir, meta, "test", 256))
     report["latency"] = latency({fmt: partial(fresh_run, c.path) for fmt, c in classifiers.items()}, sample)
     return report
@@ -236,7 +267,7 @@ def verify(paths: dict[str, Path], params, run) -> StageResult:
     registered = read_output(paths["registration"], "export", "name and version")
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
         pyfunc = run.registry.load_pyfunc(registered["name"], registered["version"], Path(tmp))
-        report = check_exports(paths["model"], paths["exported"], str(paths["prepared"]), params.verify, pyfunc)
+        report = check_exports(paths["probabilities"], paths["exported"], str(paths["prepared"]), params.verify, pyfunc)
     verdict = "passed" if report["passed"] else "failed"
     lines = [
         f"{fmt}: accuracy {r['accuracy']:.4f}"

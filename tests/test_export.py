@@ -218,26 +218,51 @@ def test_fp32_onnx_runs_in_the_onnx_reference_evaluator(prepared, tmp_path):
     np.testing.assert_allclose(reference, runtime, atol=1e-5)
 
 
+def keras_probabilities(model, prepared: str, path: Path) -> Path:
+    """The reference verify reads: the Keras model's test-split outputs as evaluate records them."""
+    from pipeline.evaluate import predict_split
+
+    _, probs, _ = predict_split(model, prepared, read_meta(prepared), "test", 512)
+    np.save(path, probs)
+    return path
+
+
 def test_verify_passes_then_fails_on_a_corrupted_weight(prepared, tmp_path):
-    trained_model("cnn", prepared, tmp_path / "model.keras")
+    model = trained_model("cnn", prepared, tmp_path / "model.keras")
+    reference = keras_probabilities(model, prepared, tmp_path / "test_probabilities.npy")
     params = parse_params({"export": {"calibration_size": 60}}).export
     export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id=None)
-    report = check_exports(tmp_path / "model.keras", tmp_path / "exported", prepared, LOOSE_INT8)
+    report = check_exports(reference, tmp_path / "exported", prepared, LOOSE_INT8)
     assert report["passed"], report["failures"]
     assert report["formats"]["onnx"]["argmax_agreement"] == 1.0
     assert report["formats"]["saved_model"]["max_abs_diff"] <= 1e-5
     assert set(report["latency"]["engines"]) == {"onnx", "onnx_int8", "litert", "litert_int8"}
     assert report["formats"]["litert"]["max_abs_diff"] <= 1e-5 and report["formats"]["litert"]["argmax_agreement"] == 1
 
-    model = onnx.load(str(tmp_path / "exported/model.onnx"))
-    weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    onnx_model = onnx.load(str(tmp_path / "exported/model.onnx"))
+    weight = max(onnx_model.graph.initializer, key=lambda t: np.prod(t.dims))
     array = onnx.numpy_helper.to_array(weight).copy()
     array.flat[: array.size // 2] *= -3.0
     weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
-    onnx.save(model, str(tmp_path / "exported/model.onnx"))
-    report = check_exports(tmp_path / "model.keras", tmp_path / "exported", prepared, LOOSE_INT8)
+    onnx.save(onnx_model, str(tmp_path / "exported/model.onnx"))
+    report = check_exports(reference, tmp_path / "exported", prepared, LOOSE_INT8)
     assert not report["passed"]
     assert any(f.startswith("onnx: max |Δ|") for f in report["failures"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (np.zeros((3, 4), np.float32), r"holds float32 \(3, 4\), the test split needs float32 \(\d+, 4\)"),
+        (b"\x93NUMPY garbage", "not a NumPy array file"),
+    ],
+    ids=["another-split", "damaged"],
+)
+def test_verify_names_a_reference_that_does_not_describe_the_test_split(content, message, prepared, tmp_path):
+    path = tmp_path / "test_probabilities.npy"
+    path.write_bytes(content) if isinstance(content, bytes) else np.save(path, content)
+    with pytest.raises(PipelineError, match=f"test_probabilities.npy: {message}.*rerun `dvc repro evaluate`"):
+        check_exports(path, tmp_path / "exported", prepared, LOOSE_INT8)
 
 
 def test_export_refuses_what_is_not_a_keras_model(prepared, tmp_path):
