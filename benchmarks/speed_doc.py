@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -76,6 +77,17 @@ def stages_section() -> list[str]:
         f"{s['total_minus_training_seconds']:.1f} s for everything else. A second `dvc repro` with nothing "
         f"changed: {s['no_op_repro_seconds']:.2f} s (median of three), running no stage.",
     ]
+    o = load("stages_overhead.json")
+    if o:
+        forced = {k: v for k, v in o["stage_seconds"].items() if k != "train"}
+        lines += [
+            "",
+            "Every stage but `train` forced again with the current code (train's outputs current, so it costs "
+            "DVC's check): "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in forced.items())
+            + f"; {sum(forced.values()):.1f} s in all. "
+            + source("stages_overhead.json", "stages.py --force --except-train"),
+        ]
     return lines
 
 
@@ -118,6 +130,15 @@ def default_run_section() -> list[str]:
             "",
             *table(["candidate", "test accuracy", "epochs run", "training s", "what"], rows),
         ]
+        flip = candidates.get("test_time_flip")
+        if flip:
+            lines += [
+                "",
+                f"Test-time flip averaging of the trained default model (`models/model.keras`, the run above): "
+                f"test accuracy {flip['test_accuracy']:.4f} alone, {flip['test_accuracy_flip_averaged']:.4f} "
+                f"averaged with its mirror image, at {flip['inference_cost']:.0f}× the inference. "
+                + source("default_model.json", "default_model.py --test-time-flip models/model.keras"),
+            ]
     return lines
 
 
@@ -127,16 +148,33 @@ def throughput_section() -> list[str]:
     if t is None:
         return lines + missing("throughput.json", "throughput.py")
     rows = []
+
+    def rate(runs: list[dict] | None) -> str:
+        return f"{statistics.median(r['examples_per_second'] for r in runs):,.0f}" if runs else ""
+
     for preset, r in t["presets"].items():
-        plain, pipeline = r["plain"][0], r["pipeline"][0]
-        rows.append([f"`{preset}`", f"{pipeline['examples_per_second']:,.0f}", f"{plain['examples_per_second']:,.0f}",
-                     f"{r['ratio']:.2f}"])  # fmt: skip
+        same = r.get("ratio_same_work")
+        runs = f"{r.get('repeats', t.get('repeats', 1))} × {r.get('epochs', t.get('epochs', '?'))}"
+        rows.append([f"`{preset}`", runs, rate(r["pipeline"]), rate(r["plain"]), f"{r['ratio']:.2f}",
+                     rate(r.get("plain_same_work")), f"{same:.2f}" if same else ""])  # fmt: skip
     lines += [
         f"Examples per second of the pipeline's training against a plain `model.fit` script of the same "
-        f"model on in-memory arrays, {t['epochs']} epochs each, side by side on {machine(t)}. "
-        + source("throughput.json", "throughput.py"),
+        f"model on in-memory arrays (medians of alternating runs, side by side on {machine(t)}), and against "
+        "that script doing the pipeline's work too (the preset's augmentation as Keras layers, validation every "
+        "epoch). " + source("throughput.json", "throughput.py"),
         "",
-        *table(["preset", "pipeline examples/s", "plain fit examples/s", "ratio"], rows),
+        *table(
+            [
+                "preset",
+                "runs × epochs",
+                "pipeline examples/s",
+                "plain fit examples/s",
+                "ratio",
+                "plain fit, same work",
+                "ratio, same work",
+            ],
+            rows,
+        ),  # fmt: skip
     ]
     peak, default = t.get("peak"), t.get("default_model")
     if peak and default:
@@ -176,6 +214,18 @@ def inference_section() -> list[str]:
             ],  # fmt: skip
         ),
     ]
+    engines = b["engines"]
+    ours, theirs = engines.get("onnxruntime_fp32"), engines.get("onnxruntime_fp32_tf2onnx_graph")
+    if ours and theirs and "saved_model" in engines:
+        saved = engines["saved_model"]["batch256_images_per_s"]
+        lines += [
+            "",
+            f"Export's graph rewrites (`pipeline/onnx_graph.py`): onnxruntime float32 at batch 1 "
+            f"{ours['batch1']['median_ms']:.3f} ms against {theirs['batch1']['median_ms']:.3f} ms for tf2onnx's "
+            f"graph of the same model ({ours['batch1']['median_ms'] / theirs['batch1']['median_ms']:.2f}×); at "
+            f"batch 256 {ours['batch256_images_per_s'] / saved:.2f}× the SavedModel's images/s "
+            f"(tf2onnx's graph: {theirs['batch256_images_per_s'] / saved:.2f}×).",
+        ]
     if b.get("file_bytes"):
         lines += ["", *table(["file", "KiB"], [[f"`{k}`", f"{v / 1024:,.0f}"] for k, v in b["file_bytes"].items()])]
     return lines

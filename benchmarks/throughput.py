@@ -1,7 +1,8 @@
 """Training throughput: the pipeline's `train()` against a plain Keras script of the same model, side by
 side, for every preset; and, for the default model, the FLOP rate against this machine's peak.
 
-    python benchmarks/throughput.py [--presets NAME ...] [--epochs 2] [--repeats 1] [--out reports/throughput.json]
+    python benchmarks/throughput.py [--presets NAME ...] [--epochs 2] [--repeats 1] [--merge]
+                                    [--no-peak] [--out reports/throughput.json]
 
 For each preset, one process tree runs, alternately and `--repeats` times:
 - plain: the seed tutorials' way: the same Keras model (`pipeline.model.model_for_data`) and optimizer,
@@ -232,6 +233,7 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a train.* override for the pipeline runs"
     )
     parser.add_argument("--no-peak", action="store_true")
+    parser.add_argument("--merge", action="store_true", help="keep the other presets' results already in --out")
     parser.add_argument("--out", default=str(REPO / "reports/throughput.json"))
     parser.add_argument("--one", nargs=3, metavar=("MODE", "PRESET", "PREPARED"), help=argparse.SUPPRESS)
     parser.add_argument("--peak-only", action="store_true", help=argparse.SUPPRESS)
@@ -268,6 +270,8 @@ def main() -> None:
             else:
                 rate = {mode: statistics.median(r["examples_per_second"] for r in rs) for mode, rs in runs.items()}
                 results[preset] = {
+                    "epochs": args.epochs,
+                    "repeats": args.repeats,
                     **runs,
                     "ratio": round(rate["pipeline"] / rate["plain"], 3),
                     # the goal's measure: the pipeline against a plain script doing the same work
@@ -275,13 +279,15 @@ def main() -> None:
                 }
             print(preset, json.dumps(results[preset]), flush=True)
 
+    previous = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else {}
     report: dict = {
+        **previous,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "epochs": args.epochs,
-        "repeats": args.repeats,
         "overrides": overrides,
-        "presets": results,
+        "presets": {**previous.get("presets", {}), **results},
     }
+    for key in ("epochs", "repeats", "peak", "default_model"):  # each preset's own; the peak of this run only
+        report.pop(key, None)
     default = yaml.safe_load(Path(args.params).read_text())["train"]["model"]
     if not args.no_peak:
         report["peak"] = spawn(["--peak-only"])

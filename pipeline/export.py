@@ -12,7 +12,9 @@ Every form takes the model's raw input (its normalisation is inside the graph) a
     exported/metadata.json   input spec, class names, opset, provenance, sizes and sha256 of files
 
 exported/ is this stage's alone and is replaced as a whole (the old set or the new one). The MLflow
-version is registered only once it is in place, and recorded in the registration report.
+version is registered only once it is in place, and recorded in the registration report, with the
+SavedModel's parity on the test split against the Keras model's outputs (evaluate's record,
+pipeline/parity.py): measured here, where TensorFlow is loaded already, and judged by verify.
 """
 
 from __future__ import annotations
@@ -390,8 +392,10 @@ def read_evaluation(path: Path) -> dict:
 STAGE = Stage(
     "export",
     __doc__,
-    params=("export", "mlflow.registered_model_name"),
-    inputs=("prepared", "model", "metrics", "run_file"),
+    # verify's batch settings: the SavedModel's parity is measured here as verify measures the rest
+    params=("export", "mlflow.registered_model_name", "verify.batch_size", "verify.batch_sizes",
+            "verify.batch_check_examples"),  # fmt: skip
+    inputs=("prepared", "model", "metrics", "probabilities", "run_file"),
     outputs=("out", "registration"),
 )
 
@@ -411,6 +415,7 @@ def export(paths: dict[str, Path], params, run) -> StageResult:
 
     def build(directory: Path) -> None:
         built.update(build_exports(model, meta, str(paths["prepared"]), params.export, metadata, directory))
+        built["saved_model_parity"] = saved_model_parity(directory / "saved_model", paths, meta, params.verify)
 
     def register(run) -> list[str]:
         from pipeline.stage import write_output
@@ -425,11 +430,22 @@ def export(paths: dict[str, Path], params, run) -> StageResult:
 
         write_output(paths["registration"], {
             "name": name, "version": version, "run_id": run.run_id, "tracking_uri": portable_uri(run.tracking_uri),
-            "files": built["files"],
+            "files": built["files"], "saved_model_parity": built["saved_model_parity"],
         })  # fmt: skip
         return [f"{sizes}; registered {name} v{version} as {CHALLENGER}"]
 
     return StageResult(outputs={"out": build}, summary="", artifacts={"out": "export"}, publish=register)
+
+
+def saved_model_parity(saved_model: Path, paths: dict[str, Path], meta, limits) -> dict[str, float]:
+    """The written SavedModel, loaded back as TensorFlow Serving loads it, against the Keras model's
+    outputs on the test split (verify's measurement of every other form, pipeline/parity.py)."""
+    from pipeline.parity import keras_reference, measure, saved_model_predictor
+
+    reference = keras_reference(paths["probabilities"], meta)
+    predictor = saved_model_predictor(saved_model, meta.input_name)
+    _, results = measure(reference, {"saved_model": predictor}, str(paths["prepared"]), meta, limits)
+    return results["saved_model"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -195,6 +195,11 @@ def latency_lines(parity: dict) -> list[str]:
         "each runtime's default threads; `benchmarks/inference.py` measures more carefully):",
         "",
         *_table(["file", "batch 1 median ms", "batch 256 images/s"], rows),
+        "",
+        "Session settings: keep onnxruntime's defaults (graph optimisation `ORT_ENABLE_ALL`, one intra-op thread "
+        "per physical core, the CPU provider); the ONNX graph is already simplified at export, so do not save "
+        "an onnxruntime-optimised copy (it would hold kernels for the CPU that saved it). LiteRT: the "
+        "interpreter's XNNPACK delegate, on by default.",
     ]
 
 

@@ -2,15 +2,17 @@
 all fed the same raw inputs (uint8 pixels or raw features) that a deployer would feed them.
 
 The reference is the Keras model's own output on the test split, as evaluate recorded it (so the
-Keras model is not loaded again). Runs the SavedModel (tf.saved_model.load, no project code), each
-ONNX file (onnxruntime, CPU provider), each LiteRT file (ai-edge-litert's interpreter, as a phone
-runs it) and the registered MLflow model loaded back with `mlflow.pyfunc`, one pass over the test
-split in batches, and records per form the max/mean |Δ| of probabilities against Keras, argmax
-agreement and accuracy, plus a batch-size check. float32 forms must be within `verify.max_abs_diff` with
-100 % argmax agreement; an int8 file may lose at most `verify.max_int8_drop` accuracy against the
-float32 file of its runtime. It also times each ONNX and LiteRT file here (batch 1 and 256). When
-every check passes it writes the model card (pipeline/model_card.py) and makes it the registered
-version's description.
+Keras model is not loaded again; pipeline/parity.py). Runs each ONNX file (onnxruntime, CPU
+provider), each LiteRT file (ai-edge-litert's interpreter, as a phone runs it) and the registered
+MLflow model loaded back with `mlflow.pyfunc`, one pass over the test split in batches, and records
+per form the max/mean |Δ| of probabilities against Keras, argmax agreement and accuracy, plus a
+batch-size check. The SavedModel was measured the same way by export, which had TensorFlow loaded
+(reports/export.json): verify judges it with the rest and never starts TensorFlow.
+
+Float32 forms must be within `verify.max_abs_diff` with 100 % argmax agreement; an int8 file may
+lose at most `verify.max_int8_drop` accuracy against the float32 file of its runtime. It also times
+each ONNX and LiteRT file here (batch 1 and 256). When every check passes it writes the model card
+(pipeline/model_card.py) and makes it the registered version's description.
 """
 
 from __future__ import annotations
@@ -27,22 +29,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.classifier import open_classifier
-from pipeline.errors import PipelineError, first_line
+from pipeline.errors import PipelineError
 from pipeline.model_card import CardInputs
 from pipeline.model_card import render as render_card
+from pipeline.parity import keras_reference, measure, saved_model_predictor
 from pipeline.records import OUTPUT_NAME
 from pipeline.stage import Stage, StageResult, read_output, run_stage
-
-
-def predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i : i + batch]), dtype=np.float64) for i in range(0, len(x), batch)])
-
-
-def saved_model_predictor(path: Path, input_name: str):
-    import tensorflow as tf
-
-    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-    return lambda x: signature(**{input_name: tf.constant(x)})[OUTPUT_NAME].numpy()
 
 
 def pyfunc_predictor(model, input_name: str):
@@ -53,38 +45,6 @@ def pyfunc_predictor(model, input_name: str):
         return out[OUTPUT_NAME] if isinstance(out, dict) else np.asarray(out)
 
     return predict
-
-
-class Agreement:
-    """One form's outputs against the reference's, accumulated batch by batch: nothing per example
-    is kept, so the test split can be of any size."""
-
-    def __init__(self):
-        self.max_abs, self.sum_abs, self.values, self.agree, self.correct, self.examples = 0.0, 0.0, 0, 0, 0, 0
-
-    def add(self, reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> None:
-        diff = np.abs(np.asarray(probs, dtype=np.float64) - reference)
-        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
-        self.sum_abs += float(diff.sum())
-        self.values += diff.size
-        predicted = np.asarray(probs).argmax(1)
-        self.agree += int(np.sum(predicted == reference.argmax(1)))
-        self.correct += int(np.sum(predicted == labels))
-        self.examples += len(labels)
-
-    def result(self) -> dict[str, float]:
-        return {
-            "max_abs_diff": self.max_abs,
-            "mean_abs_diff": self.sum_abs / max(self.values, 1),
-            "argmax_agreement": self.agree / max(self.examples, 1),
-            "accuracy": self.correct / max(self.examples, 1),
-        }
-
-
-def batch_consistency(fn, x: np.ndarray, sizes: list[int]) -> float:
-    """Largest per-example difference between the batch sizes on the same inputs."""
-    outputs = [predict_in_batches(fn, x, b) for b in sizes]
-    return float(max(np.abs(o - outputs[-1]).max() for o in outputs))
 
 
 def float32_of(fmt: str) -> str:
@@ -121,51 +81,17 @@ def check(results: dict[str, dict], limits) -> list[str]:
     return failures
 
 
-def keras_reference(path: Path, meta) -> np.ndarray:
-    """evaluate's record of the Keras model's probabilities on the test split (memory-mapped: read a
-    batch at a time), checked against the split it must describe."""
-    try:
-        probs = np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found (run `dvc repro evaluate`)") from None
-    except (ValueError, OSError) as exc:
-        raise PipelineError(f"{path}: not a NumPy array file ({first_line(exc)}; rerun `dvc repro evaluate`)") from None
-    expected = (meta.counts["test"], meta.num_classes)
-    if probs.shape != expected or probs.dtype != np.float32:
-        raise PipelineError(
-            f"{path}: holds {probs.dtype} {probs.shape}, the test split needs float32 {expected} "
-            "(rerun `dvc repro evaluate`)"
-        )
-    return probs
-
-
-def parity(reference: np.ndarray, predictors: dict[str, Callable], prepared_dir: str, meta, limits) -> dict[str, Any]:
+def parity(reference: np.ndarray, predictors: dict[str, Callable], prepared_dir: str, meta, limits,
+           measured: dict[str, dict] | None = None) -> dict[str, Any]:  # fmt: skip
     """Every form against Keras's `reference` outputs in one pass over the raw test split, as a
-    deployer has it."""
-    from pipeline.records import iter_batches
-
-    keras, agreements, first = Agreement(), {fmt: Agreement() for fmt in predictors}, []
-    kept = position = 0
-    for x, labels in iter_batches(prepared_dir, meta, "test", limits.batch_size):
-        expected = np.asarray(reference[position : position + len(x)], dtype=np.float64)
-        position += len(x)
-        keras.add(expected, expected, labels)
-        for fmt, fn in predictors.items():
-            agreements[fmt].add(expected, fn(x), labels)
-        if kept < limits.batch_check_examples:
-            first.append(x)
-            kept += len(x)
-    sample = np.concatenate(first)[: limits.batch_check_examples]
-    results = {"keras": {"accuracy": keras.result()["accuracy"]}}
-    for fmt, fn in predictors.items():
-        results[fmt] = agreements[fmt].result()
-        if "int8" not in fmt:
-            results[fmt]["batch_max_abs_diff"] = batch_consistency(fn, sample, list(limits.batch_sizes))
+    deployer has it, with `measured` (forms export measured already: the SavedModel) beside them."""
+    examples, results = measure(reference, predictors, prepared_dir, meta, limits)
+    results = {"keras": results.pop("keras"), **(measured or {}), **results}
     failures = check(results, limits)
     for fmt, drop in int8_drops(results).items():
         results[fmt]["accuracy_drop_vs_float32"] = drop
     return {
-        "examples": keras.examples,
+        "examples": examples,
         "max_abs_diff_limit": limits.max_abs_diff,
         "max_int8_drop": limits.max_int8_drop,
         "batch_sizes": list(limits.batch_sizes),
@@ -223,10 +149,13 @@ STAGE = Stage(
 )
 
 
-def check_exports(reference: Path, exported: Path, prepared_dir: str, limits, pyfunc=None) -> dict[str, Any]:
+def check_exports(
+    reference: Path, exported: Path, prepared_dir: str, limits, pyfunc=None, saved_model: dict | None = None
+) -> dict[str, Any]:
     """Parity of every exported form in `exported` (and the registered `pyfunc` model) against the
     Keras model's outputs in `reference` (evaluate's probabilities file), and each deployable file's
-    latency here: the report."""
+    latency here: the report. `saved_model`: the SavedModel's parity as export measured it (None:
+    measured here, with TensorFlow)."""
     from pipeline.records import iter_batches, read_meta
 
     meta = read_meta(prepared_dir)
@@ -237,13 +166,13 @@ def check_exports(reference: Path, exported: Path, prepared_dir: str, limits, py
     # Each file in the runtime a deployer runs it with (pipeline/classifier.py), fed the raw inputs;
     # a damaged file is one line now, before any pass over the test split.
     classifiers = {fmt: open_classifier(exported / file) for fmt, file in DEPLOYABLE.items()}
-    predictors = {
-        "saved_model": saved_model_predictor(exported / "saved_model", meta.input_name),
-        **{fmt: classifier.run for fmt, classifier in classifiers.items()},
-    }
+    predictors = {fmt: classifier.run for fmt, classifier in classifiers.items()}
+    if saved_model is None:
+        predictors = {"saved_model": saved_model_predictor(exported / "saved_model", meta.input_name), **predictors}
     if pyfunc is not None:
         predictors["mlflow_pyfunc"] = pyfunc_predictor(pyfunc, meta.input_name)
-    report = parity(expected, predictors, prepared_dir, meta, limits)
+    measured = {} if saved_model is None else {"saved_model": saved_model}
+    report = parity(expected, predictors, prepared_dir, meta, limits, measured)
     sample, _ = next(iter_batches(prepared_dir, meta, "test", 256))
     report["latency"] = latency({fmt: partial(fresh_run, c.path) for fmt, c in classifiers.items()}, sample)
     return report
@@ -267,7 +196,10 @@ def verify(paths: dict[str, Path], params, run) -> StageResult:
     registered = read_output(paths["registration"], "export", "name and version")
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
         pyfunc = run.registry.load_pyfunc(registered["name"], registered["version"], Path(tmp))
-        report = check_exports(paths["probabilities"], paths["exported"], str(paths["prepared"]), params.verify, pyfunc)
+        report = check_exports(
+            paths["probabilities"], paths["exported"], str(paths["prepared"]), params.verify, pyfunc,
+            registered.get("saved_model_parity"),
+        )  # fmt: skip
     verdict = "passed" if report["passed"] else "failed"
     lines = [
         f"{fmt}: accuracy {r['accuracy']:.4f}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.commands import run, set_params
+from helpers.commands import run, set_params, stage_argv
 
 pytestmark = pytest.mark.slow
 
@@ -117,6 +117,9 @@ def test_full_pipeline_metrics_plots_mlflow_and_registry(reproduced, tmp_path):
     assert registration["tracking_uri"] == "sqlite:///mlflow.db" and registration["run_id"] == run_info["run_id"]
     metadata = (dvc_repo / "exported/metadata.json").read_text()
     assert json.loads(metadata)["files"] == registration["files"]
+    # export measured the SavedModel against evaluate's record of the Keras outputs; verify judged it.
+    assert parity["formats"]["saved_model"] == registration["saved_model_parity"]
+    assert registration["saved_model_parity"]["argmax_agreement"] == 1.0
     logged = client.download_artifacts(run_info["run_id"], "export/metadata.json", str(tmp_path))
     assert Path(logged).read_text() == metadata
     # The registered version holds every deployable file, byte for byte what exported/ holds.
@@ -204,6 +207,16 @@ def assert_a_stranger_gets_the_evaluated_accuracy_from_raw_pixels(repo: Path, so
         else:  # int8: no more below than verify allows (verify.max_int8_drop)
             assert float(np.mean(probs.argmax(1) == labels)) >= reported - 0.01
         assert len(class_names) == probs.shape[1] == 4
+
+
+def test_verify_judges_every_form_without_starting_tensorflow(reproduced_copy):
+    probe = (
+        "import sys; from pipeline.verify import main; main(sys.argv[1:]);"
+        "assert 'tensorflow' not in sys.modules, 'verify imported tensorflow'"
+    )
+    run(["python", "-c", probe, *stage_argv("verify")[3:]], reproduced_copy)
+    parity = json.loads((reproduced_copy / "reports/parity.json").read_text())
+    assert parity["passed"] and set(parity["formats"]) >= {"keras", "saved_model", "onnx", "litert", "mlflow_pyfunc"}
 
 
 def test_failing_gate_stops_before_export(reproduced_copy):

@@ -53,6 +53,7 @@ def test_latency_is_what_verify_timed_of_these_files():
     assert "| onnx | 0.100 | 9,000 |" in card and "| litert_int8 | 0.050 | 12,000 |" in card
     assert "ai-edge-litert 2.3.0 with XNNPACK" in card
     assert "Latency of these very files, timed by `verify` (2 logical CPUs, onnxruntime 1.32.0" in card
+    assert "Session settings: keep onnxruntime's defaults (graph optimisation `ORT_ENABLE_ALL`" in card
 
 
 def test_a_binary_card_names_the_positive_class_and_what_was_left_out():
