@@ -3,7 +3,8 @@ SavedModel signature, onnxruntime float32 and int8, LiteRT float32 and int8 (ai-
 interpreter, XNNPACK), all fed raw inputs (uint8 pixels): every form normalises inside its graph.
 
 Batch 1: median and p99 latency over --calls calls (after --warmup calls); batch 256: throughput in
-images/s. Every engine runs with the same intra-op thread count (physical cores, or --threads) and
+images/s. The engines take turns, --rounds times over, so that they share this shared machine's
+drift. Every engine runs with the same intra-op thread count (physical cores, or --threads) and
 one inter-op thread; the onnxruntime and LiteRT files run a second time on one thread (`*_1_thread`).
 Two more onnxruntime engines: the same model as tf2onnx converts it, before export's graph rewrites
 (`onnxruntime_fp32_tf2onnx_graph`), and the exported file with I/O binding (`*_iobinding`).
@@ -39,30 +40,55 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def latency_ms(fn, x, calls: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn(x)
+def timed_calls(fn, x, calls: int) -> list[float]:
     times = []
     for _ in range(calls):
         started = time.perf_counter()
         fn(x)
         times.append((time.perf_counter() - started) * 1000)
-    times.sort()
+    return times
+
+
+def latency(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
     return {
         "median_ms": round(statistics.median(times), 4),
         "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4),
     }
 
 
-def throughput(fn, x, batch: int, repeats: int) -> float:
-    fn(x[:batch])
-    started = time.perf_counter()
-    n = 0
-    for _ in range(repeats):
-        for i in range(0, len(x) - batch + 1, batch):
-            fn(x[i : i + batch])
-            n += batch
-    return round(n / (time.perf_counter() - started), 1)
+def batched_pass(fn, x, batch: int) -> tuple[int, float]:
+    """Images and seconds of one pass over `x` in full batches."""
+    started, n = time.perf_counter(), 0
+    for i in range(0, len(x) - batch + 1, batch):
+        fn(x[i : i + batch])
+        n += batch
+    return n, time.perf_counter() - started
+
+
+def measure_interleaved(engines: dict, x, one, calls: int, warmup: int, repeats: int, rounds: int) -> dict:
+    """Every engine in turn, `rounds` times over: this machine's speed drifts (its host is shared), and
+    engines measured one after another would each meet another drift; in rounds, they share it. Batch
+    1: the median of all `calls` calls; batch 256: images/s over `repeats` passes of the test split,
+    each round taking its share."""
+    for fn in engines.values():
+        for _ in range(warmup):
+            fn(one)
+        fn(x[:256])
+    times = {name: [] for name in engines}
+    images = {name: [0, 0.0] for name in engines}
+    bounds = [len(x) * r // rounds for r in range(rounds + 1)]
+    for r in range(rounds):
+        for name, fn in engines.items():
+            times[name] += timed_calls(fn, one, calls // rounds)
+            for _ in range(repeats):
+                n, seconds = batched_pass(fn, x[bounds[r] : bounds[r + 1]], 256)
+                images[name][0] += n
+                images[name][1] += seconds
+    return {
+        name: {"batch1": latency(times[name]), "batch256_images_per_s": round(images[name][0] / images[name][1], 1)}
+        for name in engines
+    }
 
 
 def main() -> None:
@@ -73,6 +99,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=1, help="passes over the test split for throughput")
+    parser.add_argument("--rounds", type=int, default=5, help="times every engine takes its turn")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="reports/bench.json")
     parser.add_argument(
@@ -162,13 +189,7 @@ def main() -> None:
         label, _, path = spec.partition("=")
         engines[label] = ort_session(path)
 
-    results = {}
-    for name, fn in engines.items():
-        results[name] = {
-            "batch1": latency_ms(fn, one, args.calls, args.warmup),
-            "batch256_images_per_s": throughput(fn, x, 256, args.repeats),
-        }
-        print(f"{name}: {results[name]}", flush=True)
+    results = measure_interleaved(engines, x, one, args.calls, args.warmup, args.repeats, args.rounds)
 
     fastest_latency = min(r["batch1"]["median_ms"] for r in results.values())
     fastest_throughput = max(r["batch256_images_per_s"] for r in results.values())
@@ -188,6 +209,7 @@ def main() -> None:
         "threads": {"intra_op": threads, "inter_op": 1},
         "calls": args.calls,
         "warmup": args.warmup,
+        "rounds": args.rounds,
         "test_examples": int(len(x)),
         # The model card shows these latencies as this model's only when the file is the same.
         "model_sha256": file_sha256(Path(f"{args.exported}/model.onnx")),

@@ -197,7 +197,8 @@ def inference_section() -> list[str]:
         f"{k.replace('_', '-')} {m[k]}" for k in ("tensorflow", "onnxruntime", "ai_edge_litert") if k in m
     )
     lines += [
-        f"Every form fed raw uint8 pixels from the test split; batch 1: median and p99 over {b['calls']} calls; "
+        f"Every form fed raw uint8 pixels from the test split, the engines taking turns "
+        f"({b.get('rounds', 1)} rounds); batch 1: median and p99 over {b['calls']} calls; "
         f"batch 256: images/s over the test split; {b['threads']['intra_op']} intra-op threads unless the name "
         f"says one ({machine(b)}; {versions}). " + source("bench.json", "inference.py"),
         "",

@@ -34,8 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def timed(command: list[str]) -> float:
+    # dvc.yaml's commands start `python`: this interpreter's (the venv's), activated or not.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=env)
     return time.perf_counter() - started
 
 
