@@ -393,8 +393,13 @@ STAGE = Stage(
     "export",
     __doc__,
     # verify's batch settings: the SavedModel's parity is measured here as verify measures the rest
-    params=("export", "mlflow.registered_model_name", "verify.batch_size", "verify.batch_sizes",
-            "verify.batch_check_examples"),  # fmt: skip
+    params=(
+        "export",
+        "mlflow.registered_model_name",
+        "verify.batch_size",
+        "verify.batch_sizes",
+        "verify.batch_check_examples",
+    ),
     inputs=("prepared", "model", "metrics", "probabilities", "run_file"),
     outputs=("out", "registration"),
 )
