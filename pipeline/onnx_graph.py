@@ -50,9 +50,6 @@ class Graph:
         self.graph.initializer.append(tensor)
         return name
 
-    def producer(self, name: str):
-        return next((n for n in self.graph.node if name in n.output), None)
-
     def consumers(self, name: str) -> list:
         return [n for n in self.graph.node if name in n.input]
 

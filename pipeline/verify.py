@@ -167,11 +167,11 @@ def check_exports(
     # a damaged file is one line now, before any pass over the test split.
     classifiers = {fmt: open_classifier(exported / file) for fmt, file in DEPLOYABLE.items()}
     predictors = {fmt: classifier.run for fmt, classifier in classifiers.items()}
-    if saved_model is None:
+    measured = {"saved_model": saved_model} if saved_model is not None else {}
+    if not measured:
         predictors = {"saved_model": saved_model_predictor(exported / "saved_model", meta.input_name), **predictors}
     if pyfunc is not None:
         predictors["mlflow_pyfunc"] = pyfunc_predictor(pyfunc, meta.input_name)
-    measured = {} if saved_model is None else {"saved_model": saved_model}
     report = parity(expected, predictors, prepared_dir, meta, limits, measured)
     sample, _ = next(iter_batches(prepared_dir, meta, "test", 256))
     report["latency"] = latency({fmt: partial(fresh_run, c.path) for fmt, c in classifiers.items()}, sample)
@@ -192,13 +192,27 @@ def fresh_run(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return open_classifier(path).run
 
 
+MEASURED = ("max_abs_diff", "mean_abs_diff", "argmax_agreement", "accuracy", "batch_max_abs_diff")
+
+
+def saved_model_measurement(registered: dict, path: Path) -> dict | None:
+    """The SavedModel's parity as export recorded it (None in an older report: verify measures it)."""
+    measured = registered.get("saved_model_parity")
+    if measured is None:
+        return None
+    try:
+        return {key: float(measured[key]) for key in MEASURED}
+    except (KeyError, TypeError, ValueError):
+        raise PipelineError(f"{path}: saved_model_parity is malformed (rerun `dvc repro export`)") from None
+
+
 def verify(paths: dict[str, Path], params, run) -> StageResult:
     registered = read_output(paths["registration"], "export", "name and version")
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
         pyfunc = run.registry.load_pyfunc(registered["name"], registered["version"], Path(tmp))
         report = check_exports(
             paths["probabilities"], paths["exported"], str(paths["prepared"]), params.verify, pyfunc,
-            registered.get("saved_model_parity"),
+            saved_model_measurement(registered, paths["registration"]),
         )  # fmt: skip
     verdict = "passed" if report["passed"] else "failed"
     lines = [

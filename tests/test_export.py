@@ -305,3 +305,12 @@ def test_the_calibration_sample_is_drawn_while_the_train_split_streams(prepared)
     for size, seed in ((40, 0), (40, 1), (1000, 0)):
         wanted = np.sort(np.random.default_rng(seed).choice(len(x), size=min(size, len(x)), replace=False))
         np.testing.assert_array_equal(calibration_sample(prepared, meta, size, seed), x[wanted])
+
+
+@pytest.mark.parametrize("recorded", ["not a dict", {"max_abs_diff": 0.0}, {"max_abs_diff": "x"}])
+def test_verify_names_a_malformed_saved_model_measurement(recorded, tmp_path):
+    from pipeline.verify import saved_model_measurement
+
+    with pytest.raises(PipelineError, match=r"export\.json: saved_model_parity is malformed .*dvc repro export"):
+        saved_model_measurement({"saved_model_parity": recorded}, tmp_path / "export.json")
+    assert saved_model_measurement({}, tmp_path / "export.json") is None
