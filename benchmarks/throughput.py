@@ -286,10 +286,13 @@ def main() -> None:
         "overrides": overrides,
         "presets": {**previous.get("presets", {}), **results},
     }
-    for key in ("epochs", "repeats", "peak", "default_model"):  # each preset's own; the peak of this run only
+    for key in ("epochs", "repeats"):  # each preset's own
         report.pop(key, None)
     default = yaml.safe_load(Path(args.params).read_text())["train"]["model"]
-    if not args.no_peak:
+    # The default's FLOP rate and the peak it is a share of belong together: both come from this run
+    # when it trains the default; a --merge run without it keeps the earlier pair.
+    if not args.no_peak and (not args.merge or (isinstance(default, str) and default in results)):
+        report.pop("default_model", None)
         report["peak"] = spawn(["--peak-only"])
         if isinstance(default, str) and "error" not in results.get(default, {"error": 1}):
             pipe = results[default]["pipeline"][-1]
