@@ -228,7 +228,7 @@ def fold_input_affine(g: Graph) -> int:
     # One scale and offset for every value only (pixels): with one per feature (a table's, or a colour
     # image's per channel) the int8 file would quantize the raw features at the layer's input with one
     # scale for all of them, which ranges of 0.1 beside 1,000 do not survive (breast cancer's int8
-    # accuracy fell from 0.96 to 0.6 that way in LiteRT); their normalisation stays in front.
+    # ONNX accuracy fell from 0.96 to 0.63 that way); their normalisation stays in front.
     if a.size != 1 or b.size != 1:
         return 0
     if layer.op_type == "Conv" and float(a.reshape(())) != 0 and explicit_2d_pads(layer) is not None:

@@ -75,6 +75,10 @@ def batch_consistency(fn, x: np.ndarray, sizes: list[int]) -> float:
     return float(max(np.abs(o - outputs[-1]).max() for o in outputs))
 
 
+# The row `measure` gives a float32 form (an int8 one has no batch_max_abs_diff).
+FLOAT32_ROW = ("max_abs_diff", "mean_abs_diff", "argmax_agreement", "accuracy", "batch_max_abs_diff")
+
+
 def measure(
     reference: np.ndarray, predictors: dict[str, Callable], prepared_dir: str, meta, limits
 ) -> tuple[int, dict[str, dict]]:

@@ -32,7 +32,7 @@ from pipeline.classifier import open_classifier
 from pipeline.errors import PipelineError
 from pipeline.model_card import CardInputs
 from pipeline.model_card import render as render_card
-from pipeline.parity import keras_reference, measure, saved_model_predictor
+from pipeline.parity import FLOAT32_ROW, keras_reference, measure, saved_model_predictor
 from pipeline.records import OUTPUT_NAME
 from pipeline.stage import Stage, StageResult, read_output, run_stage
 
@@ -192,16 +192,13 @@ def fresh_run(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return open_classifier(path).run
 
 
-MEASURED = ("max_abs_diff", "mean_abs_diff", "argmax_agreement", "accuracy", "batch_max_abs_diff")
-
-
 def saved_model_measurement(registered: dict, path: Path) -> dict | None:
     """The SavedModel's parity as export recorded it (None in an older report: verify measures it)."""
     measured = registered.get("saved_model_parity")
     if measured is None:
         return None
     try:
-        return {key: float(measured[key]) for key in MEASURED}
+        return {key: float(measured[key]) for key in FLOAT32_ROW}
     except (KeyError, TypeError, ValueError):
         raise PipelineError(f"{path}: saved_model_parity is malformed (rerun `dvc repro export`)") from None
 
