@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cli import end_process
 from pipeline.params import GateParams
 from pipeline.stage import Stage, StageResult, run_stage
 
@@ -468,3 +469,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    end_process()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cli import environment_kept
+from pipeline.cli import end_process, environment_kept
 from pipeline.errors import PipelineError
 from pipeline.hashing import file_sha256, tree_sha256
 from pipeline.litert import export_litert
@@ -459,3 +459,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    end_process()

@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir
+from pipeline.cli import end_process
 from pipeline.errors import PipelineError, first_line
 from pipeline.hashing import content_sha256
 from pipeline.params import DataParams
@@ -232,3 +233,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    end_process()

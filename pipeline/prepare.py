@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_dir, write_json
+from pipeline.cli import end_process
 from pipeline.errors import PipelineError
 from pipeline.formats import FORMATS, decode_chunk
 from pipeline.formats.base import Decoded, Scan
@@ -342,3 +343,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    end_process()

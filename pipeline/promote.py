@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cli import run_cli
+from pipeline.cli import end_process, run_cli
 from pipeline.errors import PipelineError
 from pipeline.params import PromoteParams
 from pipeline.registry import CHAMPION
@@ -261,3 +261,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    end_process()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.atomic import atomic_file
-from pipeline.cli import run_cli
+from pipeline.cli import end_process, run_cli
 from pipeline.errors import PipelineError
 from pipeline.params import TrainParams, stage_params
 from pipeline.presets import check_fits, resolve
@@ -543,3 +543,4 @@ def data_sha256(prepared: Path) -> str:
 
 if __name__ == "__main__":
     main()
+    end_process()
