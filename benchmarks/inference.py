@@ -28,6 +28,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -64,6 +66,31 @@ def batched_pass(fn, x, batch: int) -> tuple[int, float]:
         fn(x[i : i + batch])
         n += batch
     return n, time.perf_counter() - started
+
+
+def matmul_peak(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
+    """GFLOP/s of onnxruntime on one large float32 MatMul (n x n) with `threads` intra-op threads: the
+    most this runtime's kernels do on this machine, the roofline a model's latency is held against."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "peak",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [weight],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = np.ones((n, n), np.float32)
+    session.run(None, {"x": x})
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, {"x": x})
+        runs += 1
+    return 2 * n**3 * runs / (time.perf_counter() - started) / 1e9
 
 
 def measure_interleaved(engines: dict, x, one, calls: int, warmup: int, repeats: int, rounds: int) -> dict:
@@ -108,13 +135,14 @@ def main() -> None:
     args = parser.parse_args()
     threads = args.threads or physical_cores()
 
-    import numpy as np
     import onnx
     import onnxruntime as ort
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+
+    from throughput import forward_flops  # benchmarks/throughput.py: the default model's FLOP count
 
     from pipeline.classifier import INPUT_DTYPES, LiteRTClassifier
     from pipeline.export import load_for_export, serving_function, tf2onnx_graph
@@ -196,6 +224,16 @@ def main() -> None:
     for r in results.values():
         r["batch1_vs_fastest"] = round(r["batch1"]["median_ms"] / fastest_latency, 2)
         r["batch256_vs_fastest"] = round(fastest_throughput / r["batch256_images_per_s"], 2)
+    # The roofline: the float32 model's arithmetic at this runtime's own large-MatMul rate is the least
+    # time batch 1 can take here, whatever the graph or session settings.
+    flops, peak = forward_flops(model), matmul_peak(threads)
+    fp32 = results["onnxruntime_fp32"]["batch1"]["median_ms"]
+    roofline = {
+        "model_mflops": round(flops / 1e6, 2),
+        "onnxruntime_matmul_gflops": round(peak, 1),
+        "batch1_lower_bound_ms": round(flops / (peak * 1e9) * 1000, 4),
+        "onnxruntime_fp32_batch1_gflops": round(flops / (fp32 / 1000) / 1e9, 1),
+    }
     report = {
         "machine": {
             "logical_cpus": os.cpu_count(),
@@ -215,6 +253,7 @@ def main() -> None:
         "model_sha256": file_sha256(Path(f"{args.exported}/model.onnx")),
         "file_bytes": {p.name: p.stat().st_size for p in sorted(Path(args.exported).glob("model*"))},
         "engines": results,
+        "roofline": roofline,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

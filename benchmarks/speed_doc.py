@@ -82,10 +82,9 @@ def stages_section() -> list[str]:
         forced = {k: v for k, v in o["stage_seconds"].items() if k != "train"}
         lines += [
             "",
-            "Every stage but `train` forced again with the current code (train's outputs current, so it costs "
-            "DVC's check): "
+            f"Every stage but `train` forced again with the current code, in one `{o.get('command', 'dvc repro')}`: "
             + ", ".join(f"{k} {v:.1f} s" for k, v in forced.items())
-            + f"; {sum(forced.values()):.1f} s in all. "
+            + f"; {o['total_seconds']:.1f} s in all, DVC's own start included. "
             + source("stages_overhead.json", "stages.py --force --except-train"),
         ]
     return lines
@@ -233,6 +232,17 @@ def inference_section() -> list[str]:
             f"graph of the same model ({ours['batch1']['median_ms'] / theirs['batch1']['median_ms']:.2f}×); at "
             f"batch 256 {ours['batch256_images_per_s'] / saved:.2f}× the SavedModel's images/s "
             f"(tf2onnx's graph: {theirs['batch256_images_per_s'] / saved:.2f}×).",
+        ]
+    if ours and b.get("roofline"):
+        r = b["roofline"]
+        lines += [
+            "",
+            f"The roofline: the float32 model does {r['model_mflops']:.1f} MFLOP per image (its convolutions and "
+            f"dense layers); onnxruntime's own large float32 MatMul runs at {r['onnxruntime_matmul_gflops']:.0f} "
+            f"GFLOP/s on {b['threads']['intra_op']} threads here, so no graph or session setting can take batch 1 "
+            f"below {r['batch1_lower_bound_ms']:.3f} ms; the exported file's {ours['batch1']['median_ms']:.3f} ms "
+            f"is {r['onnxruntime_fp32_batch1_gflops']:.0f} GFLOP/s "
+            f"({r['onnxruntime_fp32_batch1_gflops'] / r['onnxruntime_matmul_gflops']:.0%} of that rate).",
         ]
     if b.get("file_bytes"):
         lines += ["", *table(["file", "KiB"], [[f"`{k}`", f"{v / 1024:,.0f}"] for k, v in b["file_bytes"].items()])]
