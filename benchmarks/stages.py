@@ -80,7 +80,7 @@ def main() -> None:
     total, seconds = timed_stages(command)
     no_op = [timed([dvc, "repro"]) for _ in range(3)]
     train = json.loads((REPO / "reports/train.json").read_text())
-    trained = "train" in seconds and not args.except_train
+    trained = "train" in seconds  # ran in this command (not with --except-train, nor when it was current)
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "forced": args.force,
