@@ -68,13 +68,24 @@ class Candidate:
 
 
 SLIM = [*conv(16), POOL, *conv(64), POOL, *conv(128), *conv(128), POOL, *head(256)]
+CNN_V1 = [*conv(32), POOL, *conv(64), POOL, *conv(128), POOL, *head(128)]  # the `cnn` preset until round five
+MID_64X2 = [*conv(16), POOL, *conv(64), *conv(64), POOL, *conv(128), POOL, *head(128)]
+MID_64X2_192 = [*conv(16), POOL, *conv(64), *conv(64), POOL, *conv(192), POOL, *head(128)]
 SLIM_256 = [*conv(16), POOL, *conv(64), POOL, *conv(128), POOL, *conv(256), *head(256)]
 FLIP = {"augment": {"horizontal_flip": True}}
+V1 = {"model": CNN_V1, "augment": {"horizontal_flip": True}}  # its layers and flips (its other settings: CUSTOM's)
+FLOAT32 = {"mixed_precision": "off"}  # the arithmetic of the runs before bfloat16 (round five)
+BF16 = {"mixed_precision": "bfloat16"}
 NO_STOP = {"early_stopping_patience": 0}
 RECIPE = {"label_smoothing": 0.1, "augment": {"translate": 0.1}}
 CANDIDATES: dict[str, Candidate] = {
-    "cnn-v1": Candidate("the previous default: 32-64-128 conv/BN blocks, Dense 128, flip, cosine Adam, 20 epochs"),
-    "cnn-v1+recipe": Candidate("the same network with label smoothing 0.1 and random translation ±10%", {**RECIPE}),
+    "cnn-v1": Candidate(
+        "the previous default: 32-64-128 conv/BN blocks, Dense 128, flip, cosine Adam, 20 epochs", {**V1}
+    ),
+    "cnn-v1+recipe": Candidate(
+        "the same network with label smoothing 0.1 and random translation ±10%",
+        {"model": CNN_V1, **RECIPE},
+    ),
     "slim-stem": Candidate(
         "16 filters at 28×28 (the costliest layer per MAC), a second 128 conv at 7×7, Dense 256; "
         "recipe, no flip (a layer list's default)",
@@ -101,7 +112,7 @@ CANDIDATES: dict[str, Candidate] = {
         "slim-stem with flip, all 20 epochs (no early stopping)", {"model": SLIM, **FLIP, **NO_STOP}
     ),
     "cnn-v1+ls-full": Candidate(
-        "the previous default with label smoothing 0.1, all 20 epochs", {"label_smoothing": 0.1, **NO_STOP}
+        "the previous default with label smoothing 0.1, all 20 epochs", {**V1, "label_smoothing": 0.1, **NO_STOP}
     ),
     "slim-stem+ls+shift-full": Candidate(
         "slim-stem with flip, label smoothing 0.1, translation ±5% (±1 px), all 20 epochs",
@@ -109,16 +120,32 @@ CANDIDATES: dict[str, Candidate] = {
     ),
     "cnn-v1+ls+shift-full": Candidate(
         "the previous default with label smoothing 0.1, translation ±5% (±1 px), all 20 epochs",
-        {"label_smoothing": 0.1, "augment": {"translate": 0.05}, **NO_STOP},
+        {"model": CNN_V1, "label_smoothing": 0.1, "augment": {"translate": 0.05}, **NO_STOP},
     ),
     # Early stopping's restore would put the trained weights back over the average: every epoch runs.
     "cnn+ema-0.99": Candidate(
-        "the default with an EMA of the weights (momentum 0.99, ~100 steps), all 20 epochs", {**NO_STOP}, ema=0.99
+        "the default with an EMA of the weights (momentum 0.99, ~100 steps), all 20 epochs", {**V1, **NO_STOP}, ema=0.99
     ),
     "cnn+ema-0.999": Candidate(
         "the default with an EMA of the weights (momentum 0.999, ~1,000 steps: the last 2.4 epochs), all 20 epochs",
-        {**NO_STOP},
+        {**V1, **NO_STOP},
         ema=0.999,
+    ),
+    # Round five (Zen 4 EPYC): every run also scores flip averaging at test time.
+    "mid-64x2": Candidate(
+        "16 filters at 28×28 (the 32 there cost as much time as a conv at 14×14), two 64 convs at 14×14, "
+        "128 at 7×7, Dense 128; flip, all 20 epochs",
+        {"model": MID_64X2, **FLIP, **NO_STOP, **FLOAT32},
+    ),
+    "mid-64x2-24ep": Candidate(
+        "mid-64x2 for 24 epochs", {"model": MID_64X2, "epochs": 24, **FLIP, **NO_STOP, **FLOAT32}
+    ),
+    "mid-64x2-192": Candidate(
+        "mid-64x2 with 192 filters at 7×7, 20 epochs", {"model": MID_64X2_192, **FLIP, **NO_STOP, **FLOAT32}
+    ),
+    "cnn+erase-0.5": Candidate(
+        "the previous default with random erasing (p 0.5, 2-33 % of the image, noise), all 20 epochs",
+        {**V1, "augment": {"horizontal_flip": True, "erase": 0.5}, **NO_STOP, **FLOAT32},
     ),
 }
 
@@ -134,7 +161,8 @@ def candidate_params(name: str, params_path: Path, epochs: int | None):
     from pipeline.params import parse_params
 
     raw = yaml.safe_load(params_path.read_text())
-    raw["train"] = merged(raw["train"], CANDIDATES[name].train)
+    # The trained network alone: run_one scores flip averaging at test time itself.
+    raw["train"] = merged(raw["train"], {**CANDIDATES[name].train, "test_time_flip": False})
     if epochs is not None:
         raw["train"]["epochs"] = epochs
         raw["train"]["early_stopping_patience"] = 0
@@ -178,7 +206,9 @@ def run_one(name: str, params_path: Path, prepared: Path, epochs: int | None) ->
     with tempfile.TemporaryDirectory(prefix="bench-default-") as work:
         result = train(params, prepared, Path(work), verbose=0, meta=meta, on_start=built.append, on_epoch=on_epoch)
     epoch_seconds = [round(b - a, 2) for a, b in zip(marks, marks[1:], strict=False)]
-    _, test_accuracy = result.model.evaluate(test, verbose=0)
+    model = result.model  # float32, as train saves it
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    _, test_accuracy = model.evaluate(test, verbose=0)
     return {
         **trained,
         "epochs": resolve(params.train).epochs,
@@ -186,6 +216,7 @@ def run_one(name: str, params_path: Path, prepared: Path, epochs: int | None) ->
         "best_epoch": result.report["best_epoch"],
         "best_val_accuracy": round(result.report["best"].get("val_accuracy", float("nan")), 4),
         "test_accuracy": round(float(test_accuracy), 4),
+        "test_accuracy_flip_averaged": flip_scores(model, prepared)["test_accuracy_flip_averaged"],
         "parameters": result.report["parameters"],
         "training_seconds": result.report["training_seconds"],
         "epoch_seconds": epoch_seconds,
@@ -218,13 +249,17 @@ def timing(result: dict, epochs: int) -> dict:
 def test_time_flip(model_path: Path, prepared: Path) -> dict:
     """The trained model's test accuracy alone and with its prediction averaged over the image and its
     mirror (test-time augmentation, which an exported graph would pay for with twice the inference)."""
-    import numpy as np
-
     from pipeline.hashing import file_sha256
     from pipeline.model import load_keras_model
+
+    return {"model_sha256": file_sha256(model_path), **flip_scores(load_keras_model(str(model_path)), prepared)}
+
+
+def flip_scores(model, prepared: Path) -> dict:
+    import numpy as np
+
     from pipeline.records import iter_batches, read_meta
 
-    model = load_keras_model(str(model_path))
     meta = read_meta(str(prepared))
     correct = {"plain": 0, "flip_averaged": 0}
     examples = 0
@@ -235,7 +270,6 @@ def test_time_flip(model_path: Path, prepared: Path) -> dict:
         correct["flip_averaged"] += int(((plain + mirrored).argmax(1) == y).sum())
         examples += len(y)
     return {
-        "model_sha256": file_sha256(model_path),
         "test_accuracy": round(correct["plain"] / examples, 4),
         "test_accuracy_flip_averaged": round(correct["flip_averaged"] / examples, 4),
         "inference_cost": 2.0,

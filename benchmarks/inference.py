@@ -7,7 +7,9 @@ images/s. The engines take turns, --rounds times over, so that they share this s
 drift. Every engine runs with the same intra-op thread count (physical cores, or --threads) and
 one inter-op thread; the onnxruntime and LiteRT files run a second time on one thread (`*_1_thread`).
 Two more onnxruntime engines: the same model as tf2onnx converts it, before export's graph rewrites
-(`onnxruntime_fp32_tf2onnx_graph`), and the exported file with I/O binding (`*_iobinding`).
+(`onnxruntime_fp32_tf2onnx_graph`), and the exported file with I/O binding (`*_iobinding`); for a
+model that averages each image with its mirror (train.test_time_flip), a third: the network alone,
+one pass an image (`onnxruntime_fp32_one_pass`).
 Writes reports/bench.json and prints a table with ratios to the fastest.
 
     python benchmarks/inference.py [--calls 500] [--threads N] [--compare NAME=PATH.onnx ...]
@@ -145,8 +147,9 @@ def main() -> None:
     from throughput import forward_flops  # benchmarks/throughput.py: the default model's FLOP count
 
     from pipeline.classifier import INPUT_DTYPES, LiteRTClassifier
-    from pipeline.export import load_for_export, serving_function, tf2onnx_graph
+    from pipeline.export import load_for_export, serving_function, simplified, tf2onnx_graph
     from pipeline.hashing import file_sha256
+    from pipeline.mirror import averages_mirrors, single_pass
     from pipeline.model import load_keras_model
     from pipeline.records import OUTPUT_NAME, read_meta, read_split_arrays
 
@@ -213,6 +216,13 @@ def main() -> None:
     onnx.save(tf2onnx_graph(serving_function(load_for_export(Path(args.model), meta)), 17, unfolded), str(unfolded))
     engines["onnxruntime_fp32_tf2onnx_graph"] = ort_session(str(unfolded))
     engines["onnxruntime_fp32_iobinding"] = iobinding_session(f"{args.exported}/model.onnx", threads)
+    passes = 2 if averages_mirrors(model) else 1
+    if passes == 2:
+        # The network alone, one pass an image (train.test_time_flip: false), as export simplifies it.
+        one_pass = Path(tempfile.mkdtemp(prefix="bench-inference-")) / "one_pass.onnx"
+        graph = tf2onnx_graph(serving_function(single_pass(load_for_export(Path(args.model), meta))), 17, one_pass)
+        onnx.save(simplified(graph, x[:500])[0], str(one_pass))
+        engines["onnxruntime_fp32_one_pass"] = ort_session(str(one_pass))
     for spec in args.compare:
         label, _, path = spec.partition("=")
         engines[label] = ort_session(path)
@@ -226,10 +236,11 @@ def main() -> None:
         r["batch256_vs_fastest"] = round(fastest_throughput / r["batch256_images_per_s"], 2)
     # The roofline: the float32 model's arithmetic at this runtime's own large-MatMul rate is the least
     # time batch 1 can take here, whatever the graph or session settings.
-    flops, peak = forward_flops(model), matmul_peak(threads)
+    flops, peak = forward_flops(model) * passes, matmul_peak(threads)
     fp32 = results["onnxruntime_fp32"]["batch1"]["median_ms"]
     roofline = {
         "model_mflops": round(flops / 1e6, 2),
+        "passes_per_image": passes,  # 2: the model averages each image with its mirror
         "onnxruntime_matmul_gflops": round(peak, 1),
         "batch1_lower_bound_ms": round(flops / (peak * 1e9) * 1000, 4),
         "onnxruntime_fp32_batch1_gflops": round(flops / (fp32 / 1000) / 1e9, 1),

@@ -13,16 +13,25 @@ from __future__ import annotations
 from pipeline.records import PreparedMeta, read_split
 
 
-def augmenter(horizontal_flip: bool, translate: float, seed: int):
+def augmenter(horizontal_flip: bool, translate: float, seed: int, erase: float = 0.0):
     """Keras' random augmentation layers, applied in tf.data so they never enter the model graph.
-    They work on raw pixels (translation fills with black, 0)."""
+    They work on raw pixels (translation fills with black, 0; erasing with noise in 0-255), in float32
+    whatever the model's precision."""
     import keras
 
     layers = []
     if horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32"))
     if translate > 0:
-        layers.append(keras.layers.RandomTranslation(translate, translate, fill_mode="constant", seed=seed + 1))
+        layers.append(
+            keras.layers.RandomTranslation(translate, translate, fill_mode="constant", seed=seed + 1, dtype="float32")
+        )
+    if erase > 0:
+        # factor (p, p): each image is erased with probability p (a single number would draw p itself).
+        erasing = keras.layers.RandomErasing(
+            factor=(erase, erase), value_range=(0, 255), seed=seed + 2, dtype="float32"
+        )
+        layers.append(erasing)
     return keras.Sequential(layers, name="augment") if layers else None
 
 

@@ -1,15 +1,20 @@
 """Devices and scale: the tf.distribute strategy, mixed precision and XLA, chosen once from what is visible.
 
 TF_CONFIG set → MultiWorkerMirroredStrategy; several GPUs → MirroredStrategy; otherwise the
-default strategy (one GPU or the CPU). `auto` turns mixed precision and XLA on for GPUs only: on
-CPU, float16 is emulated and XLA made a small CNN about 4x slower here.
+default strategy (one GPU or the CPU). `auto` turns mixed precision on where the hardware computes
+in 16 bits natively: float16 on GPUs of compute capability 7.0 and up, bfloat16 on CPUs with
+AVX512-BF16 or AMX (oneDNN's bfloat16 kernels: the default model trains 1.2-1.35x faster on a Zen 4
+EPYC; elsewhere bfloat16 is emulated and slower). XLA is for GPUs only: on CPU it made a small CNN
+about 4x slower here. The trained model is saved in float32 either way (train: save_outputs).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -20,6 +25,7 @@ class DeviceSetup:
     gpus: int
     replicas: int
     mixed_precision: bool
+    precision: str  # Keras' dtype policy: float32, mixed_float16 or mixed_bfloat16
     jit_compile: bool
     deterministic: bool
     workers: int = 1
@@ -41,6 +47,26 @@ def gpu_supports_mixed_precision() -> bool:
         if tuple(capability) >= (7, 0):
             return True
     return False
+
+
+def cpu_supports_bfloat16() -> bool:
+    """Whether the CPU has bfloat16 arithmetic (Linux's flags; elsewhere: no)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def precision_policy(mode: str, on_gpu: bool) -> str:
+    """Keras' dtype policy for `train.mixed_precision`: off, on (the device's 16-bit type: float16 on
+    GPUs, bfloat16 on CPUs), auto (on where the device computes it natively), float16 or bfloat16."""
+    if mode in ("float16", "bfloat16"):
+        return f"mixed_{mode}"
+    native = gpu_supports_mixed_precision() if on_gpu else cpu_supports_bfloat16()
+    if mode == "off" or (mode == "auto" and not native):
+        return "float32"
+    return "mixed_float16" if on_gpu else "mixed_bfloat16"
 
 
 def cluster_spec() -> dict[str, Any] | None:
@@ -102,8 +128,8 @@ def setup_devices(mixed_precision: str, jit_compile: str, deterministic: str, se
     determinism = resolve(deterministic, not on_gpu)
     if determinism:
         tf.config.experimental.enable_op_determinism()
-    use_mixed = resolve(mixed_precision, on_gpu and gpu_supports_mixed_precision())
-    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
+    policy = precision_policy(mixed_precision, on_gpu)
+    keras.mixed_precision.set_global_policy(policy)
     strategy = choose_strategy()
     config = cluster_spec()
     setup = DeviceSetup(
@@ -111,7 +137,8 @@ def setup_devices(mixed_precision: str, jit_compile: str, deterministic: str, se
         devices=[d.name for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU")],
         gpus=len(gpus),
         replicas=int(strategy.num_replicas_in_sync),
-        mixed_precision=use_mixed,
+        mixed_precision=policy != "float32",
+        precision=policy,
         jit_compile=resolve(jit_compile, on_gpu),
         deterministic=determinism,
         workers=len(config["cluster"]["worker"]) + len(config["cluster"].get("chief", [])) if config else 1,

@@ -40,21 +40,6 @@ SIMPLIFY_TOLERANCE = 1e-5
 LAYOUT = "NHWC"
 
 
-def float32_model(model):
-    """The same model with float32 layers: mixed-precision models export in float32."""
-    import keras
-
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
-        return model
-    config = model.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] != "InputLayer":  # the input keeps its raw dtype (uint8 pixels)
-            layer["config"]["dtype"] = "float32"
-    clone = keras.Sequential.from_config(config)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
 def model_input(model) -> tuple[str, str, tuple[int, ...]]:
     """The model's raw input: name, dtype and shape without the batch dimension."""
     (tensor,) = model.inputs
@@ -103,6 +88,7 @@ def export_metadata(meta, model, run_id: str | None, opset: int) -> dict[str, An
     import tensorflow as tf
     import tf2onnx
 
+    from pipeline.mirror import averages_mirrors
     from pipeline.model import applied_normalization
 
     input_name, input_dtype, _ = model_input(model)
@@ -125,6 +111,8 @@ def export_metadata(meta, model, run_id: str | None, opset: int) -> dict[str, An
         "class_names": meta.class_names,
         # Information only: the graph applies it (no consumer needs to).
         "normalization_inside": applied_normalization(model),
+        # Information only: the graph also scores each image's mirror and averages (2 passes an image).
+        "test_time_flip": averages_mirrors(model),
         "opset": opset,
         "producer_versions": {
             "tensorflow": tf.__version__,
@@ -146,6 +134,7 @@ def onnx_properties(metadata: dict[str, Any]) -> dict[str, str]:
         "input_dtype": inp["dtype"],
         "input": inp["meaning"],
         "normalization_inside": json.dumps(metadata["normalization_inside"]),
+        "test_time_flip": json.dumps(metadata["test_time_flip"]),
         "feature_names": json.dumps(inp["feature_names"] or []),
         "output": f"{OUTPUT_NAME}: softmax over class_names",
         "producer_versions": json.dumps(metadata["producer_versions"]),
@@ -338,7 +327,7 @@ def build_exports(model, meta, prepared_dir: str, params, metadata: dict[str, An
 
 def load_for_export(model_path: Path, meta):
     """The trained model in float32, checked against the prepared data it will be fed."""
-    from pipeline.model import load_keras_model
+    from pipeline.model import float32_model, load_keras_model
 
     model = float32_model(load_keras_model(str(model_path)))
     _, input_dtype, input_shape = model_input(model)

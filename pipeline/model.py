@@ -87,10 +87,13 @@ def build_model(
     num_classes: int,
     normalization: Normalization,
     input_dtype: str = "uint8",
+    test_time_flip: bool = False,
 ):
     """keras.Sequential: raw Input → float32 normalisation → body from params → Dense(num_classes) →
-    float32 softmax."""
+    float32 softmax; with `test_time_flip`, the mirror pair around the body (pipeline/mirror.py)."""
     import keras
+
+    from pipeline.mirror import mirror_layers
 
     misfit = check_fits(model, input_shape)
     if misfit:
@@ -98,6 +101,10 @@ def build_model(
     spec = preset_layers(model, input_shape) if isinstance(model, str) else model
     name = model if isinstance(model, str) else "custom"
     body = make_layers(spec)
+    if test_time_flip and len(input_shape) != 3:
+        shape = "×".join(map(str, input_shape))
+        raise PipelineError(f"params.yaml: train.test_time_flip: mirrors images, but the input is {shape}")
+    mirror, average = ([layer] for layer in mirror_layers()) if test_time_flip else ([], [])
     head = [
         keras.layers.Dense(num_classes, name="logits"),
         keras.layers.Activation("softmax", dtype="float32", name="probabilities"),
@@ -107,8 +114,10 @@ def build_model(
             [
                 keras.Input(shape=tuple(input_shape), dtype=input_dtype, name=input_name(input_shape)),
                 *preprocessing_layers(normalization),
+                *mirror,
                 *body,
                 *head,
+                *average,
             ],
             name=name,
         )
@@ -124,7 +133,9 @@ def model_for_data(train, meta):
     input shape, dtype and classes, and the normalisation `train.normalization` picks from its statistics."""
     setting = train.normalization
     normalization = model_normalization(train.model, setting.mode, meta.statistics, setting.mean, setting.std)
-    return build_model(train.model, meta.input_shape, meta.num_classes, normalization, meta.dtype)
+    return build_model(
+        train.model, meta.input_shape, meta.num_classes, normalization, meta.dtype, bool(train.test_time_flip)
+    )
 
 
 def applied_normalization(model) -> dict | None:
@@ -137,11 +148,29 @@ def applied_normalization(model) -> dict | None:
     return {"formula": "input * scale + offset", "scale": first.scale, "offset": first.offset}
 
 
+def float32_model(model):
+    """The same model with float32 layers: a model trained in mixed precision is saved, evaluated and
+    exported in float32 (its weights are float32 already; only the arithmetic changes)."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer":  # the input keeps its raw dtype (uint8 pixels)
+            layer["config"]["dtype"] = "float32"
+    clone = keras.Sequential.from_config(config)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def load_keras_model(path: str):
     """Load a .keras file in safe mode (no code from Lambda layers); anything else is a clear error."""
     import zipfile
 
     import keras
+
+    import pipeline.mirror  # noqa: F401  (registers the mirror layers a model may hold)
 
     if not Path(path).is_file():
         raise PipelineError(f"{path}: model file not found (run `dvc repro train`)")

@@ -83,10 +83,19 @@ def model_section(c: CardInputs) -> list[str]:
         "Keras `Sequential`; normalisation is the model's first layer.",
         f"- **Input:** `{inp['name']}` {inp['dtype']} `{_shape(inp['shape'])}` ({inp.get('meaning', '')}).",
         f"- **Output:** `{out['name']}` {out['dtype']} `{_shape(out['shape'])}`, softmax over the class names below.",
+        *(
+            [
+                "- **Test-time flip:** every form scores each image and its left-right mirror and averages the two "
+                "(twice the inference work of one pass)."
+            ]
+            if m.get("test_time_flip")
+            else []
+        ),
         f"- **Training:** {t.get('epochs_run')} epochs (best {t.get('best_epoch')}), {h.get('optimizer')} at learning "
         f"rate {h.get('learning_rate')} ({h.get('schedule')} schedule), batch {t.get('global_batch_size')}, label "
         f"smoothing {h.get('label_smoothing')}, augmentation: flip {augment.get('horizontal_flip')}, translate "
-        f"{augment.get('translate')}; {t.get('training_loop')}, {t.get('training_seconds', 0):,.0f} s.",
+        f"{augment.get('translate')}, erase {augment.get('erase')}; {t.get('training_loop')}, "
+        f"{t.get('training_seconds', 0):,.0f} s.",
         f"- **Classes:** {class_list(m['class_names'])}.",
     ]
 

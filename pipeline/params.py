@@ -155,6 +155,9 @@ class AugmentParams(Section):
     # null: the preset's choice
     horizontal_flip: bool | None = None
     translate: Annotated[float, Field(ge=0, lt=0.5)] | None = None
+    # Random erasing (Zhong et al. 2017, Keras' RandomErasing): with this probability an image has a
+    # random rectangle (2-33 % of its area) replaced by noise. 0: off.
+    erase: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
 # A preset's name: train checks it against pipeline/presets.py (`resolve`), which the schema does
@@ -178,6 +181,10 @@ class TrainParams(Section):
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
     schedule: Literal["constant", "cosine", "exponential"] | None = None
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None
+    # Images only: the model averages its probabilities for each image and its left-right mirror at
+    # inference (evaluate, every export; twice the inference work), pipeline/mirror.py.
+    # null: as augment.horizontal_flip (a model that learnt mirrors is scored on them too).
+    test_time_flip: bool | None = None
     normalization: NormalizationParams = NormalizationParams()
     early_stopping_patience: Annotated[int, Field(ge=0, le=100_000)] | None = None
     augment: AugmentParams = AugmentParams()
@@ -191,7 +198,7 @@ class TrainParams(Section):
     seed: Seed = 42
     # auto: op determinism on CPU, off on GPU (where deterministic kernels cost speed).
     deterministic: Auto = "auto"
-    mixed_precision: Auto = "auto"
+    mixed_precision: Literal["auto", "on", "off", "float16", "bfloat16"] = "auto"
     jit_compile: Auto = "auto"
     # Batches per call of Keras' compiled train step (model.fit only; the multi-worker loop steps one
     # at a time). auto: enough batches for ~2,048 examples per call

@@ -29,6 +29,7 @@ class Hyper:
     early_stopping_patience: int = 5  # epochs without a val_loss improvement; 0: every epoch runs
     horizontal_flip: bool = False
     translate: float = 0.0  # random translation, a fraction of height and width
+    erase: float = 0.0  # random erasing, the probability an image has a rectangle erased
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ def hyper_for(model: str | list) -> Hyper:
     return PRESETS[model].hyper if isinstance(model, str) else CUSTOM
 
 
-AUGMENT = ("horizontal_flip", "translate")  # Hyper's keys that fill train.augment, not train itself
+AUGMENT = ("horizontal_flip", "translate", "erase")  # Hyper's keys that fill train.augment, not train itself
 
 
 def resolve(train):
@@ -280,8 +281,12 @@ def resolve(train):
     hyper = hyper_for(train.model)
     top = {f.name: getattr(hyper, f.name) for f in fields(Hyper) if f.name not in AUGMENT}
     filled = {key: value for key, value in top.items() if getattr(train, key) is None}
-    augment = {key: getattr(hyper, key) for key in AUGMENT if getattr(train.augment, key) is None}
-    return train.model_copy(update={**filled, "augment": train.augment.model_copy(update=augment)})
+    augment = train.augment.model_copy(
+        update={key: getattr(hyper, key) for key in AUGMENT if getattr(train.augment, key) is None}
+    )
+    if train.test_time_flip is None:  # a model that learnt mirrors is scored on them too
+        filled["test_time_flip"] = augment.horizontal_flip
+    return train.model_copy(update={**filled, "augment": augment})
 
 
 def normalization_for_model(model: str | list) -> tuple:

@@ -160,12 +160,13 @@ def model_summary(model) -> str:
 # ----------------------------------------------------------------------------- the core
 @dataclass
 class TrainResult:
-    model: Any  # the trained keras.Sequential
+    model: Any  # the trained keras.Sequential in float32, as it is saved, evaluated and exported
     history: list[dict[str, float]]  # one row per epoch (HISTORY_COLUMNS)
     devices: DeviceSetup
     seconds: float
     summary: str  # Keras' model summary
     report: dict[str, Any]  # reports/train.json, less the class names
+    trained: Any = None  # the model as it trained: its precision policy, its compiled optimizer
 
 
 def train(
@@ -192,50 +193,58 @@ def train(
 
     from pipeline.dataset import augmenter, make_dataset
     from pipeline.devices import setup_devices
-    from pipeline.model import applied_normalization, model_for_data
+    from pipeline.model import applied_normalization, float32_model, model_for_data
 
     p = resolve(params.train)  # the preset's values for the keys left null
     meta = meta or read_meta(str(prepared_dir))
-    strategy, devices = setup_devices(p.mixed_precision, p.jit_compile, p.deterministic, p.seed)
-    custom = loop == "custom" or (loop == "auto" and devices.strategy == "MultiWorkerMirroredStrategy")
-    synchronous = custom and devices.workers > 1
-    global_batch = p.batch_size * devices.replicas
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        strategy, devices = setup_devices(p.mixed_precision, p.jit_compile, p.deterministic, p.seed)
+        custom = loop == "custom" or (loop == "auto" and devices.strategy == "MultiWorkerMirroredStrategy")
+        synchronous = custom and devices.workers > 1
+        global_batch = p.batch_size * devices.replicas
 
-    augment = augmenter(p.augment.horizontal_flip, p.augment.translate, p.seed)
-    # Several workers step together: each must get the same number of whole batches. Sharding by
-    # example (every worker shuffles the whole split alike and keeps its part of each global batch)
-    # guarantees it; by file, shards of unequal size would give workers unequal shares.
-    common = {"workers": devices.workers, "shard": "DATA" if synchronous else None}
-    weights = class_weights(meta) if p.class_weight == "balanced" else None
-    cache = cache_plan(p.cache, meta, work_dir / "cache")
-    train_ds = make_dataset(
-        str(prepared_dir), meta, "train", global_batch, training=True, shuffle_buffer=p.shuffle_buffer,
-        seed=p.seed, augment=augment, drop_remainder=synchronous, class_weights=weights,
-        cache=cache.place("train"), **common,
-    )  # fmt: skip
-    val_ds = make_dataset(
-        str(prepared_dir), meta, "val", global_batch, training=False, cache=cache.place("val"), **common
-    )
-    if synchronous:
-        # Whole batches only: a worker left with an empty last batch fails on CPU (oneDNN).
-        steps_per_epoch = meta.counts["train"] // global_batch
-        if steps_per_epoch == 0:
-            raise PipelineError(
-                f"train.batch_size: {p.batch_size} per replica × {devices.replicas} replicas = {global_batch} "
-                f"is more than the {meta.counts['train']} training examples"
-            )
-    else:
-        steps_per_epoch = -(-meta.counts["train"] // global_batch)
-
-    with strategy.scope():
-        model = model_for_data(p, meta)
-        model.compile(
-            optimizer=make_optimizer(p, steps_per_epoch),
-            loss=make_loss(p, meta.num_classes),
-            metrics=["accuracy"],
-            jit_compile=devices.jit_compile,
-            steps_per_execution=1 if custom else batches_per_call(p.steps_per_execution, global_batch, steps_per_epoch),
+        augment = augmenter(p.augment.horizontal_flip, p.augment.translate, p.seed, p.augment.erase)
+        # Several workers step together: each must get the same number of whole batches. Sharding by
+        # example (every worker shuffles the whole split alike and keeps its part of each global batch)
+        # guarantees it; by file, shards of unequal size would give workers unequal shares.
+        common = {"workers": devices.workers, "shard": "DATA" if synchronous else None}
+        weights = class_weights(meta) if p.class_weight == "balanced" else None
+        cache = cache_plan(p.cache, meta, work_dir / "cache")
+        train_ds = make_dataset(
+            str(prepared_dir), meta, "train", global_batch, training=True, shuffle_buffer=p.shuffle_buffer,
+            seed=p.seed, augment=augment, drop_remainder=synchronous, class_weights=weights,
+            cache=cache.place("train"), **common,
+        )  # fmt: skip
+        val_ds = make_dataset(
+            str(prepared_dir), meta, "val", global_batch, training=False, cache=cache.place("val"), **common
         )
+        if synchronous:
+            # Whole batches only: a worker left with an empty last batch fails on CPU (oneDNN).
+            steps_per_epoch = meta.counts["train"] // global_batch
+            if steps_per_epoch == 0:
+                raise PipelineError(
+                    f"train.batch_size: {p.batch_size} per replica × {devices.replicas} replicas = {global_batch} "
+                    f"is more than the {meta.counts['train']} training examples"
+                )
+        else:
+            steps_per_epoch = -(-meta.counts["train"] // global_batch)
+
+        with strategy.scope():
+            model = model_for_data(p, meta)
+            model.compile(
+                optimizer=make_optimizer(p, steps_per_epoch),
+                loss=make_loss(p, meta.num_classes),
+                metrics=["accuracy"],
+                jit_compile=devices.jit_compile,
+                steps_per_execution=(
+                    1 if custom else batches_per_call(p.steps_per_execution, global_batch, steps_per_epoch)
+                ),
+            )
+    finally:
+        # The layers keep the policy they were built with; the process goes on in what it had (a
+        # notebook or test building models after a mixed-precision training gets float32 ones).
+        keras.mixed_precision.set_global_policy(previous_policy)
 
     if on_start is not None:
         on_start(model)
@@ -310,7 +319,7 @@ def train(
         # The train section as trained: every preset value filled in (the model card shows them).
         "hyperparameters": {**p.model_dump(mode="json"), "model_name": p.model_name},
     }
-    return TrainResult(model, history, devices, seconds, model_summary(model), report)
+    return TrainResult(float32_model(model), history, devices, seconds, model_summary(model), report, model)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -415,6 +424,7 @@ class RunTracking:
             "train.strategy": devices.strategy,
             "train.devices": ",".join(devices.devices),
             "train.mixed_precision": devices.mixed_precision,
+            "train.precision": devices.precision,
             "train.jit_compile": devices.jit_compile,
             "train.deterministic": devices.deterministic,
             "train.replicas": devices.replicas,

@@ -2,10 +2,11 @@
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from pipeline.devices import cluster_spec, is_chief, resolve, strategy_kind
+from pipeline.devices import cluster_spec, cpu_supports_bfloat16, is_chief, precision_policy, resolve, strategy_kind
 
 from helpers.commands import run
 
@@ -15,6 +16,26 @@ from helpers.commands import run
 )
 def test_auto_means_gpu_only(mode, on_gpu, expected):
     assert resolve(mode, on_gpu) is expected
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("off", "float32"),
+        ("on", "mixed_bfloat16"),
+        ("float16", "mixed_float16"),
+        ("bfloat16", "mixed_bfloat16"),
+        # Native bfloat16 only: emulated, it is slower than float32.
+        ("auto", "mixed_bfloat16" if cpu_supports_bfloat16() else "float32"),
+    ],
+)
+def test_precision_on_a_cpu(mode, expected):
+    assert precision_policy(mode, on_gpu=False) == expected
+
+
+def test_bfloat16_support_is_read_from_the_cpu_flags():
+    flags = Path("/proc/cpuinfo").read_text()
+    assert cpu_supports_bfloat16() is ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 @pytest.mark.parametrize("gpus, expected", [(0, "default"), (1, "default"), (4, "mirrored")])
@@ -36,7 +57,7 @@ def test_tf_config_chief_rules(monkeypatch):
     assert not is_chief(cluster_spec())
 
 
-def test_cpu_setup_is_default_strategy_float32_no_xla(tmp_path):
+def test_cpu_setup_is_default_strategy_no_xla(tmp_path):
     code = textwrap.dedent("""
         import json, keras
         from pipeline.devices import setup_devices
@@ -46,8 +67,9 @@ def test_cpu_setup_is_default_strategy_float32_no_xla(tmp_path):
     setup = json.loads(run(["python", "-c", code], tmp_path, TF_CONFIG="").stdout.strip().splitlines()[-1])
     assert setup["strategy"] == "DefaultStrategy"
     assert setup["gpus"] == 0 and setup["replicas"] == 1
-    assert setup["mixed_precision"] is False and setup["jit_compile"] is False
-    assert setup["deterministic"] is True and setup["policy"] == "float32"
+    assert setup["jit_compile"] is False and setup["deterministic"] is True
+    assert setup["policy"] == setup["precision"] == ("mixed_bfloat16" if cpu_supports_bfloat16() else "float32")
+    assert setup["mixed_precision"] is (setup["policy"] != "float32")
 
 
 def test_model_trains_under_mirrored_strategy_with_mixed_precision(tmp_path):
@@ -59,7 +81,7 @@ def test_model_trains_under_mirrored_strategy_with_mixed_precision(tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         from pipeline.devices import setup_devices
-        _, setup = setup_devices("on", "off", "off", seed=1)
+        _, setup = setup_devices("float16", "off", "off", seed=1)
         from pipeline.model import build_model
         from pipeline.normalization import Normalization
         with strategy.scope():

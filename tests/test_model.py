@@ -200,3 +200,43 @@ def test_mixed_precision_model_still_takes_raw_pixels_and_normalises_in_float32(
     assert model.inputs[0].dtype == "uint8"
     assert model.layers[0].dtype_policy.name == "float32" and model.layers[1].compute_dtype == "float16"
     assert model(raw_inputs((28, 28, 1))).dtype == "float32"
+
+
+def test_test_time_flip_averages_each_image_and_its_mirror(tmp_path):
+    """train.test_time_flip: at inference the model's probabilities are the mean of what the same
+    weights give the image and its left-right mirror; in training it is the plain model (batch n in,
+    n out); the layers survive a save and a safe-mode load."""
+    from pipeline.model import load_keras_model
+
+    shape, stats = (8, 6, 1), statistics((8, 6, 1))
+    spec = [{"Conv2D": {"filters": 3, "kernel_size": 3}}, {"Flatten": {}}]  # not mirror-symmetric
+    mirrored = build(spec, shape, 4, stats, "uint8", test_time_flip=True)
+    plain = build(spec, shape, 4, stats, "uint8")
+    plain.set_weights(mirrored.get_weights())
+    x = raw_inputs(shape, n=5)
+
+    expected = (plain.predict(x, verbose=0) + plain.predict(x[:, :, ::-1], verbose=0)) / 2
+    assert not np.allclose(plain.predict(x, verbose=0), expected, atol=1e-4)
+    np.testing.assert_allclose(mirrored.predict(x, verbose=0), expected, atol=1e-6)
+    np.testing.assert_allclose(mirrored(x, training=True), plain(x, training=True), atol=1e-6)
+
+    mirrored.save(tmp_path / "model.keras")
+    loaded = load_keras_model(str(tmp_path / "model.keras"))
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+
+
+def test_test_time_flip_needs_images():
+    with pytest.raises(PipelineError, match=r"train.test_time_flip: mirrors images, but the input is 5"):
+        build("mlp", (5,), 3, statistics((5,)), "float32", test_time_flip=True)
+
+
+def test_single_pass_is_the_network_without_its_mirror():
+    from pipeline.mirror import averages_mirrors, single_pass
+
+    shape = (8, 6, 1)
+    spec = [{"Conv2D": {"filters": 3, "kernel_size": 3}}, {"Flatten": {}}]
+    mirrored = build(spec, shape, 4, statistics(shape), "uint8", test_time_flip=True)
+    alone = single_pass(mirrored)
+    x = raw_inputs(shape, n=4)
+    assert averages_mirrors(mirrored) and not averages_mirrors(alone)
+    np.testing.assert_allclose(alone.predict(x, verbose=0), mirrored(x, training=True), atol=1e-6)

@@ -40,7 +40,7 @@ def test_committed_params_validate():
         ),
         (
             {**BASE, "train": {"mixed_precision": "yes"}},
-            "params.yaml: train.mixed_precision must be 'auto', 'on' or 'off', got 'yes'",
+            "params.yaml: train.mixed_precision must be 'auto', 'on', 'off', 'float16' or 'bfloat16', got 'yes'",
         ),
         (
             {"data": {"idx": {"class_names": ["a", "a"]}}},
@@ -148,9 +148,10 @@ def test_unset_train_keys_take_the_presets_values(preset):
         hyper.label_smoothing,
         hyper.early_stopping_patience,
     )
-    assert (train.augment.horizontal_flip, train.augment.translate) == (
+    assert (train.augment.horizontal_flip, train.augment.translate, train.augment.erase) == (
         hyper.horizontal_flip,
         hyper.translate,
+        hyper.erase,
     )
 
 
@@ -159,6 +160,14 @@ def test_set_train_keys_override_the_preset():
     assert (train.optimizer, train.learning_rate, train.batch_size) == ("sgd", 0.05, 64)
     assert (train.augment.translate, train.augment.horizontal_flip) == (0.1, False)
     assert resolved({"model": [{"Flatten": {}}]}).epochs == 20  # a layer list: presets.CUSTOM's
+
+
+def test_test_time_flip_follows_the_flips_training_learnt_unless_set():
+    assert resolved({"model": "cnn"}).test_time_flip is True  # the preset flips
+    assert resolved({"model": "cnn", "augment": {"horizontal_flip": False}}).test_time_flip is False  # digits
+    assert resolved({"model": "cnn2"}).test_time_flip is False
+    assert resolved({"model": "cnn", "test_time_flip": False}).test_time_flip is False
+    assert resolved({"model": "cnn2", "test_time_flip": True}).test_time_flip is True
 
 
 def test_committed_params_leave_the_hyperparameters_to_the_preset():

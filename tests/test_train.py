@@ -45,6 +45,9 @@ def test_batches_per_call(setting, batch, steps, expected):
 def test_train_writes_outputs_and_one_mlflow_run(project):
     from mlflow.tracking import MlflowClient
 
+    from pipeline.devices import cpu_supports_bfloat16
+    from pipeline.model import load_keras_model
+
     set_params(project, "train", epochs=3, early_stopping_patience=0)
     run_train(project)
     assert (project / "models/model.keras").is_file()
@@ -69,7 +72,11 @@ def test_train_writes_outputs_and_one_mlflow_run(project):
         points = client.get_metric_history(run.info.run_id, key)
         assert sorted(p.step for p in points) == [1, 2, 3], key
     assert run.data.tags["train.strategy"] == "DefaultStrategy"
-    assert run.data.tags["train.mixed_precision"] == "False"
+    # auto: bfloat16 where this CPU computes it natively; the saved model is float32 either way.
+    precision = "mixed_bfloat16" if cpu_supports_bfloat16() else "float32"
+    assert run.data.tags["train.precision"] == precision == report["devices"]["precision"]
+    saved = load_keras_model(str(project / "models/model.keras"))
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
     assert len(run.data.tags["data.sha256"]) == 64
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "training")}
     assert {"training/history.csv", "training/train.json"} <= artifacts
@@ -121,7 +128,7 @@ def test_the_custom_loop_gives_fit_s_weights_and_history_in_one_process(project,
 
 
 def test_the_custom_loop_trains_under_mixed_precision(project):
-    """On a CPU as far as it allows: mixed_float16 forced on, the loop scales the loss through Keras'
+    """On a CPU as far as it allows: mixed_float16 (a GPU's) forced on, the loop scales the loss through Keras'
     LossScaleOptimizer (compile wraps the optimizer), and the model still outputs float32."""
     import keras
 
@@ -129,13 +136,13 @@ def test_the_custom_loop_trains_under_mixed_precision(project):
     from pipeline.records import read_meta, read_split_arrays
     from pipeline.train import train
 
-    set_params(project, "train", mixed_precision="on", epochs=2, early_stopping_patience=0)
+    set_params(project, "train", mixed_precision="float16", epochs=2, early_stopping_patience=0)
     params = load_params(project / "params.yaml")
     try:
         result = train(params, project / "data/prepared", project / "work", verbose=0, loop="custom")
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert result.devices.mixed_precision and isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert result.devices.mixed_precision and isinstance(result.trained.optimizer, keras.optimizers.LossScaleOptimizer)
     assert all(np.isfinite(value) for row in result.history for value in row.values())
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     x, _ = read_split_arrays(str(project / "data/prepared"), read_meta(str(project / "data/prepared")), "test")
