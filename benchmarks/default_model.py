@@ -143,6 +143,15 @@ CANDIDATES: dict[str, Candidate] = {
     "mid-64x2-192": Candidate(
         "mid-64x2 with 192 filters at 7×7, 20 epochs", {"model": MID_64X2_192, **FLIP, **NO_STOP, **FLOAT32}
     ),
+    # bfloat16 from here on (train.mixed_precision: auto on this CPU).
+    "mid-64x2+wd": Candidate(
+        "mid-64x2 with AdamW, weight decay 0.05 (×lr per step), bfloat16",
+        {"model": MID_64X2, **FLIP, **NO_STOP, **BF16, "optimizer": "adamw", "weight_decay": 0.05},
+    ),
+    "mid-64x2-192+wd": Candidate(
+        "mid-64x2-192 with AdamW, weight decay 0.05 (×lr per step), bfloat16",
+        {"model": MID_64X2_192, **FLIP, **NO_STOP, **BF16, "optimizer": "adamw", "weight_decay": 0.05},
+    ),
     "cnn+erase-0.5": Candidate(
         "the previous default with random erasing (p 0.5, 2-33 % of the image, noise), all 20 epochs",
         {**V1, "augment": {"horizontal_flip": True, "erase": 0.5}, **NO_STOP, **FLOAT32},
@@ -221,6 +230,7 @@ def run_one(name: str, params_path: Path, prepared: Path, epochs: int | None) ->
         "training_seconds": result.report["training_seconds"],
         "epoch_seconds": epoch_seconds,
         "threads": int(os.environ.get("TF_NUM_INTRAOP_THREADS", "0")) or os.cpu_count(),
+        "precision": result.devices.precision,
     }
 
 
@@ -250,9 +260,12 @@ def test_time_flip(model_path: Path, prepared: Path) -> dict:
     """The trained model's test accuracy alone and with its prediction averaged over the image and its
     mirror (test-time augmentation, which an exported graph would pay for with twice the inference)."""
     from pipeline.hashing import file_sha256
+    from pipeline.mirror import single_pass
     from pipeline.model import load_keras_model
 
-    return {"model_sha256": file_sha256(model_path), **flip_scores(load_keras_model(str(model_path)), prepared)}
+    # single_pass: the network alone, whether or not the model averages mirrors already.
+    network = single_pass(load_keras_model(str(model_path)))
+    return {"model_sha256": file_sha256(model_path), **flip_scores(network, prepared)}
 
 
 def flip_scores(model, prepared: Path) -> dict:

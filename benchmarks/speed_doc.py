@@ -119,15 +119,17 @@ def default_run_section() -> list[str]:
         ]
     candidates = load("default_model.json")
     if candidates:
-        rows = [[f"`{name}`", candidate_accuracy(c["accuracy_run"]), c["accuracy_run"]["epochs_run"],
+        rows = [[f"`{name}`", candidate_accuracy(c["accuracy_run"]),
+                 c["accuracy_run"].get("test_accuracy_flip_averaged", ""), c["accuracy_run"]["epochs_run"],
                  f"{c['accuracy_run']['training_seconds']:.0f}", c["why"]]
                 for name, c in candidates["candidates"].items()]  # fmt: skip
         lines += [
             "",
             "Candidates for the default, each trained on one thread beside others (their seconds are not "
-            "comparable with the run above). " + source("default_model.json", "default_model.py"),
+            "comparable with the run above); flip-averaged: the same weights scoring each test image and "
+            "its mirror, as `train.test_time_flip` does. " + source("default_model.json", "default_model.py"),
             "",
-            *table(["candidate", "test accuracy", "epochs run", "training s", "what"], rows),
+            *table(["candidate", "test accuracy", "flip-averaged", "epochs run", "training s", "what"], rows),
         ]
         flip = candidates.get("test_time_flip")
         if flip:
@@ -143,6 +145,8 @@ def default_run_section() -> list[str]:
 
 def candidate_accuracy(run: dict) -> str:
     """A candidate's test accuracy; with a weight average, also that of the weights it trained."""
+    if run.get("test_accuracy") is None:
+        return "not measured"
     if "test_accuracy_without_ema" in run:
         return f"{run['test_accuracy']} (trained weights: {run['test_accuracy_without_ema']})"
     return str(run["test_accuracy"])

@@ -5,8 +5,8 @@ side, for every preset; and, for the default model, the FLOP rate against this m
                                     [--no-peak] [--out reports/throughput.json]
 
 For each preset, one process tree runs, alternately and `--repeats` times:
-- plain: the seed tutorials' way: the same Keras model (`pipeline.model.model_for_data`) and optimizer,
-  `model.fit(x, y, batch_size, epochs)` on NumPy arrays, nothing else;
+- plain: the seed tutorials' way: the same Keras model (`pipeline.model.model_for_data`), optimizer
+  and precision policy, `model.fit(x, y, batch_size, epochs)` on NumPy arrays, nothing else;
 - plain_same_work: that script doing the pipeline's work too, the way the Keras guides write it: the
   preset's augmentation as Keras layers in front of the model (RandomFlip, RandomTranslation) and
   `validation_data=(x_val, y_val)`, so validation runs every epoch;
@@ -118,7 +118,9 @@ def run_plain(preset: str, prepared: Path, params_path: Path, epochs: int, same_
     """The plain script: model.fit on NumPy arrays, no callbacks; with `same_work`, the preset's
     augmentation layers in front of the model and validation every epoch."""
     import keras
+    import tensorflow as tf
 
+    from pipeline.devices import precision_policy
     from pipeline.model import model_for_data
     from pipeline.presets import resolve
     from pipeline.records import read_meta, read_split_arrays
@@ -128,6 +130,10 @@ def run_plain(preset: str, prepared: Path, params_path: Path, epochs: int, same_
     meta = read_meta(str(prepared))
     x, y = read_split_arrays(str(prepared), meta, "train")
     keras.utils.set_random_seed(p.seed)
+    # The same arithmetic as the pipeline's (bfloat16 where this CPU has it, with train.mixed_precision: auto).
+    keras.mixed_precision.set_global_policy(
+        precision_policy(p.mixed_precision, on_gpu=bool(tf.config.list_physical_devices("GPU")))
+    )
     model = model_for_data(p, meta)
     validation = None
     if same_work:
