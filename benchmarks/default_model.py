@@ -124,10 +124,10 @@ CANDIDATES: dict[str, Candidate] = {
     ),
     # Early stopping's restore would put the trained weights back over the average: every epoch runs.
     "cnn+ema-0.99": Candidate(
-        "the default with an EMA of the weights (momentum 0.99, ~100 steps), all 20 epochs", {**V1, **NO_STOP}, ema=0.99
+        "cnn-v1 with an EMA of the weights (momentum 0.99, ~100 steps), all 20 epochs", {**V1, **NO_STOP}, ema=0.99
     ),
     "cnn+ema-0.999": Candidate(
-        "the default with an EMA of the weights (momentum 0.999, ~1,000 steps: the last 2.4 epochs), all 20 epochs",
+        "cnn-v1 with an EMA of the weights (momentum 0.999, ~1,000 steps: the last 2.4 epochs), all 20 epochs",
         {**V1, **NO_STOP},
         ema=0.999,
     ),

@@ -239,14 +239,26 @@ def inference_section() -> list[str]:
         ]
     if ours and b.get("roofline"):
         r = b["roofline"]
+        twice = ", twice: the image and its mirror" if r.get("passes_per_image") == 2 else ""
         lines += [
             "",
             f"The roofline: the float32 model does {r['model_mflops']:.1f} MFLOP per image (its convolutions and "
-            f"dense layers); onnxruntime's own large float32 MatMul runs at {r['onnxruntime_matmul_gflops']:.0f} "
+            f"dense layers{twice}); onnxruntime's own large float32 MatMul runs at "
+            f"{r['onnxruntime_matmul_gflops']:.0f} "
             f"GFLOP/s on {b['threads']['intra_op']} threads here, so no graph or session setting can take batch 1 "
             f"below {r['batch1_lower_bound_ms']:.3f} ms; the exported file's {ours['batch1']['median_ms']:.3f} ms "
             f"is {r['onnxruntime_fp32_batch1_gflops']:.0f} GFLOP/s "
             f"({r['onnxruntime_fp32_batch1_gflops'] / r['onnxruntime_matmul_gflops']:.0%} of that rate).",
+        ]
+    alone = engines.get("onnxruntime_fp32_one_pass")
+    if ours and alone:
+        lines += [
+            "",
+            f"The model averages each image with its mirror (`train.test_time_flip`): the network alone, one "
+            f"pass an image (`onnxruntime_fp32_one_pass`, what `-S train.test_time_flip=false` exports), takes "
+            f"{alone['batch1']['median_ms']:.3f} ms at batch 1 and {alone['batch256_images_per_s']:,.0f} images/s "
+            f"at batch 256 against {ours['batch1']['median_ms']:.3f} ms and "
+            f"{ours['batch256_images_per_s']:,.0f} images/s with the mirror.",
         ]
     if b.get("file_bytes"):
         lines += ["", *table(["file", "KiB"], [[f"`{k}`", f"{v / 1024:,.0f}"] for k, v in b["file_bytes"].items()])]
