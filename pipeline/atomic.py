@@ -1,4 +1,6 @@
 """Atomic outputs: build beside the target, then rename, so a crash leaves the old output or none.
+A stage's edge gives its core a temporary place for each output (`output_places`) and puts them in
+place once the stage has succeeded.
 
 Temporaries are named `.<target>.tmp-<pid>-<random>` (and `.<target>.old-<pid>`): the next write
 of the same target removes those whose process is gone (killed mid-write), and no others."""
@@ -92,3 +94,35 @@ def atomic_file(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def write_json(target: str | os.PathLike, data: Any) -> None:
     with atomic_file(target) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class OutputPlaces:
+    """A temporary place beside each of a stage's targets: a fresh directory for a directory output
+    (no suffix: data/prepared, exported); for a file, a path of the file's own name inside a fresh
+    directory, so what is written there, and what MLflow logs from there, has its real name.
+    `commit` puts every place that was written onto its target, in the order given (a file the stage
+    did not write leaves its target as it was); `discard` removes them all."""
+
+    def __init__(self, targets: dict[str, Path]):
+        self.targets = {option: Path(target) for option, target in targets.items()}
+        self.holders: dict[str, Path] = {}
+        for option, target in self.targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale(target)
+            holder = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+            holder.chmod(0o755)  # mkdtemp makes it private; outputs are ordinary directories
+            self.holders[option] = holder
+        self.places = {
+            option: self.holders[option] / target.name if target.suffix else self.holders[option]
+            for option, target in self.targets.items()
+        }
+
+    def commit(self) -> None:
+        for option, place in self.places.items():
+            if place.exists():
+                swap_in(place, self.targets[option])
+        self.discard()
+
+    def discard(self) -> None:
+        for holder in self.holders.values():
+            shutil.rmtree(holder, ignore_errors=True)

@@ -1,7 +1,7 @@
 """`prepare.runner: beam`: prepare's second pass as an Apache Beam pipeline, for data past one machine.
 
 The same functions as the local runner (pipeline/prepare.py): the format's `chunks` and `decode`,
-`serialize_example`, the 16-byte `digest`, `Moments`; the driver still makes the cheap first pass
+`serialize_example`, the leakage check's 16-byte `digest`, `Moments`; the driver still makes the cheap first pass
 and draws the splits, so both runners put the same examples in each split. Beam distributes
 ranges of `prepare.shard_size` raw examples over its workers; each range writes its part of every
 split as one shard (through a temporary name, so a retried bundle rewrites the same file), and no
@@ -80,8 +80,9 @@ class DecodeRange:
         import apache_beam as beam
 
         from pipeline.formats import FORMATS
+        from pipeline.leakage import digest
         from pipeline.normalization import Moments
-        from pipeline.prepare import SPLITS, TRAIN, digest
+        from pipeline.prepared import SPLITS, TRAIN
         from pipeline.records import frame, serialize_example
 
         reader = FORMATS[self.fmt]
@@ -102,7 +103,7 @@ class DecodeRange:
             for x, index in zip(decoded.inputs, kept, strict=True):
                 code, label = int(codes[index]), int(labels[index])
                 files[code].write(frame(serialize_example(x.tobytes(), label)))
-                digests[code].append(digest(x))
+                digests[code].append(digest(x, self.scan.kind))
                 counts[code, label] += 1
             train = codes[kept] == TRAIN if kept else np.zeros(0, bool)
             if train.any():
@@ -153,7 +154,7 @@ def run(raw_dir: Path, data, scan, plan: dict[str, np.ndarray], out: Path, shard
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.prepare import SPLITS, TEST, TRAIN, VAL
+    from pipeline.prepared import SPLITS, TEST, TRAIN, VAL
 
     runner, args = beam_runner(options)
     results = out / RESULTS

@@ -1,6 +1,7 @@
 """An exported classifier with its runtime alone: an ONNX file with onnxruntime, a LiteRT (.tflite)
-file with ai-edge-litert. Its metadata read back from the file (class names, input shape and
-dtype), raw inputs in, probabilities out. What the predictor, promote and verify run."""
+file with ai-edge-litert. Its metadata read back from the file (class names, the kind of data and
+its input shape and dtype), raw inputs in, probabilities out; a text model's texts encoded as it
+takes them (pipeline/text.py). What the predictor, promote and verify run."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError, first_line
+from pipeline.kinds import LAYOUTS, Kind
 
 REQUIRED_METADATA = ("class_names", "input_shape", "input_layout")
 INPUT_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
-LAYOUT_RANKS = {"NHWC": 3, "NC": 1}
 
 
 class Classifier:
@@ -21,6 +22,7 @@ class Classifier:
 
     path: Path
     class_names: list[str]
+    kind: Kind  # what the model takes (pipeline/kinds.py), from the input layout its metadata names
     input_shape: tuple[int, ...]
     feature_names: list[str]
     input_dtype: type
@@ -35,18 +37,27 @@ class Classifier:
             self.feature_names = json.loads(props.get("feature_names") or "[]")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise PipelineError(f"{self.path}: metadata is malformed") from None
-        if len(self.input_shape) != LAYOUT_RANKS.get(props["input_layout"]):
+        kind = LAYOUTS.get(props["input_layout"])
+        if kind is None or len(self.input_shape) != kind.rank:
             raise PipelineError(
-                f"{self.path}: input layout {props['input_layout']} {self.input_shape} "
-                "is neither NHWC images nor NC feature vectors"
+                f"{self.path}: input layout {props['input_layout']} {self.input_shape} is none of "
+                "NHWC images, NC feature vectors, NB text bytes"
             )
+        self.kind = kind
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Probabilities of one batch of inputs already in the model's dtype."""
         raise NotImplementedError
 
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Texts as a text model's input rows: UTF-8 bytes, cut at its max_bytes, zero-padded."""
+        from pipeline.text import encode_texts
+
+        return encode_texts(texts, self.input_shape[0])
+
     def probabilities(self, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities for raw inputs of shape (n, *input_shape): pixels 0..255 or features."""
+        """Class probabilities for raw inputs of shape (n, *input_shape): pixels 0..255, features, or a
+        text model's encoded rows (`encode`)."""
         x = raw_input(inputs, self.input_dtype)
         if not len(x):
             return np.zeros((0, len(self.class_names)))

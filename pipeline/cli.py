@@ -3,7 +3,6 @@ quiet console (TensorFlow's and MLflow's start-up chatter hidden unless asked fo
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import os
@@ -13,15 +12,6 @@ import threading
 from collections.abc import Callable, Iterator
 
 from pipeline.errors import PipelineError
-
-
-def stage_parser(module: str, doc: str, params: bool = True) -> argparse.ArgumentParser:
-    """`python -m pipeline.<module>` with --params (when the stage reads params.yaml) and --debug."""
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{module}", description=doc.strip().splitlines()[0])
-    if params:
-        parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    return parser
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:

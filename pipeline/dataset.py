@@ -10,8 +10,6 @@ shuffle, every epoch would replay the first epoch's order.
 
 from __future__ import annotations
 
-from pipeline.records import PreparedMeta, read_split
-
 
 def augmenter(horizontal_flip: bool, translate: float, seed: int, erase: float = 0.0):
     """Keras' random augmentation layers, applied in tf.data so they never enter the model graph.
@@ -52,8 +50,7 @@ def augment_raw(augment, images, dtype):
 
 
 def make_dataset(
-    prepared_dir: str,
-    meta: PreparedMeta,
+    data,
     split: str,
     batch_size: int,
     *,
@@ -68,7 +65,8 @@ def make_dataset(
     shard: str | None = None,
     class_weights: list[float] | None = None,
 ):
-    """Batched (raw input, int64 label) for `split`; shuffled and augmented when training.
+    """Batched (raw input, int64 label) for `split` of `data` (PreparedData); shuffled and augmented
+    when training.
 
     `batch_size` is the global batch; under a multi-worker strategy each worker reads its shard
     (`shard`: "FILE" or "DATA", default `shard_policy`), set explicitly rather than left to
@@ -78,7 +76,8 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    dataset = read_split(prepared_dir, meta, split, files)
+    meta = data.meta
+    dataset = data.dataset(split, files)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = getattr(
         tf.data.experimental.AutoShardPolicy, shard or shard_policy(len(meta.shards[split]), workers)

@@ -10,9 +10,11 @@ about 4x slower here. The trained model is saved in float32 either way (train: s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,18 +26,22 @@ class DeviceSetup:
     devices: list[str]
     gpus: int
     replicas: int
-    mixed_precision: bool
-    precision: str  # Keras' dtype policy: float32, mixed_float16 or mixed_bfloat16
+    precision: str  # Keras' dtype policy the layers compute in: float32, mixed_float16 or mixed_bfloat16
     jit_compile: bool
     deterministic: bool
     workers: int = 1
     is_chief: bool = True
 
+    @property
+    def mixed_precision(self) -> bool:
+        return self.precision != "float32"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "mixed_precision": self.mixed_precision}
 
 
-def resolve(mode: str, on_gpu: bool) -> bool:
+def switch(mode: str, on_gpu: bool) -> bool:
+    """An on/off/auto setting: auto is on where there is a GPU."""
     return {"on": True, "off": False}.get(mode, on_gpu)
 
 
@@ -118,18 +124,15 @@ def public_name(strategy) -> str:
 
 
 def setup_devices(mixed_precision: str, jit_compile: str, deterministic: str, seed: int):
-    """Seed everything, pick the strategy and precision; returns (strategy, DeviceSetup)."""
+    """Seed everything, pick the strategy and precision; returns (strategy, DeviceSetup). The
+    precision is the layers' own (pipeline/model.py builds them with it) and determinism is
+    switched on by `op_determinism` around the training: neither is left set for the process."""
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
     gpus = tf.config.list_physical_devices("GPU")
     on_gpu = bool(gpus)
-    determinism = resolve(deterministic, not on_gpu)
-    if determinism:
-        tf.config.experimental.enable_op_determinism()
-    policy = precision_policy(mixed_precision, on_gpu)
-    keras.mixed_precision.set_global_policy(policy)
     strategy = choose_strategy()
     config = cluster_spec()
     setup = DeviceSetup(
@@ -137,11 +140,26 @@ def setup_devices(mixed_precision: str, jit_compile: str, deterministic: str, se
         devices=[d.name for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU")],
         gpus=len(gpus),
         replicas=int(strategy.num_replicas_in_sync),
-        mixed_precision=policy != "float32",
-        precision=policy,
-        jit_compile=resolve(jit_compile, on_gpu),
-        deterministic=determinism,
+        precision=precision_policy(mixed_precision, on_gpu),
+        jit_compile=switch(jit_compile, on_gpu),
+        deterministic=switch(deterministic, not on_gpu),
         workers=len(config["cluster"]["worker"]) + len(config["cluster"].get("chief", [])) if config else 1,
         is_chief=is_chief(config),
     )
     return strategy, setup
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool) -> Iterator[None]:
+    """TensorFlow's deterministic kernels for the block (when `enabled`), then the process's setting
+    as it was: a notebook or test that trains and then does other work is not left deterministic."""
+    from tensorflow.python.framework import config  # the public API can turn it on, not back off
+
+    before = config.is_op_determinism_enabled()
+    if enabled:
+        config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not before:
+            config.disable_op_determinism()

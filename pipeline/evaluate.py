@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.cli import end_process
-from pipeline.params import GateParams
-from pipeline.stage import Stage, StageResult, run_stage
-
-FIGURES = ("training_curves.png", "confusion_matrix.png", "worst_errors.png")
+from pipeline.figures import MANY_CLASSES
+from pipeline.params import GateParams, dotted
+from pipeline.stage import Stage, StageResult, json_text, log_into_run, resume_training_run
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -58,9 +57,8 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int)
     return float(np.sum(weights * np.abs(accuracy_in_bin - confidence_in_bin)))
 
 
-# More classes than this: the report keeps the weakest classes (reports/per_class.csv has every one)
-# and the confusion figure shows the largest confusions instead of an n × n matrix.
-MANY_CLASSES = 30
+# More classes than this: the report keeps the weakest classes (reports/per_class.csv has every one),
+# as the confusion figure keeps the largest confusions.
 WORST_CLASSES = 10
 TOP_K = (2, 5)  # top-k accuracy for each k below the class count (top-2 of two classes is always 1)
 
@@ -200,153 +198,13 @@ def apply_gate(test: dict, gate: GateParams, baseline: Baseline | None) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------- figures
-def plot_training_curves(history_csv: Path, out: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with open(history_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    epochs = [int(r["epoch"]) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for split, style in (("", "-o"), ("val_", "--s")):
-            values = [float(r[f"{split}{metric}"]) for r in rows if r.get(f"{split}{metric}")]
-            ax.plot(epochs[: len(values)], values, style, markersize=3, label="validation" if split else "train")
-        ax.set(title=f"{metric.capitalize()} per epoch", xlabel="epoch", ylabel=metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Training curves")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def short(name: str, width: int = 24) -> str:
-    """A class name that fits a figure's label."""
-    return name if len(name) <= width else name[: width - 1] + "…"
-
-
-def plot_confusion_matrix(labels, predicted, class_names: list[str], out: Path) -> None:
-    """Every cell for up to MANY_CLASSES classes; beyond, the largest confusions (an n × n picture of
-    hundreds of classes is unreadable and grows with n²)."""
-    if len(class_names) > MANY_CLASSES:
-        plot_top_confusions(labels, predicted, class_names, out)
-        return
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    size = max(6.0, 0.75 * len(class_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
-    ConfusionMatrixDisplay.from_predictions(
-        labels,
-        predicted,
-        labels=list(range(len(class_names))),
-        display_labels=[short(name) for name in class_names],
-        normalize="true",
-        values_format=".2f",
-        cmap="Blues",
-        ax=ax,
-        colorbar=False,
-        xticks_rotation=45,
-        text_kw={"fontsize": 8},
-    )
-    ax.set(title="Confusion matrix (test, each row normalised to 1)", xlabel="predicted class", ylabel="true class")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def top_confusions(labels, predicted, count: int = 25) -> list[tuple[int, int, int]]:
-    """The `count` most frequent (true, predicted, examples) mistakes, largest first."""
-    wrong = labels != predicted
-    pairs, counts = np.unique(np.stack([labels[wrong], predicted[wrong]], axis=1), axis=0, return_counts=True)
-    order = np.lexsort((pairs[:, 1], pairs[:, 0], -counts))[:count] if len(counts) else []
-    return [(int(pairs[i, 0]), int(pairs[i, 1]), int(counts[i])) for i in order]
-
-
-def plot_top_confusions(labels, predicted, class_names: list[str], out: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    mistakes = top_confusions(labels, predicted)
-    fig, ax = plt.subplots(figsize=(9, 0.32 * max(len(mistakes), 4) + 1.5), layout="constrained")
-    names = [f"{short(class_names[t])} → {short(class_names[p])}" for t, p, _ in mistakes]
-    ax.barh(range(len(mistakes)), [c for *_, c in mistakes], color="tab:blue")
-    ax.set_yticks(range(len(mistakes)), names, fontsize=8)
-    ax.invert_yaxis()
-    if not mistakes:
-        ax.text(0.5, 0.5, "no misclassified test examples", ha="center", va="center", transform=ax.transAxes)
-    ax.set(title=f"Most frequent confusions (test, {len(class_names)} classes: true → predicted)",
-           xlabel="test examples")  # fmt: skip
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-@dataclass(frozen=True)
-class Mistake:
-    confidence: float
-    index: int
-    image: np.ndarray
-    label: int
-    predicted: int
-
-
-class WorstErrors:
-    """The `count` most confidently wrong examples seen so far, with their inputs: a bounded heap,
-    so the figure needs no second pass over the test split and no more than `count` images."""
-
-    def __init__(self, count: int):
-        self.count = count
-        self.heap: list[tuple[float, int, Mistake]] = []  # (confidence, -index): ties go to the earlier one
-
-    def add(self, first_index: int, images: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> None:
-        import heapq
-
-        predicted = probs.argmax(axis=1)
-        for i in np.flatnonzero(predicted != labels):
-            mistake = Mistake(float(probs[i, predicted[i]]), first_index + int(i), images[i].copy(), int(labels[i]),
-                              int(predicted[i]))  # fmt: skip
-            item = (mistake.confidence, -mistake.index, mistake)
-            if len(self.heap) < self.count:
-                heapq.heappush(self.heap, item)
-            elif item[:2] > self.heap[0][:2]:
-                heapq.heapreplace(self.heap, item)
-
-    def worst(self) -> list[Mistake]:
-        return [m for *_, m in sorted(self.heap, key=lambda item: item[:2], reverse=True)]
-
-
-def plot_worst_errors(worst: list[Mistake], class_names: list[str], out: Path) -> int:
-    """The test images the model got wrong with the most confidence; returns how many are shown."""
-    import matplotlib.pyplot as plt
-
-    cols = 4
-    rows = max(1, -(-len(worst) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.9), layout="constrained", squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, m in zip(axes.flat, worst, strict=False):  # the grid has a cell per image, and spare cells
-        grey = m.image.shape[-1] == 1
-        ax.imshow(m.image[..., 0] if grey else m.image, cmap="gray" if grey else None)
-        ax.set_title(
-            f"true: {short(class_names[m.label])}\npred: {short(class_names[m.predicted])} ({m.confidence:.2f})",
-            fontsize=8,
-        )
-    if not worst:
-        axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
-    fig.suptitle("Most confidently wrong test images")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return len(worst)
-
-
 # ----------------------------------------------------------------------------- the core
-def predict_split(
-    model, prepared_dir: str, meta, split: str, batch_size: int, worst: WorstErrors | None = None
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Labels and probabilities (float32) of a split, streamed a batch at a time (`worst` sees each
-    batch's inputs), and the inference throughput in examples/s."""
-    from pipeline.records import iter_batches
-
+def predict_split(model, data, split: str, batch_size: int, worst=None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels and probabilities (float32) of a split of `data` (PreparedData), streamed a batch at a
+    time (`worst`, a figures.WorstErrors, sees each batch's inputs), and the inference throughput
+    in examples/s."""
     labels, probs, seconds, seen = [], [], 0.0, 0
-    for x, y in iter_batches(prepared_dir, meta, split, batch_size):
+    for x, y in data.batches(split, batch_size):
         started = time.perf_counter()
         p = np.asarray(model.predict_on_batch(x), dtype=np.float32)
         seconds += time.perf_counter() - started
@@ -379,15 +237,75 @@ def per_class_csv(table: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def flat_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flat_metrics(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
+def evaluate(inputs: dict[str, Path], params, outputs: dict[str, Path], run) -> StageResult:
+    """The test split's metrics, the gate's verdict against the registry's champion, the figures, and
+    the Keras model's outputs on the test split (verify's reference for every exported form)."""
+    from pipeline.figures import WorstErrors
+    from pipeline.model import load_keras_model
+    from pipeline.prepared import PreparedData
+    from pipeline.registry import registered_model_name
+
+    settings = params.evaluate
+    data = PreparedData.open(inputs["prepared"])
+    test_sha256 = data.meta.split_sha256["test"]
+    name = registered_model_name(params.mlflow.registered_model_name, data.meta)
+    compare = settings.gate.max_drop is not None and settings.gate.baseline == "champion"
+    baseline = champion_baseline(run.registry, name, test_sha256) if compare else None
+    model = load_keras_model(str(inputs["model"]))
+    worst = WorstErrors(settings.worst_examples) if data.kind.name != "table" else None  # a row is no picture
+    labels, probs, throughput = predict_split(model, data, "test", settings.batch_size, worst)
+
+    test = compute_metrics(labels, probs, data.meta.class_names, settings.calibration_bins, data.meta.positive_class)
+    test["examples_per_second"] = round(throughput, 1)
+    gate = apply_gate(test, settings.gate, baseline)
+    write_evaluation(outputs, inputs["history"], data, labels, probs, worst)
+    outputs["metrics"].write_text(json_text({"test": test, "gate": gate, "data": {"test_sha256": test_sha256}}))
+    ranking = f"ROC AUC {test['roc_auc']:.4f} ({test['task']['positive_class']}), " if "roc_auc" in test else ""
+    return StageResult(
+        f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, {ranking}"
+        f"loss {test['loss']:.4f}, ECE {test['ece']:.4f}; {throughput:,.0f} examples/s; "
+        f"gate {'passed' if gate['passed'] else 'FAILED'}",
+        metrics=dotted({k: v for k, v in test.items() if k != "task"}, "test.", numbers_only=True),
+        tags={
+            "evaluate.gate": "passed" if gate["passed"] else "failed",
+            "evaluate.gate_reason": gate["reason"],
+            **{f"evaluate.task.{k}": v for k, v in test["task"].items() if k != "left_out"},
+        },  # fmt: skip
+        artifacts={
+            "figures": "figures",
+            "metrics": "evaluation",
+            "predictions": "evaluation",
+            "per_class": "evaluation",
+        },  # fmt: skip
+        facts={"datasets": (data.meta, {"test": test_sha256})},
+        failure=None if gate["passed"] else f"quality gate failed: {gate['reason']}",
+    )
+
+
+def write_evaluation(outputs: dict[str, Path], history: Path, data, labels, probs, worst) -> None:
+    """Everything evaluate writes beside its metrics: the per-example and per-class tables, the
+    Keras model's outputs, the figures."""
+    from pipeline.figures import FIGURES, plot_confusion_matrix, plot_training_curves, plot_worst_errors
+
+    class_names, predicted = data.meta.class_names, probs.argmax(axis=1)
+    outputs["predictions"].write_text(predictions_csv(labels, probs, class_names))
+    outputs["per_class"].write_text(per_class_csv(per_class_table(labels, predicted, class_names)))
+    np.save(outputs["probabilities"], probs)
+    figures = outputs["figures"]
+    plot_training_curves(history, figures / FIGURES[0])
+    plot_confusion_matrix(labels, predicted, class_names, figures / FIGURES[1])
+    if worst is not None:
+        plot_worst_errors(worst.worst(), class_names, figures / FIGURES[2], data.kind.name)
+
+
+def publish(result: StageResult, run, outputs: dict[str, Path]) -> dict:
+    """The run's metrics, tags and artifacts, and the test split as one of its datasets."""
+    from pipeline.lineage import log_dataset_inputs, split_inputs
+
+    log_into_run(result, run, outputs)
+    meta, hashes = result.facts["datasets"]
+    log_dataset_inputs(run, meta.name, meta.source, split_inputs(meta, hashes))
+    return {}
 
 
 STAGE = Stage(
@@ -396,75 +314,14 @@ STAGE = Stage(
     params=("evaluate", "mlflow.registered_model_name"),
     inputs=("prepared", "model", "history", "run_file"),
     outputs=("metrics", "predictions", "per_class", "probabilities", "figures"),
+    core=evaluate,
+    tracking=resume_training_run,
+    publish=publish,
 )
 
 
-def evaluate(paths: dict[str, Path], params, run) -> StageResult:
-    """The test split's metrics, the gate's verdict against the registry's champion, the figures."""
-    from pipeline.model import load_keras_model
-    from pipeline.records import read_meta
-    from pipeline.registry import registered_model_name
-
-    settings = params.evaluate
-    meta = read_meta(paths["prepared"])
-    test_sha256 = meta.split_sha256["test"]
-    name = registered_model_name(params.mlflow.registered_model_name, meta)
-    compare = settings.gate.max_drop is not None and settings.gate.baseline == "champion"
-    baseline = champion_baseline(run.registry, name, test_sha256) if compare else None
-    model = load_keras_model(str(paths["model"]))
-    worst = WorstErrors(settings.worst_examples) if meta.is_image else None  # a table's rows are no pictures
-    labels, probs, throughput = predict_split(model, paths["prepared"], meta, "test", settings.batch_size, worst)
-
-    test = compute_metrics(labels, probs, meta.class_names, settings.calibration_bins, meta.positive_class)
-    test["examples_per_second"] = round(throughput, 1)
-    gate = apply_gate(test, settings.gate, baseline)
-    predicted = probs.argmax(axis=1)
-
-    def figures(directory: Path) -> None:
-        plot_training_curves(paths["history"], directory / FIGURES[0])
-        plot_confusion_matrix(labels, predicted, meta.class_names, directory / FIGURES[1])
-        if worst is not None:
-            plot_worst_errors(worst.worst(), meta.class_names, directory / FIGURES[2])
-
-    def lineage(run) -> list[str]:
-        from pipeline.lineage import log_dataset_inputs, split_inputs
-
-        log_dataset_inputs(run, meta.name, meta.source, split_inputs(meta, {"test": test_sha256}))
-        return []
-
-    ranking = f"ROC AUC {test['roc_auc']:.4f} ({test['task']['positive_class']}), " if "roc_auc" in test else ""
-    task = {f"evaluate.task.{k}": v for k, v in test["task"].items() if k != "left_out"}
-    return StageResult(
-        outputs={
-            "metrics": {"test": test, "gate": gate, "data": {"test_sha256": test_sha256}},
-            "predictions": predictions_csv(labels, probs, meta.class_names),
-            "per_class": per_class_csv(per_class_table(labels, predicted, meta.class_names)),
-            # The Keras model's own outputs, in test-split order: verify's reference for every exported form.
-            "probabilities": lambda path: np.save(path, probs),
-            "figures": figures,
-        },
-        summary=f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, {ranking}"
-        f"loss {test['loss']:.4f}, ECE {test['ece']:.4f}; {throughput:,.0f} examples/s; "
-        f"gate {'passed' if gate['passed'] else 'FAILED'}",
-        metrics=flat_metrics({k: v for k, v in test.items() if k != "task"}, "test."),
-        tags={
-            "evaluate.gate": "passed" if gate["passed"] else "failed",
-            "evaluate.gate_reason": gate["reason"],
-            **task,
-        },  # fmt: skip
-        artifacts={
-            "figures": "figures",
-            "metrics": "evaluation",
-            "predictions": "evaluation",
-            "per_class": "evaluation",
-        },  # fmt: skip
-        publish=lineage,
-        failure=None if gate["passed"] else f"quality gate failed: {gate['reason']}",
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, evaluate, argv)
+    STAGE.run(argv)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,21 @@
 """Stage `export`: the trained Keras model as a TensorFlow SavedModel, ONNX and LiteRT (float32 and
 int8), with the metadata a deployer needs, then registered in MLflow as the `challenger`.
 
-Every form takes the model's raw input (its normalisation is inside the graph) and returns
-`probabilities` (float32 [batch, classes]):
+Every form takes the model's raw input (its preprocessing is inside the graph, pipeline/kinds.py)
+and returns `probabilities` (float32 [batch, classes]):
 
-    exported/saved_model/    serving signature: image (uint8 [batch, h, w, c]) or features (float32 [batch, n])
-    exported/model.onnx      tf2onnx, the same input name and dtype with symbolic dim `batch`
+    exported/saved_model/    serving signature: image (uint8 [batch, h, w, c]), features (float32
+                             [batch, n]) or text (tf.string [batch])
+    exported/model.onnx      tf2onnx, the raw input (text: its UTF-8 bytes) with symbolic dim `batch`
     exported/model.int8.onnx onnxruntime static QDQ quantization, calibrated on a seeded raw train sample
     exported/model.tflite    LiteRT float32, and model.int8.tflite full-integer int8 on the same sample
                              (pipeline/litert.py); the metadata inside each file
     exported/metadata.json   input spec, class names, opset, provenance, sizes and sha256 of files
 
 exported/ is this stage's alone and is replaced as a whole (the old set or the new one). The MLflow
-version is registered only once it is in place, and recorded in the registration report, with the
-SavedModel's parity on the test split against the Keras model's outputs (evaluate's record,
-pipeline/parity.py): measured here, where TensorFlow is loaded already, and judged by verify.
+version is registered as the stage publishes, and recorded in the registration report. The
+SavedModel's outputs on the test split are recorded here, where TensorFlow is loaded already
+(models/saved_model_outputs.npz): verify judges them with every other form.
 """
 
 from __future__ import annotations
@@ -25,19 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cli import end_process, environment_kept
+from pipeline.cli import end_process
 from pipeline.errors import PipelineError
 from pipeline.hashing import file_sha256, tree_sha256
-from pipeline.litert import export_litert
-from pipeline.records import OUTPUT_NAME
-from pipeline.stage import Stage, StageResult, read_output, run_stage
+from pipeline.kinds import OUTPUT_NAME
+from pipeline.onnx_export import BATCH_DIM, export_onnx, quantize_int8
+from pipeline.stage import Stage, StageResult, log_into_run, read_output, resume_training_run
 
 FILES = ("model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite", "saved_model")
-BATCH_DIM = "batch"
-# Largest |Δ| of a probability the graph rewrites may cause on the calibration sample (measured on the
-# default model: 1.9e-6 over the 10,000 test images); verify then holds every form to Keras.
-SIMPLIFY_TOLERANCE = 1e-5
-LAYOUT = "NHWC"
 
 
 def model_input(model) -> tuple[str, str, tuple[int, ...]]:
@@ -47,7 +43,8 @@ def model_input(model) -> tuple[str, str, tuple[int, ...]]:
 
 
 def serving_function(model):
-    """A tf.function over the model's raw input, named as the model names it, any batch size."""
+    """A tf.function over the model's raw input, named as the model names it, any batch size: what
+    the ONNX and LiteRT files are converted from, and (but for text) what the SavedModel serves."""
     import tensorflow as tf
 
     name, dtype, shape = model_input(model)
@@ -69,14 +66,14 @@ def export_saved_model(model, serve, out: Path) -> None:
     archive.write_out(str(out), verbose=False)
 
 
-def input_layout(meta) -> str:
-    return LAYOUT if meta.is_image else "NC"
+def saved_model_function(model, kind: str):
+    """What the SavedModel serves: the raw input, or for text one tf.string per text (what TF Serving
+    users send), turned into its UTF-8 bytes inside the graph."""
+    if kind == "text":
+        from pipeline.text_layers import string_serving_function
 
-
-def input_description(meta) -> str:
-    if meta.is_image:
-        return "decoded pixels 0..255 as Pillow, OpenCV or an IDX/CIFAR file give them; normalised inside the model"
-    return "raw feature values in feature_names order; normalised inside the model"
+        return string_serving_function(model)
+    return serving_function(model)
 
 
 def export_metadata(meta, model, run_id: str | None, opset: int) -> dict[str, Any]:
@@ -92,15 +89,16 @@ def export_metadata(meta, model, run_id: str | None, opset: int) -> dict[str, An
     from pipeline.model import applied_normalization
 
     input_name, input_dtype, _ = model_input(model)
-    return {
+    kind = meta.data_kind
+    metadata = {
         "input": {
             "name": input_name,
             "dtype": input_dtype,
             "shape": [BATCH_DIM, *meta.input_shape],
-            "layout": input_layout(meta),
+            "layout": kind.layout,
             "feature_names": meta.feature_names,
-            "range": [0, 255] if meta.is_image else None,
-            "meaning": input_description(meta),
+            "range": [0, 255] if kind.name == "image" else None,
+            "meaning": kind.meaning,
         },
         "output": {
             "name": OUTPUT_NAME,
@@ -122,6 +120,11 @@ def export_metadata(meta, model, run_id: str | None, opset: int) -> dict[str, An
         },  # fmt: skip
         "mlflow_run_id": run_id,
     }
+    if kind.name == "text":
+        from pipeline.text_layers import text_contract
+
+        metadata["text"] = text_contract(model)
+    return metadata
 
 
 def onnx_properties(metadata: dict[str, Any]) -> dict[str, str]:
@@ -142,104 +145,14 @@ def onnx_properties(metadata: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def export_onnx(serve, opset: int, metadata: dict[str, str], sample: np.ndarray, out: Path) -> list[str]:
-    """tf2onnx's graph, simplified (pipeline/onnx_graph.py) where that keeps its outputs on `sample`;
-    returns the rewrites applied."""
-    import onnx
-
-    model_proto = tf2onnx_graph(serve, opset, out)
-    del model_proto.metadata_props[:]
-    for key, value in metadata.items():
-        model_proto.metadata_props.add(key=key, value=value)
-    keep_used_domains(model_proto)
-    onnx.checker.check_model(model_proto, full_check=True)
-    model_proto, applied = simplified(model_proto, sample)
-    onnx.save_model(model_proto, str(out), save_as_external_data=False)
-    return applied
-
-
-def tf2onnx_graph(serve, opset: int, out: Path):
-    """The serving function as tf2onnx converts it, named as the contract says (benchmarks/inference.py
-    times it beside the simplified file)."""
-    import tf2onnx
-
-    with environment_kept("TF_CPP_MIN_LOG_LEVEL"):  # tf2onnx sets it process-wide (to "3")
-        model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
-    (graph_input,) = model_proto.graph.input
-    (graph_output,) = model_proto.graph.output
-    if graph_input.name != serve.input_signature[0].name or graph_output.name != OUTPUT_NAME:
-        raise PipelineError(f"{out}: tf2onnx named the graph {graph_input.name} -> {graph_output.name}")
-    for value in (graph_input, graph_output):
-        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
-    model_proto.doc_string = "Classifier exported by the Keras → ONNX pipeline"
-    model_proto.producer_name = "tf2onnx"
-    return model_proto
-
-
-def simplified(model_proto, sample: np.ndarray):
-    """The model after onnx_graph's rewrites, if its probabilities stay within SIMPLIFY_TOLERANCE of
-    the original's on `sample` (else the original, with a warning: a pattern matched wrongly)."""
-    import logging
-
-    import onnx
-
-    from pipeline.onnx_graph import simplify
-
-    candidate = onnx.ModelProto()
-    candidate.CopyFrom(model_proto)
-    applied = simplify(candidate)
-    if not applied:
-        return model_proto, []
-    onnx.checker.check_model(candidate, full_check=True)
-    departure = float(np.max(np.abs(onnx_outputs(candidate, sample) - onnx_outputs(model_proto, sample))))
-    if departure > SIMPLIFY_TOLERANCE:
-        logging.getLogger(__name__).warning(
-            "export: the simplified ONNX graph (%s) departs from tf2onnx's by %.2g; keeping tf2onnx's",
-            ", ".join(applied), departure,
-        )  # fmt: skip
-        return model_proto, []
-    return candidate, applied
-
-
-def onnx_outputs(model_proto, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-def keep_used_domains(model_proto) -> None:
-    """Drop opset imports that no node uses (quant_pre_process leaves onnxruntime-internal ones),
-    so another runtime is not asked for domains the file never needs. The default domain stays."""
-    used = {node.domain or "" for node in model_proto.graph.node}
-    for function in model_proto.functions:
-        used |= {node.domain or "" for node in function.node}
-    keep = [o for o in model_proto.opset_import if (o.domain or "") in used or (o.domain or "") == ""]
-    del model_proto.opset_import[:]
-    model_proto.opset_import.extend(keep)
-
-
-def preprocessing_nodes(model_proto) -> list[str]:
-    """The nodes before the first weighted layer: the input cast and normalisation. Quantizing their
-    Mul/Add would add Quantize/Dequantize pairs around two cheap element-wise ops (measured: int8
-    batch-1 latency +50 %); left in float32, the first quantization sits at the first layer's input."""
-    names = []
-    for node in model_proto.graph.node:  # topologically sorted (ONNX requires it)
-        if node.op_type in ("Conv", "MatMul", "Gemm", "LSTM", "Transpose", "Reshape", "Flatten"):
-            break
-        names.append(node.name)
-    return names
-
-
-def calibration_sample(prepared_dir: str, meta, size: int, seed: int) -> np.ndarray:
-    """A seeded sample of `size` raw train inputs, as the deployed model receives them: the positions
-    are drawn first, then picked out as the train split streams by (only the sample is kept)."""
-    from pipeline.records import iter_batches
-
-    count = meta.counts["train"]
+def calibration_sample(data, size: int, seed: int) -> np.ndarray:
+    """A seeded sample of `size` raw train inputs of `data` (PreparedData), as the deployed model
+    receives them: the positions are drawn first, then picked out as the train split streams by
+    (only the sample is kept)."""
+    count = data.meta.counts["train"]
     wanted = np.sort(np.random.default_rng(seed).choice(count, size=min(size, count), replace=False))
     picked, position = [], 0
-    for x, _ in iter_batches(prepared_dir, meta, "train", meta.examples_in(16 << 20)):
+    for x, _ in data.batches("train", data.meta.examples_in(16 << 20)):
         here = wanted[(wanted >= position) & (wanted < position + len(x))] - position
         picked.append(x[here])
         position += len(x)
@@ -252,50 +165,6 @@ def calibration_batches(sample: np.ndarray, batch: int = 50) -> list[np.ndarray]
     return [sample[i : i + batch] for i in range(0, len(sample), batch)]
 
 
-def quantize_int8(
-    fp32_path: Path, input_name: str, batches: list[np.ndarray], out: Path, metadata: dict[str, str]
-) -> None:
-    """onnxruntime static quantization (QDQ, int8 weights in a 7-bit range, uint8 activations) after
-    quant_pre_process."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(batches)
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch}
-
-    pre = out.with_name(out.stem + ".pre.onnx")
-    quant_pre_process(str(fp32_path), str(pre))
-    quantize_static(
-        str(pre),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        # Weights in 7 bits: x86 CPUs without VNNI (AVX2, AVX-512F) multiply uint8 × int8 pairs into a
-        # saturating int16, which with full-range weights loses whole predictions (measured on an AVX2
-        # EPYC: test accuracy 0.930 -> 0.900, the first conv's fault; with 7 bits 0.930). The file must
-        # hold on any CPU it is deployed to.
-        reduce_range=True,
-        nodes_to_exclude=preprocessing_nodes(onnx.load(str(pre))),
-    )
-    pre.unlink()
-    model = onnx.load(str(out))
-    del model.metadata_props[:]
-    for key, value in {**metadata, "quantization": "static QDQ int8 (onnxruntime), 7-bit weight range"}.items():
-        model.metadata_props.add(key=key, value=value)
-    keep_used_domains(model)
-    onnx.checker.check_model(model)
-    onnx.save_model(model, str(out), save_as_external_data=False)
-
-
 def file_facts(path: Path) -> dict[str, Any]:
     """Size and content hash of an exported file or directory."""
     if path.is_dir():
@@ -303,26 +172,29 @@ def file_facts(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def write_saved_model(model, out: Path) -> None:
-    export_saved_model(model, serving_function(model), out)
-
-
-def build_exports(model, meta, prepared_dir: str, params, metadata: dict[str, Any], out: Path) -> dict[str, Any]:
+def build_exports(model, data, params, metadata: dict[str, Any], out: Path) -> dict[str, Any]:
     """Every exported form into `out` (a fresh directory), and metadata.json; returns the metadata."""
+    from pipeline.litert import export_litert
+
     serve = serving_function(model)
     properties = onnx_properties(metadata)
-    export_saved_model(model, serve, out / "saved_model")
-    sample = calibration_sample(prepared_dir, meta, params.calibration_size, params.seed)
+    export_saved_model(model, saved_model_function(model, data.kind.name), out / "saved_model")
+    sample = calibration_sample(data, params.calibration_size, params.seed)
     batches = calibration_batches(sample)
     rewrites = export_onnx(serve, params.opset, properties, sample, out / "model.onnx")
     quantize_int8(out / "model.onnx", metadata["input"]["name"], batches, out / "model.int8.onnx", properties)
-    in_float32 = export_litert(
-        model, out / "saved_model", write_saved_model, batches, metadata["input"]["name"], properties, out
-    )
+    numeric = data.kind.name != "text"  # the exported SavedModel serves the raw input LiteRT converts
+    in_float32 = export_litert(model, out / "saved_model" if numeric else None, write_numeric_saved_model, batches,
+                               metadata["input"]["name"], properties, out)  # fmt: skip
     files = {name: file_facts(out / name) for name in FILES}
     full = {**metadata, "files": files, "onnx_rewrites": rewrites, "litert_int8_float_ops": in_float32}
     (out / "metadata.json").write_text(json.dumps(full, indent=2) + "\n")
     return full
+
+
+def write_numeric_saved_model(model, out: Path) -> None:
+    """A SavedModel serving the raw numeric input (LiteRT converts from one)."""
+    export_saved_model(model, serving_function(model), out)
 
 
 def load_for_export(model_path: Path, meta):
@@ -354,18 +226,6 @@ def version_tags(evaluation: dict, run_id: str, data_name: str) -> dict[str, Any
     }
 
 
-def export_model(model_path: Path, prepared_dir: str, out_dir: Path, params, run_id: str | None = None) -> dict:
-    """Every exported form of the model at `model_path` into `out_dir`, atomically; returns the
-    metadata (the stage does the same, registering the result)."""
-    from pipeline.atomic import atomic_dir
-    from pipeline.records import read_meta
-
-    meta = read_meta(prepared_dir)
-    model = load_for_export(model_path, meta)
-    with atomic_dir(out_dir) as tmp:
-        return build_exports(model, meta, prepared_dir, params, export_metadata(meta, model, run_id, params.opset), tmp)
-
-
 def read_evaluation(path: Path) -> dict:
     evaluation = read_output(path, "evaluate", "test.accuracy and gate.passed")
     try:
@@ -378,72 +238,66 @@ def read_evaluation(path: Path) -> dict:
     return evaluation
 
 
+def export(inputs: dict[str, Path], params, outputs: dict[str, Path], run) -> StageResult:
+    """Every exported form into `outputs["out"]`, and the SavedModel's outputs on the test split
+    (loaded back as TensorFlow Serving loads it) for verify to judge."""
+    from pipeline.parity import record_saved_model_outputs
+    from pipeline.prepared import PreparedData
+    from pipeline.registry import registered_model_name
+
+    evaluation = read_evaluation(inputs["metrics"])
+    data = PreparedData.open(inputs["prepared"])
+    model = load_for_export(inputs["model"], data.meta)
+    metadata = export_metadata(data.meta, model, run.run_id, params.export.opset)
+    built = build_exports(model, data, params.export, metadata, outputs["out"])
+    record_saved_model_outputs(outputs["out"] / "saved_model", data, outputs["saved_model_outputs"])
+    sizes = ", ".join(f"{file} {facts['bytes'] / 1024:,.0f} KiB" for file, facts in built["files"].items())
+    return StageResult(
+        sizes,
+        artifacts={"out": "export"},
+        facts={
+            "metadata": metadata,
+            "files": built["files"],
+            "evaluation": evaluation,
+            "data": data.meta,
+            "name": registered_model_name(params.mlflow.registered_model_name, data.meta),
+        },  # fmt: skip
+    )
+
+
+def register(result: StageResult, run, outputs: dict[str, Path]) -> dict[str, Any]:
+    """The exported files logged into the run, the ONNX model registered as a new version and made
+    the `challenger`; the registration report records it."""
+    from pipeline.registry import CHALLENGER
+    from pipeline.tracking import portable_uri
+
+    log_into_run(result, run, outputs)
+    facts, out = result.facts, outputs["out"]
+    meta, name = facts["data"], facts["name"]
+    registry = run.registry
+    extra = tuple(out / file for file in ("model.int8.onnx", "model.tflite", "model.int8.tflite"))
+    version = registry.register_onnx(run.run_id, out / "model.onnx", name, facts["metadata"], extra)
+    registry.tag_version(name, version, version_tags(facts["evaluation"], run.run_id, meta.name))
+    registry.set_alias(name, CHALLENGER, version)
+    result.summary += f"; registered {name} v{version} as {CHALLENGER}"
+    return {"registration": {"name": name, "version": version, "run_id": run.run_id,
+                             "tracking_uri": portable_uri(run.tracking_uri), "files": facts["files"]}}  # fmt: skip
+
+
 STAGE = Stage(
     "export",
     __doc__,
-    # verify's batch settings: the SavedModel's parity is measured here as verify measures the rest
-    params=(
-        "export",
-        "mlflow.registered_model_name",
-        "verify.batch_size",
-        "verify.batch_sizes",
-        "verify.batch_check_examples",
-    ),
-    inputs=("prepared", "model", "metrics", "probabilities", "run_file"),
-    outputs=("out", "registration"),
+    params=("export", "mlflow.registered_model_name"),
+    inputs=("prepared", "model", "metrics", "run_file"),
+    outputs=("out", "saved_model_outputs", "registration"),
+    core=export,
+    tracking=resume_training_run,
+    publish=register,
 )
 
 
-def export(paths: dict[str, Path], params, run) -> StageResult:
-    """exported/ whole (written atomically by the edge), then, once it is in place, a new registry
-    version of the ONNX model as `challenger`, recorded in the registration report."""
-    from pipeline.records import read_meta
-    from pipeline.registry import CHALLENGER, registered_model_name
-
-    evaluation = read_evaluation(paths["metrics"])
-    meta = read_meta(paths["prepared"])
-    model = load_for_export(paths["model"], meta)
-    metadata = export_metadata(meta, model, run.run_id, params.export.opset)
-    built: dict[str, Any] = {}
-    name = registered_model_name(params.mlflow.registered_model_name, meta)
-
-    def build(directory: Path) -> None:
-        built.update(build_exports(model, meta, str(paths["prepared"]), params.export, metadata, directory))
-        built["saved_model_parity"] = saved_model_parity(directory / "saved_model", paths, meta, params.verify)
-
-    def register(run) -> list[str]:
-        from pipeline.stage import write_output
-
-        sizes = ", ".join(f"{file} {facts['bytes'] / 1024:,.0f} KiB" for file, facts in built["files"].items())
-        registry = run.registry
-        extra = tuple(paths["out"] / file for file in ("model.int8.onnx", "model.tflite", "model.int8.tflite"))
-        version = registry.register_onnx(run.run_id, paths["out"] / "model.onnx", name, metadata, extra)
-        registry.tag_version(name, version, version_tags(evaluation, run.run_id, meta.name))
-        registry.set_alias(name, CHALLENGER, version)
-        from pipeline.tracking import portable_uri
-
-        write_output(paths["registration"], {
-            "name": name, "version": version, "run_id": run.run_id, "tracking_uri": portable_uri(run.tracking_uri),
-            "files": built["files"], "saved_model_parity": built["saved_model_parity"],
-        })  # fmt: skip
-        return [f"{sizes}; registered {name} v{version} as {CHALLENGER}"]
-
-    return StageResult(outputs={"out": build}, summary="", artifacts={"out": "export"}, publish=register)
-
-
-def saved_model_parity(saved_model: Path, paths: dict[str, Path], meta, limits) -> dict[str, float]:
-    """The written SavedModel, loaded back as TensorFlow Serving loads it, against the Keras model's
-    outputs on the test split (verify's measurement of every other form, pipeline/parity.py)."""
-    from pipeline.parity import keras_reference, measure, saved_model_predictor
-
-    reference = keras_reference(paths["probabilities"], meta)
-    predictor = saved_model_predictor(saved_model, meta.input_name)
-    _, results = measure(reference, {"saved_model": predictor}, str(paths["prepared"]), meta, limits)
-    return results["saved_model"]
-
-
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, export, argv)
+    STAGE.run(argv)
 
 
 if __name__ == "__main__":

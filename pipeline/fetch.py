@@ -20,13 +20,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_dir
 from pipeline.cli import end_process
 from pipeline.errors import PipelineError, first_line
 from pipeline.hashing import content_sha256
 from pipeline.params import DataParams
 from pipeline.schema import FormatSection
-from pipeline.stage import Stage, StageResult, run_stage
+from pipeline.stage import Stage, StageResult
 
 _DOWNLOAD_CHUNK = 1 << 16
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -194,12 +193,6 @@ def fill(data: DataParams, directory: Path) -> dict[str, str]:
     }
 
 
-def fetch(data: DataParams, out_dir: Path) -> dict[str, str]:
-    """`fill` into `out_dir`, atomically (the old raw data or the new)."""
-    with atomic_dir(out_dir) as tmp:
-        return fill(data, tmp)
-
-
 def source_label(source: str, name: str) -> str:
     """How the user knows file `name` of `source`: a path or URL under it, or a member of the archive."""
     if is_archive(source):
@@ -207,28 +200,19 @@ def source_label(source: str, name: str) -> str:
     return f"{source.rstrip('/')}/{name}"
 
 
-STAGE = Stage("fetch", __doc__, params=("data",), inputs=(), outputs=("out",), tracked=False)
-
-
-def fetch_stage(paths: dict[str, Path], params) -> StageResult:
+def fetch(inputs: dict[str, Path], params, outputs: dict[str, Path], tracking=None) -> StageResult:
+    """The verified raw files of `data.source` into `outputs["out"]`."""
     data = params.data
-    check_source(data)  # before anything is written
-    fetched: list[int] = []
+    fill(data, outputs["out"])
+    files = sum(1 for p in outputs["out"].rglob("*") if p.is_file())
+    return StageResult(f"{files} {data.format} files ({len(data.selected.sha256 or {})} checksums verified)")
 
-    def build(directory: Path) -> None:
-        fill(data, directory)
-        fetched.append(sum(1 for p in directory.rglob("*") if p.is_file()))
 
-    return StageResult(
-        outputs={"out": build},
-        summary=lambda: (
-            f"{fetched[0]} {data.format} files in {paths['out']} ({len(data.selected.sha256 or {})} checksums verified)"
-        ),
-    )
+STAGE = Stage("fetch", __doc__, params=("data",), inputs=(), outputs=("out",), core=fetch)
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, fetch_stage, argv)
+    STAGE.run(argv)
 
 
 if __name__ == "__main__":

@@ -43,21 +43,16 @@ BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE", "CAST", "RESHAPE", "SHAPE", "STRIDED_S
 
 def litert_ready(model):
     """The model as LiteRT converts it: recurrent layers unrolled (the same weights and arithmetic)."""
-    import keras
+    from pipeline.model import rebuilt
 
-    config = model.get_config()
-    changed = False
-    for layer in config["layers"]:
-        inner = layer["config"].get("layer", {}).get("config", {})  # Bidirectional wraps its RNN
-        for cfg in (layer["config"], inner):
-            if "unroll" in cfg and not cfg["unroll"]:
-                cfg["unroll"] = True
-                changed = True
-    if not changed:
-        return model
-    clone = keras.Sequential.from_config(config)
-    clone.set_weights(model.get_weights())
-    return clone
+    def unrolled(config) -> None:
+        for layer in config["layers"]:
+            inner = layer["config"].get("layer", {}).get("config", {})  # Bidirectional wraps its RNN
+            for cfg in (layer["config"], inner):
+                if "unroll" in cfg and not cfg["unroll"]:
+                    cfg["unroll"] = True
+
+    return rebuilt(model, unrolled)
 
 
 def convert(saved_model: Path, batches: list[np.ndarray] | None, input_name: str, model,
@@ -195,11 +190,12 @@ def float_ops(flatbuffer: bytes) -> list[str]:
 
 
 @contextlib.contextmanager
-def saved_model_of(model, saved_model: Path, write_saved_model) -> Iterator[Path]:
-    """The SavedModel to convert: the exported one, or one `write_saved_model` makes of the
-    LiteRT-ready clone."""
+def saved_model_of(model, saved_model: Path | None, write_saved_model) -> Iterator[Path]:
+    """The SavedModel to convert: the exported one when it serves the raw numeric input and needs no
+    change, else one `write_saved_model` makes of the LiteRT-ready model (recurrent layers unrolled;
+    a text model's raw bytes, where the exported SavedModel takes strings)."""
     ready = litert_ready(model)
-    if ready is model:
+    if ready is model and saved_model is not None:
         yield saved_model
         return
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
@@ -229,9 +225,10 @@ def tensor_names(flatbuffer: bytes) -> list[str]:
             for t in graph.Operators(i).OutputsAsNumpy()]  # fmt: skip
 
 
-def export_litert(model, saved_model: Path, write_saved_model, batches: list[np.ndarray], input_name: str,
+def export_litert(model, saved_model: Path | None, write_saved_model, batches: list[np.ndarray], input_name: str,
                   properties: dict[str, str], out: Path) -> list[str]:  # fmt: skip
-    """model.tflite and model.int8.tflite into `out`; returns the ops int8 left in float32."""
+    """model.tflite and model.int8.tflite into `out`, converted from `saved_model` (None: one
+    `write_saved_model` writes); returns the ops int8 left in float32."""
     with saved_model_of(model, saved_model, write_saved_model) as source:
         flat, _ = convert(source, None, input_name, model)
         (out / "model.tflite").write_bytes(with_metadata(flat, properties))

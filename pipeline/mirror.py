@@ -63,12 +63,11 @@ def averages_mirrors(model) -> bool:
 def single_pass(model):
     """The same network without the mirror pair (one pass an image, the same weights): what
     `test_time_flip: false` would have exported, for timing the difference."""
-    if not averages_mirrors(model):
-        return model
-    config = model.get_config()
-    config["layers"] = [
-        layer for layer in config["layers"] if layer["class_name"] not in ("MirrorBatch", "AverageMirrored")
-    ]
-    clone = keras.Sequential.from_config(config)
-    clone.set_weights(model.get_weights())
-    return clone
+    from pipeline.model import rebuilt
+
+    def without_mirrors(config) -> None:
+        config["layers"] = [
+            layer for layer in config["layers"] if layer["class_name"] not in ("MirrorBatch", "AverageMirrored")
+        ]
+
+    return rebuilt(model, without_mirrors)

@@ -1,15 +1,18 @@
 """The Keras Sequential model from `train.model`: a preset (pipeline/presets.py) or an explicit,
-validated layer list.
+validated layer list, for a kind of data (pipeline/kinds.py).
 
 Every model is
 
     keras.Sequential([keras.Input(shape, raw dtype), <preprocessing>, <body>, Dense(n_classes), Softmax])
 
-The input is raw: images as decoders give them (`image`, uint8 [batch, h, w, c]), tables as raw
-feature vectors (`features`, float32 [batch, n]). The preprocessing (pipeline/normalization.py)
-casts and normalises inside the model, so the model and everything exported from it take the same
-raw input. The body comes from params, the head from the data (its class count). Preprocessing and
-softmax run in float32, so mixed-precision models still take raw input and output float32
+The input is raw, as the kind says: images as decoders give them (`image`, uint8 [batch, h, w, c]),
+tables as raw feature vectors (`features`, float32 [batch, n]), text as its UTF-8 bytes (`text`,
+uint8 [batch, max_bytes]). The preprocessing is the kind's: normalisation for images and tables
+(pipeline/normalization.py), the text vectorizer for text (pipeline/text_layers.py); it lives inside
+the model, so the model and everything exported from it take the same raw input. The body comes
+from params, the head from the data (its class count). The body and head compute in the training's
+precision (given to each layer as its dtype policy: nothing is set for the process); preprocessing
+and softmax run in float32, so mixed-precision models still take raw input and output float32
 probabilities.
 """
 
@@ -21,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError, first_line
+from pipeline.kinds import kind_named
 from pipeline.normalization import Normalization, choose, preprocessing_layers
 from pipeline.presets import check_fits, normalization_for_model, preset_layers
-from pipeline.records import input_name
 
 # Keyword arguments every Keras layer takes through **kwargs.
 _BASE_LAYER_ARGS = {"name", "dtype", "trainable", "autocast", "input_shape", "input_dim"}
@@ -32,7 +35,9 @@ _BASE_LAYER_ARGS = {"name", "dtype", "trainable", "autocast", "input_shape", "in
 def _layer_class(name: str, where: str):
     import keras
 
-    cls = getattr(keras.layers, name, None)
+    import pipeline.text_layers  # noqa: F401  (the project's text layers, for text data)
+
+    cls = getattr(keras.layers, name, None) or keras.saving.get_registered_object(f"pipeline>{name}")
     if not (inspect.isclass(cls) and issubclass(cls, keras.layers.Layer)) or name in ("Layer", "InputLayer"):
         known = [n for n in dir(keras.layers) if n[:1].isupper()]
         hint = difflib.get_close_matches(name, known, n=1)
@@ -53,20 +58,30 @@ def _check_arguments(cls, args: dict[str, Any], where: str) -> None:
             raise PipelineError(f"params.yaml: {where}: {cls.__name__} has no argument {arg!r}{suffix}")
 
 
-def make_layers(spec: list[dict[str, dict[str, Any]]]) -> list:
-    layers = []
-    for index, entry in enumerate(spec):
-        ((name, args),) = entry.items()
-        where = f"train.model[{index}]"
-        args = dict(args or {})
-        cls = _layer_class(name, where)
-        _check_arguments(cls, args, where)
-        try:
-            layers.append(cls(**args))
-        except (TypeError, ValueError) as exc:
-            first = first_line(exc)
-            raise PipelineError(f"params.yaml: {where}: {name}({args}) failed: {first}") from None
-    return layers
+def make_layers(spec: list[dict[str, dict[str, Any]]], precision: str = "float32", where: str = "train.model") -> list:
+    """The layers of a layer list, each checked against Keras, computing in `precision` unless the
+    list gives a layer its own dtype. An argument that is itself one layer (Bidirectional's `layer`)
+    is written the same way: `{Bidirectional: {layer: {LSTM: {units: 64}}}}`."""
+    return [make_layer(entry, precision, f"{where}[{index}]") for index, entry in enumerate(spec)]
+
+
+def make_layer(entry: dict[str, dict[str, Any]], precision: str, where: str):
+    ((name, args),) = entry.items()
+    args = dict(args or {})
+    cls = _layer_class(name, where)
+    _check_arguments(cls, args, where)
+    for key, value in args.items():
+        if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), dict | None):
+            (inner,) = value
+            if inner[:1].isupper():
+                args[key] = make_layer(value, precision, f"{where}.{key}")
+    if precision != "float32":
+        args.setdefault("dtype", precision)
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as exc:
+        first = first_line(exc)
+        raise PipelineError(f"params.yaml: {where}: {name}({entry[name]}) failed: {first}") from None
 
 
 def model_normalization(
@@ -85,35 +100,41 @@ def build_model(
     model: str | list,
     input_shape: tuple[int, ...],
     num_classes: int,
-    normalization: Normalization,
-    input_dtype: str = "uint8",
+    preprocessing: list,
+    *,
+    kind: str = "image",
     test_time_flip: bool = False,
+    precision: str = "float32",
+    vocabulary_size: int | None = None,
 ):
-    """keras.Sequential: raw Input → float32 normalisation → body from params → Dense(num_classes) →
-    float32 softmax; with `test_time_flip`, the mirror pair around the body (pipeline/mirror.py)."""
+    """keras.Sequential: raw Input (the kind's) → `preprocessing` (float32 normalisation, or the text
+    vectorizer) → body from params → Dense(num_classes) → float32 softmax, the body and Dense in
+    `precision`; with `test_time_flip`, the mirror pair around the body (pipeline/mirror.py)."""
     import keras
 
     from pipeline.mirror import mirror_layers
 
-    misfit = check_fits(model, input_shape)
+    data_kind = kind_named(kind)
+    misfit = check_fits(model, input_shape, kind)
     if misfit:
         raise PipelineError(f"params.yaml: train.model: {misfit}")
-    spec = preset_layers(model, input_shape) if isinstance(model, str) else model
+    spec = preset_layers(model, input_shape, vocabulary_size) if isinstance(model, str) else model
     name = model if isinstance(model, str) else "custom"
-    body = make_layers(spec)
-    if test_time_flip and len(input_shape) != 3:
+    body = make_layers(spec, precision)
+    check_vocabulary(body, vocabulary_size)
+    if test_time_flip and not data_kind.mirrors:
         shape = "×".join(map(str, input_shape))
-        raise PipelineError(f"params.yaml: train.test_time_flip: mirrors images, but the input is {shape}")
+        raise PipelineError(f"params.yaml: train.test_time_flip: mirrors images, but the input is {kind} {shape}")
     mirror, average = ([layer] for layer in mirror_layers()) if test_time_flip else ([], [])
     head = [
-        keras.layers.Dense(num_classes, name="logits"),
+        keras.layers.Dense(num_classes, name="logits", dtype=precision),
         keras.layers.Activation("softmax", dtype="float32", name="probabilities"),
     ]
     try:
         return keras.Sequential(
             [
-                keras.Input(shape=tuple(input_shape), dtype=input_dtype, name=input_name(input_shape)),
-                *preprocessing_layers(normalization),
+                keras.Input(shape=tuple(input_shape), dtype=data_kind.dtype, name=data_kind.input_name),
+                *preprocessing,
                 *mirror,
                 *body,
                 *head,
@@ -128,14 +149,45 @@ def build_model(
         ) from None
 
 
-def model_for_data(train, meta):
-    """The model `train` params (TrainParams) describe, for the prepared data `meta` (PreparedMeta): its
-    input shape, dtype and classes, and the normalisation `train.normalization` picks from its statistics."""
-    setting = train.normalization
-    normalization = model_normalization(train.model, setting.mode, meta.statistics, setting.mean, setting.std)
+def check_vocabulary(body: list, vocabulary_size: int | None) -> None:
+    """A text model's first embedding must have a row for every id the vectorizer emits."""
+    if vocabulary_size is None:
+        return
+    first = next((layer for layer in body if hasattr(layer, "input_dim")), None)
+    if first is None:
+        raise PipelineError("params.yaml: train.model: a text model's layers start with an Embedding (or EmbeddingBag)")
+    if first.input_dim < vocabulary_size:
+        raise PipelineError(
+            f"params.yaml: train.model: {type(first).__name__} input_dim {first.input_dim} is below "
+            f"train.text.vocabulary_size {vocabulary_size} (it needs a row for every word id)"
+        )
+
+
+def model_preprocessing(p, data) -> list:
+    """The kind's preprocessing layers for the resolved train params `p` and `data` (PreparedData):
+    the normalisation `train.normalization` picks, or for text a vectorizer whose vocabulary is the
+    training split's most frequent words."""
+    if data.kind.name == "text":
+        from pipeline.text import adapt_vocabulary
+        from pipeline.text_layers import TextVectorizer
+
+        batches = (x for x, _ in data.batches("train", data.meta.examples_in(16 << 20)))
+        words = adapt_vocabulary(batches, p.text.vocabulary_size)
+        return [TextVectorizer(p.text.sequence_length, words, dtype="float32", name="vectorize")]
+    setting = p.normalization
+    normalization = model_normalization(p.model, setting.mode, data.meta.statistics, setting.mean, setting.std)
+    return preprocessing_layers(normalization)
+
+
+def model_for_data(p, data, precision: str = "float32"):
+    """The model the resolved train params `p` describe for `data` (PreparedData): its kind, input
+    shape and classes, and the preprocessing that follows from them."""
+    meta = data.meta
     return build_model(
-        train.model, meta.input_shape, meta.num_classes, normalization, meta.dtype, bool(train.test_time_flip)
-    )
+        p.model, meta.input_shape, meta.num_classes, model_preprocessing(p, data), kind=meta.kind,
+        test_time_flip=bool(p.test_time_flip), precision=precision,
+        vocabulary_size=p.text.vocabulary_size if meta.kind == "text" else None,
+    )  # fmt: skip
 
 
 def applied_normalization(model) -> dict | None:
@@ -148,20 +200,36 @@ def applied_normalization(model) -> dict | None:
     return {"formula": "input * scale + offset", "scale": first.scale, "offset": first.offset}
 
 
+def rebuilt(model, edit):
+    """The same Sequential with its config changed by `edit(config)` (in place) and its weights: how
+    the float32 copy, the one-pass copy and the LiteRT-ready copy are made. The model itself when
+    `edit` changes nothing."""
+    import copy
+
+    import keras
+
+    config = model.get_config()
+    edited = copy.deepcopy(config)
+    edit(edited)
+    if edited == config:
+        return model
+    clone = keras.Sequential.from_config(edited)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def float32_model(model):
     """The same model with float32 layers: a model trained in mixed precision is saved, evaluated and
     exported in float32 (its weights are float32 already; only the arithmetic changes)."""
-    import keras
+
+    def in_float32(config) -> None:
+        for layer in config["layers"]:
+            if layer["class_name"] != "InputLayer":  # the input keeps its raw dtype (uint8 pixels)
+                layer["config"]["dtype"] = "float32"
 
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
-    config = model.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] != "InputLayer":  # the input keeps its raw dtype (uint8 pixels)
-            layer["config"]["dtype"] = "float32"
-    clone = keras.Sequential.from_config(config)
-    clone.set_weights(model.get_weights())
-    return clone
+    return rebuilt(model, in_float32)
 
 
 def load_keras_model(path: str):
@@ -171,6 +239,7 @@ def load_keras_model(path: str):
     import keras
 
     import pipeline.mirror  # noqa: F401  (registers the mirror layers a model may hold)
+    import pipeline.text_layers  # noqa: F401  (and the text layers)
 
     if not Path(path).is_file():
         raise PipelineError(f"{path}: model file not found (run `dvc repro train`)")

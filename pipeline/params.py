@@ -85,8 +85,46 @@ class CsvSection(FormatSection):
         return [self.train] + ([self.test] if self.test else [])
 
 
+# A text's UTF-8 bytes the model reads (longer texts are cut, shorter ones zero-padded): its input width.
+MaxBytes = Annotated[int, Field(ge=16, le=65_536)]
+Unreadable = Literal["fail", "skip"]
+
+
+class TextFolderSection(FormatSection):
+    """`data.text_folder`: one subdirectory per class of UTF-8 .txt files (one text each), under
+    `train` (and `test`): the layout of the IMDB reviews and 20 Newsgroups archives."""
+
+    url_prefix_ok: ClassVar[bool] = False  # a folder tree has no file list to append to a URL
+    train: str = "train"
+    test: str | None = "test"  # null: prepare.test_fraction of `train` becomes the test split
+    max_bytes: MaxBytes = 1024
+    unreadable: Unreadable = "fail"  # a file that is not a text (bad UTF-8, empty, too long): stop, or skip and report
+
+    def files(self) -> list[str]:
+        return [f"{self.train}/"] + ([f"{self.test}/"] if self.test else [])
+
+    def known_files(self) -> list[str] | None:
+        return None  # any text under the folders may be named
+
+
+class TextTableSection(FormatSection):
+    """`data.text_table`: texts and labels in a table: CSV (.csv), TSV (.tsv) or JSON lines (.jsonl),
+    by each file's suffix."""
+
+    url_prefix_ok: ClassVar[bool] = True
+    train: str = "train.csv"
+    test: str | None = "test.csv"  # null: prepare.test_fraction of `train` becomes the test split
+    text_column: str = "text"
+    label_column: str = "label"
+    max_bytes: MaxBytes = 1024
+    unreadable: Unreadable = "fail"  # a row without a text or label, or a text too long: stop, or skip and report
+
+    def files(self) -> list[str]:
+        return [self.train] + ([self.test] if self.test else [])
+
+
 FORMAT_SECTIONS = {"idx": IdxSection, "cifar10": Cifar10Section, "image_folder": ImageFolderSection,
-                   "csv": CsvSection}  # fmt: skip
+                   "csv": CsvSection, "text_folder": TextFolderSection, "text_table": TextTableSection}  # fmt: skip
 
 
 class DataParams(Section):
@@ -104,6 +142,8 @@ class DataParams(Section):
     cifar10: Cifar10Section = Cifar10Section()
     image_folder: ImageFolderSection = ImageFolderSection()
     csv: CsvSection = CsvSection()
+    text_folder: TextFolderSection = TextFolderSection()
+    text_table: TextTableSection = TextTableSection()
 
     @property
     def dataset_name(self) -> str:
@@ -160,6 +200,12 @@ class AugmentParams(Section):
     erase: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
+class TextParams(Section):
+    # Text data only; null: the preset's (README: Models).
+    vocabulary_size: Annotated[int, Field(ge=3, le=1_000_000)] | None = None  # ids: padding, unknown, the words
+    sequence_length: Annotated[int, Field(ge=1, le=4096)] | None = None  # words of each text the model reads
+
+
 # A preset's name: train checks it against pipeline/presets.py (`resolve`), which the schema does
 # not import, so a change to a preset reruns only the stages it can change.
 PresetName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -188,6 +234,7 @@ class TrainParams(Section):
     normalization: NormalizationParams = NormalizationParams()
     early_stopping_patience: Annotated[int, Field(ge=0, le=100_000)] | None = None
     augment: AugmentParams = AugmentParams()
+    text: TextParams = TextParams()
     # null: every example counts the same; balanced: each class's examples weigh
     # n / (classes × its count), so a rare class counts as much as a common one (skewed data).
     class_weight: Literal["balanced"] | None = None
@@ -207,10 +254,10 @@ class TrainParams(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _augment_may_be_null(cls, raw: Any) -> Any:
-        """`augment: null` is the preset's augmentation, as each of its keys null is."""
-        if isinstance(raw, dict) and "augment" in raw and raw["augment"] is None:
-            return {**raw, "augment": {}}
+    def _sections_may_be_null(cls, raw: Any) -> Any:
+        """`augment: null` (or `text: null`) is the preset's, as each of its keys null is."""
+        if isinstance(raw, dict):
+            raw = {**raw, **{key: {} for key in ("augment", "text") if key in raw and raw[key] is None}}
         return raw
 
     @field_validator("model")
@@ -326,7 +373,7 @@ _TEMPLATES = {
 }
 
 
-def _dotted(loc: tuple) -> str:
+def _key_of(loc: tuple) -> str:
     # Union branches put their tag ("list[...]", "literal[...]") in the location: drop it.
     path = ""
     for part in loc:
@@ -359,14 +406,14 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     # A union reports every branch; the most specific (deepest) one is the useful one.
     errors.sort(key=lambda e: -len(e["loc"]))
     first = errors[0]
-    key = _dotted(first["loc"])
+    key = _key_of(first["loc"])
     if first["type"] == "value_error" and str(first.get("ctx", {}).get("error", "")).startswith(("[", ".")):
         # A validator of a whole section names the key inside it: "[3] ..." or ".sha256 ...".
         key, _, rest = f"{key}{first['ctx']['error']}".partition(" ")
         line = f"{source}: {key} {rest}"
     else:
         line = f"{source}: {key} {_describe(first)}"
-    others = {_dotted(e["loc"]) for e in errors} - {_dotted(first["loc"])}
+    others = {_key_of(e["loc"]) for e in errors} - {_key_of(first["loc"])}
     if others:
         line += f" (and {len(others)} more)"
     return line
@@ -394,23 +441,28 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     return parse_params(raw, str(path))
 
 
-def flatten(params: Params) -> dict[str, Any]:
-    """Dotted keys to scalar values, as MLflow and DVC show them; of the data formats, only the chosen one."""
+def dotted(tree: dict, prefix: str = "", numbers_only: bool = False) -> dict[str, Any]:
+    """A nested mapping as dotted keys to its leaves, as MLflow and DVC show params and metrics
+    (`numbers_only`: only the int and float leaves, as metrics)."""
     out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = value
+            out.update(dotted(value, f"{name}.", numbers_only))
+        elif not numbers_only:
+            out[name] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
 
+
+def flatten(params: Params) -> dict[str, Any]:
+    """Every key as a dotted key; of the data formats, only the chosen one's section."""
     dumped = params.model_dump(mode="json")
     for name in FORMAT_SECTIONS:
         if name != params.data.format:
             del dumped["data"][name]
-    walk("", dumped)
-    return out
+    return dotted(dumped)
 
 
 class Scoped:

@@ -1,7 +1,9 @@
 """Parity: an exported form's outputs against the Keras model's on the test split, measured batch by
-batch (nothing per example is kept, so the split can be of any size). The reference is the Keras
-model's own output, which evaluate records (models/test_probabilities.npy); export measures the
-SavedModel it writes, verify every other form, and verify judges them all (pipeline/verify.py)."""
+batch (nothing per example is kept but the outputs being compared, so the split can be of any size).
+The reference is the Keras model's own output, which evaluate records (models/test_probabilities.npy).
+Verify measures every form it can run without TensorFlow and judges them all (pipeline/verify.py);
+the SavedModel, which needs TensorFlow, has its outputs recorded by export, where TensorFlow is
+loaded already (`record_saved_model_outputs`), and verify measures that record like the rest."""
 
 from __future__ import annotations
 
@@ -11,33 +13,82 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError, first_line
-from pipeline.records import OUTPUT_NAME
+from pipeline.kinds import OUTPUT_NAME
+
+# What export records of the SavedModel: the test split in batches of the last size, and its first
+# RECORDED_EXAMPLES examples in batches of each size (so every size leaves a ragged last batch).
+RECORDED_BATCH_SIZES = (1, 7, 256)
+RECORDED_EXAMPLES = 263
 
 
 def keras_reference(path: Path, meta) -> np.ndarray:
     """evaluate's record of the Keras model's probabilities on the test split (memory-mapped: read a
     batch at a time), checked against the split it must describe."""
+    return recorded_array(path, "evaluate", meta, allow_pickle=False)
+
+
+def recorded_array(path: Path, stage: str, meta, allow_pickle: bool = False, key: str | None = None) -> np.ndarray:
+    """A float32 (test examples × classes) array a stage recorded, checked against the test split."""
     try:
-        probs = np.load(path, mmap_mode="r", allow_pickle=False)
+        loaded = np.load(path, mmap_mode="r" if key is None else None, allow_pickle=allow_pickle)
+        probs = loaded[key] if key is not None else loaded
     except FileNotFoundError:
-        raise PipelineError(f"{path}: not found (run `dvc repro evaluate`)") from None
-    except (ValueError, OSError) as exc:
-        raise PipelineError(f"{path}: not a NumPy array file ({first_line(exc)}; rerun `dvc repro evaluate`)") from None
+        raise PipelineError(f"{path}: not found (run `dvc repro {stage}`)") from None
+    except (ValueError, OSError, KeyError) as exc:
+        problem = f"{first_line(exc)}; rerun `dvc repro {stage}`"
+        raise PipelineError(f"{path}: not the NumPy file {stage} writes ({problem})") from None
     expected = (meta.counts["test"], meta.num_classes)
     if probs.shape != expected or probs.dtype != np.float32:
         raise PipelineError(
             f"{path}: holds {probs.dtype} {probs.shape}, the test split needs float32 {expected} "
-            "(rerun `dvc repro evaluate`)"
+            f"(rerun `dvc repro {stage}`)"
         )
     return probs
 
 
-def saved_model_predictor(path: Path, input_name: str):
-    """The SavedModel's serving signature as TensorFlow Serving loads it (no project code)."""
+def saved_model_predictor(path: Path, kind: str, input_name: str):
+    """The SavedModel's serving signature as TensorFlow Serving loads it (no project code), fed the
+    raw inputs: a text model's signature takes the texts, so their bytes are given as strings."""
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-    return lambda x: signature(**{input_name: tf.constant(x)})[OUTPUT_NAME].numpy()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        value = tf.constant([row.tobytes().rstrip(b"\0") for row in x]) if kind == "text" else tf.constant(x)
+        return signature(**{input_name: value})[OUTPUT_NAME].numpy()
+
+    return predict
+
+
+def record_saved_model_outputs(saved_model: Path, data, out: Path) -> None:
+    """The SavedModel's outputs on the test split of `data` (PreparedData) in batches of the largest
+    recorded size, and on its first RECORDED_EXAMPLES examples in batches of each size, into `out` (.npz)."""
+    predict = saved_model_predictor(saved_model, data.kind.name, data.meta.input_name)
+    test, first = [], []
+    for x, _ in data.batches("test", RECORDED_BATCH_SIZES[-1]):
+        test.append(np.asarray(predict(x), dtype=np.float32))
+        if sum(map(len, first)) < RECORDED_EXAMPLES:
+            first.append(x)
+    sample = np.concatenate(first)[:RECORDED_EXAMPLES]
+    sizes = {f"batch_{size}": predict_in_batches(predict, sample, size) for size in RECORDED_BATCH_SIZES}
+    with open(out, "wb") as f:
+        np.savez(f, test=np.concatenate(test), **sizes)
+
+
+class Recorded:
+    """Outputs recorded elsewhere, served in the order the test split is read: a predictor for
+    `measure`, with the outputs recorded at each batch size for its batch check."""
+
+    def __init__(self, path: Path, meta):
+        self.outputs = recorded_array(path, "export", meta, key="test")
+        with np.load(path) as recorded:
+            self.batch_outputs = [recorded[f"batch_{size}"] for size in RECORDED_BATCH_SIZES]
+        self.position = 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        rows = self.outputs[self.position : self.position + len(x)]
+        self.position += len(x)
+        return rows
 
 
 class Agreement:
@@ -66,30 +117,28 @@ class Agreement:
 
 
 def predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i : i + batch]), dtype=np.float64) for i in range(0, len(x), batch)])
+    return np.concatenate([np.asarray(fn(x[i : i + batch]), dtype=np.float32) for i in range(0, len(x), batch)])
 
 
 def batch_consistency(fn, x: np.ndarray, sizes: list[int]) -> float:
-    """Largest per-example difference between the batch sizes on the same inputs."""
-    outputs = [predict_in_batches(fn, x, b) for b in sizes]
-    return float(max(np.abs(o - outputs[-1]).max() for o in outputs))
+    """Largest per-example difference between the batch sizes on the same inputs (for a Recorded
+    form, between the outputs it recorded at each size)."""
+    outputs = fn.batch_outputs if isinstance(fn, Recorded) else [predict_in_batches(fn, x, b) for b in sizes]
+    last = np.asarray(outputs[-1], dtype=np.float64)
+    return float(max(np.abs(np.asarray(o, dtype=np.float64) - last).max() for o in outputs))
 
 
 # The row `measure` gives a float32 form (an int8 one has no batch_max_abs_diff).
 FLOAT32_ROW = ("max_abs_diff", "mean_abs_diff", "argmax_agreement", "accuracy", "batch_max_abs_diff")
 
 
-def measure(
-    reference: np.ndarray, predictors: dict[str, Callable], prepared_dir: str, meta, limits
-) -> tuple[int, dict[str, dict]]:
-    """Each predictor's agreement with `reference` in one pass over the raw test split (in
-    `limits.batch_size` batches), and for float32 forms the batch-size check on the split's first
-    `limits.batch_check_examples` examples; with the reference's own accuracy as `keras`."""
-    from pipeline.records import iter_batches
-
+def measure(reference: np.ndarray, predictors: dict[str, Callable], data, limits) -> tuple[int, dict[str, dict]]:
+    """Each predictor's agreement with `reference` in one pass over the raw test split of `data`
+    (PreparedData), in `limits.batch_size` batches, and for float32 forms the batch-size check on the
+    split's first `limits.batch_check_examples` examples; with the reference's own accuracy as `keras`."""
     keras, agreements, first = Agreement(), {fmt: Agreement() for fmt in predictors}, []
     kept = position = 0
-    for x, labels in iter_batches(prepared_dir, meta, "test", limits.batch_size):
+    for x, labels in data.batches("test", limits.batch_size):
         expected = np.asarray(reference[position : position + len(x)], dtype=np.float64)
         position += len(x)
         keras.add(expected, expected, labels)

@@ -8,7 +8,9 @@ ai-edge-litert: the same inputs, the same output.
 INPUT is a PNG/JPEG file, a directory of them, or a .npy array of one image (h×w or h×w×c) or many
 (n×h×w or n×h×w×c) with pixel values 0..255. For a model trained on a CSV table, INPUT is a .csv
 file with a header naming the model's feature columns (other columns are ignored), or a .npy array
-of feature rows. Class names and input shape come from the model's own metadata; the model
+of feature rows. For a text model, INPUT is a .txt file (one text), a directory of them, a .csv or
+.tsv file (its `--text-column`, one text per row), or `-`: one text per line of standard input.
+Class names and the input come from the model's own metadata; the model
 normalises its raw input itself, so this only decodes. An image of another size is resized
 (bilinear) and converted to the model's colour mode (grey: Pillow's "L", ITU-R 601 luma; colour:
 RGB), so any photo works. A bad input is reported on stderr, one line naming it; the others are
@@ -128,6 +130,49 @@ def load_table(path: Path, feature_names: list[str]) -> list[Item]:
     return [Item(f"{path}:{row}", x) for row, x in zip(table.row_numbers, table.features, strict=True)]
 
 
+def text_items(paths: list[str], classifier: Classifier, text_column: str = "text") -> list[Item]:
+    """Each text a user gives a text model, encoded as the model takes it (its UTF-8 bytes), read as
+    prepare reads texts."""
+    texts: list[tuple[str, str | None, str | None]] = []  # (name, text, error)
+    for raw in paths:
+        path = Path(raw)
+        if raw == "-":
+            texts += [(f"-:{n}", line.rstrip("\n"), None) for n, line in enumerate(sys.stdin, start=1)]
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".txt" and not p.name.startswith("."))
+            texts += [text_of(file) for file in files] or [(raw, None, f"{path}: directory holds no .txt files")]
+        elif path.suffix.lower() in (".csv", ".tsv", ".jsonl"):
+            texts += table_texts(path, text_column)
+        else:
+            texts.append(text_of(path))
+    good = [text for _, text, error in texts if error is None]
+    encoded = iter(classifier.encode(good)) if good else iter(())
+    return [Item(name, error=error) if error else Item(name, next(encoded)) for name, _, error in texts]
+
+
+def text_of(path: Path) -> tuple[str, str | None, str | None]:
+    """(name, text, error) of one .txt file."""
+    from pipeline.formats.text_folder import UnreadableText, read_text
+
+    try:
+        return str(path), read_text(path), None
+    except FileNotFoundError:
+        return str(path), None, f"{path}: no such file"
+    except (UnreadableText, OSError) as exc:
+        return str(path), None, f"{path}: {first_line(exc)}"
+
+
+def table_texts(path: Path, text_column: str) -> list[tuple[str, str | None, str | None]]:
+    """(name, text, error) of each record of a table's text column."""
+    from pipeline.formats.text_table import records
+
+    try:
+        return [(f"{path}:{r.line}", r.text, None if r.problem is None else f"{path}: line {r.line}: {r.problem}")
+                for r in records(path, text_column, None)]  # fmt: skip
+    except PipelineError as exc:
+        return [(str(path), None, str(exc))]
+
+
 def collect_inputs(
     paths: list[str], input_shape: tuple[int, ...], feature_names: list[str] | None = None
 ) -> list[Item]:
@@ -191,13 +236,17 @@ def format_table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pipeline-predict", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="PNG/JPEG file, directory of them, .npy, or .csv (table models)"
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="PNG/JPEG file, directory of them, .npy; .csv (table models); .txt, .csv/.tsv or - (text models)",
     )
     parser.add_argument(
         "--model", default="exported/model.onnx", help=".onnx (onnxruntime) or .tflite (ai-edge-litert)"
     )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON object per input (JSON lines)")
+    parser.add_argument("--text-column", default="text", help="a text model's CSV/TSV column of texts")
     parser.add_argument(
         "--threads", type=int, default=None, help="the runtime's threads (onnxruntime intra-op, LiteRT's interpreter)"
     )
@@ -206,9 +255,11 @@ def main(argv: list[str] | None = None) -> None:
 
     classifier = open_classifier(args.model, args.threads)
     k = max(1, min(args.top_k, len(classifier.class_names)))
-    results = predict_items(
-        classifier, collect_inputs(args.inputs, classifier.input_shape, classifier.feature_names), k
-    )
+    if classifier.kind.name == "text":
+        items = text_items(args.inputs, classifier, args.text_column)
+    else:
+        items = collect_inputs(args.inputs, classifier.input_shape, classifier.feature_names)
+    results = predict_items(classifier, items, k)
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"error: {r['error']}", file=sys.stderr)

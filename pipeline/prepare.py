@@ -12,11 +12,8 @@ functions as an Apache Beam pipeline (pipeline/beam.py). No TensorFlow is import
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing
 import os
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,19 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_dir, write_json
 from pipeline.cli import end_process
 from pipeline.errors import PipelineError
 from pipeline.formats import FORMATS, decode_chunk
 from pipeline.formats.base import Decoded, Scan
 from pipeline.hashing import tree_sha256
+from pipeline.leakage import as_digests, count_shared, digest
 from pipeline.normalization import PIXEL_SCALE, Moments
 from pipeline.params import DataParams, PrepareParams
-from pipeline.records import META_FILE, SPLITS, PreparedMeta, SplitWriter, serialize_example
+from pipeline.prepared import META_FILE, SPLITS, TEST, TRAIN, VAL, PreparedMeta
+from pipeline.records import SplitWriter, serialize_example
 from pipeline.schema import positive_class_problem
-from pipeline.stage import Stage, StageResult, run_stage
+from pipeline.stage import Stage, StageResult, json_text
 
-TRAIN, VAL, TEST = range(3)  # a split's code; SPLITS names them
 # A class this many times rarer than the largest, in the train split, gets prepare's warning.
 SKEW_WARNING_RATIO = 20
 CHUNKS_AHEAD = 2  # per worker: decoded chunks waiting for the writer, which bounds memory
@@ -120,26 +117,12 @@ def skew_warning(counts: list[int], class_names: list[str]) -> str | None:
 
 
 # ----------------------------------------------------------------------------- the second pass
-def digest(inputs: np.ndarray) -> bytes:
-    """16 bytes that stand for an example in the leakage check (byte-identical inputs only)."""
-    return hashlib.blake2b(inputs.tobytes(), digest_size=16).digest()
-
-
-def count_shared(seen: np.ndarray, digests: np.ndarray) -> int:
-    """How many of `digests` also occur in `seen` (arrays of 16-byte digests)."""
-    return int(np.isin(digests, seen).sum()) if len(digests) and len(seen) else 0
-
-
-def as_digests(digests: list[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(digests), dtype="V16")
-
-
 class Split:
     """What prepare keeps of one split while it streams: the shard writer, label counts, digests
     (and, for train, the statistics)."""
 
-    def __init__(self, directory: Path, shard_size: int, n_classes: int, channels: int | None):
-        self.writer = SplitWriter(directory, shard_size)
+    def __init__(self, directory: Path, shard_size: int, n_classes: int, kind: str, channels: int | None):
+        self.writer, self.kind = SplitWriter(directory, shard_size), kind
         self.counts = np.zeros(n_classes, dtype=np.int64)
         self.digests: list[bytes] = []
         self.moments = Moments(channels) if channels else None
@@ -147,7 +130,7 @@ class Split:
     def add(self, inputs: np.ndarray, labels: np.ndarray) -> None:
         for x, label in zip(inputs, labels, strict=True):
             self.writer.write(serialize_example(x.tobytes(), label))
-            self.digests.append(digest(x))
+            self.digests.append(digest(x, self.kind))
         self.counts += np.bincount(labels, minlength=len(self.counts))
         if self.moments is not None:
             self.moments.add(inputs)
@@ -197,10 +180,10 @@ def write_local(raw_dir: Path, data: DataParams, scan: Scan, plan: dict[str, np.
     and write it to its split's shards in order."""
     channels = scan.input_shape[-1]
     splits = {
-        name: Split(out / name, shard_size, len(scan.class_names), channels if name == "train" else None)
+        name: Split(out / name, shard_size, len(scan.class_names), scan.kind, channels if name == "train" else None)
         for name in SPLITS
     }
-    skipped: list[str] = []
+    skipped: list[str] = list(scan.skipped)
     parallel = FORMATS[data.format].DECODE_IN_PROCESSES and workers > 1
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(START_METHOD)) if parallel else None
     try:
@@ -235,6 +218,7 @@ def write_beam(raw_dir: Path, data: DataParams, scan: Scan, plan: dict[str, np.n
 
     result = beam.run(raw_dir, data, scan, plan, out, params.shard_size, params.beam_options)
     result["digests"] = {name: np.frombuffer(blob, dtype="V16") for name, blob in result["digests"].items()}
+    result["skipped"] = [*scan.skipped, *result["skipped"]]
     return Written(**result)
 
 
@@ -252,13 +236,16 @@ def prepare_into(raw_dir: Path, directory: Path, data: DataParams, settings: Pre
     if not written.counts["train"]:
         raise PipelineError(f"data.{data.format}: no readable training examples (every one was skipped)")
     meta = PreparedMeta(
+        kind=scan.kind,
         input_shape=scan.input_shape,
         class_names=list(scan.class_names),
-        statistics=written.moments.normalization(
-            PIXEL_SCALE if scan.is_image else 1.0, single=scan.is_image and scan.input_shape[-1] == 1
-        ),
+        statistics=input_statistics(written.moments, scan),
         counts=written.counts,
         shards=written.shards,
+        shard_bytes={
+            split: [(directory / split / name).stat().st_size for name in names]
+            for split, names in written.shards.items()
+        },  # fmt: skip
         dtype=scan.dtype,
         feature_names=scan.feature_names,
         class_counts=written.class_counts,
@@ -268,14 +255,20 @@ def prepare_into(raw_dir: Path, directory: Path, data: DataParams, settings: Pre
         format=data.format,
         split_sha256={split: tree_sha256(directory / split) for split in SPLITS},
     )
-    write_json(directory / META_FILE, meta.to_dict())
+    (directory / META_FILE).write_text(json_text(meta.to_dict()))
     return data_report(data, meta, written)
 
 
-def prepare(raw_dir: Path, out_dir: Path, params, workers: int | None = None) -> dict:
-    """`prepare_into` `out_dir`, atomically (the old prepared data or the new)."""
-    with atomic_dir(out_dir) as tmp:
-        return prepare_into(raw_dir, tmp, params.data, params.prepare, workers)
+def input_statistics(moments: Moments, scan: Scan):
+    """The train inputs' statistics the model's normalisation may use: pixels after 1/255 (one value
+    for grey images, one per channel for colour), features as they are (one per feature). Text has
+    none: its bytes are looked up, not scaled."""
+    from pipeline.normalization import Normalization
+
+    if scan.kind == "text":
+        return Normalization(mean=0.0, std=1.0, scale=1.0)
+    image = scan.kind == "image"
+    return moments.normalization(PIXEL_SCALE if image else 1.0, single=image and scan.input_shape[-1] == 1)
 
 
 def data_report(data: DataParams, meta: PreparedMeta, written: Written) -> dict:
@@ -309,36 +302,25 @@ def data_report(data: DataParams, meta: PreparedMeta, written: Written) -> dict:
     }
 
 
+def prepare(inputs: dict[str, Path], params, outputs: dict[str, Path], tracking=None) -> StageResult:
+    """The prepared splits into `outputs["out"]` and the data report into `outputs["report"]`."""
+    report = prepare_into(inputs["raw"], outputs["out"], params.data, params.prepare)
+    outputs["report"].write_text(json_text(report))
+    counts = ", ".join(f"{k} {v}" for k, v in report["counts"].items())
+    skipped = report["skipped"]["count"]
+    return StageResult(
+        f"{counts} examples; {report['duplicates']['test_in_train']} test examples also in train/val"
+        + (f"; {skipped} unreadable files skipped" if skipped else ""),
+        warnings=report["warnings"],
+    )
+
+
 STAGE = Stage("prepare", __doc__, params=("data", "prepare"), inputs=("raw",), outputs=("out", "report"),
-              tracked=False)  # fmt: skip
-
-
-def prepare_stage(paths: dict[str, Path], params) -> StageResult:
-    reports: list[dict] = []
-
-    def build(directory: Path) -> None:
-        reports.append(prepare_into(paths["raw"], directory, params.data, params.prepare))
-
-    def summary() -> str:
-        report = reports[0]
-        for warning in report["warnings"]:
-            print(f"prepare: warning: {warning}", file=sys.stderr)
-        counts = ", ".join(f"{k} {v}" for k, v in report["counts"].items())
-        skipped = report["skipped"]["count"]
-        return (
-            f"{counts} examples in {paths['out']}; {report['duplicates']['test_in_train']} test examples also in "
-            f"train/val" + (f"; {skipped} unreadable files skipped" if skipped else "")
-        )
-
-    # The report is written after the prepared data (outputs in order), from what building it found.
-    def report(path: Path) -> None:
-        path.write_text(json.dumps(reports[0], indent=2) + "\n")
-
-    return StageResult(outputs={"out": build, "report": report}, summary=summary)
+              core=prepare)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, prepare_stage, argv)
+    STAGE.run(argv)
 
 
 if __name__ == "__main__":

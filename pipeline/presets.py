@@ -30,30 +30,31 @@ class Hyper:
     horizontal_flip: bool = False
     translate: float = 0.0  # random translation, a fraction of height and width
     erase: float = 0.0  # random erasing, the probability an image has a rectangle erased
+    vocabulary_size: int = 20_000  # text: ids the vectorizer emits (padding, out-of-vocabulary, the words)
+    sequence_length: int = 256  # text: words of each text the model reads
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     origin: str
-    layers: Callable[[tuple[int, ...]], Layers]
+    layers: Callable[[tuple[int, ...], int | None], Layers]  # (input shape, text vocabulary size) → body
     hyper: Hyper
     # Normalisation when train.normalization.mode is `preset`: ("dataset",) or ("fixed", mean, std).
     normalization: tuple = ("dataset",)
-    # What the input must look like: "image" (H, W, C), "vector" (features,), or "any".
-    input_kind: str = "image"
+    # The kinds of data it takes (pipeline/kinds.py): image, table, text.
+    kinds: tuple[str, ...] = ("image",)
     channels: int | None = None  # required channel count, for presets made for colour images
     min_size: int = 1  # smallest height/width the spatial layers can reduce
     intended_for: str = ""
 
-    def check_input(self, input_shape: tuple[int, ...]) -> str | None:
-        """Why this preset cannot take inputs of `input_shape`, or None when it can."""
+    def check_input(self, input_shape: tuple[int, ...], kind: str) -> str | None:
+        """Why this preset cannot take `kind` data of `input_shape`, or None when it can."""
         shape = "×".join(map(str, input_shape))
-        if self.input_kind == "image" and len(input_shape) != 3:
-            return f"preset {self.name!r} needs images (height, width, channels), the data has {shape} feature vectors"
-        if self.input_kind == "vector" and len(input_shape) != 1:
-            return f"preset {self.name!r} needs feature vectors (a csv data set), the data has {shape} images"
-        if self.input_kind == "image":
+        if kind not in self.kinds:
+            wanted = " or ".join(KIND_WORDS[k] for k in self.kinds)
+            return f"preset {self.name!r} needs {wanted}, the data is {KIND_WORDS[kind]} ({shape})"
+        if kind == "image":
             height, width, channels = input_shape
             if self.channels is not None and channels != self.channels:
                 return (
@@ -68,6 +69,7 @@ class Preset:
         return None
 
 
+KIND_WORDS = {"image": "images", "table": "feature vectors (a table)", "text": "text"}
 # BatchNorm's moving statistics, which inference uses, follow each batch with this momentum. Keras'
 # default 0.99 needs ~500 steps to forget its initial (0, 1): a few thousand images give ~30 steps
 # an epoch, and inference-mode BatchNorm then normalises with statistics the network never saw
@@ -83,7 +85,7 @@ def _conv_bn_relu(filters: int) -> Layers:
     ]
 
 
-def _cnn(_: tuple[int, ...]) -> Layers:
+def _cnn(*_) -> Layers:
     # Conv/batch-norm blocks 16 → 64, 64 → 128, pooled after each stage (~12.9M MACs/image). 16 filters
     # at full size, where 32 cost as long as a 64-filter conv at 14×14 (memory-bound element-wise work
     # on 28×28 maps), and a second conv at 14×14: test accuracy 0.9340 against 0.9326 for 32-64-128
@@ -105,7 +107,7 @@ def _cnn(_: tuple[int, ...]) -> Layers:
     ]
 
 
-def _mlp(_: tuple[int, ...]) -> Layers:
+def _mlp(*_) -> Layers:
     return [
         {"Flatten": {}},
         {"Dense": {"units": 256, "activation": "relu"}},
@@ -115,7 +117,7 @@ def _mlp(_: tuple[int, ...]) -> Layers:
     ]
 
 
-def _rnn(input_shape: tuple[int, ...]) -> Layers:
+def _rnn(input_shape: tuple[int, ...], *_) -> Layers:
     # Each image row is one time step: (height, width * channels).
     height, width, channels = input_shape
     return [
@@ -125,7 +127,7 @@ def _rnn(input_shape: tuple[int, ...]) -> Layers:
     ]
 
 
-def _keras_mlp(_: tuple[int, ...]) -> Layers:
+def _keras_mlp(*_) -> Layers:
     return [
         {"Flatten": {}},
         {"Dense": {"units": 64, "activation": "relu"}},
@@ -133,7 +135,7 @@ def _keras_mlp(_: tuple[int, ...]) -> Layers:
     ]
 
 
-def _mlp_128_64(_: tuple[int, ...]) -> Layers:
+def _mlp_128_64(*_) -> Layers:
     return [
         {"Flatten": {}},
         {"Dense": {"units": 128, "activation": "relu"}},
@@ -141,7 +143,7 @@ def _mlp_128_64(_: tuple[int, ...]) -> Layers:
     ]
 
 
-def _lenet(_: tuple[int, ...]) -> Layers:
+def _lenet(*_) -> Layers:
     return [
         {"Conv2D": {"filters": 6, "kernel_size": 5, "activation": "relu"}},
         {"MaxPooling2D": {"pool_size": 2}},
@@ -153,7 +155,7 @@ def _lenet(_: tuple[int, ...]) -> Layers:
     ]
 
 
-def _cnn4(_: tuple[int, ...]) -> Layers:
+def _cnn4(*_) -> Layers:
     blocks: Layers = []
     for filters in (16, 32, 64, 128):
         blocks += [
@@ -163,7 +165,7 @@ def _cnn4(_: tuple[int, ...]) -> Layers:
     return [*blocks, {"Flatten": {}}, {"Dense": {"units": 512, "activation": "relu"}}]
 
 
-def _cnn2(_: tuple[int, ...]) -> Layers:
+def _cnn2(*_) -> Layers:
     return [
         {"Conv2D": {"filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"}},
         {"MaxPooling2D": {"pool_size": 2}},
@@ -174,8 +176,32 @@ def _cnn2(_: tuple[int, ...]) -> Layers:
     ]
 
 
-def _tabular_mlp(_: tuple[int, ...]) -> Layers:
+def _tabular_mlp(*_) -> Layers:
     return [{"Dense": {"units": 10, "activation": "relu"}}]
+
+
+def _text_bag(_, vocabulary_size: int) -> Layers:
+    # fastText (Joulin et al. 2016): the mean of the words' embeddings, then the linear classifier.
+    return [{"EmbeddingBag": {"input_dim": vocabulary_size, "output_dim": 64}}, {"Dropout": {"rate": 0.2}}]
+
+
+def _text_cnn(_, vocabulary_size: int) -> Layers:
+    # Kim 2014, one filter width: 5-word windows, max over the text.
+    return [
+        {"Embedding": {"input_dim": vocabulary_size, "output_dim": 64}},
+        {"Conv1D": {"filters": 128, "kernel_size": 5, "padding": "same", "activation": "relu"}},
+        {"GlobalMaxPooling1D": {}},
+        {"Dropout": {"rate": 0.3}},
+    ]
+
+
+def _text_lstm(_, vocabulary_size: int) -> Layers:
+    # The tutorials' recurrent classifier: embedding, a bidirectional LSTM, its last states.
+    return [
+        {"Embedding": {"input_dim": vocabulary_size, "output_dim": 64}},
+        {"Bidirectional": {"layer": {"LSTM": {"units": 64}}}},
+        {"Dropout": {"rate": 0.3}},
+    ]
 
 
 _HALF = ("fixed", 0.5, 0.5)
@@ -197,7 +223,7 @@ PRESETS: dict[str, Preset] = {
             "this project's baseline MLP: 256-128 with dropout",
             _mlp,
             Hyper(epochs=20, batch_size=128, schedule="cosine"),
-            input_kind="any",
+            kinds=("image", "table"),
         ),
         Preset(
             "rnn",
@@ -212,7 +238,7 @@ PRESETS: dict[str, Preset] = {
             _keras_mlp,
             Hyper(epochs=5, batch_size=32),
             normalization=("fixed", 0.0, 1.0),
-            input_kind="any",
+            kinds=("image", "table"),
         ),
         Preset(
             "mlp_128_64",
@@ -220,7 +246,7 @@ PRESETS: dict[str, Preset] = {
             _mlp_128_64,
             Hyper(epochs=10, batch_size=64, optimizer="sgd", learning_rate=0.01, momentum=0.9),
             normalization=_HALF,
-            input_kind="any",
+            kinds=("image", "table"),
         ),
         Preset(
             "lenet",
@@ -256,8 +282,39 @@ PRESETS: dict[str, Preset] = {
             "the tabular (Iris-style) classifier: one Dense(10, relu) layer, Adam 0.01, batch 8",
             _tabular_mlp,
             Hyper(epochs=100, batch_size=8, learning_rate=0.01),
-            input_kind="vector",
+            kinds=("table",),
             intended_for="feature vectors",
+        ),
+        Preset(
+            "text_bag",
+            "fastText-style bag of words: the mean of 64-d word embeddings, Adam 0.01",
+            _text_bag,
+            Hyper(epochs=30, batch_size=64, learning_rate=0.01, schedule="cosine", early_stopping_patience=3),
+            kinds=("text",),
+            intended_for="text",
+        ),
+        Preset(
+            "text_cnn",
+            "a 1-D convolutional text classifier: 64-d embeddings, 128 filters of 5 words, max over the text",
+            _text_cnn,
+            Hyper(epochs=10, batch_size=64, learning_rate=0.003, schedule="cosine", early_stopping_patience=3),
+            kinds=("text",),
+            intended_for="text",
+        ),
+        Preset(
+            "text_lstm",
+            "the tutorials' recurrent classifier: 64-d embeddings, a bidirectional LSTM of 64 units",
+            _text_lstm,
+            Hyper(
+                epochs=10,
+                batch_size=64,
+                learning_rate=0.003,
+                schedule="cosine",
+                early_stopping_patience=3,
+                sequence_length=128,
+            ),  # fmt: skip
+            kinds=("text",),
+            intended_for="text",
         ),
     ]
 }
@@ -273,9 +330,10 @@ def hyper_for(model: str | list) -> Hyper:
 
 
 AUGMENT = ("horizontal_flip", "translate", "erase")  # Hyper's keys that fill train.augment, not train itself
+TEXT = ("vocabulary_size", "sequence_length")  # and train.text
 
 
-def resolve(train):
+def filled_from_preset(train):
     """The `train` params (params.TrainParams) with every key left null filled from the preset (or
     CUSTOM for a layer list); an unknown preset is one line naming the choices."""
     from pipeline.errors import PipelineError
@@ -284,23 +342,24 @@ def resolve(train):
         choices = ", ".join(repr(name) for name in PRESET_NAMES[:-1]) + f" or {PRESET_NAMES[-1]!r}"
         raise PipelineError(f"params.yaml: train.model must be {choices}, got {train.model!r}")
     hyper = hyper_for(train.model)
-    top = {f.name: getattr(hyper, f.name) for f in fields(Hyper) if f.name not in AUGMENT}
+    top = {f.name: getattr(hyper, f.name) for f in fields(Hyper) if f.name not in AUGMENT + TEXT}
     filled = {key: value for key, value in top.items() if getattr(train, key) is None}
     augment = train.augment.model_copy(
         update={key: getattr(hyper, key) for key in AUGMENT if getattr(train.augment, key) is None}
     )
+    text = train.text.model_copy(update={key: getattr(hyper, key) for key in TEXT if getattr(train.text, key) is None})
     if train.test_time_flip is None:  # a model that learnt mirrors is scored on them too
         filled["test_time_flip"] = augment.horizontal_flip
-    return train.model_copy(update={**filled, "augment": augment})
+    return train.model_copy(update={**filled, "augment": augment, "text": text})
 
 
 def normalization_for_model(model: str | list) -> tuple:
     return PRESETS[model].normalization if isinstance(model, str) else ("dataset",)
 
 
-def check_fits(model: str | list, input_shape: tuple[int, ...]) -> str | None:
-    return PRESETS[model].check_input(tuple(input_shape)) if isinstance(model, str) else None
+def check_fits(model: str | list, input_shape: tuple[int, ...], kind: str) -> str | None:
+    return PRESETS[model].check_input(tuple(input_shape), kind) if isinstance(model, str) else None
 
 
-def preset_layers(name: str, input_shape: tuple[int, ...]) -> Layers:
-    return PRESETS[name].layers(tuple(input_shape))
+def preset_layers(name: str, input_shape: tuple[int, ...], vocabulary_size: int | None = None) -> Layers:
+    return PRESETS[name].layers(tuple(input_shape), vocabulary_size)

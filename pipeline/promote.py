@@ -32,7 +32,7 @@ from pipeline.cli import end_process, run_cli
 from pipeline.errors import PipelineError
 from pipeline.params import PromoteParams
 from pipeline.registry import CHAMPION
-from pipeline.stage import Stage, StageResult, read_output, run_stage
+from pipeline.stage import Stage, StageResult, json_text, read_output
 
 PREVIOUS = "promotion.previous_champion"
 
@@ -111,12 +111,11 @@ def comparable(classifier, meta) -> bool:
     return classifier.class_names == meta.class_names and classifier.input_shape == tuple(meta.input_shape)
 
 
-def predicted_classes(prepared: str, meta, *models) -> tuple[np.ndarray, ...]:
-    """The test labels and each model's predicted classes, the split streamed a batch at a time."""
-    from pipeline.records import iter_batches
-
+def predicted_classes(data, *models) -> tuple[np.ndarray, ...]:
+    """The test labels and each model's predicted classes on `data` (PreparedData), the split
+    streamed a batch at a time."""
     labels, predicted = [], [[] for _ in models]
-    for x, y in iter_batches(prepared, meta, "test", 512):
+    for x, y in data.batches("test", 512):
         labels.append(y)
         for out, model in zip(predicted, models, strict=True):
             out.append(model.probabilities(x, batch_size=512).argmax(axis=1))
@@ -124,7 +123,7 @@ def predicted_classes(prepared: str, meta, *models) -> tuple[np.ndarray, ...]:
 
 
 # ----------------------------------------------------------------------------- the decision
-def decide(registry, name: str, challenger: str, prepared: str, meta, params) -> dict[str, Any]:
+def decide(registry, name: str, challenger: str, data, params) -> dict[str, Any]:
     """The decision: compare the challenger with the champion on the same test split (reading the
     registry, changing nothing in it)."""
     champion = registry.version_by_alias(name, CHAMPION)
@@ -133,7 +132,7 @@ def decide(registry, name: str, challenger: str, prepared: str, meta, params) ->
         "registered_model": name,
         "challenger": challenger,
         "champion_before": str(champion.version) if champion else None,
-        "test_sha256": meta.split_sha256["test"],
+        "test_sha256": data.meta.split_sha256["test"],
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if version.tags.get("parity") != "passed":
@@ -150,13 +149,13 @@ def decide(registry, name: str, challenger: str, prepared: str, meta, params) ->
             champion_model = OnnxClassifier(registry.download_onnx(name, champion.version, Path(tmp) / "champion"))
         except PipelineError:  # not a model this pipeline exported
             champion_model = None
-        if champion_model is None or not comparable(champion_model, meta):
+        if champion_model is None or not comparable(champion_model, data.meta):
             reason = (f"champion v{champion.version} predicts other classes or takes another input; compare "
                       "impossible (move the alias by hand: --champion VERSION)")  # fmt: skip
             return conclude(decision, False, reason)
         challenger_model = OnnxClassifier(registry.download_onnx(name, challenger, Path(tmp) / "challenger"))
-        labels, champion_pred, challenger_pred = predicted_classes(prepared, meta, champion_model, challenger_model)
-    result = compare(labels, champion_pred, challenger_pred, meta.class_names, params)
+        labels, champion_pred, challenger_pred = predicted_classes(data, champion_model, challenger_model)
+    result = compare(labels, champion_pred, challenger_pred, data.meta.class_names, params)
     decision.update(result, examples=int(len(labels)),
                     champion_test_sha256=champion.tags.get("data.test_sha256"))  # fmt: skip
     return conclude(decision, result["passed"], "every check passed" if result["passed"] else failed_reasons(result))
@@ -210,10 +209,6 @@ def set_champion(registry, name: str, version: str | None) -> str:
     return str(version)
 
 
-STAGE = Stage("promote", __doc__, params=("promote",), inputs=("prepared", "registration"), outputs=("report",),
-              tracked=False)  # fmt: skip
-
-
 def registry_of(registration: dict):
     """The registry that holds the exported model (MLFLOW_TRACKING_URI wins, as for every stage)."""
     from pipeline.registry import Registry
@@ -224,18 +219,31 @@ def registry_of(registration: dict):
     return Registry(existing_store_client(uri, missing), uri)
 
 
-def promote(paths: dict[str, Path], params) -> StageResult:
-    from pipeline.records import read_meta
+def open_registry(params, inputs: dict[str, Path]):
+    return registry_of(read_output(inputs["registration"], "export", "name and version"))
 
-    registered = read_output(paths["registration"], "export", "name and version")
-    registry = registry_of(registered)
-    meta = read_meta(paths["prepared"])
+
+def promote(inputs: dict[str, Path], params, outputs: dict[str, Path], registry) -> StageResult:
+    """The decision, from the registry as it is (nothing changed in it here), into the report."""
+    from pipeline.prepared import PreparedData
+
+    registered = read_output(inputs["registration"], "export", "name and version")
+    data = PreparedData.open(inputs["prepared"])
     name = registered["name"]
-    decision = decide(registry, name, str(registered["version"]), str(paths["prepared"]), meta, params.promote)
+    decision = decide(registry, name, str(registered["version"]), data, params.promote)
+    outputs["report"].write_text(json_text(decision))
     verdict = "promoted to champion" if decision["promoted"] else f"kept champion v{decision['champion_before']}"
-    record(registry, decision)  # the registry is no output of DVC's: the decision file is written after it
-    return StageResult(outputs={"report": decision},
-                       summary=f"{name} v{decision['challenger']} {verdict} ({decision['reason']})")  # fmt: skip
+    return StageResult(f"{name} v{decision['challenger']} {verdict} ({decision['reason']})", facts=decision)
+
+
+def publish(result: StageResult, registry, outputs: dict[str, Path]) -> dict:
+    """The decision in the registry; the report is put in place after it."""
+    record(registry, result.facts)
+    return {}
+
+
+STAGE = Stage("promote", __doc__, params=("promote",), inputs=("prepared", "registration"), outputs=("report",),
+              core=promote, tracking=open_registry, publish=publish)  # fmt: skip
 
 
 def move_by_hand(argv: list[str] | None) -> None:
@@ -256,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--rollback" in argv or "--champion" in argv:
         run_cli(move_by_hand, argv)
     else:
-        run_stage(STAGE, promote, argv)
+        STAGE.run(argv)
 
 
 if __name__ == "__main__":

@@ -1,105 +1,25 @@
-"""The prepared-data format: per split, TFRecord shards of (raw input bytes, label), plus meta.json.
-
-Inputs are raw: uint8 pixels (images, shape (h, w, c)) or float32 features (tables, shape
-(n_features,)); meta.json says which, with the shape, class names, the train split's statistics
-(which the model's own normalisation layers may use) and counts.
-
-    data/prepared/meta.json                      shape, dtype, class names, statistics, counts, shards
-    data/prepared/<split>/part-00000-of-00006.tfrecord
+"""The prepared examples on disk: TFRecord shards of tf.train.Example records {image: raw input bytes,
+label: int64}, written and read here without TensorFlow (protobuf and google-crc32c), and read by
+tf.data for training. What the shards hold and how they are split: pipeline/prepared.py.
 
 TFRecord streams from any filesystem `tf.io.gfile` reads (local, gs://, s3://) without loading
 everything into memory, and shards by file across workers. TensorFlow is imported only by the
-functions that need it.
+function that needs it (`tf_dataset`).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import posixpath
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.normalization import Normalization
 
-SPLITS = ("train", "val", "test")
-META_FILE = "meta.json"
-FORMAT_VERSION = 4
-PARSE_BLOCK = 1024  # records parsed per op by read_split
-
-
-@dataclass(frozen=True)
-class PreparedMeta:
-    input_shape: tuple[int, ...]
-    class_names: list[str]
-    statistics: Normalization  # of the train split: scale, mean and std (pipeline/normalization.py)
-    counts: dict[str, int]
-    shards: dict[str, list[str]]
-    dtype: str = "uint8"
-    # Names of the feature columns, for tabular data (the deployed model's metadata carries them).
-    feature_names: list[str] | None = None
-    # Examples of each class (in class_names order) per split: class weights, skew warnings.
-    class_counts: dict[str, list[int]] | None = None
-    # The class binary metrics (ROC AUC, precision, ...) are about: two-class data only.
-    positive_class: str | None = None
-    # The data set's name (data.name, or from the source) and data.source: what MLflow names the
-    # experiment, the registered model and the datasets after.
-    name: str = "data"
-    source: str = ""
-    format: str = ""  # data.format of the raw data (idx, cifar10, image_folder, csv)
-    # Each split's content hash (hashing.tree_sha256 of its shards): MLflow's dataset digests, and
-    # what the gate and promote check a champion was tested on.
-    split_sha256: dict[str, str] | None = None
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.input_shape) == 3
-
-    def examples_in(self, nbytes: int) -> int:
-        """How many examples' inputs fit in `nbytes` (at least one): a batch size bounded in memory."""
-        size = int(np.prod(self.input_shape)) * np.dtype(self.dtype).itemsize
-        return max(1, nbytes // max(size, 1))
-
-    @property
-    def input_name(self) -> str:
-        return input_name(self.input_shape)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "name": self.name,
-            "source": self.source,
-            "format": self.format,
-            "input_shape": list(self.input_shape),
-            "dtype": self.dtype,
-            "feature_names": self.feature_names,
-            "class_names": self.class_names,
-            "positive_class": self.positive_class,
-            "statistics": self.statistics.to_dict(),
-            "counts": self.counts,
-            "class_counts": self.class_counts,
-            "shards": self.shards,
-            "split_sha256": self.split_sha256,
-        }
-
-
-OUTPUT_NAME = "probabilities"  # what every model and exported form outputs: softmax over the classes
-
-
-def input_name(input_shape: tuple[int, ...]) -> str:
-    """The models' input name: `image` for (h, w, c) images, `features` for table rows."""
-    return "image" if len(input_shape) == 3 else "features"
+PARSE_BLOCK = 1024  # records parsed per op by tf_dataset
 
 
 def shard_name(index: int, count: int) -> str:
@@ -161,10 +81,16 @@ def serialize_example(data: bytes, label: int) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-def parse_example(record: bytes) -> tuple[bytes, int]:
-    example = example_class().FromString(record)
-    features = example.features.feature
-    return features["image"].bytes_list.value[0], int(features["label"].int64_list.value[0])
+def parse_example(record: bytes, path: str | os.PathLike = "<record>") -> tuple[bytes, int]:
+    """(raw input bytes, label) of one record; a record that is not one of prepare's examples is one
+    line naming its file."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        features = example_class().FromString(record).features.feature
+        return features["image"].bytes_list.value[0], int(features["label"].int64_list.value[0])
+    except (DecodeError, IndexError, KeyError):
+        raise PipelineError(f"{path}: a record is not a prepared example (rerun `dvc repro prepare`)") from None
 
 
 def _masked_crc(data: bytes) -> int:
@@ -182,16 +108,17 @@ def frame(record: bytes) -> bytes:
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[bytes]:
-    """The records of one TFRecord file, checksums verified (what TFRecordDataset reads)."""
+    """The records of one TFRecord file, checksums verified (what TFRecordDataset reads). A length
+    field is trusted only once its own checksum matches, so a damaged one never sizes a read."""
     with open(path, "rb") as f:
         while header := f.read(12):
-            if len(header) < 12:
-                raise PipelineError(f"{path}: truncated TFRecord header (rerun `dvc repro prepare`)")
-            (length,), (crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
+            if len(header) < 12 or struct.unpack("<I", header[8:])[0] != _masked_crc(header[:8]):
+                raise PipelineError(f"{path}: truncated or corrupt TFRecord header (rerun `dvc repro prepare`)")
+            (length,) = struct.unpack("<Q", header[:8])
             record = f.read(length)
             tail = f.read(4)
-            if crc != _masked_crc(header[:8]) or len(record) < length or len(tail) < 4:
-                raise PipelineError(f"{path}: truncated or corrupt TFRecord (rerun `dvc repro prepare`)")
+            if len(record) < length or len(tail) < 4:
+                raise PipelineError(f"{path}: truncated TFRecord (rerun `dvc repro prepare`)")
             if struct.unpack("<I", tail)[0] != _masked_crc(record):
                 raise PipelineError(f"{path}: a record's checksum does not match (rerun `dvc repro prepare`)")
             yield record
@@ -237,95 +164,27 @@ def write_split(directory: Path, inputs: np.ndarray, labels: np.ndarray, shard_s
     return writer.close()
 
 
-def read_meta(prepared_dir: str) -> PreparedMeta:
-    path = posixpath.join(str(prepared_dir), META_FILE)
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: prepared data not found (run `dvc repro prepare`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise PipelineError(f"{path}: not valid JSON") from None
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise PipelineError(
-            f"{path}: format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION} "
-            "(rerun `dvc repro prepare`)"
-        )
-    return PreparedMeta(
-        input_shape=tuple(raw["input_shape"]),
-        class_names=list(raw["class_names"]),
-        statistics=Normalization.from_dict(raw["statistics"]),
-        counts={k: int(v) for k, v in raw["counts"].items()},
-        shards={k: list(v) for k, v in raw["shards"].items()},
-        dtype=raw["dtype"],
-        feature_names=raw.get("feature_names"),
-        class_counts=raw["class_counts"],
-        positive_class=raw["positive_class"],
-        name=raw["name"],
-        source=raw["source"],
-        format=raw["format"],
-        split_sha256=raw["split_sha256"],
-    )
-
-
-def split_files(prepared_dir: str, meta: PreparedMeta, split: str) -> list[str]:
-    if split not in meta.shards:
-        raise PipelineError(f"{prepared_dir}/{META_FILE}: has no split {split!r}")
-    return [posixpath.join(str(prepared_dir), split, name) for name in meta.shards[split]]
-
-
-def read_split(prepared_dir: str, meta: PreparedMeta, split: str, files: list[str] | None = None):
-    """A tf.data.Dataset of (input of meta.input_shape and meta.dtype, int64 label), in file order."""
+def tf_dataset(files: list[str], input_shape: tuple[int, ...], dtype: str):
+    """A tf.data.Dataset of (input of `input_shape` and `dtype`, int64 label) of the shards `files`,
+    in file order."""
     import tensorflow as tf
 
-    whole_split = files is None
-    files = split_files(prepared_dir, meta, split) if whole_split else files
-    shape = meta.input_shape
-    dtype = tf.as_dtype(meta.dtype)
     spec = {
         "image": tf.io.FixedLenFeature([], tf.string),
         "label": tf.io.FixedLenFeature([], tf.int64),
     }
+    tf_dtype = tf.as_dtype(dtype)
 
     def decode(records):
         examples = tf.io.parse_example(records, spec)
-        images = tf.reshape(tf.io.decode_raw(examples["image"], dtype), (-1, *shape))
-        return images, examples["label"]
+        inputs = tf.reshape(tf.io.decode_raw(examples["image"], tf_dtype), (-1, *input_shape))
+        return inputs, examples["label"]
 
     # Parsed a block of records at a time, then split into examples again: one parse op per example
     # cost 2.6 s of the 54,000 Fashion-MNIST training examples, this 0.22 s (same examples, same order).
-    dataset = (
+    return (
         tf.data.TFRecordDataset(files)
         .batch(PARSE_BLOCK)
         .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .unbatch()
     )
-    if whole_split:
-        # A known length gives Keras a real progress bar and no "ran out of data" warning.
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(meta.counts[split]))
-    return dataset
-
-
-def iter_batches(prepared_dir: str, meta: PreparedMeta, split: str, batch_size: int) -> Iterator[tuple]:
-    """A split as NumPy batches (raw inputs, int64 labels) in file order, read without TensorFlow:
-    memory holds one batch, whatever the split's size."""
-    dtype, shape = np.dtype(meta.dtype), meta.input_shape
-    inputs, labels = [], []
-    for path in split_files(prepared_dir, meta, split):
-        for record in iter_records(path):
-            data, label = parse_example(record)
-            inputs.append(np.frombuffer(data, dtype=dtype).reshape(shape))
-            labels.append(label)
-            if len(labels) == batch_size:
-                yield np.stack(inputs), np.asarray(labels, dtype=np.int64)
-                inputs, labels = [], []
-    if labels:
-        yield np.stack(inputs), np.asarray(labels, dtype=np.int64)
-
-
-def read_split_arrays(prepared_dir: str, meta: PreparedMeta, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A whole split as NumPy arrays: for tests and benchmarks on small data; stages stream with
-    iter_batches."""
-    batches = list(iter_batches(prepared_dir, meta, split, 4096))
-    if not batches:
-        return np.zeros((0, *meta.input_shape), meta.dtype), np.zeros(0, np.int64)
-    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])

@@ -76,17 +76,22 @@ class Registry:
         from mlflow.types import Schema, TensorSpec
 
         inp, out = signature["input"], signature["output"]
-        spec = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(inp["dtype"]), (-1, *inp["shape"][1:]), inp["name"])]),
-            outputs=Schema([TensorSpec(np.dtype(out["dtype"]), (-1, *out["shape"][1:]), out["name"])]),
-        )
-        example = {inp["name"]: np.zeros((1, *inp["shape"][1:]), dtype=inp["dtype"])}
-        # The providers this machine has (CPU only on a CPU machine: no warning about a missing CUDA).
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        outputs = Schema([TensorSpec(np.dtype(out["dtype"]), (-1, *out["shape"][1:]), out["name"])])
         with tempfile.TemporaryDirectory(prefix="onnx-model-") as tmp:
             local = Path(tmp) / MODEL_DIR
-            mlflow.onnx.save_model(onnx.load(str(path)), str(local), signature=spec, input_example=example,
-                                   save_as_external_data=False, onnx_execution_providers=providers)  # fmt: skip
+            if "text" in signature:  # the texts themselves in, through the project's classifier
+                save_text_model(path, local, inp["name"], outputs)
+            else:
+                spec = ModelSignature(
+                    inputs=Schema([TensorSpec(np.dtype(inp["dtype"]), (-1, *inp["shape"][1:]), inp["name"])]),
+                    outputs=outputs,
+                )
+                example = {inp["name"]: np.zeros((1, *inp["shape"][1:]), dtype=inp["dtype"])}
+                # The providers this machine has (CPU only on a CPU machine: no warning about a missing CUDA).
+                providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                             if p in ort.get_available_providers()]  # fmt: skip
+                mlflow.onnx.save_model(onnx.load(str(path)), str(local), signature=spec, input_example=example,
+                                       save_as_external_data=False, onnx_execution_providers=providers)  # fmt: skip
             if extra_files:
                 import shutil
 
@@ -112,7 +117,8 @@ class Registry:
 
     def download_onnx(self, name: str, version: str, directory: Path) -> Path:
         """The registered version's ONNX file, downloaded into `directory`."""
-        found = sorted(p for p in self.download(name, version, directory).glob("*.onnx"))
+        model = self.download(name, version, directory)
+        found = sorted(model.glob("*.onnx")) or sorted((model / "artifacts").glob("*.onnx"))
         if not found:
             raise PipelineError(f"registered model {name} v{version} has no ONNX file")
         return found[0]
@@ -122,3 +128,22 @@ class Registry:
         import mlflow.pyfunc
 
         return mlflow.pyfunc.load_model(str(self.download(name, version, directory)))
+
+
+def save_text_model(onnx_path: Path, local: Path, input_name: str, outputs) -> None:
+    """A text model as an MLflow pyfunc model (pipeline/pyfunc_model.py): the ONNX file as its
+    artifact, the project's package as its code, a string column as its input."""
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from pipeline.pyfunc_model import TextClassifierModel
+
+    mlflow.pyfunc.save_model(
+        str(local),
+        python_model=TextClassifierModel(),
+        artifacts={"model": str(onnx_path)},
+        code_paths=[str(Path(__file__).parent)],
+        signature=ModelSignature(inputs=Schema([ColSpec("string", input_name)]), outputs=outputs),
+        input_example={input_name: ["an example text"]},
+    )

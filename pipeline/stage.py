@@ -1,15 +1,20 @@
-"""The one edge every stage runs through: a stage is a pure core (typed inputs and its own params in,
-a StageResult out) and this module does the rest, the same way for each:
+"""The one edge every stage runs through. A stage is a core and, where it tracks or registers
+anything, a publish hook; this module does the rest, the same way for each:
 
 1. parse the paths dvc.yaml passes (each one a required option: dvc.yaml holds the only copy);
 2. load params.yaml, validate all of it once (a typo anywhere stops the first stage that runs),
    and hand the stage only the keys it declares, which are the keys dvc.yaml lists for it
    (tests/test_house.py holds the two equal; reading any other key is an error);
-3. call the core;
-4. write its outputs, each atomically (the old output or the new one, never half of it);
-5. publish to MLflow, into the training's run (metrics, tags, artifacts, and what the stage itself
-   registers), only after every output is in place;
-6. print its one line, or fail with one (a failed quality gate: after its verdict is written).
+3. open the stage's tracking (`Stage.tracking`: the training's MLflow run, the registry, or none);
+4. call the core, `core(inputs, params, outputs, tracking) -> StageResult`: it reads its inputs,
+   computes, and writes each output into the temporary place `outputs` gives it;
+5. call the publish hook, `publish(result, tracking, outputs) -> records`: MLflow metrics, tags,
+   artifacts and registry changes; `records` are outputs only publishing can know (the registered
+   version), which the edge writes into their places (it may add what it did to `result.summary`);
+6. put every output in place atomically (the old outputs or the new, never half of them), then
+   print the stage's line, or fail with one (a failed quality gate: after its verdict is written).
+
+Any failure before step 6 removes the temporary places and leaves the outputs as they were.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,99 +31,111 @@ from typing import Any
 from pipeline.cli import run_cli
 from pipeline.errors import PipelineError
 
-# An output: JSON (dict or list), text, bytes, or a function that builds it at the path it is given
-# (a file, or a directory it creates).
-Output = dict | list | str | bytes | Callable[[Path], None]
-
 
 @dataclass
 class StageResult:
-    outputs: dict[str, Output]  # by path option name ("metrics", "figures")
-    summary: str | Callable[[], str]  # the console line (a function: made once the outputs are written)
-    metrics: dict[str, float] = field(default_factory=dict)  # into the training's MLflow run
+    summary: str  # the console line
+    metrics: dict[str, float] = field(default_factory=dict)  # into the stage's MLflow run
     tags: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)  # path option -> artifact directory in the run
-    # Registry work, done once the outputs are written: publish(run) returns more console lines.
-    publish: Callable[[Any], list[str]] | None = None
-    failure: str | None = None  # the stage's verdict fails it, after its outputs are written
+    artifacts: dict[str, str] = field(default_factory=dict)  # output option -> artifact directory in the run
+    facts: dict[str, Any] = field(default_factory=dict)  # what the publish hook needs of the core's work
+    warnings: list[str] = field(default_factory=list)  # printed on stderr beside the console line
+    failure: str | None = None  # the stage's verdict fails it, after its outputs are in place
+    discard: bool = False  # nothing to put in place (a worker of a multi-machine training that is not the chief)
+
+
+def no_tracking(params, inputs: dict[str, Path]) -> None:
+    return None
+
+
+def resume_training_run(params, inputs: dict[str, Path]):
+    """The MLflow run `train` started, which evaluate, export and verify log into (`--run-file`)."""
+    from pipeline.tracking import Run
+
+    return Run.resume(inputs["run_file"])
+
+
+def log_into_run(result: StageResult, run, outputs: dict[str, Path]) -> dict[str, Any]:
+    """The default publish hook of a tracked stage: its metrics, tags and artifacts into the run."""
+    if run is None:
+        return {}
+    if result.metrics:
+        run.log_metrics(result.metrics)
+    if result.tags:
+        run.set_tags(result.tags)
+    for option, directory in result.artifacts.items():
+        run.log_artifact(outputs[option], directory)
+    return {}
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage's contract with dvc.yaml: its name, the params keys it reads, the paths it takes."""
+    """A stage's contract with dvc.yaml (its name, the params keys it reads, the paths it takes) and
+    its parts: the core, the tracking it opens, the publish hook."""
 
     name: str
     doc: str
     params: tuple[str, ...]
     inputs: tuple[str, ...]  # path options it reads
-    outputs: tuple[str, ...]  # path options it writes
-    tracked: bool = True  # logs into the training's MLflow run (needs --run-file)
+    outputs: tuple[str, ...]  # path options it writes, each atomically
+    core: Callable[..., StageResult]
+    tracking: Callable[[Any, dict[str, Path]], Any] = no_tracking
+    publish: Callable[[StageResult, Any, dict[str, Path]], dict[str, Any]] = log_into_run
+    state: tuple[str, ...] = ()  # path options of state kept across runs (train's resumable state), not outputs
 
     def parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(
             prog=f"python -m pipeline.{self.name}", description=self.doc.strip().splitlines()[0]
         )
         parser.add_argument("--params", required=True, help="params.yaml")
-        for option in (*self.inputs, *self.outputs):
+        for option in (*self.inputs, *self.outputs, *self.state):
             parser.add_argument(f"--{option.replace('_', '-')}", dest=option, required=True, type=Path)
         parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
         return parser
 
+    def run(self, argv: list[str] | None = None) -> None:
+        """`python -m pipeline.<stage>`: parse, validate, run the core, publish, put in place, report."""
+        run_cli(self._main, argv)
 
-def write_output(path: Path, value: Output) -> None:
-    """One output, atomically: beside the target, then renamed onto it."""
-    from pipeline.atomic import atomic_dir, atomic_file, write_json
-
-    if isinstance(value, (dict, list)):
-        write_json(path, value)
-    elif isinstance(value, (str, bytes)):
-        with atomic_file(path) as tmp:
-            tmp.write_bytes(value.encode() if isinstance(value, str) else value)
-    elif path.suffix:  # a file its function writes
-        with atomic_file(path, suffix=path.suffix) as tmp:
-            value(tmp)
-    else:
-        with atomic_dir(path) as tmp:
-            value(tmp)
-
-
-def run_stage(stage: Stage, core: Callable[..., StageResult], argv: list[str] | None = None) -> None:
-    """`python -m pipeline.<stage>`: parse, validate, run the core, write, publish, report."""
-
-    def main(argv: list[str] | None) -> None:
-        args = stage.parser().parse_args(argv)
+    def _main(self, argv: list[str] | None) -> None:
+        from pipeline.atomic import OutputPlaces
         from pipeline.params import stage_params
 
-        params = stage_params(args.params, stage.params)
-        paths = {option: getattr(args, option) for option in (*stage.inputs, *stage.outputs)}
-        run = open_run(paths["run_file"]) if stage.tracked else None
-        result = core(paths, params, run) if stage.tracked else core(paths, params)
-        for option, value in result.outputs.items():
-            write_output(paths[option], value)
-        lines = [result.summary() if callable(result.summary) else result.summary]
-        if run is not None:
-            lines += publish(run, result, paths)
-        print("\n".join(f"{stage.name}: {line}" for line in lines if line))
+        args = self.parser().parse_args(argv)
+        params = stage_params(args.params, self.params)
+        inputs = {option: getattr(args, option) for option in (*self.inputs, *self.state)}
+        tracking = self.tracking(params, inputs)
+        places = OutputPlaces({option: getattr(args, option) for option in self.outputs})
+        try:
+            result = self.core(inputs, params, places.places, tracking)
+            if result.discard:
+                places.discard()
+            else:
+                records = self.publish(result, tracking, places.places)
+                for option, value in records.items():
+                    write_record(places.places[option], value)
+                places.commit()
+        except BaseException as exc:
+            places.discard()
+            if hasattr(tracking, "fail"):
+                tracking.fail(interrupted=isinstance(exc, KeyboardInterrupt))
+            raise
+        for warning in result.warnings:
+            print(f"{self.name}: warning: {warning}", file=sys.stderr)
+        print(f"{self.name}: {result.summary}")
         if result.failure:
             raise PipelineError(result.failure)
 
-    run_cli(main, argv)
+
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2) + "\n"
 
 
-def open_run(run_file: Path):
-    from pipeline.tracking import Run
-
-    return Run.resume(run_file)
-
-
-def publish(run, result: StageResult, paths: dict[str, Path]) -> list[str]:
-    if result.metrics:
-        run.log_metrics(result.metrics)
-    if result.tags:
-        run.set_tags(result.tags)
-    for option, directory in result.artifacts.items():
-        run.log_artifact(paths[option], directory)
-    return result.publish(run) if result.publish else []
+def write_record(path: Path, value: dict | list | str | bytes) -> None:
+    """A JSON record (dict or list), text or bytes at `path` (a temporary place)."""
+    if isinstance(value, (dict, list)):
+        value = json_text(value)
+    path.write_bytes(value.encode() if isinstance(value, str) else value)
 
 
 def read_output(path: str | os.PathLike, stage: str, needs: str | None = None) -> dict:

@@ -194,11 +194,10 @@ class Run:
                 "set MLFLOW_TRACKING_URI to the tracking server that has it, or rerun `dvc repro train`"
             ) from None
 
-    def write_run_file(self, path: str | os.PathLike) -> None:
-        from pipeline.atomic import write_json
-
+    def run_file(self) -> dict[str, str]:
+        """The run file's content: how later stages, in any clone, find this run (`Run.resume`)."""
         uri = portable_uri(self.tracking_uri)
-        write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": uri})
+        return {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": uri}
 
     # ------------------------------------------------------------------ logging
     def log_params(self, params: dict[str, Any]) -> None:
@@ -258,3 +257,103 @@ class Run:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+class TrainingRun:
+    """The chief's MLflow run for one training: opened once Keras has built the model (a bad layer
+    list leaves no run), fed each epoch, finished with the outcome (or failed: killed or failed).
+    Other workers of a multi-machine training open none."""
+
+    def __init__(self, configured_uri: str | None, experiment_name: str | None):
+        self.configured_uri, self.experiment_name = configured_uri, experiment_name
+        self.run: Run | None = None
+        self.monitor = None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.run_id if self.run is not None else None
+
+    def start(self, p, data, model, resume_id: str | None) -> None:
+        """Open (or reopen, for a resumed training) the run: tags of where it came from, the train
+        params as trained, a one-line description, the train and val splits as datasets."""
+        from pipeline.lineage import dvc_experiment_tags, git_state, log_dataset_inputs, split_inputs
+        from pipeline.params import dotted
+
+        meta = data.meta
+        tags = {
+            **git_state(project_root()),
+            **dvc_experiment_tags(),
+            "mlflow.source.name": "pipeline.train (dvc.yaml stage train)",
+            "data.sha256": data.identity,
+            "data.name": meta.name,
+            "model.preset": p.model_name,
+        }
+        self.run = Run.start(
+            self.configured_uri,
+            self.experiment_name or meta.name,
+            run_name=f"{p.model_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags=tags,
+            resume_run_id=resume_id,
+        )
+        resumed = self.run.run_id == resume_id
+        self.monitor = self.run.start_system_metrics(resume=resumed)
+        self.run.log_params(dotted(p.model_dump(mode="json"), "train."))  # this stage's params, as trained
+        self.run.set_description(run_summary(p, meta, model))
+        if not resumed:
+            hashes = {split: meta.split_sha256[split] for split in ("train", "val")}
+            log_dataset_inputs(self.run, meta.name, meta.source, split_inputs(meta, hashes))
+
+    def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
+        if self.run is not None:
+            self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+
+    def stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
+
+    def fail(self, interrupted: bool) -> None:
+        self.stop_monitor()
+        if self.run is not None:
+            self.run.end("KILLED" if interrupted else "FAILED")
+
+    def finish(self, result, artifacts: dict[str, Path]) -> None:
+        """Tags, summary metrics and artifacts of a finished training (training.TrainResult)."""
+        self.stop_monitor()
+        run, devices, report = self.run, result.devices, result.report
+        run.set_tags({
+            "train.strategy": devices.strategy,
+            "train.devices": ",".join(devices.devices),
+            "train.mixed_precision": devices.mixed_precision,
+            "train.precision": devices.precision,
+            "train.jit_compile": devices.jit_compile,
+            "train.deterministic": devices.deterministic,
+            "train.replicas": devices.replicas,
+            "train.workers": devices.workers,
+            "train.loop": report["training_loop"],
+            "train.cache": report["cache"]["mode"],
+        })  # fmt: skip
+        run.log_metrics({
+            "training_seconds": report["training_seconds"],
+            "examples_per_second": report["examples_per_second"] or 0.0,
+            "best_epoch": report["best_epoch"],
+        })  # fmt: skip
+        run.log_text(result.summary, "model/summary.txt")
+        for option, path in artifacts.items():
+            run.log_artifact(path, "model" if option == "model" else "training")
+        run.end()
+
+    def run_file(self) -> dict[str, str]:
+        """What later stages find the run by (models/mlflow_run.json)."""
+        return self.run.run_file()
+
+
+def run_summary(p, meta, model=None) -> str:
+    """The run's one-line description: model, training setup, data."""
+    size = f"{model.count_params():,} parameters; " if model is not None else ""
+    counts = meta.counts
+    return (
+        f"{p.model_name} ({size}{p.epochs} epochs of {p.optimizer}, learning rate {p.learning_rate:g}, "
+        f"batch {p.batch_size}) on {meta.name} ({meta.format}, {counts['train']:,} train / "
+        f"{counts['val']:,} validation / {counts['test']:,} test examples, {meta.num_classes} classes)"
+    )

@@ -6,8 +6,9 @@ Keras model is not loaded again; pipeline/parity.py). Runs each ONNX file (onnxr
 provider), each LiteRT file (ai-edge-litert's interpreter, as a phone runs it) and the registered
 MLflow model loaded back with `mlflow.pyfunc`, one pass over the test split in batches, and records
 per form the max/mean |Δ| of probabilities against Keras, argmax agreement and accuracy, plus a
-batch-size check. The SavedModel was measured the same way by export, which had TensorFlow loaded
-(reports/export.json): verify judges it with the rest and never starts TensorFlow.
+batch-size check. The SavedModel's outputs were recorded by export, which had TensorFlow loaded
+(models/saved_model_outputs.npz): verify measures and judges that record with the rest, and never
+starts TensorFlow. Every `verify.*` key is verify's alone.
 
 Float32 forms must be within `verify.max_abs_diff` with 100 % argmax agreement; an int8 file may
 lose at most `verify.max_int8_drop` accuracy against the float32 file of its runtime. It also times
@@ -31,17 +32,22 @@ import numpy as np
 from pipeline.classifier import open_classifier
 from pipeline.cli import end_process
 from pipeline.errors import PipelineError
+from pipeline.kinds import OUTPUT_NAME
 from pipeline.model_card import CardInputs
 from pipeline.model_card import render as render_card
-from pipeline.parity import FLOAT32_ROW, keras_reference, measure, saved_model_predictor
-from pipeline.records import OUTPUT_NAME
-from pipeline.stage import Stage, StageResult, read_output, run_stage
+from pipeline.parity import Recorded, keras_reference, measure
+from pipeline.stage import Stage, StageResult, json_text, log_into_run, read_output, resume_training_run
 
 
-def pyfunc_predictor(model, input_name: str):
-    """An MLflow pyfunc model, fed as `mlflow models serve` feeds it: a dict of named tensors."""
+def pyfunc_predictor(model, kind, input_name: str):
+    """An MLflow pyfunc model, fed as `mlflow models serve` feeds it: a dict of named tensors (texts
+    as strings)."""
 
     def predict(x: np.ndarray) -> np.ndarray:
+        if kind.name == "text":
+            from pipeline.text import decode_text
+
+            x = np.asarray([decode_text(row) for row in x], dtype=object)
         out = model.predict({input_name: x})
         return out[OUTPUT_NAME] if isinstance(out, dict) else np.asarray(out)
 
@@ -82,12 +88,10 @@ def check(results: dict[str, dict], limits) -> list[str]:
     return failures
 
 
-def parity(reference: np.ndarray, predictors: dict[str, Callable], prepared_dir: str, meta, limits,
-           measured: dict[str, dict] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Every form against Keras's `reference` outputs in one pass over the raw test split, as a
-    deployer has it, with `measured` (forms export measured already: the SavedModel) beside them."""
-    examples, results = measure(reference, predictors, prepared_dir, meta, limits)
-    results = {"keras": results.pop("keras"), **(measured or {}), **results}
+def parity(reference: np.ndarray, predictors: dict[str, Callable], data, limits) -> dict[str, Any]:
+    """Every form against Keras's `reference` outputs in one pass over the raw test split of `data`
+    (PreparedData), as a deployer has it, each judged against `limits` (the verify params)."""
+    examples, results = measure(reference, predictors, data, limits)
     failures = check(results, limits)
     for fmt, drop in int8_drops(results).items():
         results[fmt]["accuracy_drop_vs_float32"] = drop
@@ -132,35 +136,12 @@ def latency(engines: dict[str, Callable], sample: np.ndarray, calls: int = 200) 
     return {**runtimes, "cpus": os.cpu_count(), "engines": timed}
 
 
-STAGE = Stage(
-    "verify",
-    __doc__,
-    params=("verify",),
-    inputs=(
-        "prepared",
-        "probabilities",
-        "exported",
-        "registration",
-        "run_file",
-        "metrics",
-        "data_report",
-        "train_report",
-    ),
-    outputs=("report", "card"),
-)
-
-
-def check_exports(
-    reference: Path, exported: Path, prepared_dir: str, limits, pyfunc=None, saved_model: dict | None = None
-) -> dict[str, Any]:
-    """Parity of every exported form in `exported` (and the registered `pyfunc` model) against the
-    Keras model's outputs in `reference` (evaluate's probabilities file), and each deployable file's
-    latency here: the report. `saved_model`: the SavedModel's parity as export measured it (None:
-    measured here, with TensorFlow)."""
-    from pipeline.records import iter_batches, read_meta
-
-    meta = read_meta(prepared_dir)
-    expected = keras_reference(reference, meta)
+def check_exports(reference: Path, exported: Path, saved_model_outputs: Path, data, limits, pyfunc=None) -> dict:
+    """Parity of every exported form in `exported` (the SavedModel through export's record of its
+    outputs, and the registered `pyfunc` model) against the Keras model's outputs in `reference`
+    (evaluate's probabilities file) on the test split of `data` (PreparedData), and each deployable
+    file's latency here: the report."""
+    expected = keras_reference(reference, data.meta)
     for name in ("saved_model", *DEPLOYABLE.values()):
         if not (exported / name).exists():
             raise PipelineError(f"{exported / name}: not found (run `dvc repro export`)")
@@ -168,14 +149,12 @@ def check_exports(
     # a damaged file is one line now, before any pass over the test split. On every core: LiteRT's
     # interpreter takes one thread unless told (its two forms' pass: 2.4 s here, 1.1 s on two cores).
     classifiers = {fmt: open_classifier(exported / file, os.cpu_count()) for fmt, file in DEPLOYABLE.items()}
-    predictors = {fmt: classifier.run for fmt, classifier in classifiers.items()}
-    measured = {"saved_model": saved_model} if saved_model is not None else {}
-    if not measured:
-        predictors = {"saved_model": saved_model_predictor(exported / "saved_model", meta.input_name), **predictors}
+    predictors = {"saved_model": Recorded(saved_model_outputs, data.meta)}
+    predictors.update({fmt: classifier.run for fmt, classifier in classifiers.items()})
     if pyfunc is not None:
-        predictors["mlflow_pyfunc"] = pyfunc_predictor(pyfunc, meta.input_name)
-    report = parity(expected, predictors, prepared_dir, meta, limits, measured)
-    sample, _ = next(iter_batches(prepared_dir, meta, "test", 256))
+        predictors["mlflow_pyfunc"] = pyfunc_predictor(pyfunc, data.kind, data.meta.input_name)
+    report = parity(expected, predictors, data, limits)
+    sample, _ = next(data.batches("test", 256))
     report["latency"] = latency({fmt: partial(fresh_run, c.path) for fmt, c in classifiers.items()}, sample)
     return report
 
@@ -194,59 +173,52 @@ def fresh_run(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return open_classifier(path).run
 
 
-def saved_model_measurement(registered: dict, path: Path) -> dict | None:
-    """The SavedModel's parity as export recorded it (None in an older report: verify measures it)."""
-    measured = registered.get("saved_model_parity")
-    if measured is None:
-        return None
-    try:
-        return {key: float(measured[key]) for key in FLOAT32_ROW}
-    except (KeyError, TypeError, ValueError):
-        raise PipelineError(f"{path}: saved_model_parity is malformed (rerun `dvc repro export`)") from None
+def verify(inputs: dict[str, Path], params, outputs: dict[str, Path], run) -> StageResult:
+    """The parity report, and the model card when every form passed."""
+    from pipeline.prepared import PreparedData
 
-
-def verify(paths: dict[str, Path], params, run) -> StageResult:
-    registered = read_output(paths["registration"], "export", "name and version")
+    registered = read_output(inputs["registration"], "export", "name and version")
+    data = PreparedData.open(inputs["prepared"])
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
         pyfunc = run.registry.load_pyfunc(registered["name"], registered["version"], Path(tmp))
         report = check_exports(
-            paths["probabilities"], paths["exported"], str(paths["prepared"]), params.verify, pyfunc,
-            saved_model_measurement(registered, paths["registration"]),
-        )  # fmt: skip
-    verdict = "passed" if report["passed"] else "failed"
+            inputs["probabilities"], inputs["exported"], inputs["saved_model_outputs"], data, params.verify, pyfunc
+        )
+    outputs["report"].write_text(json_text(report))
+    if report["passed"]:
+        outputs["card"].write_text(render_card(card_inputs(inputs, run, registered, report)))
     lines = [
         f"{fmt}: accuracy {r['accuracy']:.4f}"
         + (f", max |Δ| {r['max_abs_diff']:.2g}, agreement {r['argmax_agreement']:.2%}" if "max_abs_diff" in r else "")
         for fmt, r in report["formats"].items()
     ]
-    outputs: dict[str, Any] = {"report": report}
-    card = None
-    if report["passed"]:
-        card = render_card(card_inputs(paths, run, registered, report))
-        outputs["card"] = card
-
-    def publish(run) -> list[str]:
-        registry = run.registry
-        registry.tag_version(registered["name"], registered["version"], {
-            "parity": verdict,
-            "parity.onnx.max_abs_diff": f"{report['formats']['onnx']['max_abs_diff']:.3g}",
-            "parity.litert.max_abs_diff": f"{report['formats']['litert']['max_abs_diff']:.3g}",
-            "parity.examples": report["examples"],
-        })  # fmt: skip
-        if card is not None:
-            run.log_artifact(paths["card"], "export")
-            registry.set_description(registered["name"], registered["version"], card)
-            return [f"model card {paths['card']}"]
-        return []
-
+    verdict = "passed" if report["passed"] else "failed"
     return StageResult(
-        outputs=outputs,
-        summary="; ".join(lines),
+        "; ".join(lines),
         metrics={f"parity.{fmt}.{k}": v for fmt, r in report["formats"].items() for k, v in r.items()},
         tags={"verify.parity": verdict},
-        publish=publish,
+        facts={"registered": registered, "report": report},
         failure=None if report["passed"] else "parity check failed: " + "; ".join(report["failures"]),
     )
+
+
+def publish(result: StageResult, run, outputs: dict[str, Path]) -> dict:
+    """The run's metrics and tags; the version's parity tags; the model card as the version's
+    description and an artifact of the run."""
+    log_into_run(result, run, outputs)
+    registered, report = result.facts["registered"], result.facts["report"]
+    registry = run.registry
+    registry.tag_version(registered["name"], registered["version"], {
+        "parity": "passed" if report["passed"] else "failed",
+        "parity.onnx.max_abs_diff": f"{report['formats']['onnx']['max_abs_diff']:.3g}",
+        "parity.litert.max_abs_diff": f"{report['formats']['litert']['max_abs_diff']:.3g}",
+        "parity.examples": report["examples"],
+    })  # fmt: skip
+    if report["passed"]:
+        run.log_artifact(outputs["card"], "export")
+        registry.set_description(registered["name"], registered["version"], outputs["card"].read_text())
+        result.summary += f"\nverify: model card {outputs['card'].name}"
+    return {}
 
 
 def card_inputs(paths: dict[str, Path], run, registered: dict, report: dict) -> CardInputs:
@@ -276,8 +248,30 @@ def card_inputs(paths: dict[str, Path], run, registered: dict, report: dict) -> 
     )
 
 
+STAGE = Stage(
+    "verify",
+    __doc__,
+    params=("verify",),
+    inputs=(
+        "prepared",
+        "probabilities",
+        "saved_model_outputs",
+        "exported",
+        "registration",
+        "run_file",
+        "metrics",
+        "data_report",
+        "train_report",
+    ),  # fmt: skip
+    outputs=("report", "card"),
+    core=verify,
+    tracking=resume_training_run,
+    publish=publish,
+)
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, verify, argv)
+    STAGE.run(argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ A format module defines
     DECODE_IN_PROCESSES
                     whether decoding is worth worker processes (image folders: yes)
 
-The modules import no pydantic: the predictor decodes images and tables with them in a deployment
+The modules import no pydantic: the predictor decodes images, tables and texts with them in a deployment
 that has only onnxruntime, NumPy and Pillow. Adding a format is one module here and one entry
 below, its section in pipeline/params.py (tests/test_house.py checks the two registries agree),
 and its deps in dvc.yaml (which the same test names).
@@ -20,9 +20,9 @@ and its deps in dvc.yaml (which the same test names).
 
 from __future__ import annotations
 
-from pipeline.formats import cifar10, csv, idx, image_folder
+from pipeline.formats import cifar10, csv, idx, image_folder, text_folder, text_table
 
-FORMATS = {module.NAME: module for module in (idx, cifar10, image_folder, csv)}
+FORMATS = {module.NAME: module for module in (idx, cifar10, image_folder, csv, text_folder, text_table)}
 
 
 def decode_chunk(fmt: str, payload, raw_dir, options: dict):

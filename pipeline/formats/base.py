@@ -5,7 +5,8 @@
    input shape and dtype; labels, headers and sizes are validated here, before anything is written.
 2. `chunks(raw_dir, section, scan, part, start, stop)`: the examples of a part in order, a chunk at a
    time, as `(position of the first, payload)`; `decode(payload, raw_dir, options)` turns a payload
-   into inputs (uint8 images (k, h, w, c) or float32 rows (k, f)), validated, and names what it
+   into inputs (uint8 images (k, h, w, c), float32 rows (k, f), uint8 text bytes (k, max_bytes)),
+   validated, and names what it
    skipped. `decode` is a plain function of plain data, so prepare can run it in worker processes
    (formats with `DECODE_IN_PROCESSES`) and Beam on its workers.
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from pipeline.kinds import KINDS
 
 # Examples read per chunk: about this many bytes of inputs (a few MB in flight per worker).
 CHUNK_BYTES = 4 << 20
@@ -40,12 +43,13 @@ class Scan:
     parts: dict[str, Part]
     class_names: list[str]
     input_shape: tuple[int, ...]
-    dtype: str  # "uint8" (images) or "float32" (table rows)
+    kind: str  # image | table | text (pipeline/kinds.py): the inputs' dtype and meaning
     feature_names: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)  # examples the first pass left out (unreadable: skip)
 
     @property
-    def is_image(self) -> bool:
-        return len(self.input_shape) == 3
+    def dtype(self) -> str:
+        return KINDS[self.kind].dtype
 
     def chunk_examples(self) -> int:
         """How many examples make one chunk of about CHUNK_BYTES."""

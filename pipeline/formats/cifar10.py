@@ -12,6 +12,7 @@ from pipeline.errors import PipelineError
 from pipeline.formats.base import Decoded, Part, Scan
 
 NAME = "cifar10"
+KIND = "image"  # the kind of data it yields (pipeline/kinds.py)
 SIDE = 32
 RECORD = 1 + 3 * SIDE * SIDE
 
@@ -25,7 +26,7 @@ def scan(raw_dir: Path, section) -> Scan:
         part: Part(part, np.concatenate([batch_labels(raw_dir / f, len(names)) for f in files]))
         for part, files in (("train", section.train), ("test", section.test))
     }
-    return Scan(parts, list(names), (SIDE, SIDE, 3), "uint8")
+    return Scan(parts, list(names), (SIDE, SIDE, 3), KIND)
 
 
 def _records(path: Path) -> int:

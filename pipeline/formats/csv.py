@@ -21,6 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.formats.base import Decoded, Part, Scan
 
 NAME = "csv"
+KIND = "table"  # the kind of data it yields (pipeline/kinds.py)
 
 
 DECODE_IN_PROCESSES = False  # converting cells is cheap next to tokenising them, which one reader does
@@ -44,7 +45,7 @@ def scan(raw_dir: Path, section) -> Scan:
     parts = {"train": Part("train", encode_labels(train_path, train, names, section.label_column))}
     if test is not None:
         parts["test"] = Part("test", encode_labels(raw_dir / section.test, test, names, section.label_column))
-    return Scan(parts, list(names), (len(train.feature_names),), "float32", feature_names=train.feature_names)
+    return Scan(parts, list(names), (len(train.feature_names),), KIND, feature_names=train.feature_names)
 
 
 def chunks(raw_dir: Path, section, scan: Scan, part: str, start: int = 0, stop: int | None = None):

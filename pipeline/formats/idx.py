@@ -20,6 +20,7 @@ from pipeline.formats.base import Decoded, Part, Scan, check_same_shape
 from pipeline.hashing import is_gzip, reading
 
 NAME = "idx"
+KIND = "image"  # the kind of data it yields (pipeline/kinds.py)
 UBYTE = 0x08
 _CHUNK = 1 << 20
 _MAX_DEFLATE_RATIO = 1032  # deflate's largest possible expansion (RFC 1951: 258 bytes per 2 bits)
@@ -37,7 +38,7 @@ def scan(raw_dir: Path, section) -> Scan:
     check_same_shape(shape, test_shape, raw_dir / section.test_images)
     names = section.class_names or [str(i) for i in range(n)]
     parts = {"train": Part("train", train_labels), "test": Part("test", test_labels)}
-    return Scan(parts, list(names), shape, "uint8")
+    return Scan(parts, list(names), shape, KIND)
 
 
 def scan_part(images: Path, labels: Path, n_classes: int | None) -> tuple[np.ndarray, tuple[int, ...]]:

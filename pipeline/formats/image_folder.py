@@ -14,6 +14,7 @@ from pipeline.errors import PipelineError, first_line
 from pipeline.formats.base import Decoded, Part, Scan
 
 NAME = "image_folder"
+KIND = "image"  # the kind of data it yields (pipeline/kinds.py)
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
@@ -29,7 +30,7 @@ def scan(raw_dir: Path, section) -> Scan:
         _, labels, keys = list_images(raw_dir, section.test, names)
         parts["test"] = Part("test", labels, keys)
     height, width = section.image_size
-    return Scan(parts, names, (height, width, 1 if section.color_mode == "grayscale" else 3), "uint8")
+    return Scan(parts, names, (height, width, 1 if section.color_mode == "grayscale" else 3), KIND)
 
 
 def list_images(raw_dir: Path, folder: str, class_names: list[str] | None) -> tuple[list[str], np.ndarray, list]:

@@ -68,3 +68,20 @@ def offline(command: list[str]) -> list[str]:
         pytest.fail("unshare (util-linux) is needed to prove the Beam runner works offline")
     user = [] if os.geteuid() == 0 else ["-r"]
     return ["unshare", *user, "-n", "sh", "-c", f"ip link set lo up && exec {shlex.join(command)}"]
+
+
+def call_core(stage, params: dict, inputs: dict | None = None, outputs: dict | None = None, tracking=None):
+    """A stage's core as its edge calls it (pipeline/stage.py): params validated whole and seen
+    through the stage's keys, each output written into a temporary place, then put in place; no
+    publishing. Returns the core's StageResult."""
+    from pipeline.atomic import OutputPlaces
+    from pipeline.params import Scoped, parse_params
+
+    places = OutputPlaces(outputs or {})
+    try:
+        result = stage.core(inputs or {}, Scoped(parse_params(params), stage.params), places.places, tracking)
+    except BaseException:
+        places.discard()
+        raise
+    places.commit()
+    return result

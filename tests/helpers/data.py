@@ -4,6 +4,7 @@ Fashion-MNIST; and fetch + prepare of a `data` section, as the stages do it."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -139,6 +140,70 @@ def write_csv_dataset(
     return {"format": "csv", "source": str(directory), "csv": {"label_column": label_column}}
 
 
+# Words of each tiny text class, in several scripts (what makes a class learnable), and words every
+# class uses. The texts also carry what text readers get wrong: accents, Cyrillic, CJK, emoji,
+# punctuation runs, tabs and newlines.
+CLASS_WORDS = [
+    ["rain", "cloud", "Storm", "wind", "Météo", "ливень"],
+    ["goal", "match", "Team", "score", "Fußball", "футбол"],
+    ["bread", "soup", "Cheese", "apple", "Käse", "хлеб"],
+    ["code", "bug", "Compiler", "server", "Übersetzer", "сервер"],
+]
+COMMON_WORDS = ["the", "a", "and", "is", "of", "très", "это", "日本語", "🙂", "...", "—", "«ok»"]
+
+
+def make_texts(labels: np.ndarray, seed: int = 0) -> list[str]:
+    """Learnable texts: a few of each class's own words among common ones, in random order."""
+    rng = np.random.default_rng(seed)
+    texts = []
+    for label in labels:
+        words = list(rng.choice(CLASS_WORDS[label % len(CLASS_WORDS)], size=3)) + list(rng.choice(COMMON_WORDS, 5))
+        rng.shuffle(words)
+        separators = rng.choice([" ", "  ", "\t", "\n", ", ", "! "], size=len(words))
+        texts.append("".join(w + s for w, s in zip(words, separators, strict=True)).strip())
+    return texts
+
+
+def write_text_folder_dataset(directory: Path, n_train=120, n_test=40, n_classes=4, seed=0) -> dict:
+    """<directory>/{train,test}/<class>/<i>.txt; returns the `data` section."""
+    rng = np.random.default_rng(seed)
+    names = ["weather", "sport", "food", "computers"][:n_classes]
+    for part, n in (("train", n_train), ("test", n_test)):
+        labels = balanced_labels(n, n_classes, rng)
+        for i, (text, label) in enumerate(zip(make_texts(labels, seed + len(part)), labels, strict=True)):
+            folder = directory / part / names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i:04d}.txt").write_text(text, encoding="utf-8")
+    return {"format": "text_folder", "source": str(directory), "text_folder": {"max_bytes": 128}}
+
+
+def write_text_table_dataset(directory: Path, n_train=120, n_test=40, n_classes=4, seed=0, suffix=".csv") -> dict:
+    """A table of texts and labels (.csv, .tsv or .jsonl); returns the `data` section."""
+    import csv
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = ["weather", "sport", "food", "computers"][:n_classes]
+    for part, n in (("train", n_train), ("test", n_test)):
+        labels = balanced_labels(n, n_classes, rng)
+        texts = make_texts(labels, seed + len(part))
+        path = directory / f"{part}{suffix}"
+        if suffix == ".jsonl":
+            pairs = zip(texts, labels, strict=True)
+            rows = [json.dumps({"review": text, "topic": names[label]}) for text, label in pairs]
+            path.write_text("".join(row + "\n" for row in rows))
+            continue
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter="\t" if suffix == ".tsv" else ",")
+            writer.writerow(["review", "topic"])
+            for text, label in zip(texts, labels, strict=True):
+                writer.writerow([" ".join(text.split()) if suffix == ".tsv" else text, names[label]])
+    section = {"train": f"train{suffix}", "test": f"test{suffix}", "text_column": "review",
+               "label_column": "topic", "max_bytes": 128}  # fmt: skip
+    return {"format": "text_table", "source": str(directory), "text_table": section}
+
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -162,12 +227,12 @@ def subset_of_fashion_mnist(directory: Path, n_train: int, n_test: int) -> dict:
 def fetch_and_prepare(data: dict, root: Path, **sections):
     """Fetch `data` into root/raw and prepare it into root/prepared, as the stages do; returns the
     data report and the prepared metadata."""
-    from pipeline.fetch import fetch
-    from pipeline.params import parse_params
-    from pipeline.prepare import prepare
-    from pipeline.records import read_meta
+    from pipeline import fetch, prepare
+    from pipeline.prepared import read_meta
 
-    params = parse_params({"data": data, "prepare": {"shard_size": 50, **sections.pop("prepare", {})}, **sections})
-    fetch(params.data, root / "raw")
-    report = prepare(root / "raw", root / "prepared", params)
-    return report, read_meta(str(root / "prepared"))
+    from helpers.commands import call_core
+
+    params = {"data": data, "prepare": {"shard_size": 50, **sections.pop("prepare", {})}, **sections}
+    call_core(fetch.STAGE, params, outputs={"out": root / "raw"})
+    call_core(prepare.STAGE, params, {"raw": root / "raw"}, {"out": root / "prepared", "report": root / "data.json"})
+    return json.loads((root / "data.json").read_text()), read_meta(root / "prepared")
