@@ -170,7 +170,7 @@ def candidate_params(name: str, params_path: Path, epochs: int | None):
     from pipeline.params import parse_params
 
     raw = yaml.safe_load(params_path.read_text())
-    # The trained network alone: run_one scores flip averaging at test time itself.
+    # The trained network alone: run_one scores it with and without flip averaging (pipeline/mirror.py).
     raw["train"] = merged(raw["train"], {**CANDIDATES[name].train, "test_time_flip": False})
     if epochs is not None:
         raw["train"]["epochs"] = epochs
@@ -179,53 +179,51 @@ def candidate_params(name: str, params_path: Path, epochs: int | None):
 
 
 def with_ema(momentum: float) -> None:
-    """Every optimizer pipeline.train builds in this process keeps a moving average of the weights."""
-    import pipeline.train
+    """Every optimizer pipeline.training builds in this process keeps a moving average of the weights."""
+    import pipeline.training
 
-    build = pipeline.train.make_optimizer
+    build = pipeline.training.make_optimizer
 
-    def make_optimizer(params, steps_per_epoch):
-        optimizer = build(params, steps_per_epoch)
+    def make_optimizer(params, steps_per_epoch, precision="float32"):
+        optimizer = build(params, steps_per_epoch, precision)
         return type(optimizer).from_config({**optimizer.get_config(), "use_ema": True, "ema_momentum": momentum})
 
-    pipeline.train.make_optimizer = make_optimizer
+    pipeline.training.make_optimizer = make_optimizer
 
 
 def run_one(name: str, params_path: Path, prepared: Path, epochs: int | None) -> dict:
     """One training in this process: epoch times, validation and test accuracy."""
     from pipeline.dataset import make_dataset
-    from pipeline.presets import resolve
-    from pipeline.records import read_meta
-    from pipeline.train import train
+    from pipeline.prepared import PreparedData
+    from pipeline.presets import filled_from_preset
+    from pipeline.training import train
 
     candidate = CANDIDATES[name]
     if candidate.ema is not None:
         with_ema(candidate.ema)
-    params = candidate_params(name, params_path, epochs)
-    meta = read_meta(str(prepared))
-    test = make_dataset(str(prepared), meta, "test", 512, training=False)
+    p = filled_from_preset(candidate_params(name, params_path, epochs).train)
+    data = PreparedData.open(prepared)
+    test = make_dataset(data, "test", 512, training=False)
     marks = [time.perf_counter()]
     built, trained = [], {}
 
     def on_epoch(epoch, row):
         marks.append(time.perf_counter())
-        if candidate.ema is not None and epoch == resolve(params.train).epochs:  # before fit swaps the average in
+        if candidate.ema is not None and epoch == p.epochs:  # before fit swaps the average in
             trained["test_accuracy_without_ema"] = round(float(built[0].evaluate(test, verbose=0)[1]), 4)
 
     with tempfile.TemporaryDirectory(prefix="bench-default-") as work:
-        result = train(params, prepared, Path(work), verbose=0, meta=meta, on_start=built.append, on_epoch=on_epoch)
+        result = train(p, data, Path(work), verbose=0, on_start=built.append, on_epoch=on_epoch)
     epoch_seconds = [round(b - a, 2) for a, b in zip(marks, marks[1:], strict=False)]
-    model = result.model  # float32, as train saves it
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    _, test_accuracy = model.evaluate(test, verbose=0)
+    scores = flip_scores(result.model, data)  # float32, as train saves it
     return {
         **trained,
-        "epochs": resolve(params.train).epochs,
+        "epochs": p.epochs,
         "epochs_run": result.report["epochs_run"],
         "best_epoch": result.report["best_epoch"],
         "best_val_accuracy": round(result.report["best"].get("val_accuracy", float("nan")), 4),
-        "test_accuracy": round(float(test_accuracy), 4),
-        "test_accuracy_flip_averaged": flip_scores(model, prepared)["test_accuracy_flip_averaged"],
+        "test_accuracy": scores["test_accuracy"],
+        "test_accuracy_flip_averaged": scores["test_accuracy_flip_averaged"],
         "parameters": result.report["parameters"],
         "training_seconds": result.report["training_seconds"],
         "epoch_seconds": epoch_seconds,
@@ -260,33 +258,24 @@ def test_time_flip(model_path: Path, prepared: Path) -> dict:
     """The trained model's test accuracy alone and with its prediction averaged over the image and its
     mirror (test-time augmentation, which an exported graph would pay for with twice the inference)."""
     from pipeline.hashing import file_sha256
-    from pipeline.mirror import single_pass
     from pipeline.model import load_keras_model
+    from pipeline.prepared import PreparedData
 
-    # single_pass: the network alone, whether or not the model averages mirrors already.
-    network = single_pass(load_keras_model(str(model_path)))
-    return {"model_sha256": file_sha256(model_path), **flip_scores(network, prepared)}
+    return {"model_sha256": file_sha256(model_path),
+            **flip_scores(load_keras_model(str(model_path)), PreparedData.open(prepared))}  # fmt: skip
 
 
-def flip_scores(model, prepared: Path) -> dict:
-    import numpy as np
+def flip_scores(model, data) -> dict:
+    """Test accuracy of the network alone and averaged with each image's mirror, each scored as
+    evaluate scores a model (the mirror pair of pipeline/mirror.py, added or taken away)."""
+    from pipeline.evaluate import predict_split
+    from pipeline.mirror import single_pass, with_mirrors
 
-    from pipeline.records import iter_batches, read_meta
-
-    meta = read_meta(str(prepared))
-    correct = {"plain": 0, "flip_averaged": 0}
-    examples = 0
-    for x, y in iter_batches(str(prepared), meta, "test", 512):
-        plain = np.asarray(model.predict_on_batch(x))
-        mirrored = np.asarray(model.predict_on_batch(x[:, :, ::-1]))
-        correct["plain"] += int((plain.argmax(1) == y).sum())
-        correct["flip_averaged"] += int(((plain + mirrored).argmax(1) == y).sum())
-        examples += len(y)
-    return {
-        "test_accuracy": round(correct["plain"] / examples, 4),
-        "test_accuracy_flip_averaged": round(correct["flip_averaged"] / examples, 4),
-        "inference_cost": 2.0,
-    }
+    scores = {}
+    for key, network in (("test_accuracy", single_pass(model)), ("test_accuracy_flip_averaged", with_mirrors(model))):
+        labels, probs, _ = predict_split(network, data, "test", 512)
+        scores[key] = round(float((probs.argmax(1) == labels).mean()), 4)
+    return {**scores, "inference_cost": 2.0}
 
 
 def main() -> None:
@@ -331,9 +320,9 @@ def main() -> None:
     if args.skip != "timing":
         for name in args.candidates:
             run = spawn(name, args, cores, args.timing_epochs)
-            from pipeline.presets import resolve
+            from pipeline.presets import filled_from_preset
 
-            epochs = resolve(candidate_params(name, Path(args.params), None).train).epochs
+            epochs = filled_from_preset(candidate_params(name, Path(args.params), None).train).epochs
             results.setdefault(name, {})["timing_run"] = (
                 run if "error" in run else {**timing(run, epochs), "threads": cores}
             )

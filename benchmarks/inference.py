@@ -146,31 +146,35 @@ def main() -> None:
 
     from throughput import forward_flops  # benchmarks/throughput.py: the default model's FLOP count
 
-    from pipeline.classifier import INPUT_DTYPES, LiteRTClassifier
-    from pipeline.export import load_for_export, serving_function, simplified, tf2onnx_graph
+    from pipeline.classifier import LiteRTClassifier, OnnxClassifier
+    from pipeline.export import load_for_export, serving_function
     from pipeline.hashing import file_sha256
+    from pipeline.kinds import OUTPUT_NAME
     from pipeline.mirror import averages_mirrors, single_pass
     from pipeline.model import load_keras_model
-    from pipeline.records import OUTPUT_NAME, read_meta, read_split_arrays
+    from pipeline.onnx_export import simplified, tf2onnx_graph
+    from pipeline.parity import saved_model_predictor
+    from pipeline.prepared import PreparedData
 
-    meta = read_meta(args.prepared)
-    x, _ = read_split_arrays(args.prepared, meta, "test")  # raw, as a deployer feeds them
+    data = PreparedData.open(args.prepared)
+    meta = data.meta
+    x, _ = data.arrays("test")  # raw, as a deployer feeds them
     one = x[:1]
 
     model = load_keras_model(args.model)
-    input_name = model.inputs[0].name
-    signature = tf.saved_model.load(f"{args.exported}/saved_model").signatures["serving_default"]
+    exported = onnx.load(f"{args.exported}/model.onnx")
 
-    def new_session(path, intra):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra
-        options.inter_op_num_threads = 1
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    def with_metadata(graph, path: Path) -> str:
+        """A graph saved with the exported file's metadata, so the pipeline's classifier opens it."""
+        del graph.metadata_props[:]
+        graph.metadata_props.extend(exported.metadata_props)
+        onnx.save(graph, str(path))
+        return str(path)
 
     def iobinding_session(path, intra):
         """onnxruntime with the input and output bound to NumPy buffers (no per-call allocation or
         copies): what a latency-bound deployer can add in a few lines."""
-        session = new_session(path, intra)
+        session = OnnxClassifier(path, intra).session
         input_name = session.get_inputs()[0].name
         bound: dict[int, tuple] = {}  # batch size -> (binding, output buffer), made once
 
@@ -188,15 +192,12 @@ def main() -> None:
         return run
 
     def ort_session(path, intra=threads):
-        session = new_session(path, intra)
-        (graph_input,) = session.get_inputs()
-        dtype = INPUT_DTYPES[graph_input.type]
-        return lambda batch: session.run(None, {graph_input.name: batch.astype(dtype, copy=False)})[0]
+        return OnnxClassifier(path, intra).run  # the deployment's own reader (pipeline/classifier.py)
 
     engines = {
         "keras_predict": lambda b: model.predict(b, verbose=0, batch_size=len(b)),
         "keras_call": lambda b: model(b, training=False).numpy(),
-        "saved_model": lambda b: signature(**{input_name: tf.constant(b)})["probabilities"].numpy(),
+        "saved_model": saved_model_predictor(Path(f"{args.exported}/saved_model"), meta.kind, meta.input_name),
         "onnxruntime_fp32": ort_session(f"{args.exported}/model.onnx"),
     }
     if Path(f"{args.exported}/model.int8.onnx").exists():
@@ -213,16 +214,15 @@ def main() -> None:
                 engines[f"{label}_1_thread"] = LiteRTClassifier(f"{args.exported}/{file}", 1).run
     # The same model as tf2onnx writes it, before export's graph rewrites (pipeline/onnx_graph.py).
     unfolded = Path(tempfile.mkdtemp(prefix="bench-inference-")) / "tf2onnx.onnx"
-    onnx.save(tf2onnx_graph(serving_function(load_for_export(Path(args.model), meta)), 17, unfolded), str(unfolded))
-    engines["onnxruntime_fp32_tf2onnx_graph"] = ort_session(str(unfolded))
+    graph = tf2onnx_graph(serving_function(load_for_export(Path(args.model), meta)), 17, unfolded)
+    engines["onnxruntime_fp32_tf2onnx_graph"] = ort_session(with_metadata(graph, unfolded))
     engines["onnxruntime_fp32_iobinding"] = iobinding_session(f"{args.exported}/model.onnx", threads)
     passes = 2 if averages_mirrors(model) else 1
     if passes == 2:
         # The network alone, one pass an image (train.test_time_flip: false), as export simplifies it.
         one_pass = Path(tempfile.mkdtemp(prefix="bench-inference-")) / "one_pass.onnx"
         graph = tf2onnx_graph(serving_function(single_pass(load_for_export(Path(args.model), meta))), 17, one_pass)
-        onnx.save(simplified(graph, x[:500])[0], str(one_pass))
-        engines["onnxruntime_fp32_one_pass"] = ort_session(str(one_pass))
+        engines["onnxruntime_fp32_one_pass"] = ort_session(with_metadata(simplified(graph, x[:500])[0], one_pass))
     for spec in args.compare:
         label, _, path = spec.partition("=")
         engines[label] = ort_session(path)

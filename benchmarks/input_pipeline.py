@@ -38,16 +38,16 @@ def main() -> None:
     from pipeline.dataset import make_dataset
     from pipeline.model import model_for_data
     from pipeline.params import load_params
-    from pipeline.records import read_meta
+    from pipeline.prepared import PreparedData
+    from pipeline.presets import filled_from_preset
 
-    params = load_params(args.params).train
-    meta = read_meta(args.prepared)
+    params = filled_from_preset(load_params(args.params).train)  # the preset's values, as train uses them
+    data = PreparedData.open(args.prepared)
     keras.utils.set_random_seed(params.seed)
 
     def pipeline_ds():
         return make_dataset(
-            args.prepared,
-            meta,
+            data,
             "train",
             params.batch_size,
             training=True,
@@ -60,8 +60,8 @@ def main() -> None:
     n = sum(int(x.shape[0]) for x, _ in pipeline_ds())
     pipeline_only_first = n / (time.perf_counter() - started)
 
-    x = tf.concat([x for x, _ in make_dataset(args.prepared, meta, "train", 4096, training=False)], 0)
-    y = tf.concat([y for _, y in make_dataset(args.prepared, meta, "train", 4096, training=False)], 0)
+    x = tf.concat([x for x, _ in make_dataset(data, "train", 4096, training=False)], 0)
+    y = tf.concat([y for _, y in make_dataset(data, "train", 4096, training=False)], 0)
     in_memory = (
         tf.data.Dataset.from_tensor_slices((x, y))
         .shuffle(params.shuffle_buffer, seed=params.seed)
@@ -71,7 +71,7 @@ def main() -> None:
 
     def epoch_times(dataset) -> list[float]:
         keras.utils.set_random_seed(params.seed)
-        model = model_for_data(params, meta)
+        model = model_for_data(params, data)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         times = []
 

@@ -112,9 +112,11 @@ def run_preset(preset: str, base: dict, work: Path) -> dict:
     exported = json.loads((work / "exported/metadata.json").read_text())
     files, forms = exported["files"], parity["formats"]
     from pipeline.params import load_params
-    from pipeline.presets import resolve
+    from pipeline.presets import filled_from_preset
 
-    train_params = resolve(load_params(work / "params.yaml").train)  # the preset's values, as train used them
+    train_params = filled_from_preset(
+        load_params(work / "params.yaml").train
+    )  # the preset's values, as train used them
     return {
         "hyperparameters": {
             k: getattr(train_params, k)

@@ -309,6 +309,48 @@ def presets_section() -> list[str]:
     return lines
 
 
+def text_section() -> list[str]:
+    t = load("text.json")
+    lines = ["## Text", ""]
+    if t is None:
+        return lines + missing("text.json", "text.py")
+    cpu = t.get("machine", {}).get("cpu", "this machine")
+    lines += [
+        "Each text preset through fetch → prepare → train → evaluate → export → verify on Debian's fortunes "
+        "(`scripts/fortunes.py`), beside scikit-learn's TF-IDF + logistic regression fitted on the same training "
+        "split and scored on the same test split (words: `TfidfVectorizer()`, what users try first; characters: "
+        f"2-5-grams, sublinear). Training examples/s against a plain `model.fit` of the same model in the same "
+        f"precision (it tokenizes every epoch); latency and throughput are verify's, per file ({cpu}). "
+        + source("text.json", "text.py"),
+    ]
+    for task, entry in t["tasks"].items():
+        counts, base = entry.get("counts", {}), entry.get("baselines", {})
+        rows = [[f"TF-IDF {kind} + logistic regression", f"{b['test_accuracy']:.4f}", f"{b['test_macro_f1']:.4f}",
+                 "", "", "", "", "", ""] for kind, b in (("words", base.get("tfidf_words")),
+                                                         ("characters", base.get("tfidf_chars"))) if b]  # fmt: skip
+        for preset, r in entry["presets"].items():
+            onnx, litert = r["latency"]["onnx"], r["latency"]["litert"]
+            rows.append([
+                f"`{preset}`", f"{r['test_accuracy']:.4f}", f"{r['test_macro_f1']:.4f}",
+                f"{r['training_seconds']:.0f} ({r['epochs_run']} epochs)",
+                f"{r['examples_per_second'] / r['plain_fit']['examples_per_second']:.2f}x",
+                "passed" if r["parity_passed"] else "failed",
+                f"{onnx['batch1_median_ms']:.2f} / {litert['batch1_median_ms']:.2f}",
+                f"{onnx['batch256_images_per_s']:,.0f} / {litert['batch256_images_per_s']:,.0f}",
+                f"{r['bytes']['model.onnx'] / 2**20:.1f} MB",
+            ])  # fmt: skip
+        total = sum(counts.values()) if counts else 0
+        lines += [
+            "",
+            f"**{task}** ({total:,} texts: {counts.get('train', 0):,} train, {counts.get('val', 0):,} validation, "
+            f"{counts.get('test', 0):,} test):",
+            "",
+            *table(["model", "test accuracy", "macro F1", "training s", "examples/s vs plain fit", "parity",
+                    "batch 1 ms (ONNX / LiteRT)", "batch 256 texts/s (ONNX / LiteRT)", "ONNX file"], rows),
+        ]  # fmt: skip
+    return lines
+
+
 def scale_section() -> list[str]:
     s = load("scale.json")
     lines = ["## Scale", ""]
@@ -372,6 +414,7 @@ def render() -> str:
         default_run_section(),
         inference_section(),
         presets_section(),
+        text_section(),
         throughput_section(),
         scale_section(),
         other_section(),

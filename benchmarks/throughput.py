@@ -54,18 +54,21 @@ def write_prepared(out: Path, x_train, y_train, x_val, y_val, class_names) -> No
     """A prepared directory (the layout `prepare` writes) holding these arrays."""
     from pipeline.atomic import write_json
     from pipeline.normalization import measure
-    from pipeline.records import META_FILE, PreparedMeta, write_split
+    from pipeline.prepared import META_FILE, PreparedMeta
+    from pipeline.records import write_split
 
     shards = {
         "train": write_split(out / "train", x_train, y_train, 10_000),
         "val": write_split(out / "val", x_val, y_val, 10_000),
     }
     meta = PreparedMeta(
+        kind="table" if x_train.ndim == 2 else "image",
         input_shape=tuple(x_train.shape[1:]),
         class_names=list(class_names),
         statistics=measure(x_train, 1 / 255 if x_train.dtype == np.uint8 else 1.0),
         counts={"train": len(y_train), "val": len(y_val)},
         shards=shards,
+        shard_bytes={split: [(out / split / name).stat().st_size for name in names] for split, names in shards.items()},
         dtype=str(x_train.dtype),
         feature_names=[f"px{i}" for i in range(x_train.shape[1])] if x_train.ndim == 2 else None,
     )
@@ -84,22 +87,21 @@ def input_kind(preset: str) -> str:
     from pipeline.presets import PRESETS
 
     p = PRESETS[preset]
-    if p.input_kind == "vector":
+    if "image" not in p.kinds:
         return "vector"
     return "rgb32" if p.channels == 3 else "grey28"
 
 
 def prepared_for(preset: str, source: Path, scratch: Path, examples: int) -> Path:
     """The prepared data for `preset`: `examples` training examples of the right shape (cached per shape)."""
-    from pipeline.records import read_meta, read_split_arrays
+    from pipeline.prepared import PreparedData
 
     kind = input_kind(preset)
     out = scratch / f"{kind}-{examples}"
     if not out.exists():
-        meta = read_meta(str(source))
-        x, y = read_split_arrays(str(source), meta, "train")
-        xv, yv = read_split_arrays(str(source), meta, "val")
-        write_prepared(out, reshaped(x[:examples], kind), y[:examples], reshaped(xv, kind), yv, meta.class_names)
+        data = PreparedData.open(source)
+        (x, y), (xv, yv) = data.arrays("train"), data.arrays("val")
+        write_prepared(out, reshaped(x[:examples], kind), y[:examples], reshaped(xv, kind), yv, data.meta.class_names)
     return out
 
 
@@ -122,19 +124,21 @@ def run_plain(preset: str, prepared: Path, params_path: Path, epochs: int, same_
 
     from pipeline.devices import precision_policy
     from pipeline.model import model_for_data
-    from pipeline.presets import resolve
-    from pipeline.records import read_meta, read_split_arrays
-    from pipeline.train import make_loss, make_optimizer
+    from pipeline.prepared import PreparedData
+    from pipeline.presets import filled_from_preset
+    from pipeline.training import make_loss, make_optimizer
 
-    p = resolve(preset_params(preset, params_path, epochs, {}).train)  # the preset's batch size, augmentation
-    meta = read_meta(str(prepared))
-    x, y = read_split_arrays(str(prepared), meta, "train")
+    p = filled_from_preset(
+        preset_params(preset, params_path, epochs, {}).train
+    )  # the preset's batch size, augmentation
+    data = PreparedData.open(prepared)
+    meta = data.meta
+    x, y = data.arrays("train")
     keras.utils.set_random_seed(p.seed)
-    # The same arithmetic as the pipeline's (bfloat16 where this CPU has it, with train.mixed_precision: auto).
-    keras.mixed_precision.set_global_policy(
-        precision_policy(p.mixed_precision, on_gpu=bool(tf.config.list_physical_devices("GPU")))
-    )
-    model = model_for_data(p, meta)
+    # The same arithmetic as the pipeline's (bfloat16 where this CPU has it, with train.mixed_precision: auto),
+    # given to the layers as the pipeline gives it: no global policy.
+    precision = precision_policy(p.mixed_precision, on_gpu=bool(tf.config.list_physical_devices("GPU")))
+    model = model_for_data(p, data, precision)
     validation = None
     if same_work:
         augmentation = []
@@ -144,9 +148,10 @@ def run_plain(preset: str, prepared: Path, params_path: Path, epochs: int, same_
             t = p.augment.translate
             augmentation.append(keras.layers.RandomTranslation(t, t, fill_mode="constant", seed=p.seed + 1))
         model = keras.Sequential([keras.Input(x.shape[1:], dtype=x.dtype), *augmentation, model])
-        validation = read_split_arrays(str(prepared), meta, "val")
+        validation = data.arrays("val")
     steps = -(-len(x) // p.batch_size)
-    model.compile(optimizer=make_optimizer(p, steps), loss=make_loss(p, meta.num_classes), metrics=["accuracy"])
+    optimizer = make_optimizer(p, steps, precision)
+    model.compile(optimizer=optimizer, loss=make_loss(p, meta.num_classes), metrics=["accuracy"])
     started = time.perf_counter()
     history = model.fit(x, y, batch_size=p.batch_size, epochs=epochs, validation_data=validation, verbose=0)
     seconds = time.perf_counter() - started
@@ -160,13 +165,15 @@ def run_plain(preset: str, prepared: Path, params_path: Path, epochs: int, same_
 
 def run_pipeline(preset: str, prepared: Path, params_path: Path, epochs: int, overrides: dict) -> dict:
     """The pipeline's own train(), as the `train` stage calls it."""
-    from pipeline.records import read_meta
-    from pipeline.train import train
+    from pipeline.prepared import PreparedData
+    from pipeline.presets import filled_from_preset
+    from pipeline.training import train
 
-    params = preset_params(preset, params_path, epochs, overrides)
-    meta = read_meta(str(prepared))
+    p = filled_from_preset(preset_params(preset, params_path, epochs, overrides).train)
+    data = PreparedData.open(prepared)
+    meta = data.meta
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as work:
-        result = train(params, prepared, Path(work), verbose=0, meta=meta)
+        result = train(p, data, Path(work), verbose=0)
     return {
         "examples_per_second": result.report["examples_per_second"],
         "fit_seconds": result.report["training_seconds"],

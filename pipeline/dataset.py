@@ -1,11 +1,13 @@
 """The tf.data input pipeline shared by train and evaluate.
 
-    TFRecord shards → parse + decode (map, AUTOTUNE) → cache → shuffle (seeded, reshuffled each
-    epoch) → batch → [augment] → prefetch(AUTOTUNE)
+    TFRecord shards → parse + decode (map, AUTOTUNE) → [tokenize] → cache → shuffle (seeded,
+    reshuffled each epoch) → batch → [augment] → prefetch(AUTOTUNE)
 
 Examples stay raw (uint8 pixels, float32 features): the model normalises them itself, so the cache
-holds a quarter of what float32 pixels would take. `cache()` comes *before* shuffle: cached after
-shuffle, every epoch would replay the first epoch's order.
+holds a quarter of what float32 pixels would take. Text is the exception: training turns each text
+into its word ids once, with the model's own vectorizer, before the cache, so later epochs skip the
+tokenizing (pipeline/training.py). `cache()` comes *before* shuffle: cached after shuffle, every
+epoch would replay the first epoch's order.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def make_dataset(
     drop_remainder: bool = False,
     shard: str | None = None,
     class_weights: list[float] | None = None,
+    tokenize=None,
 ):
     """Batched (raw input, int64 label) for `split` of `data` (PreparedData); shuffled and augmented
     when training.
@@ -72,7 +75,8 @@ def make_dataset(
     (`shard`: "FILE" or "DATA", default `shard_policy`), set explicitly rather than left to
     tf.data's AUTO guess. `cache`: "memory", a file path prefix (tf.data's file cache), or None.
     `class_weights` (one per class) add each example's weight as a third
-    element, as Keras' own `fit(class_weight=...)` does to a dataset.
+    element, as Keras' own `fit(class_weight=...)` does to a dataset. `tokenize`: a text model's
+    vectorizer, applied to batches of raw texts before the cache.
     """
     import tensorflow as tf
 
@@ -91,6 +95,11 @@ def make_dataset(
     # raw pixels needs no tuning).
     options.autotune.enabled = False
     dataset = dataset.with_options(options)
+    if tokenize is not None:
+        examples = dataset.cardinality()
+        dataset = dataset.batch(256).map(lambda x, y: (tokenize(x), y), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+        if examples >= 0:  # known: keep it known (Keras warns of running out of data otherwise)
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(examples))
     if cache:
         dataset = dataset.cache("" if cache == "memory" else cache)
     if training:

@@ -259,6 +259,7 @@ def evaluate(inputs: dict[str, Path], params, outputs: dict[str, Path], run) -> 
     test["examples_per_second"] = round(throughput, 1)
     gate = apply_gate(test, settings.gate, baseline)
     write_evaluation(outputs, inputs["history"], data, labels, probs, worst)
+    np.save(outputs["probabilities"], np.concatenate([probs, probe_probabilities(model, data)]))
     outputs["metrics"].write_text(json_text({"test": test, "gate": gate, "data": {"test_sha256": test_sha256}}))
     ranking = f"ROC AUC {test['roc_auc']:.4f} ({test['task']['positive_class']}), " if "roc_auc" in test else ""
     return StageResult(
@@ -282,15 +283,25 @@ def evaluate(inputs: dict[str, Path], params, outputs: dict[str, Path], run) -> 
     )
 
 
+def probe_probabilities(model, data) -> np.ndarray:
+    """The Keras model's outputs on verify's probes (pipeline/parity.py: for text, the awkward texts),
+    recorded after the test split's: every form is held to them."""
+    from pipeline.parity import probe_inputs
+
+    probes = probe_inputs(data)
+    if not len(probes):
+        return np.zeros((0, data.meta.num_classes), dtype=np.float32)
+    return np.asarray(model.predict_on_batch(probes), dtype=np.float32)
+
+
 def write_evaluation(outputs: dict[str, Path], history: Path, data, labels, probs, worst) -> None:
-    """Everything evaluate writes beside its metrics: the per-example and per-class tables, the
-    Keras model's outputs, the figures."""
+    """Everything evaluate writes beside its metrics and the model's outputs: the per-example and
+    per-class tables, the figures."""
     from pipeline.figures import FIGURES, plot_confusion_matrix, plot_training_curves, plot_worst_errors
 
     class_names, predicted = data.meta.class_names, probs.argmax(axis=1)
     outputs["predictions"].write_text(predictions_csv(labels, probs, class_names))
     outputs["per_class"].write_text(per_class_csv(per_class_table(labels, predicted, class_names)))
-    np.save(outputs["probabilities"], probs)
     figures = outputs["figures"]
     plot_training_curves(history, figures / FIGURES[0])
     plot_confusion_matrix(labels, predicted, class_names, figures / FIGURES[1])

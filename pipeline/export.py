@@ -276,7 +276,11 @@ def register(result: StageResult, run, outputs: dict[str, Path]) -> dict[str, An
     meta, name = facts["data"], facts["name"]
     registry = run.registry
     extra = tuple(out / file for file in ("model.int8.onnx", "model.tflite", "model.int8.tflite"))
-    version = registry.register_onnx(run.run_id, out / "model.onnx", name, facts["metadata"], extra)
+    from pipeline.mlflow_model import save_mlflow_model
+
+    version = registry.register(
+        run.run_id, lambda local: save_mlflow_model(out / "model.onnx", local, facts["metadata"]), name, extra
+    )
     registry.tag_version(name, version, version_tags(facts["evaluation"], run.run_id, meta.name))
     registry.set_alias(name, CHALLENGER, version)
     result.summary += f"; registered {name} v{version} as {CHALLENGER}"

@@ -43,14 +43,12 @@ BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE", "CAST", "RESHAPE", "SHAPE", "STRIDED_S
 
 def litert_ready(model):
     """The model as LiteRT converts it: recurrent layers unrolled (the same weights and arithmetic)."""
-    from pipeline.model import rebuilt
+    from pipeline.model import layer_configs, rebuilt
 
     def unrolled(config) -> None:
-        for layer in config["layers"]:
-            inner = layer["config"].get("layer", {}).get("config", {})  # Bidirectional wraps its RNN
-            for cfg in (layer["config"], inner):
-                if "unroll" in cfg and not cfg["unroll"]:
-                    cfg["unroll"] = True
+        for layer in layer_configs(config):  # Bidirectional's RNNs too
+            if "unroll" in layer["config"] and not layer["config"]["unroll"]:
+                layer["config"]["unroll"] = True
 
     return rebuilt(model, unrolled)
 

@@ -71,3 +71,17 @@ def single_pass(model):
         ]
 
     return rebuilt(model, without_mirrors)
+
+
+def with_mirrors(model):
+    """The same network with the mirror pair around its body (the same weights): what
+    `test_time_flip: true` would have exported. The model itself when it holds the pair already."""
+    from pipeline.model import rebuilt
+
+    def add_mirrors(config) -> None:
+        layers = config["layers"]
+        first, average = (keras.saving.serialize_keras_object(layer) for layer in mirror_layers())
+        body = next(i for i, layer in enumerate(layers) if layer["class_name"] not in ("InputLayer", "Rescaling"))
+        config["layers"] = [*layers[:body], first, *layers[body:], average]
+
+    return model if averages_mirrors(model) else rebuilt(model, add_mirrors)

@@ -23,6 +23,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.errors import PipelineError, first_line
 from pipeline.kinds import kind_named
 from pipeline.normalization import Normalization, choose, preprocessing_layers
@@ -122,6 +124,7 @@ def build_model(
     name = model if isinstance(model, str) else "custom"
     body = make_layers(spec, precision)
     check_vocabulary(body, vocabulary_size)
+    check_size(body, input_shape, preprocessing, model)
     if test_time_flip and not data_kind.mirrors:
         shape = "×".join(map(str, input_shape))
         raise PipelineError(f"params.yaml: train.test_time_flip: mirrors images, but the input is {kind} {shape}")
@@ -149,6 +152,57 @@ def build_model(
         ) from None
 
 
+# Bytes a weight takes while training: itself, its gradient and Adam's two moments, in float32.
+TRAINING_BYTES_PER_WEIGHT = 16
+
+
+def weights_of(layer, shape: tuple) -> int:
+    """How many weights `layer` will have on inputs of `shape` (batch first), from its config alone:
+    nothing is allocated. Layers without weights, or not known here, count 0."""
+    name, config = type(layer).__name__, layer.get_config()
+    channels = int(shape[-1]) if shape and shape[-1] is not None else 0
+    if name == "Dense":
+        return (channels + 1) * config["units"]
+    if name.startswith(("Conv1D", "Conv2D", "Conv3D")):
+        return (int(np.prod(config["kernel_size"])) * channels + 1) * config["filters"]
+    if name in ("Embedding", "EmbeddingBag"):
+        return config["input_dim"] * config["output_dim"]
+    if name in ("LSTM", "GRU", "SimpleRNN"):
+        gates = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[name]
+        return gates * config["units"] * (channels + config["units"] + 2)
+    if name == "Bidirectional":
+        return 2 * weights_of(layer.forward_layer, shape)
+    if name == "BatchNormalization":
+        return 4 * channels
+    return 0
+
+
+def check_size(body: list, input_shape: tuple, preprocessing: list, model) -> None:
+    """Refuse, before any weight is allocated, a model whose training could not fit this machine's
+    memory: one line naming the largest layer (a typo such as `units: 1000000000`)."""
+    import psutil
+
+    shape: tuple = (None, *input_shape)
+    for layer in preprocessing:
+        shape = tuple(layer.compute_output_shape(shape))
+    counts = []
+    for layer in body:
+        counts.append(weights_of(layer, shape))
+        try:
+            shape = tuple(layer.compute_output_shape(shape))
+        except Exception:  # a layer that needs building to know its output: estimate what came before
+            break
+    needed = sum(counts) * TRAINING_BYTES_PER_WEIGHT
+    available = psutil.virtual_memory().available
+    if needed > available:
+        index = int(np.argmax(counts))
+        where = f"train.model[{index}]" if isinstance(model, list) else f"train.model ({model}, layer {index})"
+        raise PipelineError(
+            f"params.yaml: {where}: {type(body[index]).__name__} would have {counts[index]:,} weights; training the "
+            f"model takes ~{needed / 2**30:,.0f} GiB, this machine has {available / 2**30:,.1f} GiB available"
+        )
+
+
 def check_vocabulary(body: list, vocabulary_size: int | None) -> None:
     """A text model's first embedding must have a row for every id the vectorizer emits."""
     if vocabulary_size is None:
@@ -163,28 +217,37 @@ def check_vocabulary(body: list, vocabulary_size: int | None) -> None:
         )
 
 
-def model_preprocessing(p, data) -> list:
-    """The kind's preprocessing layers for the resolved train params `p` and `data` (PreparedData):
-    the normalisation `train.normalization` picks, or for text a vectorizer whose vocabulary is the
-    training split's most frequent words."""
-    if data.kind.name == "text":
-        from pipeline.text import adapt_vocabulary
-        from pipeline.text_layers import TextVectorizer
+def text_vocabulary(p, data) -> list[str]:
+    """A text model's vocabulary: the training split's most frequent words (`train.text.vocabulary_size`)."""
+    from pipeline.text import adapt_vocabulary
 
-        batches = (x for x, _ in data.batches("train", data.meta.examples_in(16 << 20)))
-        words = adapt_vocabulary(batches, p.text.vocabulary_size)
-        return [TextVectorizer(p.text.sequence_length, words, dtype="float32", name="vectorize")]
+    batches = (x for x, _ in data.batches("train", data.meta.examples_in(16 << 20)))
+    return adapt_vocabulary(batches, p.text.vocabulary_size)
+
+
+def text_vectorizer(p, vocabulary: list[str]):
+    from pipeline.text_layers import TextVectorizer
+
+    return TextVectorizer(p.text.sequence_length, vocabulary, dtype="float32", name="vectorize")
+
+
+def model_preprocessing(p, data, vocabulary: list[str] | None = None) -> list:
+    """The kind's preprocessing layers for the resolved train params `p` and `data` (PreparedData):
+    the normalisation `train.normalization` picks, or for text a vectorizer of `vocabulary` (None:
+    adapted here, on the training split)."""
+    if data.kind.name == "text":
+        return [text_vectorizer(p, vocabulary if vocabulary is not None else text_vocabulary(p, data))]
     setting = p.normalization
     normalization = model_normalization(p.model, setting.mode, data.meta.statistics, setting.mean, setting.std)
     return preprocessing_layers(normalization)
 
 
-def model_for_data(p, data, precision: str = "float32"):
+def model_for_data(p, data, precision: str = "float32", vocabulary: list[str] | None = None):
     """The model the resolved train params `p` describe for `data` (PreparedData): its kind, input
     shape and classes, and the preprocessing that follows from them."""
     meta = data.meta
     return build_model(
-        p.model, meta.input_shape, meta.num_classes, model_preprocessing(p, data), kind=meta.kind,
+        p.model, meta.input_shape, meta.num_classes, model_preprocessing(p, data, vocabulary), kind=meta.kind,
         test_time_flip=bool(p.test_time_flip), precision=precision,
         vocabulary_size=p.text.vocabulary_size if meta.kind == "text" else None,
     )  # fmt: skip
@@ -218,12 +281,23 @@ def rebuilt(model, edit):
     return clone
 
 
+def layer_configs(config: dict):
+    """Every layer's serialized form in a Sequential's config, a wrapper's inner layers (Bidirectional's
+    forward and backward RNNs) included: what `rebuilt`'s edits change."""
+    todo = list(config["layers"])
+    while todo:
+        layer = todo.pop(0)
+        yield layer
+        inner = layer.get("config", {}).values()  # layers, not initializers: a layer's config has `trainable`
+        todo += [v for v in inner if isinstance(v, dict) and "trainable" in v.get("config", {})]
+
+
 def float32_model(model):
     """The same model with float32 layers: a model trained in mixed precision is saved, evaluated and
     exported in float32 (its weights are float32 already; only the arithmetic changes)."""
 
     def in_float32(config) -> None:
-        for layer in config["layers"]:
+        for layer in layer_configs(config):
             if layer["class_name"] != "InputLayer":  # the input keeps its raw dtype (uint8 pixels)
                 layer["config"]["dtype"] = "float32"
 

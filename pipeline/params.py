@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import PipelineError
-from pipeline.schema import BatchSize, ClassNames, FormatSection, Section, Seed
+from pipeline.schema import PRESET_NAMES, BatchSize, ClassNames, FormatSection, Section, Seed
 
 # Archive bounds: real data sets compress by at most ~10x (CIFAR-10's tarball by 1.1x).
 MAX_EXTRACTED_BYTES = 16 * 2**30
@@ -206,8 +206,8 @@ class TextParams(Section):
     sequence_length: Annotated[int, Field(ge=1, le=4096)] | None = None  # words of each text the model reads
 
 
-# A preset's name: train checks it against pipeline/presets.py (`resolve`), which the schema does
-# not import, so a change to a preset reruns only the stages it can change.
+# A preset's name, one of schema.PRESET_NAMES (the schema does not import pipeline/presets.py, so a
+# change to a preset reruns only the stages it can change).
 PresetName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
@@ -263,6 +263,9 @@ class TrainParams(Section):
     @field_validator("model")
     @classmethod
     def _layers_are_single_key(cls, model: Any) -> Any:
+        if isinstance(model, str) and model not in PRESET_NAMES:
+            choices = ", ".join(repr(name) for name in PRESET_NAMES[:-1]) + f" or {PRESET_NAMES[-1]!r}"
+            raise ValueError(f"must be a preset, {choices}, or a list of layers")
         if isinstance(model, list):
             if not model:
                 raise ValueError("layer list must not be empty")

@@ -21,14 +21,33 @@ RECORDED_BATCH_SIZES = (1, 7, 256)
 RECORDED_EXAMPLES = 263
 
 
+def probe_inputs(data) -> np.ndarray:
+    """The probes' raw inputs for `data` (PreparedData): for text, the awkward texts as the models
+    take them (pipeline/text.py); none for images and tables."""
+    from pipeline.text import encode_texts, probe_texts
+
+    texts = probe_texts(data.kind.name)
+    if not texts:
+        return np.zeros((0, *data.meta.input_shape), dtype=data.meta.dtype)
+    return encode_texts(texts, data.meta.input_shape[0])
+
+
+def expected_rows(meta) -> int:
+    """Rows of a recorded output: the test split's examples, then the probes'."""
+    from pipeline.text import probe_texts
+
+    return meta.counts["test"] + len(probe_texts(meta.kind))
+
+
 def keras_reference(path: Path, meta) -> np.ndarray:
-    """evaluate's record of the Keras model's probabilities on the test split (memory-mapped: read a
-    batch at a time), checked against the split it must describe."""
+    """evaluate's record of the Keras model's probabilities on the test split and the probes
+    (memory-mapped: read a batch at a time), checked against what it must describe."""
     return recorded_array(path, "evaluate", meta, allow_pickle=False)
 
 
 def recorded_array(path: Path, stage: str, meta, allow_pickle: bool = False, key: str | None = None) -> np.ndarray:
-    """A float32 (test examples × classes) array a stage recorded, checked against the test split."""
+    """A float32 ((test examples + probes) × classes) array a stage recorded, checked against the
+    test split."""
     try:
         loaded = np.load(path, mmap_mode="r" if key is None else None, allow_pickle=allow_pickle)
         probs = loaded[key] if key is not None else loaded
@@ -37,7 +56,7 @@ def recorded_array(path: Path, stage: str, meta, allow_pickle: bool = False, key
     except (ValueError, OSError, KeyError) as exc:
         problem = f"{first_line(exc)}; rerun `dvc repro {stage}`"
         raise PipelineError(f"{path}: not the NumPy file {stage} writes ({problem})") from None
-    expected = (meta.counts["test"], meta.num_classes)
+    expected = (expected_rows(meta), meta.num_classes)
     if probs.shape != expected or probs.dtype != np.float32:
         raise PipelineError(
             f"{path}: holds {probs.dtype} {probs.shape}, the test split needs float32 {expected} "
@@ -48,27 +67,35 @@ def recorded_array(path: Path, stage: str, meta, allow_pickle: bool = False, key
 
 def saved_model_predictor(path: Path, kind: str, input_name: str):
     """The SavedModel's serving signature as TensorFlow Serving loads it (no project code), fed the
-    raw inputs: a text model's signature takes the texts, so their bytes are given as strings."""
+    raw inputs: a text model's signature takes the texts, so their bytes are given as strings (or
+    the texts themselves, a list of str)."""
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(path)).signatures["serving_default"]
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        value = tf.constant([row.tobytes().rstrip(b"\0") for row in x]) if kind == "text" else tf.constant(x)
-        return signature(**{input_name: value})[OUTPUT_NAME].numpy()
+    def predict(x) -> np.ndarray:
+        if kind == "text":
+            x = [t.encode("utf-8") if isinstance(t, str) else t.tobytes().rstrip(b"\0") for t in x]
+        return signature(**{input_name: tf.constant(x)})[OUTPUT_NAME].numpy()
 
     return predict
 
 
 def record_saved_model_outputs(saved_model: Path, data, out: Path) -> None:
     """The SavedModel's outputs on the test split of `data` (PreparedData) in batches of the largest
-    recorded size, and on its first RECORDED_EXAMPLES examples in batches of each size, into `out` (.npz)."""
+    recorded size, then on the probes (texts: given whole, so the graph cuts them itself), and on the
+    split's first RECORDED_EXAMPLES examples in batches of each size, into `out` (.npz)."""
+    from pipeline.text import probe_texts
+
     predict = saved_model_predictor(saved_model, data.kind.name, data.meta.input_name)
     test, first = [], []
     for x, _ in data.batches("test", RECORDED_BATCH_SIZES[-1]):
         test.append(np.asarray(predict(x), dtype=np.float32))
         if sum(map(len, first)) < RECORDED_EXAMPLES:
             first.append(x)
+    probes = probe_texts(data.kind.name)
+    if probes:
+        test.append(np.asarray(predict(probes), dtype=np.float32))
     sample = np.concatenate(first)[:RECORDED_EXAMPLES]
     sizes = {f"batch_{size}": predict_in_batches(predict, sample, size) for size in RECORDED_BATCH_SIZES}
     with open(out, "wb") as f:
@@ -128,10 +155,6 @@ def batch_consistency(fn, x: np.ndarray, sizes: list[int]) -> float:
     return float(max(np.abs(np.asarray(o, dtype=np.float64) - last).max() for o in outputs))
 
 
-# The row `measure` gives a float32 form (an int8 one has no batch_max_abs_diff).
-FLOAT32_ROW = ("max_abs_diff", "mean_abs_diff", "argmax_agreement", "accuracy", "batch_max_abs_diff")
-
-
 def measure(reference: np.ndarray, predictors: dict[str, Callable], data, limits) -> tuple[int, dict[str, dict]]:
     """Each predictor's agreement with `reference` in one pass over the raw test split of `data`
     (PreparedData), in `limits.batch_size` batches, and for float32 forms the batch-size check on the
@@ -148,9 +171,15 @@ def measure(reference: np.ndarray, predictors: dict[str, Callable], data, limits
             first.append(x)
             kept += len(x)
     sample = np.concatenate(first)[: limits.batch_check_examples]
+    probes = probe_inputs(data)
     results = {"keras": {"accuracy": keras.result()["accuracy"]}}
     for fmt, fn in predictors.items():
         results[fmt] = agreements[fmt].result()
+        if len(probes):  # after the split, where the reference and the recorded forms hold them
+            expected = np.asarray(reference[position : position + len(probes)], dtype=np.float64)
+            probed = np.asarray(fn(probes), dtype=np.float64)
+            results[fmt]["probe_max_abs_diff"] = float(np.abs(probed - expected).max())
+            results[fmt]["probe_argmax_agreement"] = float(np.mean(probed.argmax(1) == expected.argmax(1)))
         if "int8" not in fmt:
             results[fmt]["batch_max_abs_diff"] = batch_consistency(fn, sample, list(limits.batch_sizes))
     return keras.examples, results

@@ -54,47 +54,23 @@ class Registry:
     def set_description(self, name: str, version: str, text: str) -> None:
         self.client.update_model_version(name, str(version), description=text)
 
-    def register_onnx(
-        self, run_id: str, path: Path, name: str, signature: dict, extra_files: tuple[Path, ...] = ()
-    ) -> str:
-        """The ONNX file as an MLflow model in the run (`onnx_model/`) and a new version of `name`;
-        returns the version. `signature`: the file's input and output (name, dtype, shape with a
-        dynamic batch), so `mlflow models serve` answers a wrong input with MLflow's schema error.
-        `extra_files` (the other exported forms: int8 ONNX, LiteRT) travel in the version's
-        directory under `files/`, so the version holds every deployable file.
+    def register(self, run_id: str, save, name: str, extra_files: tuple[Path, ...] = ()) -> str:
+        """A new version of `name`: the MLflow model `save(directory)` writes (pipeline/mlflow_model.py),
+        logged into the run (`onnx_model/`) and registered; returns the version. `extra_files` (the
+        other exported forms: int8 ONNX, LiteRT) travel in the version's directory under `files/`, so
+        the version holds every deployable file.
 
         Saved locally, then logged and registered through this registry's client: MLflow's
         `log_model` would need the global tracking URI and an active run."""
+        import shutil
         import tempfile
 
-        import mlflow.onnx
-        import numpy as np
-        import onnx
-        import onnxruntime as ort
         from mlflow.exceptions import MlflowException
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
 
-        inp, out = signature["input"], signature["output"]
-        outputs = Schema([TensorSpec(np.dtype(out["dtype"]), (-1, *out["shape"][1:]), out["name"])])
         with tempfile.TemporaryDirectory(prefix="onnx-model-") as tmp:
             local = Path(tmp) / MODEL_DIR
-            if "text" in signature:  # the texts themselves in, through the project's classifier
-                save_text_model(path, local, inp["name"], outputs)
-            else:
-                spec = ModelSignature(
-                    inputs=Schema([TensorSpec(np.dtype(inp["dtype"]), (-1, *inp["shape"][1:]), inp["name"])]),
-                    outputs=outputs,
-                )
-                example = {inp["name"]: np.zeros((1, *inp["shape"][1:]), dtype=inp["dtype"])}
-                # The providers this machine has (CPU only on a CPU machine: no warning about a missing CUDA).
-                providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                             if p in ort.get_available_providers()]  # fmt: skip
-                mlflow.onnx.save_model(onnx.load(str(path)), str(local), signature=spec, input_example=example,
-                                       save_as_external_data=False, onnx_execution_providers=providers)  # fmt: skip
+            save(local)
             if extra_files:
-                import shutil
-
                 (local / EXTRA_DIR).mkdir()
                 for extra in extra_files:
                     shutil.copy2(extra, local / EXTRA_DIR / extra.name)
@@ -128,22 +104,3 @@ class Registry:
         import mlflow.pyfunc
 
         return mlflow.pyfunc.load_model(str(self.download(name, version, directory)))
-
-
-def save_text_model(onnx_path: Path, local: Path, input_name: str, outputs) -> None:
-    """A text model as an MLflow pyfunc model (pipeline/pyfunc_model.py): the ONNX file as its
-    artifact, the project's package as its code, a string column as its input."""
-    import mlflow.pyfunc
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    from pipeline.pyfunc_model import TextClassifierModel
-
-    mlflow.pyfunc.save_model(
-        str(local),
-        python_model=TextClassifierModel(),
-        artifacts={"model": str(onnx_path)},
-        code_paths=[str(Path(__file__).parent)],
-        signature=ModelSignature(inputs=Schema([ColSpec("string", input_name)]), outputs=outputs),
-        input_example={input_name: ["an example text"]},
-    )

@@ -13,6 +13,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# The presets' names (pipeline/presets.py defines them; tests/test_house.py holds the two equal): the
+# schema checks a name without importing the presets, so a change to a preset reruns only train.
+PRESET_NAMES = ("cnn", "mlp", "rnn", "keras_mlp", "mlp_128_64", "lenet", "cnn4", "cnn2", "tabular_mlp",
+                "text_bag", "text_cnn", "text_lstm")  # fmt: skip
+
 # Integer widths TensorFlow, NumPy and the shard writer accept; bounds far above any real use, so a
 # value outside them is a typo caught here rather than an overflow deep inside a stage.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]

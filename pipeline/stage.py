@@ -20,6 +20,7 @@ Any failure before step 6 removes the temporary places and leaves the outputs as
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -119,6 +120,9 @@ class Stage:
             places.discard()
             if hasattr(tracking, "fail"):
                 tracking.fail(interrupted=isinstance(exc, KeyboardInterrupt))
+            problem = fault_line(exc, tracking)
+            if problem is not None:
+                raise PipelineError(problem) from None
             raise
         for warning in result.warnings:
             print(f"{self.name}: warning: {warning}", file=sys.stderr)
@@ -147,3 +151,23 @@ def read_output(path: str | os.PathLike, stage: str, needs: str | None = None) -
         raise PipelineError(f"{path}: not found (run `dvc repro {stage}`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise PipelineError(f"{path}: not valid JSON{f' (needs {needs})' if needs else ''}") from None
+
+
+# The file system's faults a stage can meet writing its outputs: one line naming the file.
+FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large (a size limit: ulimit -f?)",
+        errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}  # fmt: skip
+
+
+def fault_line(exc: BaseException, tracking) -> str | None:
+    """One line for a fault of the environment (a full disk, the tracking store), else None."""
+    if isinstance(exc, OSError) and exc.errno in FULL:
+        where = exc.filename or "an output"
+        return f"{where}: {FULL[exc.errno]}; the previous outputs are kept"
+    if isinstance(exc, Exception) and type(exc).__module__.startswith(("mlflow", "sqlalchemy", "sqlite3", "requests")):
+        from pipeline.tracking import portable_uri, store_problem
+
+        problem = store_problem(exc)
+        uri = getattr(tracking, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+        if problem is not None:
+            return f"MLflow store {portable_uri(uri) if uri else '(the tracking store)'}: {problem}"
+    return None

@@ -151,3 +151,24 @@ def vocabulary_table(words: list[str]) -> np.ndarray:
     for rank in range(len(words) - 1, -1, -1):
         table[word_bucket(words[rank].encode("utf-8", errors="surrogateescape"))] = rank + 2
     return table
+
+
+# Texts every exported form must score as Keras does, beside the test split (verify's probes): what
+# tokenizers get wrong. The last is longer than any max_bytes: each form cuts it alike.
+AWKWARD_TEXTS = [
+    "",
+    "   ",
+    "\t\n \r\n\t",
+    "!!!???...,,,;;;:::---",
+    "Crème brûlée, naïve café: À LA CARTE — déjà vu «très» ¿qué? ¡Sí!",
+    "Съешь же ещё этих мягких французских булок, да выпей чаю. ЁЖИК",
+    "Zażółć gęślą jaźń. PŘÍLIŠ ŽLUŤOUČKÝ KŮŇ ÚPĚL ĎÁBELSKÉ ÓDY",
+    "日本語のテキスト、句読点。中文文本，标点符号！한국어 텍스트",
+    "emoji 😀🎉👍🏽 flags 🇩🇪 and a zero-width\u200bjoiner",
+    "word " * 5000,
+]
+
+
+def probe_texts(kind: str) -> list[str]:
+    """The texts verify probes every form with, beside the test split: AWKWARD_TEXTS for text."""
+    return list(AWKWARD_TEXTS) if kind == "text" else []

@@ -16,6 +16,8 @@ from keras import ops
 
 from pipeline.text import BUCKETS, MULTIPLIER, PAD, SPACE, WORD_BYTES, shifted, standardize, vocabulary_table
 
+POWERS = [pow(MULTIPLIER, k, BUCKETS) for k in range(WORD_BYTES)]  # each below 2^20
+
 
 @keras.saving.register_keras_serializable(package="pipeline")
 class TextVectorizer(keras.layers.Layer):
@@ -38,17 +40,18 @@ class TextVectorizer(keras.layers.Layer):
         return len(self.vocabulary) + 2
 
     def word_buckets(self, b):
-        """Each position's hash of the word ending there (its last WORD_BYTES bytes), Horner's rule
-        from the farthest byte to the nearest; positions outside a word add nothing."""
+        """Each position's hash of the word ending there (its last WORD_BYTES bytes): the sum of each
+        byte k places back times MULTIPLIER^k, modulo BUCKETS (text.word_bucket's Horner rule, term by
+        term); positions outside the word add nothing. Each term is below 2^28, so seven of them and
+        the carried remainder stay within int32 between reductions."""
         word = ops.cast(b != SPACE, "int32")
-        inside, masks = word, [word]
+        inside, h = word, b * word
         for k in range(1, WORD_BYTES):
-            inside = inside * shifted(ops, word, k)
-            masks.append(inside)
-        h = ops.zeros_like(b)
-        for k in reversed(range(WORD_BYTES)):
-            h = (h * MULTIPLIER + shifted(ops, b, k) * masks[k]) % BUCKETS
-        return h, word
+            inside = inside * shifted(ops, word, k)  # the word reaches k bytes back
+            h = h + shifted(ops, b, k) * inside * POWERS[k]
+            if k % 7 == 6:
+                h = h % BUCKETS
+        return h % BUCKETS, word
 
     def call(self, inputs):
         b = standardize(ops, ops.cast(inputs, "int32"))

@@ -14,9 +14,13 @@ through `Run.resume`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,40 @@ def artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
         return (project_root() / "mlartifacts").as_uri()
     return None
+
+
+STORE_LIBRARIES = ("mlflow", "sqlalchemy", "sqlite3", "requests", "urllib3", "psycopg2")
+
+
+def store_problem(exc: BaseException) -> str | None:
+    """What went wrong with the tracking store, in a few words and with what to do, when `exc` came
+    from MLflow's store (its client, SQLAlchemy, the database driver, the HTTP client); else None."""
+    if not type(exc).__module__.startswith(STORE_LIBRARIES):
+        return None
+    text = " ".join(str(exc).split())
+    if "not a database" in text or "malformed" in text:
+        return "not a database MLflow can read (damaged?): move it aside (a new one is made) or restore a copy"
+    if "readonly" in text or "read-only" in text or "unable to open database file" in text:
+        return "cannot be written (read-only?): make the file and its folder writable"
+    if "database is locked" in text:
+        return "locked by another process: retry once it is done"
+    if "API request" in text or "Connection" in type(exc).__name__ or "Max retries" in text:
+        return "the tracking server does not answer: start it, or set MLFLOW_TRACKING_URI to one that does"
+    return first_line(exc)
+
+
+@contextlib.contextmanager
+def store_access(uri: str) -> Iterator[None]:
+    """A fault of the tracking store at `uri` inside the block as one line naming the store."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:
+        problem = store_problem(exc)
+        if problem is None:
+            raise
+        raise PipelineError(f"MLflow store {portable_uri(uri)}: {problem}") from None
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -124,6 +162,7 @@ class Run:
         check_reachable(uri)
         try:
             client = cls._client(uri)
+            client.search_experiments(max_results=1)  # a damaged or read-only store fails here, before any work
             if resume_run_id:
                 try:
                     run = client.get_run(resume_run_id)
@@ -135,10 +174,11 @@ class Run:
             run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
         except MlflowException as exc:
             raise PipelineError(f"MLflow tracking URI {uri}: {first_line(exc)}") from None
-        except Exception as exc:  # unreachable server, bad scheme: fail before any training
-            if type(exc).__module__.startswith(("requests", "urllib3", "sqlalchemy")):
-                raise PipelineError(f"MLflow tracking URI {uri}: cannot connect ({type(exc).__name__})") from None
-            raise
+        except Exception as exc:  # unreachable server, damaged store: fail before any training
+            problem = store_problem(exc)
+            if problem is None:
+                raise
+            raise PipelineError(f"MLflow store {portable_uri(uri)}: {problem}") from None
         return cls(client, run.info.run_id, experiment_id, uri)
 
     @staticmethod
@@ -170,14 +210,15 @@ class Run:
         # The environment wins, as for `start`, so a shared server can be named in any clone.
         uri = resolve_tracking_uri(ids["tracking_uri"])
         run_id = ids["run_id"]
-        client = existing_store_client(
-            uri,
-            missing=f"{path}: MLflow run {run_id} is in the embedded store {portable_uri(uri)}, which this "
-            "clone does not have; set MLFLOW_TRACKING_URI to the shared tracking server, or rerun "
-            "`dvc repro train`",
-        )
-        tracker = cls(client, run_id, ids["experiment_id"], uri)
-        tracker.check_run_exists(path)
+        with store_access(uri):
+            client = existing_store_client(
+                uri,
+                missing=f"{path}: MLflow run {run_id} is in the embedded store {portable_uri(uri)}, which this "
+                "clone does not have; set MLFLOW_TRACKING_URI to the shared tracking server, or rerun "
+                "`dvc repro train`",
+            )
+            tracker = cls(client, run_id, ids["experiment_id"], uri)
+            tracker.check_run_exists(path)
         return tracker
 
     def check_run_exists(self, run_file: Path) -> None:
@@ -268,6 +309,11 @@ class TrainingRun:
         self.configured_uri, self.experiment_name = configured_uri, experiment_name
         self.run: Run | None = None
         self.monitor = None
+        self.unlogged: list[tuple[int, dict[str, float]]] = []  # epochs the store did not take
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.run.tracking_uri if self.run is not None else resolve_tracking_uri(self.configured_uri)
 
     @property
     def run_id(self) -> str | None:
@@ -304,8 +350,23 @@ class TrainingRun:
             log_dataset_inputs(self.run, meta.name, meta.source, split_inputs(meta, hashes))
 
     def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
-        if self.run is not None:
-            self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        """The epoch's metrics into the run. A store that stops answering does not stop the training:
+        one warning, and the epochs it missed are logged when the training is published."""
+        if self.run is None:
+            return
+        metrics = {k: v for k, v in row.items() if k != "epoch"}
+        if self.unlogged:
+            self.unlogged.append((epoch, metrics))
+            return
+        try:
+            self.run.log_metrics(metrics, step=epoch)
+        except Exception as exc:
+            problem = store_problem(exc)
+            if problem is None:
+                raise
+            self.unlogged.append((epoch, metrics))
+            print(f"train: warning: MLflow store {portable_uri(self.run.tracking_uri)}: {problem}; training goes on, "
+                  "and logs its epochs when it is done", file=sys.stderr, flush=True)  # fmt: skip
 
     def stop_monitor(self) -> None:
         if self.monitor is not None:
@@ -313,14 +374,26 @@ class TrainingRun:
             self.monitor = None
 
     def fail(self, interrupted: bool) -> None:
-        self.stop_monitor()
-        if self.run is not None:
-            self.run.end("KILLED" if interrupted else "FAILED")
+        """Mark the run killed or failed, as far as the store lets it within a few seconds: an
+        interrupt can land inside one of its writes, whose lock the next write would wait for."""
+
+        def end() -> None:
+            with contextlib.suppress(Exception):
+                self.stop_monitor()
+                if self.run is not None:
+                    self.run.end("KILLED" if interrupted else "FAILED")
+
+        ending = threading.Thread(target=end, daemon=True)
+        ending.start()
+        ending.join(timeout=5)
 
     def finish(self, result, artifacts: dict[str, Path]) -> None:
         """Tags, summary metrics and artifacts of a finished training (training.TrainResult)."""
         self.stop_monitor()
         run, devices, report = self.run, result.devices, result.report
+        for epoch, metrics in self.unlogged:
+            run.log_metrics(metrics, step=epoch)
+        self.unlogged = []
         run.set_tags({
             "train.strategy": devices.strategy,
             "train.devices": ",".join(devices.devices),

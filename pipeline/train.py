@@ -120,10 +120,23 @@ def train_stage(inputs: dict[str, Path], params, outputs: dict[str, Path], run) 
 
 
 def publish(result: StageResult, run, outputs: dict[str, Path]) -> dict:
-    """The finished training into its MLflow run; the resumable state goes once the run holds it."""
+    """The finished training into its MLflow run; the resumable state goes once the run holds it. A
+    store that stopped answering keeps the state: the rerun publishes without training again."""
+    from pipeline.tracking import portable_uri, store_problem
+
     trained: TrainResult = result.facts["result"]
-    run.finish(trained, {option: outputs[option] for option in ("history", "report", "model")})
-    result.facts["state"].remove()
+    state = result.facts["state"]
+    try:
+        run.finish(trained, {option: outputs[option] for option in ("history", "report", "model")})
+    except Exception as exc:
+        problem = store_problem(exc)
+        if problem is None:
+            raise
+        raise PipelineError(
+            f"MLflow store {portable_uri(run.tracking_uri)}: {problem}; the training is kept in {state.directory}: "
+            "rerun `dvc repro train` once the store answers, and it resumes from there"
+        ) from None
+    state.remove()
     return {"run_file": run.run_file()}
 
 

@@ -9,8 +9,10 @@ knows nothing of files other than its work directory, nor of MLflow (it calls th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -171,10 +173,12 @@ class Inputs:
     synchronous: bool  # several workers step together on whole batches
     weights: list[float] | None  # per class, train.class_weight
     cache: CachePlan
+    prepared: Path  # where they come from, for a message
 
 
-def training_inputs(p, data, devices, custom: bool, work_dir: Path) -> Inputs:
-    """The train and val splits of `data` (PreparedData) as tf.data, batched for the strategy."""
+def training_inputs(p, data, devices, custom: bool, work_dir: Path, tokenize=None) -> Inputs:
+    """The train and val splits of `data` (PreparedData) as tf.data, batched for the strategy (text:
+    as word ids, `tokenize` being a copy of the model's vectorizer)."""
     from pipeline.dataset import augmenter, make_dataset
 
     synchronous = custom and devices.workers > 1
@@ -184,7 +188,7 @@ def training_inputs(p, data, devices, custom: bool, work_dir: Path) -> Inputs:
     # Several workers step together: each must get the same number of whole batches. Sharding by
     # example (every worker shuffles the whole split alike and keeps its part of each global batch)
     # guarantees it; by file, shards of unequal size would give workers unequal shares.
-    common = {"workers": devices.workers, "shard": "DATA" if synchronous else None}
+    common = {"workers": devices.workers, "shard": "DATA" if synchronous else None, "tokenize": tokenize}
     weights = class_weights(meta) if p.class_weight == "balanced" else None
     cache = cache_plan(p.cache, meta, work_dir / "cache")
     train = make_dataset(
@@ -202,17 +206,24 @@ def training_inputs(p, data, devices, custom: bool, work_dir: Path) -> Inputs:
             )
     else:
         steps_per_epoch = -(-meta.counts["train"] // global_batch)
-    return Inputs(train, val, global_batch, steps_per_epoch, synchronous, weights, cache)
+    return Inputs(train, val, global_batch, steps_per_epoch, synchronous, weights, cache, data.directory)
 
 
-def compiled_model(p, data, devices, strategy, inputs: Inputs, custom: bool):
-    """The model `p` describes for `data`, built in the training's precision and compiled under the
-    strategy."""
+def compiled_model(p, data, devices, strategy, inputs: Inputs, custom: bool, vocabulary: list[str] | None):
+    """The model `p` describes for `data`, built in the training's precision under the strategy, and
+    the model that is fitted: the same, or for text the same layers after the vectorizer (the
+    inputs are word ids already), compiled."""
+    import keras
+
     from pipeline.model import model_for_data
 
     with strategy.scope():
-        model = model_for_data(p, data, precision=devices.precision)
-        model.compile(
+        model = model_for_data(p, data, precision=devices.precision, vocabulary=vocabulary)
+        fitted = model
+        if vocabulary is not None:
+            ids = keras.Input(shape=(p.text.sequence_length,), dtype="int32", name="word_ids")
+            fitted = keras.Sequential([ids, *model.layers[1:]], name=model.name)
+        fitted.compile(
             optimizer=make_optimizer(p, inputs.steps_per_epoch, devices.precision),
             loss=make_loss(p, data.meta.num_classes),
             metrics=["accuracy"],
@@ -221,7 +232,7 @@ def compiled_model(p, data, devices, strategy, inputs: Inputs, custom: bool):
                 1 if custom else batches_per_call(p.steps_per_execution, inputs.global_batch, inputs.steps_per_epoch)
             ),
         )
-    return model
+    return model, fitted
 
 
 def epoch_recorder(history_path: Path, on_epoch: Callable | None):
@@ -262,6 +273,33 @@ def fit(model, strategy, inputs: Inputs, p, devices, recorder, work_dir: Path, s
             )
         )
     started = time.perf_counter()
+    with prepared_data_faults(inputs):
+        run_loop(model, strategy, inputs, p, devices, callbacks, work_dir, shared_dir, custom, verbose)
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def prepared_data_faults(inputs: Inputs):
+    """A prepared split that TensorFlow finds damaged or short of what meta.json says, as one line
+    (prepared.PreparedData checks each shard's size before; this is what only reading can find)."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as exc:
+        text = " ".join(str(exc).split())
+        if not re.search(r"record|cardinality|expected to contain|corrupt|truncated|DataLoss", text, re.I):
+            raise
+        detail = re.sub(r"\s*\[\[.*", "", text)[:200]
+        raise PipelineError(
+            f"{inputs.prepared}: the prepared data does not read back ({detail}); rerun `dvc repro prepare`"
+        ) from None
+
+
+def run_loop(model, strategy, inputs: Inputs, p, devices, callbacks: list, work_dir: Path, shared_dir: Path | None,
+             custom: bool, verbose: int) -> None:  # fmt: skip
+    import keras
+
     if custom:
         from pipeline.multi_worker import fit_custom
 
@@ -283,10 +321,10 @@ def fit(model, strategy, inputs: Inputs, p, devices, recorder, work_dir: Path, s
             inputs.train, validation_data=inputs.val, epochs=p.epochs, callbacks=callbacks, verbose=verbose,
             shuffle=False,
         )  # fmt: skip
-    return time.perf_counter() - started
 
 
-def training_report(p, data, devices, inputs: Inputs, model, history: list[dict], seconds: float, custom: bool):
+def training_report(p, data, devices, inputs: Inputs, fitted, model, history: list[dict], seconds: float,
+                    custom: bool):  # fmt: skip
     """reports/train.json, less the class names: epochs, best epoch, speed, devices, the setup."""
     from pipeline.model import applied_normalization
 
@@ -300,7 +338,7 @@ def training_report(p, data, devices, inputs: Inputs, model, history: list[dict]
         "training_seconds": round(seconds, 2),
         "examples_per_second": round(per_epoch * len(history) / seconds, 1) if seconds else None,
         "global_batch_size": inputs.global_batch,
-        "steps_per_execution": int(model.steps_per_execution),
+        "steps_per_execution": int(fitted.steps_per_execution),
         "training_loop": "custom (tf.distribute)" if custom else "keras fit",
         "devices": devices.to_dict(),
         "parameters": int(model.count_params()),
@@ -337,20 +375,23 @@ def train(p, data, work_dir: Path, *, on_start: Callable | None = None, on_epoch
     before it), `on_epoch(epoch, row)` after each finished epoch.
     """
     from pipeline.devices import op_determinism, setup_devices
-    from pipeline.model import float32_model
+    from pipeline.model import float32_model, text_vectorizer, text_vocabulary
 
     strategy, devices = setup_devices(p.mixed_precision, p.jit_compile, p.deterministic, p.seed)
     custom = loop == "custom" or (loop == "auto" and devices.strategy == "MultiWorkerMirroredStrategy")
+    text = data.kind.name == "text"
+    vocabulary = text_vocabulary(p, data) if text else None
     with op_determinism(devices.deterministic):
-        inputs = training_inputs(p, data, devices, custom, work_dir)
-        model = compiled_model(p, data, devices, strategy, inputs, custom)
+        tokenize = text_vectorizer(p, vocabulary) if text else None  # tf.data's own copy, outside the strategy
+        inputs = training_inputs(p, data, devices, custom, work_dir, tokenize)
+        model, fitted = compiled_model(p, data, devices, strategy, inputs, custom, vocabulary)
         if on_start is not None:
             on_start(model)
         work_dir.mkdir(parents=True, exist_ok=True)
         recorder = epoch_recorder(work_dir / "history.csv", on_epoch)
-        seconds = fit(model, strategy, inputs, p, devices, recorder, work_dir, shared_dir, custom, verbose)
+        seconds = fit(fitted, strategy, inputs, p, devices, recorder, work_dir, shared_dir, custom, verbose)
     history = recorder.history()
     if not history:
         raise PipelineError("train: no epoch finished")
-    report = training_report(p, data, devices, inputs, model, history, seconds, custom)
-    return TrainResult(float32_model(model), history, devices, seconds, model_summary(model), report, model)
+    report = training_report(p, data, devices, inputs, fitted, model, history, seconds, custom)
+    return TrainResult(float32_model(model), history, devices, seconds, model_summary(model), report, fitted)

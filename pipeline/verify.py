@@ -83,6 +83,15 @@ def check(results: dict[str, dict], limits) -> list[str]:
                 f"{fmt}: max |Δ| {r['max_abs_diff']:.3g} (verify.max_abs_diff {limits.max_abs_diff:g}), "
                 f"argmax agreement {r['argmax_agreement']:.4%} (need 100%)"
             )
+        if (
+            fmt not in drops
+            and "probe_max_abs_diff" in r
+            and (r["probe_max_abs_diff"] > limits.max_abs_diff or r["probe_argmax_agreement"] < 1.0)
+        ):
+            failures.append(
+                f"{fmt}: on the awkward texts max |Δ| {r['probe_max_abs_diff']:.3g}, argmax agreement "
+                f"{r['probe_argmax_agreement']:.0%} (pipeline/text.py: AWKWARD_TEXTS)"
+            )
         if r.get("batch_max_abs_diff", 0.0) > limits.max_abs_diff / 10:
             failures.append(f"{fmt}: batch sizes {list(limits.batch_sizes)} disagree by {r['batch_max_abs_diff']:.3g}")
     return failures
