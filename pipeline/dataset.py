@@ -35,6 +35,35 @@ def augmenter(horizontal_flip: bool, translate: float, seed: int, erase: float =
     return keras.Sequential(layers, name="augment") if layers else None
 
 
+def dataset_options(shard: str):
+    """tf.data's options: how a multi-worker strategy shards the split, and the autotuner off.
+
+    With the autotuner, an epoch could start 13-18 s late (its first 16 batches took 13.6 s instead
+    of 0.8: Keras opens an iterator as each epoch ends and replaces it as the next begins, and
+    dropping one could wait for the autotuner's thread to wake: such waits ended at 10 ms x (2^k - 1)
+    after the iterator opened, its doubling sleep). The default model, 6 epochs: 2 of 6 epochs
+    stalled (+26 s), none without it, same weights, and the epochs that did not stall took as long as
+    those without it (median 28.5 s against 28.0 s: this small pipeline of cached raw pixels needs no
+    tuning)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = getattr(tf.data.experimental.AutoShardPolicy, shard)
+    options.autotune.enabled = False
+    return options
+
+
+def tokenized(dataset, tokenize):
+    """A text split as word ids, tokenized a block at a time by `tokenize` (the model's vectorizer)."""
+    import tensorflow as tf
+
+    examples = dataset.cardinality()
+    dataset = dataset.batch(256).map(lambda x, y: (tokenize(x), y), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    if examples >= 0:  # known: keep it known (Keras warns of running out of data otherwise)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(examples))
+    return dataset
+
+
 def shard_policy(num_files: int, workers: int) -> str:
     """How a multi-worker strategy splits a split: by file when every worker gets one, else by example."""
     return "FILE" if num_files >= workers else "DATA"
@@ -81,25 +110,11 @@ def make_dataset(
     import tensorflow as tf
 
     meta = data.meta
-    dataset = data.dataset(split, files)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = getattr(
-        tf.data.experimental.AutoShardPolicy, shard or shard_policy(len(meta.shards[split]), workers)
+    dataset = data.dataset(split, files).with_options(
+        dataset_options(shard or shard_policy(len(meta.shards[split]), workers))
     )
-    # tf.data's autotuner off: with it, an epoch could start 13-18 s late (its first 16 batches took
-    # 13.6 s instead of 0.8: Keras opens an iterator as each epoch ends and replaces it as the next
-    # begins, and dropping one could wait for the autotuner's thread to wake: such waits ended at
-    # 10 ms x (2^k - 1) after the iterator opened, its doubling sleep). The default model, 6 epochs:
-    # 2 of 6 epochs stalled (+26 s), none without it, same weights, and the epochs that did not stall
-    # took as long as those without it (median 28.5 s against 28.0 s: this small pipeline of cached
-    # raw pixels needs no tuning).
-    options.autotune.enabled = False
-    dataset = dataset.with_options(options)
     if tokenize is not None:
-        examples = dataset.cardinality()
-        dataset = dataset.batch(256).map(lambda x, y: (tokenize(x), y), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-        if examples >= 0:  # known: keep it known (Keras warns of running out of data otherwise)
-            dataset = dataset.apply(tf.data.experimental.assert_cardinality(examples))
+        dataset = tokenized(dataset, tokenize)
     if cache:
         dataset = dataset.cache("" if cache == "memory" else cache)
     if training:

@@ -44,21 +44,65 @@ def fit_custom(
     import keras
     import tensorflow as tf
 
-    optimizer = model.optimizer
-    replicas = strategy.num_replicas_in_sync
+    metrics = epoch_metrics(strategy)
     with strategy.scope():
-        metrics = {
+        epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epochs_done)
+    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir if chief else scratch_dir), max_to_keep=2)
+    dist_train = strategy.experimental_distribute_dataset(train_ds)
+    dist_val = strategy.experimental_distribute_dataset(val_ds)
+    train_step, val_step = step_functions(model, strategy, metrics, dist_train, dist_val)
+
+    resumed = restore_from_chief(checkpoint, checkpoint_dir, strategy, epochs_done)
+    for _ in range(resumed):  # replay earlier epochs' shuffles and augmentation draws, unseen
+        for _ in dist_train:
+            pass
+        iter(dist_train)
+
+    callback_list = keras.callbacks.CallbackList(
+        callbacks, model=model, epochs=epochs, steps=steps_per_epoch, verbose=0
+    )
+    model.stop_training = False
+    callback_list.on_train_begin()
+    for epoch in range(resumed, epochs):
+        started = time.perf_counter()
+        callback_list.on_epoch_begin(epoch)
+        logs = run_epoch(metrics, dist_train, dist_val, train_step, val_step)
+        callback_list.on_epoch_end(epoch, logs)
+        epochs_done.assign(epoch + 1)
+        manager.save()  # collective: the chief's is the real one
+        if verbose:
+            print(
+                f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - started:.0f}s - "
+                + " - ".join(f"{name}: {value:.4f}" for name, value in logs.items()),
+                flush=True,
+            )
+        if model.stop_training:
+            break
+    callback_list.on_train_end()
+
+
+def epoch_metrics(strategy) -> dict:
+    """The metrics `fit` reports each epoch, made under the strategy (their states all-reduce)."""
+    import keras
+
+    with strategy.scope():
+        return {
             "loss": keras.metrics.Mean(name="loss"),
             "accuracy": keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
             "val_loss": keras.metrics.Mean(name="val_loss"),
             "val_accuracy": keras.metrics.SparseCategoricalAccuracy(name="val_accuracy"),
         }
-        epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epochs_done)
-    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir if chief else scratch_dir), max_to_keep=2)
 
-    # The steps of Keras' own TensorFlow trainer, per replica: the compiled loss (plus regularization)
-    # is scaled by 1 / replicas, so the optimizer's all-reduce SUM gives the global mean's gradient.
+
+def step_functions(model, strategy, metrics: dict, dist_train, dist_val):
+    """The train and validation steps of Keras' own TensorFlow trainer, per replica, traced once."""
+    import tensorflow as tf
+
+    optimizer, replicas = model.optimizer, strategy.num_replicas_in_sync
+
+    # The compiled loss (plus regularization) is scaled by 1 / replicas, so the optimizer's
+    # all-reduce SUM gives the global mean's gradient.
     def train_replica(x, y, weights=None):  # weights: per example, from train.class_weight
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
@@ -75,9 +119,6 @@ def fit_custom(
         metrics["val_loss"].update_state(loss * replicas, sample_weight=tf.shape(x)[0])
         metrics["val_accuracy"].update_state(y, probs)
 
-    dist_train = strategy.experimental_distribute_dataset(train_ds)
-    dist_val = strategy.experimental_distribute_dataset(val_ds)
-
     # Traced once for the datasets' own element specs (a batch dimension of None unless batches
     # are whole), as Keras traces its train function: a first trace for a static batch size would
     # compute the partial last batch in a second graph, rounded differently.
@@ -89,45 +130,24 @@ def fit_custom(
     def val_step(batch):
         strategy.run(val_replica, args=batch)
 
-    resumed = restore_from_chief(checkpoint, checkpoint_dir, strategy, epochs_done)
-    for _ in range(resumed):  # replay earlier epochs' shuffles and augmentation draws, unseen
-        for _ in dist_train:
-            pass
-        iter(dist_train)
+    return train_step, val_step
 
-    callback_list = keras.callbacks.CallbackList(
-        callbacks, model=model, epochs=epochs, steps=steps_per_epoch, verbose=0
-    )
-    model.stop_training = False
-    callback_list.on_train_begin()
-    for epoch in range(resumed, epochs):
-        started = time.perf_counter()
-        callback_list.on_epoch_begin(epoch)
-        for metric in metrics.values():
-            metric.reset_state()
-        # Batches are taken in Python, never by a traced `next()` past the end: a step cut short by
-        # the end of the data still ran the optimizer's iteration count (measured: 8 of 7 steps).
-        for batch in dist_train:
-            train_step(batch)
-        for batch in dist_val:
-            val_step(batch)
-        # Keras' epoch iterator opens the next epoch's iterator as an epoch ends and another as the
-        # next begins; each opening draws the next shuffle order. Draw the same orders as fit does.
-        iter(dist_train)
-        # result() is a collective: every worker reads every metric, in this order.
-        logs = {name: float(metric.result()) for name, metric in metrics.items()}
-        callback_list.on_epoch_end(epoch, logs)
-        epochs_done.assign(epoch + 1)
-        manager.save()  # collective: the chief's is the real one
-        if verbose:
-            print(
-                f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - started:.0f}s - "
-                + " - ".join(f"{name}: {value:.4f}" for name, value in logs.items()),
-                flush=True,
-            )
-        if model.stop_training:
-            break
-    callback_list.on_train_end()
+
+def run_epoch(metrics: dict, dist_train, dist_val, train_step, val_step) -> dict[str, float]:
+    """One epoch of training and validation; its logs."""
+    for metric in metrics.values():
+        metric.reset_state()
+    # Batches are taken in Python, never by a traced `next()` past the end: a step cut short by
+    # the end of the data still ran the optimizer's iteration count (measured: 8 of 7 steps).
+    for batch in dist_train:
+        train_step(batch)
+    for batch in dist_val:
+        val_step(batch)
+    # Keras' epoch iterator opens the next epoch's iterator as an epoch ends and another as the
+    # next begins; each opening draws the next shuffle order. Draw the same orders as fit does.
+    iter(dist_train)
+    # result() is a collective: every worker reads every metric, in this order.
+    return {name: float(metric.result()) for name, metric in metrics.items()}
 
 
 def restore_from_chief(checkpoint, checkpoint_dir: Path, strategy, epochs_done) -> int:
