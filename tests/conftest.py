@@ -4,23 +4,55 @@ of the repo for real `dvc` runs. What they are built from lives in tests/helpers
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import shutil
+import sqlite3
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers.commands import REPO, run
+from helpers.commands import REPO, committed_params, run
 from helpers.data import fetch_and_prepare, write_idx_dataset
+
+# What the shell that runs pytest may have set and the pipeline reads: a tracking server, debug
+# tracebacks, a multi-worker cluster, a DVC experiment. No test, and no stage a test runs, sees them.
+SHELL_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "PIPELINE_DEBUG",
+    "TF_CONFIG",
+    "DVC_ROOT",
+    "DVC_EXP_NAME",
+    "DVC_EXP_BASELINE_REV",
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shell_variables_kept_out():
+    """For the session's own fixtures too (the shared reproduced repo runs before any test's fixture)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in SHELL_VARIABLES:
+            patch.delenv(name, raising=False)
+        yield
 
 
 @pytest.fixture(autouse=True)
-def isolated_tracking_uri(monkeypatch):
-    """Each test starts without MLFLOW_TRACKING_URI, and whatever MLflow sets is undone afterwards."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def isolated_process_state(monkeypatch):
+    """Each test starts without the shell's variables, and MLflow's process-wide tracking and registry
+    URIs (`mlflow.set_tracking_uri`, which also sets MLFLOW_TRACKING_URI) are unset afterwards."""
+    for name in SHELL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
 
 
 @pytest.fixture
@@ -42,7 +74,7 @@ TINY_TRAIN = {
 
 
 def tiny_params(data: dict, **sections) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = committed_params()
     params["data"] = {"name": None, **data}
     params["prepare"] = {**params["prepare"], "shard_size": 50}
     if "train" in params:
@@ -78,6 +110,14 @@ def make_dvc_repo(repo: Path, data: dict, **sections) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "init"], repo)
     return repo
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium: missing, a failure under CI and a skip elsewhere, before the test starts."""
+    from helpers.browser import chromium_path
+
+    return chromium_path()
 
 
 @pytest.fixture
@@ -121,7 +161,59 @@ def reproduced_copy(reproduced, tmp_path) -> Path:
     """A copy of the reproduced repo (git, DVC cache, outputs, its own MLflow store) to change."""
     copy = tmp_path / "repo"
     shutil.copytree(reproduced.repo, copy, symlinks=True)
+    relocate_store(copy / "mlflow.db", reproduced.repo, copy)
     return copy
+
+
+def relocate_store(db: Path, old: Path, new: Path) -> None:
+    """Point a copied MLflow store at its copy's artifacts: the store records absolute locations (an
+    experiment's artifact root, each run's artifact URI), which would send the copy's new runs'
+    artifacts into the original's mlartifacts/."""
+    old_prefix, new_prefix = f"{old}/", f"{new}/"
+    with contextlib.closing(sqlite3.connect(db)) as store, store:
+        tables = [name for (name,) in store.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for _, column, kind, *_ in store.execute(f'PRAGMA table_info("{table}")'):
+                if "CHAR" in kind.upper() or "TEXT" in kind.upper():
+                    store.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                        (old_prefix, new_prefix, old_prefix),
+                    )
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables made (MLflow's migrations take ~9 s), never written to:
+    `mlflow_run` copies it."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_run(empty_mlflow_store, tmp_path, monkeypatch):
+    """A real MLflow run (pipeline.tracking.Run) in a store of this test's own, a copy of an empty
+    one, with its artifacts under tmp_path/mlartifacts (the project root a local store's artifacts
+    go to: pipeline/tracking.py)."""
+    from pipeline.tracking import Run
+
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(empty_mlflow_store, store / "mlflow.db")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    return Run.start(f"sqlite:///{store / 'mlflow.db'}", "t")
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory):
+    """Every exported form of an untrained model whose weights are set by hand to classify the tiny
+    IDX data (helpers/exports.py), shared read-only by the tests of what reads exported files: copy a
+    file before changing it."""
+    from helpers.exports import export_tiny_image_model
+
+    return export_tiny_image_model(tmp_path_factory.mktemp("exported"))
 
 
 @pytest.fixture

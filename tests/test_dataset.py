@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 
 from pipeline.dataset import make_dataset
-from pipeline.records import read_meta, read_split_arrays
+from pipeline.prepared import PreparedData
 
 from helpers.data import fetch_and_prepare
 
 
 @pytest.fixture
-def prepared(tiny_data, tmp_path):
+def prepared(tiny_data, tmp_path) -> PreparedData:
     fetch_and_prepare(tiny_data, tmp_path)
-    return str(tmp_path / "prepared")
+    return PreparedData.open(tmp_path / "prepared")
 
 
 def labels_of(dataset) -> list[int]:
@@ -20,18 +20,16 @@ def labels_of(dataset) -> list[int]:
 
 
 def test_each_epoch_reshuffles_and_the_seed_repeats_it(prepared):
-    meta = read_meta(prepared)
-    ds = make_dataset(prepared, meta, "train", 8, training=True, shuffle_buffer=200, seed=3)
+    ds = make_dataset(prepared, "train", 8, training=True, shuffle_buffer=200, seed=3)
     first, second = labels_of(ds), labels_of(ds)
     assert sorted(first) == sorted(second) and first != second  # cache() did not freeze the order
-    again = make_dataset(prepared, meta, "train", 8, training=True, shuffle_buffer=200, seed=3)
+    again = make_dataset(prepared, "train", 8, training=True, shuffle_buffer=200, seed=3)
     assert labels_of(again) == first
 
 
 def test_evaluation_order_is_the_file_order_and_images_stay_raw(prepared):
-    meta = read_meta(prepared)
-    images, labels = read_split_arrays(prepared, meta, "test")
-    ds = make_dataset(prepared, meta, "test", 16, training=False)
+    images, labels = prepared.arrays("test")
+    ds = make_dataset(prepared, "test", 16, training=False)
     xs = np.concatenate([x for x, _ in ds.as_numpy_iterator()])
     assert labels_of(ds) == labels.tolist()
     np.testing.assert_array_equal(xs, images)  # the model normalises; tf.data only decodes
@@ -41,8 +39,7 @@ def test_evaluation_order_is_the_file_order_and_images_stay_raw(prepared):
 
 def first_training_batch(prepared, augment=None):
     """The whole (unshuffled) train split as one training batch, augmented by `augment`."""
-    meta = read_meta(prepared)
-    dataset = make_dataset(prepared, meta, "train", 108, training=True, shuffle_buffer=1, seed=0, augment=augment)
+    dataset = make_dataset(prepared, "train", 108, training=True, shuffle_buffer=1, seed=0, augment=augment)
     return next(dataset.as_numpy_iterator())[0]
 
 
@@ -74,9 +71,9 @@ def test_workers_shard_by_file_when_each_gets_one_else_by_example():
 def test_shard_policy_is_set_on_the_dataset(prepared):
     import tensorflow as tf
 
-    meta = read_meta(prepared)  # train: 108 examples in 3 shards of up to 50
-    by_file = make_dataset(prepared, meta, "train", 8, training=False, workers=3)
-    by_data = make_dataset(prepared, meta, "train", 8, training=False, workers=4)
+    assert len(prepared.meta.shards["train"]) == 3  # 108 examples in shards of up to 50
+    by_file = make_dataset(prepared, "train", 8, training=False, workers=3)
+    by_data = make_dataset(prepared, "train", 8, training=False, workers=4)
     policy = tf.data.experimental.AutoShardPolicy
     assert by_file.options().experimental_distribute.auto_shard_policy == policy.FILE
     assert by_data.options().experimental_distribute.auto_shard_policy == policy.DATA

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.devices import cluster_spec, cpu_supports_bfloat16, is_chief, precision_policy, resolve, strategy_kind
+from pipeline.devices import cluster_spec, cpu_supports_bfloat16, is_chief, precision_policy, strategy_kind, switch
 
 from helpers.commands import run
 
@@ -15,7 +15,7 @@ from helpers.commands import run
     "mode, on_gpu, expected", [("auto", True, True), ("auto", False, False), ("on", False, True), ("off", True, False)]
 )
 def test_auto_means_gpu_only(mode, on_gpu, expected):
-    assert resolve(mode, on_gpu) is expected
+    assert switch(mode, on_gpu) is expected
 
 
 @pytest.mark.parametrize(
@@ -57,19 +57,28 @@ def test_tf_config_chief_rules(monkeypatch):
     assert not is_chief(cluster_spec())
 
 
-def test_cpu_setup_is_default_strategy_no_xla(tmp_path):
+def test_cpu_setup_is_default_strategy_no_xla_and_sets_nothing_for_the_process(tmp_path):
+    """The precision is chosen, not set: Keras' global dtype policy stays float32 (the layers get the
+    precision as their dtype, pipeline/model.py), and op determinism is left off (`op_determinism`
+    turns it on around a training only)."""
     code = textwrap.dedent("""
         import json, keras
-        from pipeline.devices import setup_devices
+        from tensorflow.python.framework import config
+        from pipeline.devices import op_determinism, setup_devices
         strategy, setup = setup_devices("auto", "auto", "auto", seed=1)
-        print(json.dumps({**setup.to_dict(), "policy": keras.mixed_precision.global_policy().name}))
+        with op_determinism(setup.deterministic):
+            inside = config.is_op_determinism_enabled()
+        print(json.dumps({**setup.to_dict(), "policy": keras.mixed_precision.global_policy().name,
+                          "determinism_inside": inside, "determinism_after": config.is_op_determinism_enabled()}))
     """)
     setup = json.loads(run(["python", "-c", code], tmp_path, TF_CONFIG="").stdout.strip().splitlines()[-1])
     assert setup["strategy"] == "DefaultStrategy"
     assert setup["gpus"] == 0 and setup["replicas"] == 1
     assert setup["jit_compile"] is False and setup["deterministic"] is True
-    assert setup["policy"] == setup["precision"] == ("mixed_bfloat16" if cpu_supports_bfloat16() else "float32")
-    assert setup["mixed_precision"] is (setup["policy"] != "float32")
+    assert setup["precision"] == ("mixed_bfloat16" if cpu_supports_bfloat16() else "float32")
+    assert setup["mixed_precision"] is (setup["precision"] != "float32")
+    assert setup["policy"] == "float32"  # nothing set for the process
+    assert setup["determinism_inside"] is True and setup["determinism_after"] is False
 
 
 def test_model_trains_under_mirrored_strategy_with_mixed_precision(tmp_path):
@@ -83,18 +92,24 @@ def test_model_trains_under_mirrored_strategy_with_mixed_precision(tmp_path):
         from pipeline.devices import setup_devices
         _, setup = setup_devices("float16", "off", "off", seed=1)
         from pipeline.model import build_model
-        from pipeline.normalization import Normalization
+        from pipeline.normalization import Normalization, preprocessing_layers
         with strategy.scope():
-            model = build_model("mlp", (8, 8, 1), 3, Normalization(mean=0.5, std=0.25))
+            model = build_model("mlp", (8, 8, 1), 3, preprocessing_layers(Normalization(mean=0.5, std=0.25)),
+                                precision=setup.precision)
             model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         import numpy as np
         x = np.random.randint(0, 256, (16, 8, 8, 1)).astype("uint8"); y = np.arange(16) % 3
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
         model.fit(ds, epochs=1, verbose=0)
         print(json.dumps({"replicas": strategy.num_replicas_in_sync,
-                          "policy": keras.mixed_precision.global_policy().name,
+                          "policies": {layer.name: layer.dtype_policy.name for layer in model.layers},
+                          "global_policy": keras.mixed_precision.global_policy().name,
                           "mixed": setup.mixed_precision,
                           "out_dtype": str(model.predict(x[:2], verbose=0).dtype)}))
     """)
     out = json.loads(run(["python", "-c", code], tmp_path).stdout.strip().splitlines()[-1])
-    assert out == {"replicas": 2, "policy": "mixed_float16", "mixed": True, "out_dtype": "float32"}
+    policies = out.pop("policies")
+    assert out == {"replicas": 2, "global_policy": "float32", "mixed": True, "out_dtype": "float32"}
+    # The body and the logits compute in float16; the normalisation and the softmax in float32.
+    assert policies.pop("normalize") == policies.pop("probabilities") == "float32"
+    assert set(policies.values()) == {"mixed_float16"}, policies

@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-from helpers.commands import REPO, run, set_params
+from helpers.commands import REPO, committed_params, run, set_params
 from helpers.writers import write_table
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,10 @@ def test_experiments_each_become_one_tagged_mlflow_run(dvc_repo):
     # Each registered as a version; promote, also in the temp copies, compared it with the champion.
     versions = client.search_model_versions("name='source-classifier'")
     assert len(versions) == 3 and all("promotion.decision" in v.tags for v in versions)
-    assert client.get_model_version_by_alias("source-classifier", "champion") is not None
+    promoted = {str(v.version) for v in versions if v.tags["promotion.decision"] == "champion"}
+    assert "1" in promoted  # the first experiment's model: no champion before it
+    champion = client.get_model_version_by_alias("source-classifier", "champion")  # raises when there is none
+    assert str(champion.version) in promoted
 
     run(["dvc", "exp", "apply", "lr-0.003"], dvc_repo)
     applied = yaml.safe_load((dvc_repo / "params.yaml").read_text())
@@ -100,15 +103,37 @@ def readme_data_switch_commands() -> list[list[str]]:
     return commands
 
 
+def write_topics_table(path, n: int, seed: int = 0) -> None:
+    """A `text,label` CSV table of tiny learnable texts, as scripts/fortunes.py writes the topics."""
+    import csv
+
+    import numpy as np
+
+    from helpers.data import balanced_labels, make_texts
+
+    topics = ["weather", "sport", "food", "computers"]
+    labels = balanced_labels(n, len(topics), np.random.default_rng(seed))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([text, topics[label]] for text, label in zip(make_texts(labels, seed), labels, strict=True))
+
+
 def test_the_readmes_data_switch_commands_run_as_written(dvc_repo, tmp_path):
-    """The README's commands for MNIST, CIFAR-10, an image folder and a CSV table, literally, with
-    only data.source pointed at local copies in each format (this machine is offline): each runs the
-    whole pipeline through its own gate, export and parity, and leaves the workspace's params alone
-    (`--temp`). The image folder and the table have two classes: the table is scikit-learn's copy
-    of the Wisconsin breast-cancer data (569 rows, 30 features), as a user would bring it."""
+    """The README's commands for MNIST, CIFAR-10, an image folder, a CSV table and the two text layouts,
+    literally, with only data.source pointed at local copies in each format (this machine is offline;
+    the texts are tiny ones in the fortune data sets' layouts): each runs the whole pipeline through
+    its own gate, export and parity, and leaves the workspace's params alone (`--temp`). The image
+    folder and the table have two classes: the table is scikit-learn's copy of the Wisconsin
+    breast-cancer data (569 rows, 30 features), as a user would bring it."""
     from sklearn.datasets import load_breast_cancer
 
-    from helpers.data import write_cifar10_dataset, write_idx_dataset, write_image_folder_dataset
+    from helpers.data import (
+        write_cifar10_dataset,
+        write_idx_dataset,
+        write_image_folder_dataset,
+        write_text_folder_dataset,
+    )
 
     cancer = load_breast_cancer()
     (tmp_path / "breast-cancer").mkdir()
@@ -122,13 +147,17 @@ def test_the_readmes_data_switch_commands_run_as_written(dvc_repo, tmp_path):
             tmp_path / "cats-vs-dogs", n_train=600, n_test=4, n_classes=2, rgb=True
         )["source"],
         "csv": str(tmp_path / "breast-cancer"),
+        "text_folder": write_text_folder_dataset(tmp_path / "languages", n_train=400, n_test=4)["source"],
+        "text_table": str(tmp_path / "fortunes"),
     }
+    (tmp_path / "fortunes").mkdir()
+    write_topics_table(tmp_path / "fortunes/topics.csv", 400)
     # What each must reach (the synthetic sets are easy; scikit-learn's own logistic regression gets
     # ~0.96 on the breast-cancer split); two-class tasks also report ROC AUC.
-    floors = {"idx": 0.9, "cifar10": 0.4, "image_folder": 0.9, "csv": 0.94}
+    floors = {"idx": 0.9, "cifar10": 0.4, "image_folder": 0.9, "csv": 0.94, "text_folder": 0.9, "text_table": 0.9}
     # The repo runs the project's own defaults (the cnn preset, its gate), as a fresh clone does.
     params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
-    project = yaml.safe_load((REPO / "params.yaml").read_text())
+    project = committed_params()
     params["train"] = project["train"]
     params["data"] = project["data"]  # every format's section, Fashion-MNIST's checksums included
     (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -144,7 +173,7 @@ def test_the_readmes_data_switch_commands_run_as_written(dvc_repo, tmp_path):
         proc = run([*local[:3], "-n", names[fmt], *local[3:]], dvc_repo, check=False)
         assert proc.returncode == 0, f"{' '.join(command)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         assert (dvc_repo / "params.yaml").read_text() == before  # --temp: the workspace stays as it is
-    assert set(names) == {"idx", "cifar10", "image_folder", "csv"}
+    assert set(names) == {"idx", "cifar10", "image_folder", "csv", "text_folder", "text_table"}
     shown = experiments(dvc_repo)
     for fmt, name in names.items():
         test = shown[name]["metrics"]["test"]

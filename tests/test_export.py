@@ -3,7 +3,6 @@
 import json
 import os
 import re
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,15 +12,14 @@ import pytest
 import tensorflow as tf
 
 from pipeline.errors import PipelineError
-from pipeline.export import export_model
 from pipeline.model import build_model, float32_model
-from pipeline.normalization import Normalization
+from pipeline.normalization import Normalization, preprocessing_layers
 from pipeline.params import parse_params
-from pipeline.records import read_meta, read_split_arrays
-from pipeline.verify import check_exports
+from pipeline.prepared import PreparedData
+
+from helpers.commands import call_core
 
 pytestmark = pytest.mark.slow
-LOOSE_INT8 = parse_params({"verify": {"max_int8_drop": 0.5}}).verify
 
 EXPLICIT = [
     {"Conv2D": {"filters": 6, "kernel_size": 3}},
@@ -34,21 +32,24 @@ EXPLICIT = [
     {"BatchNormalization": {}},
     {"Dropout": {"rate": 0.3}},
 ]
+# What evaluate writes when the gate passed: export reads nothing else of it.
+GATE_PASSED = {"test": {"accuracy": 1.0, "macro_f1": 1.0}, "gate": {"passed": True, "reason": "all checks passed"}}
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+def prepared(tmp_path_factory) -> PreparedData:
     from helpers.data import fetch_and_prepare, write_idx_dataset
 
     root = tmp_path_factory.mktemp("export")
     fetch_and_prepare(write_idx_dataset(root / "source"), root)
-    return str(root / "prepared")
+    return PreparedData.open(root / "prepared")
 
 
-def trained_model(model_spec, prepared: str, path, test_time_flip: bool | None = False):
+def trained_model(model_spec, data: PreparedData, path, test_time_flip: bool | None = False):
     """A model trained by the project's own training core for one epoch on the tiny data (so BatchNorm
     statistics are not the defaults); without the mirror pair unless asked (the preset's choice: None)."""
-    from pipeline.train import train
+    from pipeline.presets import filled_from_preset
+    from pipeline.training import train
 
     params = parse_params(
         {
@@ -63,9 +64,24 @@ def trained_model(model_spec, prepared: str, path, test_time_flip: bool | None =
             }
         }
     )
-    model = train(params, Path(prepared), path.parent / "work", verbose=0).model
+    model = train(filled_from_preset(params.train), data, path.parent / "work", verbose=0).model
     model.save(path)
     return model
+
+
+def export_stage(model_path, data: PreparedData, out, run, metrics: dict = GATE_PASSED, **export) -> dict:
+    """The export stage's core on a model file, as its edge runs it (validated params, temporary
+    places put in place; nothing published, so nothing registered): out/exported and
+    out/saved_model_outputs.npz. Returns metadata.json's content."""
+    from pipeline import export as stage
+
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    inputs = {"prepared": data.directory, "model": model_path, "metrics": out / "metrics.json",
+              "run_file": out / "mlflow_run.json"}  # fmt: skip
+    outputs = {"out": out / "exported", "saved_model_outputs": out / "saved_model_outputs.npz",
+               "registration": out / "export.json"}  # fmt: skip
+    call_core(stage.STAGE, {"export": {"calibration_size": 40, **export}}, inputs, outputs, tracking=run)
+    return json.loads((out / "exported/metadata.json").read_text())
 
 
 ALL_REWRITES = ["static_reshapes", "fold_layout_into_matmul", "fold_affine_into_layers", "fold_input_affine"]
@@ -86,14 +102,12 @@ ALL_REWRITES = ["static_reshapes", "fold_layout_into_matmul", "fold_affine_into_
     ],
     ids=["mlp", "cnn", "cnn-mirrored", "rnn", "explicit-bn-dropout"],
 )
-def test_every_exported_form_matches_keras(model_spec, tolerance, rewrites, prepared, tmp_path):
+def test_every_exported_form_matches_keras(model_spec, tolerance, rewrites, prepared, tmp_path, mlflow_run):
     model_spec, test_time_flip = model_spec if isinstance(model_spec, tuple) else (model_spec, False)
     model = trained_model(model_spec, prepared, tmp_path / "model.keras", test_time_flip)
-    params = parse_params({"export": {"calibration_size": 40}}).export
-    info = export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id="run-123")
+    info = export_stage(tmp_path / "model.keras", prepared, tmp_path, mlflow_run)
 
-    meta = read_meta(prepared)
-    x, labels = read_split_arrays(prepared, meta, "test")  # raw uint8 pixels: the model normalises
+    x, labels = prepared.arrays("test")  # raw uint8 pixels: the model normalises
     expected = model(x, training=False).numpy()
 
     session = ort.InferenceSession(str(tmp_path / "exported/model.onnx"), providers=["CPUExecutionProvider"])
@@ -106,6 +120,9 @@ def test_every_exported_form_matches_keras(model_spec, tolerance, rewrites, prep
     signature = tf.saved_model.load(str(tmp_path / "exported/saved_model")).signatures["serving_default"]
     got_saved = signature(image=tf.constant(x))["probabilities"].numpy()
     np.testing.assert_allclose(got_saved, expected, atol=tolerance, rtol=tolerance)
+    # What export records of the SavedModel for verify: its outputs on the test split, as served.
+    with np.load(tmp_path / "saved_model_outputs.npz") as recorded:
+        np.testing.assert_allclose(recorded["test"], got_saved, atol=1e-6)
 
     from pipeline.classifier import LiteRTClassifier
 
@@ -127,11 +144,10 @@ def test_every_exported_form_matches_keras(model_spec, tolerance, rewrites, prep
         assert not ({"Shape", "Gather", "Concat", "Transpose", "Mul"} - mirror) & set(ops), ops
 
 
-def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path, monkeypatch):
+def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path, monkeypatch, mlflow_run):
     trained_model("mlp", prepared, tmp_path / "model.keras")
-    params = parse_params({"export": {"calibration_size": 60}}).export
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    info = export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id="run-123")
+    info = export_stage(tmp_path / "model.keras", prepared, tmp_path, mlflow_run, calibration_size=60)
     # tf2onnx sets it process-wide; kept, the next stage started from this process would take it
     # for the user's choice and leave its console unfiltered.
     assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
@@ -139,7 +155,7 @@ def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path, monkeypatch
     onnx.checker.check_model(model, full_check=True)
     props = {p.key: p.value for p in model.metadata_props}
     assert json.loads(props["class_names"]) == [f"class_{i}" for i in range(4)]
-    assert props["input_layout"] == "NHWC" and props["mlflow_run_id"] == "run-123"
+    assert props["input_layout"] == "NHWC" and props["mlflow_run_id"] == mlflow_run.run_id
     assert props["input_dtype"] == "uint8" and "normalised inside the model" in props["input"]
     assert set(json.loads(props["normalization_inside"])) == {"formula", "scale", "offset"}
     assert "tensorflow" in json.loads(props["producer_versions"])
@@ -153,7 +169,7 @@ def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path, monkeypatch
         "metadata.json", "model.int8.onnx", "model.int8.tflite", "model.onnx", "model.tflite", "saved_model"
     ]  # fmt: skip
     assert metadata["input"]["shape"] == ["batch", 28, 28, 1] and metadata["opset"] == 17
-    assert metadata == json.loads(json.dumps(info))
+    assert metadata == info and metadata["mlflow_run_id"] == mlflow_run.run_id
     assert metadata["input"]["dtype"] == "uint8" and metadata["input"]["name"] == "image"
     int8 = onnx.load(str(tmp_path / "exported/model.int8.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
@@ -163,7 +179,7 @@ def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path, monkeypatch
         assert {o.domain for o in proto.opset_import} == used
 
 
-def test_litert_files_carry_the_onnx_metadata_and_take_any_batch(prepared, tmp_path):
+def test_litert_files_carry_the_onnx_metadata_and_take_any_batch(prepared, tmp_path, mlflow_run):
     """Inside each .tflite file, read back with ai-edge-litert's schema alone: what the ONNX file
     says; the batch dimension follows the input; int8 is full-integer (int8 weights and activations)."""
     from ai_edge_litert import schema_py_generated as schema
@@ -172,14 +188,13 @@ def test_litert_files_carry_the_onnx_metadata_and_take_any_batch(prepared, tmp_p
     from pipeline.litert import operator_names, read_metadata
 
     trained_model("cnn2", prepared, tmp_path / "model.keras")
-    export_model(tmp_path / "model.keras", prepared, tmp_path / "exported",
-                 parse_params({"export": {"calibration_size": 60}}).export, run_id="run-123")  # fmt: skip
+    export_stage(tmp_path / "model.keras", prepared, tmp_path, mlflow_run, calibration_size=60)
     onnx_props = {p.key: p.value for p in onnx.load(str(tmp_path / "exported/model.onnx")).metadata_props}
     assert read_metadata(tmp_path / "exported/model.tflite") == onnx_props
     quantized = read_metadata(tmp_path / "exported/model.int8.tflite")
     assert quantized.pop("quantization").startswith("full-integer int8") and quantized == onnx_props
 
-    x, _ = read_split_arrays(prepared, read_meta(prepared), "test")
+    x, _ = prepared.arrays("test")
     for file in ("model.tflite", "model.int8.tflite"):
         classifier = LiteRTClassifier(tmp_path / "exported" / file, threads=1)
         assert classifier.class_names == [f"class_{i}" for i in range(4)] and classifier.input_shape == (28, 28, 1)
@@ -191,91 +206,50 @@ def test_litert_files_carry_the_onnx_metadata_and_take_any_batch(prepared, tmp_p
     assert conv and all(types[:2] == [schema.TensorType.INT8, schema.TensorType.INT8] for types in conv)
 
 
-def test_a_layer_litert_cannot_convert_is_one_line_naming_it(prepared, tmp_path):
+def test_a_layer_litert_cannot_convert_is_one_line_naming_it(prepared, tmp_path, mlflow_run):
     """Bicubic resizing has no LiteRT built-in op (ONNX has one): export stops with one line and
     leaves no exported/ behind."""
-    from pipeline.model import build_model
-    from pipeline.normalization import Normalization
-
     spec = [{"Resizing": {"height": 14, "width": 14, "interpolation": "bicubic"}}, {"Flatten": {}}]
-    build_model(spec, (28, 28, 1), 4, Normalization(mean=0.3, std=0.35)).save(tmp_path / "model.keras")
-    params = parse_params({"export": {"calibration_size": 20}}).export
+    normalization = preprocessing_layers(Normalization(mean=0.3, std=0.35))
+    build_model(spec, (28, 28, 1), 4, normalization).save(tmp_path / "model.keras")
     with pytest.raises(PipelineError) as error:
-        export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params)
+        export_stage(tmp_path / "model.keras", prepared, tmp_path, mlflow_run, calibration_size=20)
     assert re.fullmatch(  # Keras numbers a layer's default name in a process that made one before
         r"train\.model: layer resizing(_\d+)? \(Resizing\) cannot be converted to LiteRT: it needs "
         r"TensorFlow's ResizeBicubic, which LiteRT's built-in ops lack",
         str(error.value),
     ), str(error.value)
     assert not (tmp_path / "exported").exists() and not list(tmp_path.glob(".exported*"))
+    assert not (tmp_path / "saved_model_outputs.npz").exists() and not list(tmp_path.glob(".saved_model*"))
 
 
-def test_fp32_onnx_runs_in_the_onnx_reference_evaluator(prepared, tmp_path):
+def test_fp32_onnx_runs_in_the_onnx_reference_evaluator(prepared, tmp_path, mlflow_run):
     """A second runtime with the spec's own semantics: the file is portable beyond onnxruntime."""
     from onnx.reference import ReferenceEvaluator
 
     trained_model("cnn2", prepared, tmp_path / "model.keras")
-    export_model(tmp_path / "model.keras", prepared, tmp_path / "exported",
-                 parse_params({"export": {"calibration_size": 40}}).export)  # fmt: skip
-    x, _ = read_split_arrays(prepared, read_meta(prepared), "test")
+    export_stage(tmp_path / "model.keras", prepared, tmp_path, mlflow_run)
+    x, _ = prepared.arrays("test")
     path = str(tmp_path / "exported/model.onnx")
     reference = ReferenceEvaluator(path).run(None, {"image": x[:8]})[0]
     runtime = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x[:8]})[0]
     np.testing.assert_allclose(reference, runtime, atol=1e-5)
 
 
-def keras_probabilities(model, prepared: str, path: Path) -> Path:
-    """The reference verify reads: the Keras model's test-split outputs as evaluate records them."""
-    from pipeline.evaluate import predict_split
-
-    _, probs, _ = predict_split(model, prepared, read_meta(prepared), "test", 512)
-    np.save(path, probs)
-    return path
-
-
-def test_verify_passes_then_fails_on_a_corrupted_weight(prepared, tmp_path):
-    model = trained_model("cnn", prepared, tmp_path / "model.keras")
-    reference = keras_probabilities(model, prepared, tmp_path / "test_probabilities.npy")
-    params = parse_params({"export": {"calibration_size": 60}}).export
-    export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id=None)
-    report = check_exports(reference, tmp_path / "exported", prepared, LOOSE_INT8)
-    assert report["passed"], report["failures"]
-    assert report["formats"]["onnx"]["argmax_agreement"] == 1.0
-    assert report["formats"]["saved_model"]["max_abs_diff"] <= 1e-5
-    assert set(report["latency"]["engines"]) == {"onnx", "onnx_int8", "litert", "litert_int8"}
-    assert report["formats"]["litert"]["max_abs_diff"] <= 1e-5 and report["formats"]["litert"]["argmax_agreement"] == 1
-
-    onnx_model = onnx.load(str(tmp_path / "exported/model.onnx"))
-    weight = max(onnx_model.graph.initializer, key=lambda t: np.prod(t.dims))
-    array = onnx.numpy_helper.to_array(weight).copy()
-    array.flat[: array.size // 2] *= -3.0
-    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
-    onnx.save(onnx_model, str(tmp_path / "exported/model.onnx"))
-    report = check_exports(reference, tmp_path / "exported", prepared, LOOSE_INT8)
-    assert not report["passed"]
-    assert any(f.startswith("onnx: max |Δ|") for f in report["failures"])
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        (np.zeros((3, 4), np.float32), r"holds float32 \(3, 4\), the test split needs float32 \(\d+, 4\)"),
-        (b"\x93NUMPY garbage", "not a NumPy array file"),
-    ],
-    ids=["another-split", "damaged"],
-)
-def test_verify_names_a_reference_that_does_not_describe_the_test_split(content, message, prepared, tmp_path):
-    path = tmp_path / "test_probabilities.npy"
-    path.write_bytes(content) if isinstance(content, bytes) else np.save(path, content)
-    with pytest.raises(PipelineError, match=f"test_probabilities.npy: {message}.*rerun `dvc repro evaluate`"):
-        check_exports(path, tmp_path / "exported", prepared, LOOSE_INT8)
-
-
-def test_export_refuses_what_is_not_a_keras_model(prepared, tmp_path):
-    params = parse_params({}).export
+def test_export_refuses_what_is_not_a_keras_model(prepared, tmp_path, mlflow_run):
     (tmp_path / "model.keras").write_text("not a model")
     with pytest.raises(PipelineError, match=r"model\.keras: not a Keras model file"):
-        export_model(tmp_path / "model.keras", prepared, tmp_path / "exported", params, run_id=None)
+        export_stage(tmp_path / "model.keras", prepared, tmp_path, mlflow_run)
+    assert not (tmp_path / "exported").exists()
+
+
+def test_export_refuses_a_model_whose_gate_failed(prepared, tmp_path, mlflow_run):
+    """Only a model that passed evaluate's gate is exported (dvc.yaml runs export after evaluate;
+    this holds when export is run by hand)."""
+    failed = {"test": {"accuracy": 0.3}, "gate": {"passed": False, "reason": "test.accuracy 0.3000 is below 0.5"}}
+    with pytest.raises(PipelineError, match=r"metrics\.json: the quality gate failed \(test\.accuracy 0\.3000 is "
+                       r"below 0\.5\); nothing to export$"):  # fmt: skip
+        export_stage(tmp_path / "model.keras", prepared, tmp_path, mlflow_run, metrics=failed)
     assert not (tmp_path / "exported").exists()
 
 
@@ -289,11 +263,8 @@ def test_lambda_layers_are_not_loaded(tmp_path):
 
 
 def test_mixed_precision_models_export_in_float32():
-    try:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        mixed = build_model(EXPLICIT, (28, 28, 1), 4, Normalization(mean=0.3, std=0.35))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    normalization = preprocessing_layers(Normalization(mean=0.3, std=0.35))
+    mixed = build_model(EXPLICIT, (28, 28, 1), 4, normalization, precision="mixed_float16")
     assert mixed.layers[1].dtype_policy.name == "mixed_float16"
     plain = float32_model(mixed)
     assert all(layer.dtype_policy.name == "float32" for layer in plain.layers)
@@ -306,17 +277,7 @@ def test_the_calibration_sample_is_drawn_while_the_train_split_streams(prepared)
     """The same seeded positions as drawing from the whole split in memory, without holding it."""
     from pipeline.export import calibration_sample
 
-    meta = read_meta(prepared)
-    x, _ = read_split_arrays(prepared, meta, "train")
+    x, _ = prepared.arrays("train")
     for size, seed in ((40, 0), (40, 1), (1000, 0)):
         wanted = np.sort(np.random.default_rng(seed).choice(len(x), size=min(size, len(x)), replace=False))
-        np.testing.assert_array_equal(calibration_sample(prepared, meta, size, seed), x[wanted])
-
-
-@pytest.mark.parametrize("recorded", ["not a dict", {"max_abs_diff": 0.0}, {"max_abs_diff": "x"}])
-def test_verify_names_a_malformed_saved_model_measurement(recorded, tmp_path):
-    from pipeline.verify import saved_model_measurement
-
-    with pytest.raises(PipelineError, match=r"export\.json: saved_model_parity is malformed .*dvc repro export"):
-        saved_model_measurement({"saved_model_parity": recorded}, tmp_path / "export.json")
-    assert saved_model_measurement({}, tmp_path / "export.json") is None
+        np.testing.assert_array_equal(calibration_sample(prepared, size, seed), x[wanted])

@@ -1,28 +1,35 @@
 """Stage fetch: local copy and HTTP download, checksum verification, no half-written data/raw."""
 
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.fetch import fetch
-from pipeline.params import parse_params
+from pipeline.hashing import content_sha256
 
-from helpers.commands import run
-from helpers.data import FILES, with_idx
+from helpers.commands import committed_params, run
+from helpers.data import FILES, with_idx, write_csv_dataset, write_idx_dataset
+from helpers.data import fetch_into as fetch
 from helpers.servers import static_http
 
 
-def data_params(data: dict, **changes):
-    return parse_params({"data": {**data, **changes}}).data
+def data_params(data: dict, **changes) -> dict:
+    return {**data, **changes}
 
 
-def idx_params(data: dict, **changes):
-    return parse_params({"data": with_idx(data, **changes)}).data
+def idx_params(data: dict, **changes) -> dict:
+    return with_idx(data, **changes)
 
 
 def test_local_copy_verifies_every_file(tiny_data, tmp_path):
-    hashes = fetch(data_params(tiny_data), tmp_path / "raw")
-    assert hashes == tiny_data["idx"]["sha256"]
+    result = fetch(data_params(tiny_data), tmp_path / "raw")
+    assert result.summary == "4 idx files (4 checksums verified)"
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(FILES.values())
+    assert {p.name: content_sha256(p) for p in (tmp_path / "raw").iterdir()} == tiny_data["idx"]["sha256"]
 
 
 def test_checksum_mismatch_names_file_and_hashes_and_leaves_nothing(tiny_data, tmp_path):
@@ -62,15 +69,16 @@ def http_source(tiny_data):
 
 
 def test_http_download(tiny_data, tmp_path, http_source):
-    hashes = fetch(data_params(tiny_data, source=http_source), tmp_path / "raw")
-    assert hashes == tiny_data["idx"]["sha256"]
+    result = fetch(data_params(tiny_data, source=http_source), tmp_path / "raw")
+    assert result.summary == "4 idx files (4 checksums verified)"
+    assert {p.name: content_sha256(p) for p in (tmp_path / "raw").iterdir()} == tiny_data["idx"]["sha256"]
 
 
 def test_http_missing_file_is_one_line(tiny_data, tmp_path, http_source):
     sha = {k: v for k, v in tiny_data["idx"]["sha256"].items() if k != FILES["test_labels"]}
     data = with_idx({**tiny_data, "source": http_source}, test_labels="absent.gz", sha256=sha)
     with pytest.raises(PipelineError, match=r"absent\.gz: download failed \("):
-        fetch(parse_params({"data": data}).data, tmp_path / "raw")
+        fetch(data, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
 
@@ -114,3 +122,90 @@ def test_a_stage_run_in_process_leaves_its_callers_environment_as_it_was(tiny_da
     main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "raw")])
     assert (tmp_path / "raw").is_dir()
     assert dict(os.environ) == before
+
+
+# ----------------------------------------------------------------------------- hostile archives and sources
+def zeros_zip(path: Path, size: int) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("data/train.csv", "w") as member:
+        for _ in range(size >> 24):
+            member.write(b"\x00" * (1 << 24))
+
+
+def zeros_tar_gz(path: Path, size: int) -> None:
+    class Zeros(io.RawIOBase):
+        def __init__(self):
+            self.left = size
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            n = min(len(buffer), self.left)
+            buffer[:n] = b"\x00" * n
+            self.left -= n
+            return n
+
+    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+        info = tarfile.TarInfo("data/train.csv")
+        info.size = size
+        tf.addfile(info, io.BufferedReader(Zeros()))
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_an_archive_bomb_is_refused_before_anything_is_written(tmp_path, kind):
+    archive = tmp_path / f"bomb.{kind}"
+    (zeros_zip if kind == "zip" else zeros_tar_gz)(archive, 256 * 2**20)
+    assert archive.stat().st_size < 2 * 2**20
+    data = {"format": "csv", "source": str(archive), "csv": {"test": None}}
+    with pytest.raises(PipelineError) as info:
+        fetch(data, tmp_path / "raw")
+    message = str(info.value)
+    assert message.startswith(f"bomb.{kind}: expands to more than ")
+    assert "data.max_compression_ratio 100×" in message and "refusing to extract" in message
+    assert not (tmp_path / "raw").exists()
+    assert sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) < 3 * 2**20  # nothing expanded
+
+
+def test_the_extracted_byte_limit_is_settable(tmp_path):
+    data = write_csv_dataset(tmp_path / "table" / "iris")
+    archive = tmp_path / "iris.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tmp_path / "table" / "iris", arcname="iris")
+    data = {**data, "source": str(archive), "max_extracted_bytes": 1000}
+    with pytest.raises(
+        PipelineError, match=r"iris\.tar\.gz: expands to more than 1,000 bytes .*data\.max_extracted_bytes 1,000"
+    ):
+        fetch(data, tmp_path / "raw")
+    data["max_extracted_bytes"] = 10**6
+    fetch(data, tmp_path / "raw")
+    assert (tmp_path / "raw/train.csv").is_file()
+
+
+def test_a_corrupt_tar_gz_is_one_line(tmp_path):
+    archive = tmp_path / "random.tar.gz"
+    archive.write_bytes(np.random.default_rng(0).bytes(4096))
+    data = {"format": "csv", "source": str(archive)}
+    with pytest.raises(PipelineError) as info:
+        fetch(data, tmp_path / "raw")
+    assert str(info.value).startswith("random.tar.gz: cannot extract archive (")
+    assert "\n" not in str(info.value)
+
+
+def test_gzip_errors_in_fetch_name_the_source_file_not_a_temporary_copy(tmp_path, tiny_data):
+    source = Path(tiny_data["source"])
+    name = "t10k-labels-idx1-ubyte.gz"
+    (source / name).write_bytes((source / name).read_bytes()[:-12])  # truncated download
+    data = {**tiny_data, "idx": {**tiny_data["idx"], "sha256": None}}
+    with pytest.raises(PipelineError, match=rf"^{source}/{name}: truncated gzip stream"):
+        fetch(data, tmp_path / "raw")
+
+
+def test_checksums_can_be_switched_off_with_null_which_dvc_exp_run_can_set(tmp_path, tiny_data):
+    """`-S data.idx.sha256={}` merges into the existing dict (Hydra) and changes nothing; null replaces it."""
+    other = write_idx_dataset(tmp_path / "other", seed=7)  # another IDX data set: Fashion-MNIST's checksums fail
+    fashion = committed_params()["data"]["idx"]["sha256"]
+    assert fashion
+    with pytest.raises(PipelineError, match="checksum mismatch"):
+        fetch({**other, "idx": {**other["idx"], "sha256": fashion}}, tmp_path / "a")
+    fetch({**other, "idx": {**other["idx"], "sha256": None}}, tmp_path / "b")
+    assert (tmp_path / "b/train-images-idx3-ubyte.gz").is_file()

@@ -11,18 +11,20 @@ import pytest
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.fetch import fetch
 from pipeline.formats.cifar10 import RECORD, read_batch
-from pipeline.params import parse_params
-from pipeline.records import read_split_arrays
+from pipeline.prepared import PreparedData
 
 from helpers.commands import run
 from helpers.data import fetch_and_prepare, write_cifar10_dataset, write_csv_dataset, write_image_folder_dataset
+from helpers.data import fetch_into as fetch
+from helpers.hostile import png_declaring
 from helpers.servers import static_http
 
 
 def split(tmp_path, meta, name):
-    return read_split_arrays(str(tmp_path / "prepared"), meta, name)
+    data = PreparedData.open(tmp_path / "prepared")
+    assert data.meta == meta
+    return data.arrays(name)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10 binary
@@ -85,7 +87,7 @@ def test_archive_members_cannot_escape_the_data_directory(tmp_path):
         tar.add(tmp_path / "payload", arcname="../escaped")
     data = {**write_cifar10_dataset(tmp_path / "unused"), "source": str(archive)}
     with pytest.raises(PipelineError, match=r"^evil\.tar\.gz: cannot extract archive"):
-        fetch(parse_params({"data": data}).data, tmp_path / "work/raw")
+        fetch(data, tmp_path / "work/raw")
     assert not (tmp_path / "work/escaped").exists() and not (tmp_path / "work/raw").exists()
 
 
@@ -110,7 +112,7 @@ def test_zipped_image_folder_and_a_zip_member_escaping(tmp_path):
     with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
         zf.writestr("../../escaped.txt", "x")
     with pytest.raises(PipelineError, match=r"^evil\.zip: member '\.\./\.\./escaped\.txt' would extract outside"):
-        fetch(parse_params({"data": {**data, "source": str(tmp_path / "evil.zip")}}).data, tmp_path / "raw2")
+        fetch({**data, "source": str(tmp_path / "evil.zip")}, tmp_path / "raw2")
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "raw2").exists()
 
 
@@ -169,20 +171,20 @@ def test_file_names_cannot_leave_the_source(tmp_path):
     data = write_csv_dataset(tmp_path / "table")
     data["csv"]["test"] = "../outside.csv"
     with pytest.raises(PipelineError, match=r"^data\.csv: '\.\./outside\.csv' must be a relative path inside"):
-        fetch(parse_params({"data": data}).data, tmp_path / "raw")
+        fetch(data, tmp_path / "raw")
 
 
 def test_image_folder_from_a_url_prefix_is_refused(tmp_path):
     data = {**write_image_folder_dataset(tmp_path / "images"), "source": "http://127.0.0.1:9/images"}
     with pytest.raises(PipelineError, match=r"^data\.source: .*image_folder data come from a directory or an archive"):
-        fetch(parse_params({"data": data}).data, tmp_path / "raw")
+        fetch(data, tmp_path / "raw")
 
 
 # ----------------------------------------------------------------------------- CSV tables
 def test_csv_table_with_per_feature_standardisation(tmp_path):
     data = write_csv_dataset(tmp_path / "table")
     report, meta = fetch_and_prepare(data, tmp_path)
-    assert meta.input_shape == (4,) and meta.dtype == "float32" and not meta.is_image
+    assert meta.input_shape == (4,) and meta.dtype == "float32" and meta.kind == "table"
     assert meta.class_names == ["setosa", "versicolor", "virginica"]
     assert meta.feature_names == ["f0", "f1", "f2", "f3"]
     x, _ = split(tmp_path, meta, "train")
@@ -262,8 +264,40 @@ def test_checksums_apply_to_any_format(tmp_path):
     data = write_csv_dataset(tmp_path / "table")
     data["csv"]["sha256"] = {"train.csv": "0" * 64}
     with pytest.raises(PipelineError, match=r"/table/train\.csv: checksum mismatch: data\.csv\.sha256 expects 0{64}"):
-        fetch(parse_params({"data": data}).data, tmp_path / "raw")
+        fetch(data, tmp_path / "raw")
     images = write_image_folder_dataset(tmp_path / "images")
     images["image_folder"]["sha256"] = {"train/kind_a/nope.png": "0" * 64}
     with pytest.raises(PipelineError, match=r"data\.image_folder\.sha256: names 'train/kind_a/nope\.png', which"):
-        fetch(parse_params({"data": images}).data, tmp_path / "raw")
+        fetch(images, tmp_path / "raw")
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_an_image_declaring_900_million_pixels_is_one_line_or_a_listed_skip(tmp_path, policy):
+    data = write_image_folder_dataset(tmp_path / "images")
+    bomb = tmp_path / "images/train/kind_a/bomb.png"
+    bomb.write_bytes(png_declaring(30_000, 30_000))
+    assert bomb.stat().st_size < 1024
+    data["image_folder"]["unreadable"] = policy
+    if policy == "fail":
+        with pytest.raises(PipelineError) as info:
+            fetch_and_prepare(data, tmp_path)
+        assert "raw/train/kind_a/bomb.png: unreadable image (decompression bomb refused" in str(info.value)
+        assert "\n" not in str(info.value)
+        assert not (tmp_path / "prepared").exists()
+    else:
+        report, _ = fetch_and_prepare(data, tmp_path)
+        assert report["skipped"] == {"count": 1, "files": ["train/kind_a/bomb.png"]}
+
+
+def test_a_duplicated_csv_header_name_is_refused(tmp_path):
+    source = tmp_path / "table"
+    source.mkdir()
+    (source / "train.csv").write_text(
+        "f0,f0,f1,label\n" + "".join(f"{i},{i + 1},{i + 2},{'ab'[i % 2]}\n" for i in range(20))
+    )
+    data = {"format": "csv", "source": str(source), "csv": {"test": None}}
+    with pytest.raises(
+        PipelineError, match=r"raw/train\.csv: header names column 'f0' more than once \(columns \[1, 2\]\)"
+    ):
+        fetch_and_prepare(data, tmp_path)

@@ -10,6 +10,7 @@ from pipeline.errors import PipelineError
 from pipeline.formats.idx import read_idx, scan_part
 from pipeline.hashing import content_sha256
 
+from helpers.hostile import bounded_child
 from helpers.writers import write_idx
 
 
@@ -140,4 +141,47 @@ def test_labels_file_given_as_images(tmp_path):
         tmp_path / "l.gz",
         tmp_path / "l.gz",
         3,
+    )
+
+
+# ----------------------------------------------------------------------------- hostile headers and gzip bombs
+def idx_header(*dims: int) -> bytes:
+    return struct.pack(">HBB", 0, 0x08, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_idx_dimensions_whose_product_overflows_64_bits_are_refused(tmp_path):
+    path = tmp_path / "images.idx"
+    path.write_bytes(idx_header(2**22, 2**21, 2**21) + b"\x00" * 64)  # 2^64 bytes: wraps to 0 in int64
+    with pytest.raises(
+        PipelineError,
+        match=r"images\.idx: truncated: header declares 4194304x2097152x2097152 = "
+        r"18446744073709551616 data bytes",
+    ):
+        read_idx(path, ndims=(3,))
+
+
+def test_an_idx_gzip_bomb_is_refused_within_bounded_memory(tmp_path):
+    """1.5 GiB of zeros after a header declaring 120 images (~2 MB of gzip): the reader stops after
+    the 94,080 declared bytes, well inside a 1 GiB address space (the whole content would not fit)."""
+    path = tmp_path / "bomb-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(idx_header(120, 28, 28))
+        zeros = b"\x00" * (1 << 24)
+        for _ in range(96):
+            f.write(zeros)
+    assert path.stat().st_size < 10 * 2**20
+    proc = bounded_child(
+        f"""
+        from pipeline.errors import PipelineError
+        from pipeline.formats.idx import read_idx
+        try:
+            read_idx({str(path)!r}, ndims=(3,))
+        except PipelineError as exc:
+            print(exc)
+    """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        f"{path}: trailing bytes: header declares 120x28x28 = 94080 data bytes, file holds more than {94080 + 2**20}"
     )

@@ -8,7 +8,7 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.model import build_model as build
 from pipeline.model import model_normalization
-from pipeline.normalization import PIXEL_SCALE, Normalization
+from pipeline.normalization import PIXEL_SCALE, Normalization, preprocessing_layers
 
 
 def statistics(shape) -> Normalization:
@@ -20,8 +20,13 @@ def statistics(shape) -> Normalization:
     return Normalization(mean=0.2860402, std=0.35302424)
 
 
-def build_model(model, shape, classes):
-    return build(model, shape, classes, statistics(shape), "float32" if len(shape) == 1 else "uint8")
+def kind_of(shape) -> str:
+    return "table" if len(shape) == 1 else "image"
+
+
+def build_model(model, shape, classes, **options):
+    """The model as train builds it for data of `shape`: its normalisation first (pipeline/normalization.py)."""
+    return build(model, shape, classes, preprocessing_layers(statistics(shape)), kind=kind_of(shape), **options)
 
 
 def raw_inputs(shape, n=3):
@@ -154,9 +159,9 @@ def test_lenet_parameter_count_matches_the_pytorch_tutorial():
         (
             "tabular_mlp",
             (28, 28, 1),
-            r"preset 'tabular_mlp' needs feature vectors \(a csv data set\), the data has 28×28×1",
+            r"preset 'tabular_mlp' needs feature vectors \(a table\), the data is images \(28×28×1\)$",
         ),
-        ("cnn2", (4,), r"preset 'cnn2' needs images \(height, width, channels\), the data has 4 feature vectors"),
+        ("cnn2", (4,), r"preset 'cnn2' needs images, the data is feature vectors \(a table\) \(4\)$"),
         ("rnn", (4,), r"preset 'rnn' needs images"),
     ],
 )
@@ -192,51 +197,25 @@ def test_train_normalization_modes(model, mode, expected):
 
 
 def test_mixed_precision_model_still_takes_raw_pixels_and_normalises_in_float32():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = build_model("cnn2", (28, 28, 1), 10)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model = build_model("cnn2", (28, 28, 1), 10, precision="mixed_float16")
+    assert keras.mixed_precision.global_policy().name == "float32"  # the layers' own dtype, nothing global
     assert model.inputs[0].dtype == "uint8"
     assert model.layers[0].dtype_policy.name == "float32" and model.layers[1].compute_dtype == "float16"
     assert model(raw_inputs((28, 28, 1))).dtype == "float32"
 
 
-def test_test_time_flip_averages_each_image_and_its_mirror(tmp_path):
-    """train.test_time_flip: at inference the model's probabilities are the mean of what the same
-    weights give the image and its left-right mirror; in training it is the plain model (batch n in,
-    n out); the layers survive a save and a safe-mode load."""
-    from pipeline.model import load_keras_model
+def test_float32_model_is_the_same_network_computing_in_float32():
+    """What train saves from a mixed-precision training (pipeline/model.py: `rebuilt`): the same layers
+    and weights, every layer in float32, the input still raw."""
+    from pipeline.model import float32_model
 
-    shape, stats = (8, 6, 1), statistics((8, 6, 1))
-    spec = [{"Conv2D": {"filters": 3, "kernel_size": 3}}, {"Flatten": {}}]  # not mirror-symmetric
-    mirrored = build(spec, shape, 4, stats, "uint8", test_time_flip=True)
-    plain = build(spec, shape, 4, stats, "uint8")
-    plain.set_weights(mirrored.get_weights())
-    x = raw_inputs(shape, n=5)
-
-    expected = (plain.predict(x, verbose=0) + plain.predict(x[:, :, ::-1], verbose=0)) / 2
-    assert not np.allclose(plain.predict(x, verbose=0), expected, atol=1e-4)
-    np.testing.assert_allclose(mirrored.predict(x, verbose=0), expected, atol=1e-6)
-    np.testing.assert_allclose(mirrored(x, training=True), plain(x, training=True), atol=1e-6)
-
-    mirrored.save(tmp_path / "model.keras")
-    loaded = load_keras_model(str(tmp_path / "model.keras"))
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
-
-
-def test_test_time_flip_needs_images():
-    with pytest.raises(PipelineError, match=r"train.test_time_flip: mirrors images, but the input is 5"):
-        build("mlp", (5,), 3, statistics((5,)), "float32", test_time_flip=True)
-
-
-def test_single_pass_is_the_network_without_its_mirror():
-    from pipeline.mirror import averages_mirrors, single_pass
-
-    shape = (8, 6, 1)
-    spec = [{"Conv2D": {"filters": 3, "kernel_size": 3}}, {"Flatten": {}}]
-    mirrored = build(spec, shape, 4, statistics(shape), "uint8", test_time_flip=True)
-    alone = single_pass(mirrored)
-    x = raw_inputs(shape, n=4)
-    assert averages_mirrors(mirrored) and not averages_mirrors(alone)
-    np.testing.assert_allclose(alone.predict(x, verbose=0), mirrored(x, training=True), atol=1e-6)
+    mixed = build_model("cnn2", (28, 28, 1), 10, precision="mixed_bfloat16")
+    plain = float32_model(mixed)
+    assert {layer.dtype_policy.name for layer in plain.layers} == {"float32"}
+    assert plain.inputs[0].dtype == "uint8"
+    assert [type(layer) for layer in plain.layers] == [type(layer) for layer in mixed.layers]
+    for ours, theirs in zip(plain.get_weights(), mixed.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    x = raw_inputs((28, 28, 1))
+    np.testing.assert_allclose(plain(x).numpy(), mixed(x).numpy(), atol=0.05)  # bfloat16's rounding apart
+    assert float32_model(plain) is plain

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from pipeline.errors import PipelineError
 from pipeline.params import flatten, load_params, parse_params
 
-from helpers.commands import REPO
+from helpers.commands import REPO, committed_params
 
 BASE = {"data": {"format": "idx"}}
 
@@ -21,7 +21,7 @@ def error_for(raw) -> str:
 
 
 def test_committed_params_validate():
-    params = load_params(REPO / "params.yaml")
+    params = parse_params(committed_params())
     assert params.data.format == "idx" and len(params.data.idx.class_names) == 10
     assert set(params.data.idx.sha256) == set(params.data.idx.files())
 
@@ -60,7 +60,8 @@ def test_committed_params_validate():
         ),
         (
             {"data": {"format": "parquet"}},
-            "params.yaml: data.format must be 'idx', 'cifar10', 'image_folder' or 'csv', got 'parquet'",
+            "params.yaml: data.format must be 'idx', 'cifar10', 'image_folder', 'csv', 'text_folder' or "
+            "'text_table', got 'parquet'",
         ),
         (
             {"data": {"image_folder": {"color_mode": "cmyk"}}},
@@ -109,28 +110,28 @@ def test_params_are_frozen_and_flatten_to_dotted_keys():
 def test_every_dvc_params_key_exists_in_the_schema():
     """dvc.yaml must list keys that the schema knows, or a typo silently tracks nothing."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    flat = flatten(load_params(REPO / "params.yaml"))
+    flat = flatten(parse_params(committed_params()))
     for name, stage in stages.items():
         for key in stage.get("params", []):
             assert any(k == key or k.startswith(key + ".") for k in flat), f"{name}: {key}"
 
 
 def resolved(train: dict):
-    from pipeline.presets import resolve
+    from pipeline.presets import filled_from_preset
 
-    return resolve(parse_params({"train": train}).train)
+    return filled_from_preset(parse_params({"train": train}).train)
 
 
 def test_an_unknown_preset_is_one_line_naming_the_choices():
     with pytest.raises(PipelineError) as info:
         resolved({"model": "cnnx"})
     assert str(info.value) == (
-        "params.yaml: train.model must be 'cnn', 'mlp', 'rnn', 'keras_mlp', "
-        "'mlp_128_64', 'lenet', 'cnn4', 'cnn2' or 'tabular_mlp', got 'cnnx'"
+        "params.yaml: train.model must be a preset, 'cnn', 'mlp', 'rnn', 'keras_mlp', 'mlp_128_64', 'lenet', "
+        "'cnn4', 'cnn2', 'tabular_mlp', 'text_bag', 'text_cnn' or 'text_lstm', or a list of layers, got 'cnnx'"
     )
 
 
-@pytest.mark.parametrize("preset", ["cnn", "keras_mlp", "mlp_128_64", "lenet", "cnn2"])
+@pytest.mark.parametrize("preset", ["cnn", "keras_mlp", "mlp_128_64", "lenet", "cnn2", "text_lstm"])
 def test_unset_train_keys_take_the_presets_values(preset):
     from pipeline.presets import PRESETS
 
@@ -153,6 +154,7 @@ def test_unset_train_keys_take_the_presets_values(preset):
         hyper.translate,
         hyper.erase,
     )
+    assert (train.text.vocabulary_size, train.text.sequence_length) == (hyper.vocabulary_size, hyper.sequence_length)
 
 
 def test_set_train_keys_override_the_preset():
@@ -175,8 +177,37 @@ def test_committed_params_leave_the_hyperparameters_to_the_preset():
     a preset brings (presets.Hyper's fields) is null in params.yaml."""
     from dataclasses import fields
 
-    from pipeline.presets import AUGMENT, Hyper
+    from pipeline.presets import AUGMENT, TEXT, Hyper
 
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    raw = committed_params()["train"]
     for field in fields(Hyper):
-        assert (raw["augment"] if field.name in AUGMENT else raw)[field.name] is None, field.name
+        section = raw["augment"] if field.name in AUGMENT else raw["text"] if field.name in TEXT else raw
+        assert section[field.name] is None, field.name
+
+
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("train", {"batch_size": 10**21}, "params.yaml: train.batch_size must be <= 65536, got 1000000000000000000000"),
+        ("train", {"seed": -1}, "params.yaml: train.seed must be >= 0, got -1"),
+        ("prepare", {"seed": -1}, "params.yaml: prepare.seed must be >= 0, got -1"),
+        ("prepare", {"seed": 2**32}, "params.yaml: prepare.seed must be <= 4294967295, got 4294967296"),
+        (
+            "train",
+            {"normalization": {"mode": "fixed", "mean": float("nan")}},
+            "params.yaml: train.normalization.mean must be a finite number, got nan",
+        ),
+        ("train", {"learning_rate": float("inf")}, "params.yaml: train.learning_rate must be a finite number, got inf"),
+        (
+            "evaluate",
+            {"gate": {"min_accuracy": float("nan")}},
+            "params.yaml: evaluate.gate.min_accuracy must be a finite number",
+        ),
+        ("export", {"calibration_size": 10**12}, "params.yaml: export.calibration_size must be <= 100000"),
+        ("train", {"epochs": 10**9}, "params.yaml: train.epochs must be <= 100000"),
+    ],
+)
+def test_params_outside_safe_ranges_name_the_key_before_any_work(section, values, message):
+    with pytest.raises(PipelineError) as info:
+        parse_params({section: values})
+    assert str(info.value).startswith(message)

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from helpers.commands import REPO, run, tool_env
+from helpers.hostile import png_declaring
 
 PYTHON = os.path.abspath(sys.executable)
 
@@ -22,53 +23,25 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A model trained on the tiny data set and exported, plus its test images as PNG and .npy."""
-    from pipeline.export import export_model
-    from pipeline.fetch import fetch
-    from pipeline.params import parse_params
-    from pipeline.prepare import prepare
-    from pipeline.records import read_meta, read_split_arrays
-    from pipeline.train import train
-
-    from helpers.data import write_idx_dataset
-
+def exported(tiny_exports, tmp_path_factory):
+    """The hand-set tiny classifier's exported files (no training: tests/helpers/exports.py), and its
+    data's test images as PNG files named after their class and as one .npy array."""
     root = tmp_path_factory.mktemp("predict")
-    params = parse_params(
-        {
-            "data": write_idx_dataset(root / "source"),
-            "prepare": {"shard_size": 50},
-            "train": {
-                "model": "mlp",
-                "epochs": 8,
-                "batch_size": 16,
-                "learning_rate": 0.01,
-                "early_stopping_patience": 0,
-            },
-            "export": {"calibration_size": 40},
-        }
-    )
-    fetch(params.data, root / "raw")
-    prepare(root / "raw", root / "prepared", params)
-    prepared = str(root / "prepared")
-    meta = read_meta(prepared)
-    model = train(params, root / "prepared", root / "work", verbose=0).model  # the project's training core
-    model.save(root / "model.keras")
-    export_model(root / "model.keras", prepared, root / "exported", params.export)
-
-    images, labels = read_split_arrays(prepared, meta, "test")
+    images, labels = tiny_exports.test_split()
+    class_names = tiny_exports.data.meta.class_names
     pngs = root / "pngs"
     pngs.mkdir()
     for i, image in enumerate(images[:12]):
-        Image.fromarray(image[..., 0]).save(pngs / f"{i:02d}_{meta.class_names[labels[i]]}.png")
+        Image.fromarray(image[..., 0]).save(pngs / f"{i:02d}_{class_names[labels[i]]}.png")
     np.save(root / "test.npy", images)
     return {
         "root": root,
-        "model": root / "exported/model.onnx",
+        "exported": tiny_exports.directory,
+        "model": tiny_exports.onnx,
         "pngs": pngs,
         "images": images,
         "labels": labels,
-        "class_names": meta.class_names,
+        "class_names": class_names,
     }
 
 
@@ -251,7 +224,7 @@ def test_a_litert_model_predicts_as_the_onnx_model_does(exported, tmp_path):
     onnxruntime imported, nothing of the runtime's on a quiet console."""
     args = ["--json", exported["pngs"], exported["root"] / "test.npy"]
     onnx_out = json_lines(predict(["--model", exported["model"], *args], tmp_path).stdout)
-    litert = predict(["--model", exported["root"] / "exported/model.tflite", *args], tmp_path)
+    litert = predict(["--model", exported["exported"] / "model.tflite", *args], tmp_path)
     assert litert.stderr == ""
     litert_out = json_lines(litert.stdout)
     assert [r["input"] for r in litert_out] == [r["input"] for r in onnx_out] and len(onnx_out) > 12
@@ -263,7 +236,7 @@ def test_a_litert_model_predicts_as_the_onnx_model_does(exported, tmp_path):
         "import sys; from pipeline.predict import main; main(sys.argv[1:]);"
         "assert 'onnxruntime' not in sys.modules and 'tensorflow' not in sys.modules, sorted(sys.modules)"
     )
-    model = exported["root"] / "exported/model.int8.tflite"
+    model = exported["exported"] / "model.int8.tflite"
     proc = subprocess.run([PYTHON, "-c", probe, "--model", str(model), "--json", str(exported["pngs"])],
                           cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -287,7 +260,7 @@ def test_clean_virtualenv_with_only_the_litert_runtime(exported, tmp_path):
     installed = run([*uv, "pip", "list", "--python", python, "--format", "json"], tmp_path, **env).stdout
     names = {p["name"].lower() for p in json.loads(installed)}
     assert "ai-edge-litert" in names and not names & {"onnxruntime", "tensorflow", "keras", "mlflow"}, names
-    model = exported["root"] / "exported/model.tflite"
+    model = exported["exported"] / "model.tflite"
     proc = subprocess.run([str(venv / "bin/pipeline-predict"), "--json", "--model", str(model), str(exported["pngs"])],
                           cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -300,6 +273,7 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
     """`mlflow models serve` (--env-manager local) on loopback answers like the local predictor."""
 
     from pipeline.classifier import OnnxClassifier
+    from pipeline.mlflow_model import save_mlflow_model
     from pipeline.tracking import Run
 
     from helpers.servers import free_port, stop, wait_for_http
@@ -307,7 +281,8 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = Run.start(uri, "serving")
     metadata = json.loads((exported["model"].parent / "metadata.json").read_text())
-    version = run.registry.register_onnx(run.run_id, exported["model"], "tiny-classifier", metadata)
+    save = lambda local: save_mlflow_model(exported["model"], local, metadata)  # noqa: E731
+    version = run.registry.register(run.run_id, save, "tiny-classifier")
     run.registry.set_alias("tiny-classifier", "champion", version)  # served by alias, as the README does
     run.end()
 
@@ -360,18 +335,17 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
 
 
 @pytest.mark.parametrize(
-    "section, file",
-    [("Deploying with onnxruntime alone", "model.onnx"), ("Deploying to phones and edge devices", "model.tflite")],
+    "section, file", [("## onnxruntime", "model.onnx"), ("## LiteRT (phones and edge devices)", "model.tflite")]
 )
-def test_the_readmes_runtime_alone_snippets_run_as_written(exported, tmp_path, section, file):
-    """README: each runtime-alone snippet runs in a directory holding only its model file and a
-    PNG, and names the class the project's predictor names."""
+def test_the_deployment_guide_s_runtime_alone_snippets_run_as_written(exported, tmp_path, section, file):
+    """docs/deploying.md (README: Deploying points there): each runtime-alone image snippet runs in a
+    directory holding only its model file and a PNG, and names the class the project's predictor names."""
     import re
     import shutil
 
-    text = (REPO / "README.md").read_text().split(f"### {section}", 1)[1]
+    text = (REPO / "docs/deploying.md").read_text().split(f"\n{section}\n", 1)[1]
     snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    shutil.copy(exported["root"] / "exported" / file, tmp_path / file)
+    shutil.copy(exported["exported"] / file, tmp_path / file)
     png = sorted(exported["pngs"].iterdir())[0]
     shutil.copy(png, tmp_path / "shoe.png")
     (tmp_path / "snippet.py").write_text(snippet)
@@ -383,7 +357,7 @@ def test_the_readmes_runtime_alone_snippets_run_as_written(exported, tmp_path, s
 
 
 def test_a_truncated_or_foreign_tflite_file_is_one_line(exported, tmp_path):
-    whole = (exported["root"] / "exported/model.tflite").read_bytes()
+    whole = (exported["exported"] / "model.tflite").read_bytes()
     (tmp_path / "cut.tflite").write_bytes(whole[:3000])
     (tmp_path / "text.tflite").write_text("not a model")
     for name, message in (("cut.tflite", "damaged or truncated LiteRT file"),
@@ -391,3 +365,45 @@ def test_a_truncated_or_foreign_tflite_file_is_one_line(exported, tmp_path):
         proc = predict(["--model", tmp_path / name, exported["pngs"]], tmp_path, check=False)
         assert proc.returncode == 1
         assert proc.stderr.strip() == f"error: {tmp_path / name}: {message}"
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+def test_predictor_npy_declaring_a_trillion_values_or_holding_nan_is_one_line(tmp_path):
+    from pipeline.predict import load_array
+
+    huge = tmp_path / "huge.npy"
+    with open(huge, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    assert huge.stat().st_size < 256
+    (item,) = load_array(huge, (28, 28, 1))
+    assert (
+        item.error
+        == f"{huge}: not a NumPy .npy array (header declares (1000000000000,) float64, more than the file holds)"
+    )
+
+    np.save(tmp_path / "nan.npy", np.full((2, 28, 28), np.nan))
+    (item,) = load_array(tmp_path / "nan.npy", (28, 28, 1))
+    assert item.error == f"{tmp_path / 'nan.npy'}: array holds NaN or infinite values"
+    np.save(tmp_path / "big.npy", np.full((1, 28, 28), 300.0))
+    (item,) = load_array(tmp_path / "big.npy", (28, 28, 1))
+    assert item.error == f"{tmp_path / 'big.npy'}: pixel values must lie in 0..255, got 300.0..300.0"
+
+
+def test_predictor_refuses_a_decompression_bomb_png_in_one_line(tmp_path):
+    from pipeline.predict import collect_inputs
+
+    (tmp_path / "bomb.png").write_bytes(png_declaring(30_000, 30_000))
+    (item,) = collect_inputs([str(tmp_path / "bomb.png")], (28, 28, 1))
+    assert item.error.startswith(f"{tmp_path / 'bomb.png'}: decompression bomb refused")
+    assert "\n" not in item.error
+
+
+def test_predictor_names_its_own_source_of_feature_names(tmp_path):
+    from pipeline.predict import load_table
+
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
+    (item,) = load_table(tmp_path / "rows.csv", ["f0", "f1"])
+    assert (
+        item.error
+        == f"{tmp_path / 'rows.csv'}: no feature column 'f0' (the model's feature_names); columns are ['a', 'b']"
+    )

@@ -1,31 +1,44 @@
 """Stage prepare: validated, stratified, seeded splits in TFRecord shards that read back exactly."""
 
 import json
+import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
 
+from pipeline import prepare as prepare_stage
 from pipeline.errors import PipelineError
-from pipeline.fetch import fetch
 from pipeline.formats.idx import read_idx
-from pipeline.params import parse_params
-from pipeline.prepare import prepare
-from pipeline.records import read_meta, read_split_arrays
+from pipeline.prepared import PreparedData, read_meta
 
-from helpers.data import FILES
+from helpers.commands import REPO, call_core, run, stage_argv
+from helpers.data import FILES, fetch_into, write_idx_dataset
+from helpers.hostile import PYTHON
 from helpers.writers import write_idx
 
 
 @pytest.fixture
 def raw(tiny_data, tmp_path):
-    fetch(parse_params({"data": tiny_data}).data, tmp_path / "raw")
+    fetch_into(tiny_data, tmp_path / "raw")
     return tmp_path / "raw"
 
 
+def prepare(raw, out, params: dict) -> dict:
+    """The prepare stage's core on `params` (raw, validated whole), as its edge runs it: the
+    prepared data into `out`, the data report beside it; returns the report."""
+    report = out.with_name(f"{out.name}.json")
+    call_core(prepare_stage.STAGE, params, {"raw": raw}, {"out": out, "report": report})
+    return json.loads(report.read_text())
+
+
 def run_prepare(tiny_data, raw, out, **prepare_params):
-    params = parse_params({"data": tiny_data, "prepare": {"shard_size": 50, **prepare_params}})
-    return prepare(raw, out, params)
+    return prepare(raw, out, {"data": tiny_data, "prepare": {"shard_size": 50, **prepare_params}})
+
+
+def split_arrays(directory, split):
+    return PreparedData.open(directory).arrays(split)
 
 
 def test_splits_are_stratified_complete_and_read_back(tiny_data, raw, tmp_path):
@@ -34,18 +47,18 @@ def test_splits_are_stratified_complete_and_read_back(tiny_data, raw, tmp_path):
     assert sorted(report["per_class"]["val"].values()) == [7, 7, 8, 8]
     assert set(report["per_class"]["train"].values()) <= {22, 23}
 
-    meta = read_meta(str(tmp_path / "prepared"))
+    meta = read_meta(tmp_path / "prepared")
     assert meta.input_shape == (28, 28, 1) and meta.num_classes == 4
     assert meta.shards["train"] == ["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
 
     x_raw, y_raw = read_idx(raw / FILES["train_images"], (3,)), read_idx(raw / FILES["train_labels"], (1,))
-    x_tr, y_tr = read_split_arrays(str(tmp_path / "prepared"), meta, "train")
-    x_va, y_va = read_split_arrays(str(tmp_path / "prepared"), meta, "val")
+    x_tr, y_tr = split_arrays(tmp_path / "prepared", "train")
+    x_va, y_va = split_arrays(tmp_path / "prepared", "val")
     # Every training example lands in exactly one of train/val, unchanged.
     together = np.concatenate([x_tr, x_va]).reshape(120, -1)
     assert sorted(map(bytes, together)) == sorted(map(bytes, x_raw.reshape(120, -1)))
     assert np.bincount(np.concatenate([y_tr, y_va])).tolist() == np.bincount(y_raw).tolist()
-    x_te, y_te = read_split_arrays(str(tmp_path / "prepared"), meta, "test")
+    x_te, y_te = split_arrays(tmp_path / "prepared", "test")
     assert x_te.shape == (40, 28, 28, 1) and len(y_te) == 40
 
 
@@ -53,15 +66,15 @@ def test_split_is_seeded(tiny_data, raw, tmp_path):
     run_prepare(tiny_data, raw, tmp_path / "a", seed=1)
     run_prepare(tiny_data, raw, tmp_path / "b", seed=1)
     run_prepare(tiny_data, raw, tmp_path / "c", seed=2)
-    val = {name: read_split_arrays(str(tmp_path / name), read_meta(str(tmp_path / name)), "val")[0] for name in "abc"}
+    val = {name: split_arrays(tmp_path / name, "val")[0] for name in "abc"}
     np.testing.assert_array_equal(val["a"], val["b"])
     assert not np.array_equal(val["a"], val["c"])
 
 
 def test_prepare_measures_the_train_statistics_and_keeps_inputs_raw(tiny_data, raw, tmp_path):
     report = run_prepare(tiny_data, raw, tmp_path / "p")
-    meta = read_meta(str(tmp_path / "p"))
-    x, _ = read_split_arrays(str(tmp_path / "p"), meta, "train")
+    meta = read_meta(tmp_path / "p")
+    x, _ = split_arrays(tmp_path / "p", "train")
     assert x.dtype == np.uint8
     stats = meta.statistics
     assert stats.scale == pytest.approx(1 / 255)
@@ -136,7 +149,7 @@ def test_prepare_does_not_depend_on_the_model(tiny_data, raw, tmp_path):
     from pipeline.hashing import tree_sha256
 
     for name, model in (("a", "keras_mlp"), ("b", "lenet"), ("c", [{"Flatten": {}}])):
-        prepare(raw, tmp_path / name, parse_params({"data": tiny_data, "train": {"model": model}}))
+        prepare(raw, tmp_path / name, {"data": tiny_data, "train": {"model": model}})
     assert len({tree_sha256(tmp_path / name) for name in "abc"}) == 1
 
 
@@ -202,10 +215,12 @@ def test_skewed_classes_are_counted_and_warned_about(tiny_data, raw, tmp_path):
     labels = np.array([0] * 100 + [1] * 15 + [2] * 3 + [3] * 2, np.uint8)
     write_idx(raw / FILES["train_labels"], labels)
     report = run_prepare(tiny_data, raw, tmp_path / "prepared")
-    meta = read_meta(str(tmp_path / "prepared"))
-    # The stratified split keeps the proportions: 90 / 13-14 / 2-3 / 1-2 of 108 in train.
-    assert sum(meta.class_counts["train"]) == 108 and meta.class_counts["train"][0] == 90
-    assert meta.class_counts["val"] == [10, 2, 0, 0] or sum(meta.class_counts["val"]) == 12
+    meta = read_meta(tmp_path / "prepared")
+    # The stratified split keeps the proportions: 90 / 13-14 / 2-3 / 1-2 of 108 in train, the rest in val.
+    train, val = meta.class_counts["train"], meta.class_counts["val"]
+    assert sum(train) == 108 and train[0] == 90 and 13 <= train[1] <= 14 and 2 <= train[2] <= 3 and 1 <= train[3] <= 2
+    assert val == [10, 2, 0, 0]  # what the seeded split draws (scikit-learn's allocation of a 12-example val)
+    assert [t + v for t, v in zip(train, val, strict=True)] == [100, 15, 3, 2]
     assert report["warnings"] == [
         f"skewed classes: 'class_3' has {meta.class_counts['train'][3]} training examples, 'class_0' 90 "
         f"(1:{90 / meta.class_counts['train'][3]:.0f}); train.class_weight: balanced weighs each class by its rarity"
@@ -245,8 +260,8 @@ def test_a_corrupt_image_found_late_by_a_worker_is_one_line_or_a_listed_skip(tmp
     bad = tmp_path / "images/train/kind_d/0399.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200)
     data["image_folder"]["unreadable"] = policy
-    params = parse_params({"data": data, "prepare": {"shard_size": 50, "workers": 2}})
-    fetch(params.data, tmp_path / "raw")
+    params = {"data": data, "prepare": {"shard_size": 50, "workers": 2}}
+    fetch_into(data, tmp_path / "raw")
     if policy == "fail":
         with pytest.raises(PipelineError) as info:
             prepare(tmp_path / "raw", tmp_path / "prepared", params)
@@ -266,9 +281,9 @@ def test_the_output_is_the_same_whatever_the_number_of_processes(tmp_path):
 
     data = write_image_folder_dataset(tmp_path / "images", n_train=300, n_test=20, rgb=True, size=20)
     data["image_folder"]["image_size"] = [16, 16]  # resized: the work the processes share
-    fetch(parse_params({"data": data}).data, tmp_path / "raw")
+    fetch_into(data, tmp_path / "raw")
     for workers in (1, 2, 3):
-        params = parse_params({"data": data, "prepare": {"shard_size": 64, "workers": workers}})
+        params = {"data": data, "prepare": {"shard_size": 64, "workers": workers}}
         prepare(tmp_path / "raw", tmp_path / f"p{workers}", params)
     assert len({tree_sha256(tmp_path / f"p{n}") for n in (1, 2, 3)}) == 1
 
@@ -287,7 +302,7 @@ def test_beam_on_two_worker_processes_offline_gives_the_local_runner_s_splits(tm
 
     data = write_image_folder_dataset(tmp_path / "images", n_train=300, n_test=4, rgb=True)
     data["image_folder"]["test"] = None  # the test split is drawn too
-    fetch(parse_params({"data": data}).data, tmp_path / "raw")
+    fetch_into(data, tmp_path / "raw")
     beam_options = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     for runner in ("local", "beam"):
         params = {"data": data, "prepare": {"shard_size": 40, "runner": runner, "beam_options": beam_options}}
@@ -297,17 +312,15 @@ def test_beam_on_two_worker_processes_offline_gives_the_local_runner_s_splits(tm
         proc = subprocess.run(offline(command), cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stderr == "", proc.stderr[-3000:]  # Beam's own logging stays off a quiet console
-    local, beam = (read_meta(str(tmp_path / runner)) for runner in ("local", "beam"))
+    local, beam = (read_meta(tmp_path / runner) for runner in ("local", "beam"))
     assert beam.class_names == local.class_names and beam.counts == local.counts
     assert beam.class_counts == local.class_counts and beam.input_shape == local.input_shape
     np.testing.assert_allclose(beam.statistics.mean, local.statistics.mean, rtol=1e-6)
     np.testing.assert_allclose(beam.statistics.std, local.statistics.std, rtol=1e-6)
     for split in ("train", "val", "test"):
         examples = [
-            sorted(
-                (x.tobytes(), int(y)) for x, y in zip(*read_split_arrays(str(tmp_path / r), meta, split), strict=True)
-            )  # fmt: skip
-            for r, meta in (("local", local), ("beam", beam))
+            sorted((x.tobytes(), int(y)) for x, y in zip(*split_arrays(tmp_path / r, split), strict=True))  # fmt: skip
+            for r in ("local", "beam")
         ]
         assert examples[0] == examples[1] and len(examples[0]) == local.counts[split], split
     local_report, beam_report = (json.loads((tmp_path / f"{r}.json").read_text()) for r in ("local", "beam"))
@@ -315,3 +328,31 @@ def test_beam_on_two_worker_processes_offline_gives_the_local_runner_s_splits(tm
         assert value == pytest.approx(local_report["inputs"][key], rel=1e-9)
     del local_report["inputs"]
     assert beam_report == local_report  # counts, per class, the leakage check, skips, warnings
+
+
+# ----------------------------------------------------------------------------- a killed prepare
+def test_a_killed_prepare_leaves_nothing_after_its_rerun(tmp_path, tiny_data):
+    """The real thing: SIGKILL `python -m pipeline.prepare` while it writes shards, then rerun it."""
+    import signal
+    import time
+
+    import yaml
+
+    # 20,000 examples in shards of 10: ~2,000 files, seconds of writing to be killed in.
+    data = write_idx_dataset(tmp_path / "big", n_train=20000, n_test=200)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": data, "prepare": {"shard_size": 10}}))
+    run(stage_argv("fetch", PYTHON), tmp_path, PYTHONPATH=str(REPO))
+    child = subprocess.Popen(
+        stage_argv("prepare", PYTHON),
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "data").glob(".prepared.tmp-*/train/*")):
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert list((tmp_path / "data").glob(".prepared.tmp-*")), "prepare finished before it could be killed"
+    run(stage_argv("prepare", PYTHON), tmp_path, PYTHONPATH=str(REPO))
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["prepared", "raw"]

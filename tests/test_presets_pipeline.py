@@ -13,11 +13,18 @@ import yaml
 
 from pipeline.classifier import OnnxClassifier
 from pipeline.model import load_keras_model
+from pipeline.prepared import PreparedData
 from pipeline.presets import PRESETS
-from pipeline.records import read_meta, read_split_arrays
 
 from helpers.commands import run, run_stages
-from helpers.data import write_cifar10_dataset, write_csv_dataset, write_idx_dataset, write_image_folder_dataset
+from helpers.data import (
+    write_cifar10_dataset,
+    write_csv_dataset,
+    write_idx_dataset,
+    write_image_folder_dataset,
+    write_text_folder_dataset,
+    write_text_table_dataset,
+)
 
 DATA = {
     "idx": lambda d: write_idx_dataset(d),
@@ -28,7 +35,11 @@ DATA = {
         "image_folder": {"test": None, "color_mode": "rgb", "image_size": [32, 32]},
     },
     "csv": lambda d: write_csv_dataset(d),
+    "text_folder": lambda d: write_text_folder_dataset(d),
+    "text_table_jsonl": lambda d: write_text_table_dataset(d, suffix=".jsonl"),
 }
+# Text: a vocabulary and texts the size of the tiny data sets (the presets' own are for real corpora).
+TINY_TEXT = {"vocabulary_size": 64, "sequence_length": 24}
 
 CASES = [
     ("cnn", "idx"),
@@ -40,11 +51,21 @@ CASES = [
     ("cnn4", "image_folder_rgb_no_test"),
     ("cnn2", "idx"),
     ("tabular_mlp", "csv"),
+    ("text_cnn", "text_table_jsonl"),
+    ("text_lstm", "text_folder"),
 ]
 
 
+# Presets whose run through every stage is another file's subject (it goes on to deploy it).
+ELSEWHERE = {"text_bag": "tests/test_text_pipeline.py"}
+
+
 def test_every_preset_has_a_case():
-    assert {preset for preset, _ in CASES} == set(PRESETS)
+    from helpers.commands import REPO
+
+    assert {preset for preset, _ in CASES} | set(ELSEWHERE) == set(PRESETS)
+    for preset, path in ELSEWHERE.items():
+        assert f'"model": "{preset}"' in (REPO / path).read_text(), path
 
 
 @pytest.mark.slow
@@ -54,7 +75,12 @@ def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, mo
     params = {
         "data": data,
         "prepare": {"shard_size": 64},
-        "train": {"model": preset, "epochs": 3, "shuffle_buffer": 256},
+        "train": {
+            "model": preset,
+            "epochs": 3,
+            "shuffle_buffer": 256,
+            **({"text": TINY_TEXT} if data_kind.startswith("text") else {}),
+        },  # fmt: skip
         "evaluate": {"gate": {"min_accuracy": 0.0}, "worst_examples": 4},
         "export": {"calibration_size": 40},
         "verify": {"max_int8_drop": 1.0},
@@ -80,8 +106,9 @@ def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, mo
         assert result["max_abs_diff"] <= 1e-4 and result["argmax_agreement"] == 1.0, fmt
 
     # Deployed: onnxruntime with the model's own metadata (shape, class names) on the raw test inputs.
-    meta = read_meta("data/prepared")
-    raw_inputs, _ = read_split_arrays("data/prepared", meta, "test")
+    prepared = PreparedData.open("data/prepared")
+    meta = prepared.meta
+    raw_inputs, _ = prepared.arrays("test")
     keras_probs = load_keras_model("models/model.keras")(raw_inputs).numpy()
     classifier = OnnxClassifier("exported/model.onnx")
     assert classifier.class_names == meta.class_names and classifier.input_shape == meta.input_shape
@@ -89,9 +116,9 @@ def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, mo
     assert np.abs(onnx_probs - keras_probs).max() <= 1e-4
     assert (onnx_probs.argmax(1) == keras_probs.argmax(1)).all()
     figures = {p.name for p in (tmp_path / "reports/figures").iterdir()}
-    assert ("worst_errors.png" in figures) == meta.is_image
+    assert ("worst_errors.png" in figures) == (meta.kind != "table")  # images, or texts: no table rows
 
-    if not meta.is_image:
+    if meta.kind == "table":
         # The deployed table model reads a CSV with the training columns (labels and all) as it is.
         proc = run(["pipeline-predict", "--json", "--top-k", "1", "data/raw/test.csv"], tmp_path)
         lines = [json.loads(line) for line in proc.stdout.splitlines()]

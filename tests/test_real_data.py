@@ -1,15 +1,14 @@
 """The real Fashion-MNIST from Debian's dataset-fashion-mnist: fetched, verified, prepared in full."""
 
-import os
+import json
 from pathlib import Path
 
 import pytest
 
-from pipeline.fetch import fetch
-from pipeline.params import load_params
-from pipeline.prepare import prepare
+from pipeline import fetch, prepare
+from pipeline.hashing import content_sha256
 
-from helpers.commands import REPO
+from helpers.commands import call_core, committed_params, missing_tool
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -19,16 +18,20 @@ SOURCE = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture(scope="module")
 def params():
     if not SOURCE.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"{SOURCE} is missing: CI must install dataset-fashion-mnist")
-        pytest.skip(f"{SOURCE} missing (apt-get install dataset-fashion-mnist)")
-    return load_params(REPO / "params.yaml")
+        missing_tool(str(SOURCE), "apt-get install dataset-fashion-mnist")
+    params = committed_params()
+    assert params["data"]["source"] == str(SOURCE)
+    return params
 
 
 def test_fetch_and_prepare_the_real_files(params, tmp_path):
-    hashes = fetch(params.data, tmp_path / "raw")
-    assert hashes == params.data.idx.sha256  # all four decompressed checksums verified
-    report = prepare(tmp_path / "raw", tmp_path / "prepared", params)
+    result = call_core(fetch.STAGE, params, outputs={"out": tmp_path / "raw"})
+    assert result.summary == "4 idx files (4 checksums verified)"
+    checksums = params["data"]["idx"]["sha256"]
+    assert {name: content_sha256(tmp_path / "raw" / name) for name in checksums} == checksums
+    outputs = {"out": tmp_path / "prepared", "report": tmp_path / "data.json"}
+    call_core(prepare.STAGE, params, {"raw": tmp_path / "raw"}, outputs)
+    report = json.loads((tmp_path / "data.json").read_text())
     assert report["counts"]["train"] + report["counts"]["val"] == 60_000
     assert report["counts"]["test"] == 10_000
     assert report["counts"]["val"] == 6_000

@@ -1,9 +1,12 @@
 """Training across machines on an existing engine: tf.distribute workers on loopback. (Sharing data and
 models through a DVC remote: tests/test_promote.py.)"""
 
+import contextlib
 import csv
 import json
+import os
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -35,12 +38,13 @@ print("fit ran")
 """
 
 
-def start_workers(directory, count: int, tmp_path, command=None, **env):
-    """`command` (default `python -m pipeline.train`) as `count` workers of one TF_CONFIG cluster on loopback."""
-    ports = [free_port() for _ in range(count)]
+def start_workers(directories, tmp_path, command=None, **env):
+    """`command` (default `python -m pipeline.train`) as one worker of a TF_CONFIG cluster on loopback
+    in each of `directories` (worker 0, the chief, in the first), as on machines of their own."""
+    ports = [free_port() for _ in directories]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     procs = []
-    for index in range(count):
+    for index, directory in enumerate(directories):
         scratch = tmp_path / f"worker{index}-tmp"
         scratch.mkdir(exist_ok=True)
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
@@ -59,16 +63,54 @@ def start_workers(directory, count: int, tmp_path, command=None, **env):
 
 
 def finish(procs, tmp_path, name: str, timeout: int = 600) -> list[str]:
+    """Each worker's output (also in tmp_path/<name>-worker<i>.log). Whatever happens (a timeout, a
+    failed read), no worker outlives this: the ones still running are killed with their children."""
     outputs = []
-    for index, proc in enumerate(procs):
-        output = proc.communicate(timeout=timeout)[0]
-        (tmp_path / f"{name}-worker{index}.log").write_text(output)
-        outputs.append(output)
+    try:
+        for index, proc in enumerate(procs):
+            output = proc.communicate(timeout=timeout)[0]
+            (tmp_path / f"{name}-worker{index}.log").write_text(output)
+            outputs.append(output)
+    finally:
+        reap(procs)
     return outputs
+
+
+def reap(procs) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def machine(project, directory):
+    """Another machine's checkout of the project: its params and prepared data, nothing else (the
+    MLflow store is a server's or the chief's)."""
+    directory.mkdir(parents=True)
+    shutil.copy(project / "params.yaml", directory)
+    shutil.copytree(project / "data", directory / "data")
+    return directory
+
+
+def files_under(directory) -> set:
+    return {p.relative_to(directory) for p in directory.rglob("*") if p.is_file()}
+
+
+class KnownUpstreamFailure(Exception):
+    """The failure keras-team/keras#20585 reports, and no other."""
+
+
+# What Keras 3's fit says under MultiWorkerMirroredStrategy (keras-team/keras#20585): it hands a
+# PerReplica batch to an op that wants a tensor.
+UPSTREAM_ERROR = "with an unsupported type (<class 'tensorflow.python.distribute.values.PerReplica'>) to a Tensor"
 
 
 @pytest.mark.xfail(
     strict=True,
+    raises=KnownUpstreamFailure,
     reason=(
         "Canary for an upstream fix: Keras 3 model.fit under MultiWorkerMirroredStrategy fails with two "
         "workers (keras-team/keras#20585, open for Keras 3.7-3.15 / TF 2.16-2.21). The pipeline trains "
@@ -76,9 +118,14 @@ def finish(procs, tmp_path, name: str, timeout: int = 600) -> list[str]:
     ),
 )
 def test_canary_plain_keras_fit_under_two_workers(tmp_path):
-    procs = start_workers(tmp_path, 2, tmp_path, command=["python", "-c", CANARY])
+    procs = start_workers([tmp_path, tmp_path], tmp_path, command=["python", "-c", CANARY])
     outputs = finish(procs, tmp_path, "canary", timeout=300)
-    assert all(proc.returncode == 0 for proc in procs) and all("fit ran" in out for out in outputs)
+    failed = [out for proc, out in zip(procs, outputs, strict=True) if proc.returncode != 0]
+    if failed and all(UPSTREAM_ERROR in out for out in failed):
+        raise KnownUpstreamFailure(f"{len(failed)} worker(s) failed as keras-team/keras#20585 reports")
+    # Anything else fails the test for real: another error, or a timeout (the workers reaped).
+    assert not failed, f"workers failed otherwise than keras#20585; see {tmp_path}/canary-worker*.log"
+    assert all("fit ran" in out for out in outputs)
 
 
 def two_worker_params(project) -> None:
@@ -106,10 +153,16 @@ def test_two_workers_train_one_model_like_one_process_with_the_same_global_batch
     set_params(single, "train", batch_size=36)  # one replica with the two workers' global batch
     set_params(single, "mlflow", tracking_uri=f"sqlite:///{single / 'store/mlflow.db'}")
 
-    procs = start_workers(project, 2, tmp_path)
+    other = machine(project, tmp_path / "machine1")
+    given = files_under(other)
+    procs = start_workers([project, other], tmp_path)
     outputs = finish(procs, tmp_path, "two")
     for index, proc in enumerate(procs):
         assert proc.returncode == 0, f"worker {index} failed; its output is in {tmp_path}/two-worker{index}.log"
+    # The chief wrote every output; the other worker, in its own checkout, none (nor any temporary).
+    for output in ("models/model.keras", "models/history.csv", "reports/train.json", "models/mlflow_run.json"):
+        assert (project / output).is_file(), output
+    assert files_under(other) == given
     assert "the chief wrote the outputs" in outputs[1]
 
     report = json.loads((project / "reports/train.json").read_text())
@@ -140,8 +193,6 @@ def test_a_killed_worker_resumes_with_the_others_and_ends_as_if_uninterrupted(pr
     """SIGKILL the second worker once the chief has checkpointed two epochs, end the chief (its
     collectives cannot finish without its peer), rerun both: both resume from the chief's checkpoint
     at the same epoch and end with the weights of an uninterrupted run, bit for bit."""
-    import os
-    import signal
     import time
 
     import keras
@@ -153,16 +204,24 @@ def test_a_killed_worker_resumes_with_the_others_and_ends_as_if_uninterrupted(pr
     shutil.copytree(project, reference, ignore=shutil.ignore_patterns("store"))
     (reference / "store").mkdir()
     set_params(reference, "mlflow", tracking_uri=f"sqlite:///{reference / 'store/mlflow.db'}")
-    procs = start_workers(reference, 2, tmp_path)
+    machines = {}
+    for chief, name in ((reference, "reference-machine1"), (project, "machine1")):
+        machines[chief] = machine(chief, tmp_path / name)
+        # The chief's state directory, which every worker reads at the same path (a shared filesystem).
+        (machines[chief] / "models").mkdir()
+        (machines[chief] / "models/.train-state").symlink_to(chief / "models/.train-state")
+    procs = start_workers([reference, machines[reference]], tmp_path)
     finish(procs, tmp_path, "reference")
     assert [p.returncode for p in procs] == [0, 0], f"see {tmp_path}/reference-worker*.log"
 
-    procs = start_workers(project, 2, tmp_path)
+    procs = start_workers([project, machines[project]], tmp_path)
     checkpoints = project / "models/.train-state/checkpoints"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (checkpoints / "ckpt-2.index").exists():
         time.sleep(0.1)
-    assert (checkpoints / "ckpt-2.index").exists(), "no checkpoint after epoch 2"
+    if not (checkpoints / "ckpt-2.index").exists():
+        reap(procs)
+        pytest.fail("no checkpoint after epoch 2")
     os.killpg(procs[1].pid, signal.SIGKILL)
     procs[1].wait()
     time.sleep(1)
@@ -170,7 +229,7 @@ def test_a_killed_worker_resumes_with_the_others_and_ends_as_if_uninterrupted(pr
     finish(procs, tmp_path, "killed")
     assert not (project / "models/model.keras").exists()  # it did not get to the end
 
-    procs = start_workers(project, 2, tmp_path)
+    procs = start_workers([project, machines[project]], tmp_path)
     outputs = finish(procs, tmp_path, "resumed")
     assert [p.returncode for p in procs] == [0, 0], f"see {tmp_path}/resumed-worker*.log"
     resumed_at = [int(line.split("after epoch ")[1].split()[0]) for out in outputs for line in out.splitlines()
@@ -184,7 +243,7 @@ def test_a_killed_worker_resumes_with_the_others_and_ends_as_if_uninterrupted(pr
 
 def test_a_one_worker_cluster_trains(project, tmp_path):
     set_params(project, "train", epochs=2, early_stopping_patience=0)
-    (proc,) = start_workers(project, 1, tmp_path)
+    (proc,) = start_workers([project], tmp_path)
     (output,) = finish([proc], tmp_path, "one")
     assert proc.returncode == 0, output
     report = json.loads((project / "reports/train.json").read_text())

@@ -64,15 +64,17 @@ def test_class_weights_lift_the_rare_class(tmp_path, capsys):
 
 def test_the_multi_worker_loop_weighs_classes_as_fit_does(tmp_path):
     from pipeline.params import load_params
-    from pipeline.train import train
+    from pipeline.prepared import PreparedData
+    from pipeline.presets import filled_from_preset
+    from pipeline.training import train
 
     data = skewed_table(tmp_path / "source", np.random.default_rng(1))
     project(tmp_path, data, {"model": "tabular_mlp", "class_weight": "balanced", "epochs": 3,
                              "early_stopping_patience": 0})  # fmt: skip
     run_stages(tmp_path, "fetch", "prepare")
-    params = load_params(tmp_path / "params.yaml")
-    fit, custom = (train(params, tmp_path / "data/prepared", tmp_path / loop, verbose=0, loop=loop)
-                   for loop in ("fit", "custom"))  # fmt: skip
+    p = filled_from_preset(load_params(tmp_path / "params.yaml").train)
+    prepared = PreparedData.open(tmp_path / "data/prepared")
+    fit, custom = (train(p, prepared, tmp_path / loop, verbose=0, loop=loop) for loop in ("fit", "custom"))
     for a, b in zip(fit.model.get_weights(), custom.model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for a, b in zip(fit.history, custom.history, strict=True):

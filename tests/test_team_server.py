@@ -2,13 +2,12 @@
 to it at the same time, every epoch of both read back."""
 
 import json
-import os
 import shutil
 import subprocess
 
 import pytest
 
-from helpers.commands import set_params, stage_argv, tool_env
+from helpers.commands import missing_tool, set_params, stage_argv, tool_env
 from helpers.servers import mlflow_server, postgres_bin, postgres_cluster
 
 pytestmark = pytest.mark.slow
@@ -17,9 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def postgres_available():
     if postgres_bin() is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is missing: .ci/run must install Debian's postgresql")
-        pytest.skip("PostgreSQL not installed (apt-get install postgresql)")
+        missing_tool("PostgreSQL", "apt-get install postgresql")
 
 
 def test_two_trainings_at_once_against_a_postgres_backed_server(postgres_available, project, tmp_path):

@@ -1,5 +1,6 @@
 """MLflow tracking: where runs go (DVC_ROOT, env, params), tags DVC experiments carry, fail-fast."""
 
+import json
 import socket
 import subprocess
 import time
@@ -80,8 +81,9 @@ def test_run_file_names_the_embedded_store_relative_to_the_project(monkeypatch, 
     assert portable_uri("sqlite:////elsewhere/team.db") == "sqlite:////elsewhere/team.db"
     assert portable_uri("http://mlflow.internal:5000") == "http://mlflow.internal:5000"
     tracker = Run.start(None, "exp")
-    tracker.write_run_file(tmp_path / "run.json")
-    assert '"tracking_uri": "sqlite:///mlflow.db"' in (tmp_path / "run.json").read_text()
+    assert tracker.run_file() == {
+        "run_id": tracker.run_id, "experiment_id": tracker.experiment_id, "tracking_uri": "sqlite:///mlflow.db"
+    }  # fmt: skip
 
 
 def test_a_run_the_reachable_store_lacks_is_one_line_and_creates_nothing(monkeypatch, tmp_path):
@@ -107,7 +109,7 @@ def test_runs_are_distinct_and_resumable(tmp_path):
     first = Run.start(uri, "exp", run_name="a", tags={"k": "v"})
     second = Run.start(uri, "exp", run_name="b")
     assert first.run_id != second.run_id and first.experiment_id == second.experiment_id
-    first.write_run_file(tmp_path / "run.json")
+    (tmp_path / "run.json").write_text(json.dumps(first.run_file()))
     again = Run.resume(tmp_path / "run.json")
     again.log_metrics({"m": 1.5}, step=2)
     assert again.client.get_run(first.run_id).data.metrics["m"] == 1.5

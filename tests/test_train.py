@@ -10,13 +10,26 @@ import time
 import numpy as np
 import pytest
 
-from helpers.commands import set_params, stage_argv, tool_env
+from helpers.commands import REPO, run, set_params, stage_argv, tool_env
+from helpers.hostile import PYTHON
 
 pytestmark = pytest.mark.slow
 
 
 def train_cmd():
     return stage_argv("train")
+
+
+def train_in_process(project, work, **options):
+    """pipeline.training.train on the project's prepared data, with its params.yaml's train section
+    filled from the preset, as the train stage does."""
+    from pipeline.params import load_params
+    from pipeline.prepared import PreparedData
+    from pipeline.presets import filled_from_preset
+    from pipeline.training import train
+
+    p = filled_from_preset(load_params(project / "params.yaml").train)
+    return train(p, PreparedData.open(project / "data/prepared"), work, verbose=0, **options)
 
 
 def run_train(project, **env):
@@ -37,7 +50,7 @@ def run_train(project, **env):
     [("auto", 32, 1688, 64), ("auto", 128, 422, 16), ("auto", 4096, 14, 1), ("auto", 128, 5, 5), (8, 32, 1688, 8)],
 )
 def test_batches_per_call(setting, batch, steps, expected):
-    from pipeline.train import batches_per_call
+    from pipeline.training import batches_per_call
 
     assert batches_per_call(setting, batch, steps) == expected
 
@@ -84,15 +97,20 @@ def test_train_writes_outputs_and_one_mlflow_run(project):
 
 
 def test_training_is_deterministic(project):
-    from pipeline.params import load_params
-    from pipeline.train import train
+    """Two trainings in one process, from a process whose op determinism is off (as a fresh one is, and
+    as every training leaves it: train switches it on for its own span only), give the same weights."""
+    from tensorflow.python.framework import config
 
-    params = load_params(project / "params.yaml")
+    assert not config.is_op_determinism_enabled()  # nothing left on by an earlier test
     weights, histories = [], []
     for attempt in range(2):
         work = project / f"work{attempt}"
         work.mkdir()
-        result = train(params, project / "data/prepared", work, verbose=0)
+        during = []
+        result = train_in_process(project, work, on_epoch=lambda *_, seen=during: seen.append(
+            config.is_op_determinism_enabled()))  # fmt: skip
+        assert result.devices.deterministic and during == [True] * len(result.history)  # on while it trains
+        assert not config.is_op_determinism_enabled()  # and only then
         weights.append(result.model.get_weights())
         histories.append(result.history)
     assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
@@ -109,13 +127,8 @@ def test_the_custom_loop_gives_fit_s_weights_and_history_in_one_process(project,
     process, steps as Keras' fit does. Every full batch is bit-identical; the partial last batch
     (108 examples in batches of 16) is rounded differently by Keras' own traced step (measured:
     weights 1e-8 apart after it), so weights and metrics are compared within float32 rounding."""
-    from pipeline.params import load_params
-    from pipeline.train import train
-
     set_params(project, "train", early_stopping_patience=0, **extra)
-    params = load_params(project / "params.yaml")
-    results = {loop: train(params, project / "data/prepared", project / loop, verbose=0, loop=loop)
-               for loop in ("fit", "custom")}  # fmt: skip
+    results = {loop: train_in_process(project, project / loop, loop=loop) for loop in ("fit", "custom")}
     fit, custom = results["fit"], results["custom"]
     assert (fit.report["training_loop"], custom.report["training_loop"]) == ("keras fit", "custom (tf.distribute)")
     for a, b in zip(fit.model.get_weights(), custom.model.get_weights(), strict=True):
@@ -132,20 +145,16 @@ def test_the_custom_loop_trains_under_mixed_precision(project):
     LossScaleOptimizer (compile wraps the optimizer), and the model still outputs float32."""
     import keras
 
-    from pipeline.params import load_params
-    from pipeline.records import read_meta, read_split_arrays
-    from pipeline.train import train
+    from pipeline.prepared import PreparedData
 
     set_params(project, "train", mixed_precision="float16", epochs=2, early_stopping_patience=0)
-    params = load_params(project / "params.yaml")
-    try:
-        result = train(params, project / "data/prepared", project / "work", verbose=0, loop="custom")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    result = train_in_process(project, project / "work", loop="custom")
+    assert keras.mixed_precision.global_policy().name == "float32"  # the layers' precision, nothing global
+    assert {layer.dtype_policy.name for layer in result.trained.layers} >= {"mixed_float16"}
     assert result.devices.mixed_precision and isinstance(result.trained.optimizer, keras.optimizers.LossScaleOptimizer)
     assert all(np.isfinite(value) for row in result.history for value in row.values())
     assert result.history[-1]["loss"] < result.history[0]["loss"]
-    x, _ = read_split_arrays(str(project / "data/prepared"), read_meta(str(project / "data/prepared")), "test")
+    x, _ = PreparedData.open(project / "data/prepared").arrays("test")
     assert result.model(x[:4]).dtype == "float32"
 
 
@@ -203,14 +212,17 @@ def test_the_default_model_trains_sanely_on_a_few_thousand_images(tmp_path):
     in so few steps: validation accuracy measured 0.57 against training's 0.81 at epoch 3 (0.85
     with the preset's 0.9)."""
     from pipeline.params import parse_params
-    from pipeline.train import train
+    from pipeline.prepared import PreparedData
+    from pipeline.presets import filled_from_preset
+    from pipeline.training import train
 
     from helpers.data import FASHION_MNIST, fetch_and_prepare, subset_of_fashion_mnist
 
     data = subset_of_fashion_mnist(tmp_path / "source", n_train=4000, n_test=500)
     params = parse_params({"data": data, "train": {"model": "cnn", "epochs": 3, "early_stopping_patience": 0}})
     fetch_and_prepare(data, tmp_path)
-    history = train(params, tmp_path / "prepared", tmp_path / "work", verbose=0).history
+    p = filled_from_preset(params.train)
+    history = train(p, PreparedData.open(tmp_path / "prepared"), tmp_path / "work", verbose=0).history
     last = history[-1]
     assert last["accuracy"] > 0.75, FASHION_MNIST
     assert last["val_accuracy"] > 0.8 and last["val_accuracy"] >= last["accuracy"] - 0.05
@@ -220,14 +232,10 @@ def test_a_file_cache_trains_the_same_model_as_the_memory_cache(project):
     """train.cache: file keeps the decoded splits under the work directory (for splits larger than
     memory), read back in the same order: the same weights as caching in memory; auto chooses memory
     for data that fits a quarter of the available memory."""
-    from pipeline.params import load_params
-    from pipeline.train import train
-
     results = {}
     for mode in ("memory", "file", "auto"):
         set_params(project, "train", cache=mode, epochs=2, early_stopping_patience=0)
-        results[mode] = train(load_params(project / "params.yaml"), project / "data/prepared", project / mode,
-                              verbose=0)  # fmt: skip
+        results[mode] = train_in_process(project, project / mode)
     assert results["file"].report["cache"]["mode"] == "file"
     assert sorted(p.name for p in (project / "file/cache").iterdir() if p.suffix == ".index") == [
         "train.index", "val.index"
@@ -237,3 +245,49 @@ def test_a_file_cache_trains_the_same_model_as_the_memory_cache(project):
     assert cache["bytes"] == (28 * 28 + 8) * (108 + 12) and cache["bytes"] < cache["memory_budget"]
     for a, b in zip(results["memory"].model.get_weights(), results["file"].model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- the stage's edges
+@pytest.mark.slow
+def test_a_bad_layer_list_fails_before_any_mlflow_run(project):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["model"] = [{"Dense": {"unit": 3}}]
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run(stage_argv("train", PYTHON), project, check=False, PYTHONPATH=str(REPO))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: params.yaml: train.model[0]: Dense has no argument 'unit' (did you mean 'units'?)"
+    )
+    client = MlflowClient(params["mlflow"]["tracking_uri"])
+    experiment = client.get_experiment_by_name("t")
+    assert experiment is None or client.search_runs([experiment.experiment_id]) == []
+    assert not (project / "models/.train-state").exists()
+
+
+@pytest.mark.slow
+def test_an_unreachable_tracking_server_leaves_no_training_state(project):
+    proc = run(
+        stage_argv("train", PYTHON),
+        project,
+        check=False,
+        PYTHONPATH=str(REPO),
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: MLflow tracking server http://127.0.0.1:9 is unreachable")
+    )
+    assert not (project / "models/.train-state").exists()
+
+
+def test_json_report_of_a_params_error_has_no_traceback(tmp_path):
+    """The stage's own command line: one `error:` line, exit 1."""
+    (tmp_path / "params.yaml").write_text(json.dumps({"train": {"batch_size": 10**21}}))
+    proc = run(stage_argv("train", PYTHON), tmp_path, check=False, PYTHONPATH=str(REPO))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("error: params.yaml: train.batch_size must be <= 65536, got 1000000000000000000000")

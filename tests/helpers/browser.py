@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-import pytest
+from helpers.commands import missing_tool
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -23,7 +22,5 @@ CHROMIUM_FLAGS = [
 def chromium_path() -> str:
     path = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: .ci/run must install Debian's chromium")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+        missing_tool("Debian's chromium", "apt-get install chromium")
     return path

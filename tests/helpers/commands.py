@@ -17,6 +17,38 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
+def committed(path: str) -> str:
+    """A file of this repo as committed at HEAD: what the tests read of params.yaml (a README
+    `dvc exp run -S ...` run in the workspace rewrites the workspace's copy)."""
+    proc = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        import pytest
+
+        pytest.fail(f"git show HEAD:{path} failed in {REPO} (the tests read committed params): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def committed_params() -> dict:
+    """params.yaml as committed (raw YAML), whatever the workspace's copy says now."""
+    return yaml.safe_load(committed("params.yaml"))
+
+
+def under_ci() -> bool:
+    """CI sets CI (GitHub Actions, GitLab; .ci/run sets it when the runner does not)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing_tool(what: str, install: str):
+    """What a test needs (a tool, a data set) is not installed: a failure under CI, which installs
+    everything, and elsewhere a skip saying what to install. Call it before the test does any work
+    (a fixture or the test's first line), never halfway through."""
+    import pytest
+
+    if under_ci():
+        pytest.fail(f"{what} is missing: CI must install it ({install})")
+    pytest.skip(f"{what} is missing ({install})")
+
+
 def set_params(directory: Path, section: str, **values) -> None:
     """Change keys of one section of `directory`/params.yaml."""
     params = yaml.safe_load((directory / "params.yaml").read_text())

@@ -5,16 +5,13 @@ Fashion-MNIST; and fetch + prepare of a `data` section, as the stages do it."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-import pytest
-import yaml
 
 from pipeline.hashing import content_sha256
 
-from helpers.commands import REPO
+from helpers.commands import committed_params, missing_tool
 from helpers.writers import write_batch, write_idx, write_table
 
 FILES = {
@@ -204,6 +201,18 @@ def write_text_table_dataset(directory: Path, n_train=120, n_test=40, n_classes=
     return {"format": "text_table", "source": str(directory), "text_table": section}
 
 
+def thousand_class_predictions():
+    """Labels and probabilities of 3,000 test examples over 1,000 long-named classes, right 60 % of
+    the time: what evaluate's report and figures must keep bounded."""
+    n = 1000
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(n), 3)
+    probs = rng.dirichlet(np.ones(n) * 0.05, len(labels))
+    probs[np.arange(len(labels)), labels] += 0.5 * (rng.random(len(labels)) < 0.6)
+    names = [f"species {i:04d} with a long descriptive name" for i in range(n)]
+    return labels, probs, names
+
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -213,15 +222,23 @@ def subset_of_fashion_mnist(directory: Path, n_train: int, n_test: int) -> dict:
     from pipeline.formats.idx import read_idx
 
     if not FASHION_MNIST.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"{FASHION_MNIST} is missing: CI must install dataset-fashion-mnist")
-        pytest.skip(f"{FASHION_MNIST} missing (apt-get install dataset-fashion-mnist)")
+        missing_tool(str(FASHION_MNIST), "apt-get install dataset-fashion-mnist")
     directory.mkdir(parents=True, exist_ok=True)
     for role, name in FILES.items():
         array = read_idx(FASHION_MNIST / name, ndims=(1, 3))
         write_idx(directory / name, array[: n_train if role.startswith("train") else n_test])
-    classes = yaml.safe_load((REPO / "params.yaml").read_text())["data"]["idx"]["class_names"]
+    classes = committed_params()["data"]["idx"]["class_names"]
     return {"format": "idx", "source": str(directory), "idx": {**FILES, "sha256": None, "class_names": classes}}
+
+
+def fetch_into(data: dict, out: Path):
+    """The fetch stage's core on the `data` section, into `out`, as its edge runs it; returns its
+    StageResult."""
+    from pipeline import fetch
+
+    from helpers.commands import call_core
+
+    return call_core(fetch.STAGE, {"data": data}, outputs={"out": out})
 
 
 def fetch_and_prepare(data: dict, root: Path, **sections):
