@@ -2,7 +2,8 @@
 
 `data.source` is a local directory (default: Debian's dataset-fashion-mnist), an http(s) URL prefix,
 or an archive (.tar.gz, .tgz, .tar, .zip; a path or a URL). The files the chosen format reads
-(`data.<format>`) are copied, downloaded (with a progress bar) or extracted, then checked against
+(`data.<format>`) are copied, downloaded (with a progress bar; each download stops at
+`data.max_extracted_bytes`) or extracted, then checked against
 `data.<format>.sha256`, the sha256 of each file's decompressed content. Does not import TensorFlow.
 """
 
@@ -40,16 +41,33 @@ def is_archive(source: str) -> bool:
     return source.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def download(url: str, dest: Path) -> None:
+def download(url: str, dest: Path, max_bytes: int) -> None:
+    """`url` into `dest`, never more than `max_bytes` (data.max_extracted_bytes): a server that
+    announces more is refused before its body is read, one that keeps sending is cut off there."""
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
+            if total is not None and total > max_bytes:
+                raise PipelineError(
+                    f"{url}: the server announces {total:,} bytes, more than data.max_extracted_bytes ({max_bytes:,})"
+                )
+            written = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None, file=sys.stderr) as bar:
                 while chunk := response.read(_DOWNLOAD_CHUNK):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise PipelineError(
+                            f"{url}: download stopped at {max_bytes:,} bytes (data.max_extracted_bytes), "
+                            "and the server was still sending"
+                        )
                     out.write(chunk)
                     bar.update(len(chunk))
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(exc, urllib.error.HTTPError) and 300 <= exc.code < 400:
+            # urllib stops a redirect loop (or the redirect past its maximum) with a 3-line reason
+            most = urllib.request.HTTPRedirectHandler.max_redirections
+            reason = f"the server redirects in a loop, or more than {most} times"
         raise PipelineError(f"{url}: download failed ({reason})") from None
 
 
@@ -156,7 +174,7 @@ def gather(data: DataParams, dest: Path, scratch: Path) -> None:
     if is_archive(data.source):
         archive = scratch / Path(data.source.split("?")[0]).name
         if is_url(data.source):
-            download(data.source, archive)
+            download(data.source, archive, data.max_extracted_bytes)
         else:
             shutil.copyfile(data.source, archive)
         budget = ExtractionBudget(archive, data.max_extracted_bytes, data.max_compression_ratio)
@@ -169,7 +187,7 @@ def gather(data: DataParams, dest: Path, scratch: Path) -> None:
         target = dest / name.rstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         if root is None:
-            download(f"{data.source.rstrip('/')}/{name}", target)
+            download(f"{data.source.rstrip('/')}/{name}", target, data.max_extracted_bytes)
         else:
             copy_local(root, name, target, data)
 

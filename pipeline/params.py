@@ -97,7 +97,8 @@ class DataParams(Section):
     # The data set's name in MLflow (datasets, experiment, registered model); null: from data.source.
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")] | None = None
     # Archives (data.source ending in .zip, .tar.gz, ...) are refused before their content would
-    # exceed this many bytes, or expand more than this ratio of their own size (a zip bomb).
+    # exceed this many bytes, or expand more than this ratio of their own size (a zip bomb). Each
+    # download (an archive or a file under a URL prefix) stops at this many bytes too.
     max_extracted_bytes: Annotated[int, Field(ge=1)] = MAX_EXTRACTED_BYTES
     max_compression_ratio: Annotated[float, Field(ge=1)] = MAX_COMPRESSION_RATIO
     idx: IdxSection = IdxSection()

@@ -8,7 +8,7 @@ from pipeline.params import parse_params
 
 from helpers.commands import run
 from helpers.data import FILES, with_idx
-from helpers.servers import static_http
+from helpers.servers import answering_http, endless_body, redirect_loop, static_http
 
 
 def data_params(data: dict, **changes):
@@ -72,6 +72,36 @@ def test_http_missing_file_is_one_line(tiny_data, tmp_path, http_source):
     with pytest.raises(PipelineError, match=r"absent\.gz: download failed \("):
         fetch(parse_params({"data": data}).data, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_server_that_streams_without_end_is_stopped_at_the_limit(tiny_data, tmp_path):
+    """data.max_extracted_bytes bounds a download too: a server that never ends the body fills no disk."""
+    limit, sent = 1 << 20, []
+    with answering_http(endless_body(sent, give_up=64 << 20)) as url, pytest.raises(PipelineError) as info:
+        fetch(data_params(tiny_data, source=f"{url}/", max_extracted_bytes=limit), tmp_path / "raw")
+    message = str(info.value)
+    assert message == (
+        f"{url}/{FILES['train_images']}: download stopped at 1,048,576 bytes (data.max_extracted_bytes), "
+        "and the server was still sending"
+    )
+    assert sent and sent[0] < 16 * limit  # the client hung up, the server did not run out
+    assert not (tmp_path / "raw").exists() and list(tmp_path.glob(".raw*")) == []
+
+
+def test_a_download_larger_than_announced_limit_is_refused_before_reading(tiny_data, tmp_path, http_source):
+    with pytest.raises(PipelineError, match=r"^http://.*/train-images-idx3-ubyte\.gz: the server announces [\d,]+ "
+                       r"bytes, more than data\.max_extracted_bytes \(100\)$"):  # fmt: skip
+        fetch(data_params(tiny_data, source=http_source, max_extracted_bytes=100), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_redirect_loop_is_one_line_naming_the_url(tiny_data, tmp_path):
+    with answering_http(redirect_loop) as url, pytest.raises(PipelineError) as info:
+        fetch(data_params(tiny_data, source=f"{url}/a/"), tmp_path / "raw")
+    assert str(info.value) == (
+        f"{url}/a/{FILES['train_images']}: download failed (the server redirects in a loop, or more than 10 times)"
+    )
+    assert not (tmp_path / "raw").exists() and list(tmp_path.glob(".raw*")) == []
 
 
 def test_cli_does_not_import_tensorflow_and_reports_errors(tiny_data, tmp_path):
