@@ -2,13 +2,14 @@
 
 `data.source` is a local directory (default: Debian's dataset-fashion-mnist), an http(s) URL prefix,
 or an archive (.tar.gz, .tgz, .tar, .zip; a path or a URL). The files the chosen format reads
-(`data.<format>`) are copied, downloaded (with a progress bar; each download stops at
-`data.max_extracted_bytes`) or extracted, then checked against
+(`data.<format>`) are copied (symbolic links followed; a link loop is refused), downloaded (with a
+progress bar; each download stops at `data.max_extracted_bytes`) or extracted, then checked against
 `data.<format>.sha256`, the sha256 of each file's decompressed content. Does not import TensorFlow.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tarfile
@@ -71,12 +72,50 @@ def download(url: str, dest: Path, max_bytes: int) -> None:
         raise PipelineError(f"{url}: download failed ({reason})") from None
 
 
+def link_loop(root: Path) -> Path | None:
+    """The first symbolic link under `root` that leads back to a folder holding it, or None.
+
+    shutil.copytree copies what links point to, so through such a link it would copy without end
+    (until the path grows too long for the system, then fail naming it). A link that leads above
+    `root` closes its loop deeper down; the link named is the last one on that path."""
+    above = {str(root): ((root.stat().st_dev, root.stat().st_ino),)}
+    for directory, subdirs, _ in os.walk(root, followlinks=True):
+        chain = above.pop(directory)
+        for name in subdirs:
+            path = os.path.join(directory, name)
+            try:
+                status = os.stat(path)
+            except OSError:
+                continue  # gone or unreadable: the copy names it
+            identity = (status.st_dev, status.st_ino)
+            if identity in chain:
+                found = Path(path)
+                return next((p for p in (found, *found.parents) if p.is_symlink()), found)
+            above[path] = (*chain, identity)
+    return None
+
+
 def copy_local(source_dir: Path, name: str, dest: Path, data: DataParams) -> None:
     src = source_dir / name
     if name.endswith("/"):
         if not src.is_dir():
             raise PipelineError(f"{src}: directory not found (data.{data.format} names it under data.source)")
-        shutil.copytree(src, dest)
+        loop = link_loop(src)
+        if loop is not None:
+            target = os.readlink(loop) if loop.is_symlink() else "a mount"
+            raise PipelineError(
+                f"{loop}: symbolic link loop (-> {target}, a folder that holds the link); "
+                "fetch copies what links point to: remove the link or point it elsewhere"
+            )
+        try:
+            shutil.copytree(src, dest)
+        except shutil.Error as exc:  # one (source, destination, reason) per file that failed: the first
+            failed = exc.args[0][0] if exc.args and isinstance(exc.args[0], list) and exc.args[0] else None
+            if failed is None or len(failed) != 3:
+                raise PipelineError(f"{src}: cannot copy ({first_line(exc)})") from None
+            raise PipelineError(f"{failed[0]}: cannot copy ({failed[2]})") from None
+        except OSError as exc:
+            raise PipelineError(f"{src}: cannot copy ({first_line(exc)})") from None
         return
     if not src.is_file():
         raise PipelineError(f"{src}: file not found (data.{data.format} names it under data.source)")
