@@ -56,7 +56,7 @@ Side = Annotated[int, Field(ge=1, le=4096)]
 
 
 class ImageFolderSection(FormatSection):
-    """`data.image_folder`: one subdirectory per class of PNG/JPEG files, under `train` (and `test`)."""
+    """`data.image_folder`: one subdirectory per class of image files, under `train` (and `test`)."""
 
     url_prefix_ok: ClassVar[bool] = False  # a folder tree has no file list to append to a URL
     train: str = "train"

@@ -1,7 +1,14 @@
-"""Data format `image_folder`: <root>/<class name>/<image>.png|.jpg|.jpeg, decoded with Pillow, converted to the
+"""Data format `image_folder`: <root>/<class name>/<image>, decoded with Pillow, converted to the
 colour mode and resized to the size in params. Class names are the folder names, in sorted order,
 unless params give them. An image that cannot be decoded stops the stage, or is skipped and
 reported, as `data.image_folder.unreadable` says.
+
+The images are the files named *.png, *.jpg, *.jpeg, *.gif, *.webp, *.bmp, *.tif, *.tiff (any case),
+in the class folder or below it; an animated GIF, WebP or PNG, or a multi-page TIFF, gives its first
+frame. Hidden files and folders (a name starting with `.`: macOS's .DS_Store and AppleDouble `._x.png`)
+and Windows' Thumbs.db and desktop.ini are not examples. The EXIF orientation (a phone's rotation)
+is applied. Pixels become 8 bits: 16-bit images (Pillow's I;16 and 16-bit RGB/RGBA) keep their high
+byte, 32-bit integer images (I) are read as 16-bit, float images (F) as 0..1; alpha is dropped.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from pipeline.errors import PipelineError, first_line
 from pipeline.formats.base import Decoded, Part, Scan
 
 NAME = "image_folder"
-EXTENSIONS = (".png", ".jpg", ".jpeg")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+# Files a copy from Windows brings along (thumbnail caches, folder settings); macOS's are hidden files.
+SYSTEM_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini")
 
 
 DECODE_IN_PROCESSES = True  # decoding and resizing are the work: prepare spreads them over every core
@@ -38,12 +47,22 @@ def list_images(raw_dir: Path, folder: str, class_names: list[str] | None) -> tu
     names = class_folders(root, class_names)
     labels, keys = [], []
     for label, name in enumerate(names):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        files = sorted(p for p in (root / name).rglob("*") if is_image_file(p, root / name))
         if not files:
             raise PipelineError(f"{root / name}: no images ({', '.join(EXTENSIONS)}) for class {name!r}")
         keys += [p.relative_to(raw_dir).as_posix() for p in files]
         labels += [label] * len(files)
     return names, np.asarray(labels, dtype=np.int64), keys
+
+
+def is_image_file(path: Path, folder: Path) -> bool:
+    """Whether `path`, found under `folder`, is an example: a file with an image extension, neither
+    hidden (no part of its path below `folder` starts with `.`) nor a system file."""
+    if path.suffix.lower() not in EXTENSIONS or path.name.lower() in SYSTEM_FILES:
+        return False
+    if any(part.startswith(".") for part in path.relative_to(folder).parts):
+        return False
+    return path.is_file()
 
 
 def chunks(raw_dir: Path, section, scan: Scan, part: str, start: int = 0, stop: int | None = None):
@@ -126,8 +145,13 @@ def load_image(path: Path, size: tuple[int, int], color_mode: str) -> np.ndarray
 
 
 def _decode(image, size: tuple[int, int], color_mode: str) -> np.ndarray:
-    from PIL import Image
+    from PIL import ExifTags, Image, ImageOps
 
+    # A phone's rotation, before anything is resized; read first, so that the usual image (no
+    # orientation, or 1) is not copied by exif_transpose.
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in (2, 3, 4, 5, 6, 7, 8):
+        image = ImageOps.exif_transpose(image)
+    image = _eight_bits(image)
     mode = "L" if color_mode == "grayscale" else "RGB"
     if image.mode != mode:
         image = image.convert(mode)
@@ -136,3 +160,22 @@ def _decode(image, size: tuple[int, int], color_mode: str) -> np.ndarray:
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _eight_bits(image):
+    """`image` in a mode of 8 bits per channel, scaled, where Pillow's own convert would clip: it
+    maps I;16, I and F to L by clipping at 255 (a 16-bit scan would come out white). 16-bit values
+    keep their high byte, as Pillow's decoder does for 16-bit RGB; I is read as 16-bit; F as 0..1.
+    Palette images go through RGBA, which carries a transparency Pillow would otherwise warn about."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        grey = np.asarray(image).astype(np.int64)
+        return Image.fromarray((np.clip(grey, 0, 65535) >> 8).astype(np.uint8))
+    if mode == "F":
+        grey = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        return Image.fromarray(np.round(np.clip(grey, 0.0, 1.0) * 255).astype(np.uint8))
+    if mode in ("P", "PA"):
+        return image.convert("RGBA")
+    return image
