@@ -409,6 +409,30 @@ def test_prepare_cli_reports_a_bad_csv_in_one_line(tmp_path):
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "data.json").exists()
 
 
+@pytest.mark.timeout(60)  # quadratic, it took minutes (the header searched once per column)
+def test_a_wide_csv_prepares_in_time_linear_in_its_size(tmp_path):
+    """50,000 feature columns (gene expression, pixels as columns): each column's position is found
+    once, so prepare's time grows with the cells, not with the square of the columns."""
+    import time
+
+    columns, rows = 50_000, 12
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 1000, size=(rows, columns))
+    (tmp_path / "wide").mkdir()
+    with open(tmp_path / "wide/train.csv", "w") as f:
+        f.write(",".join([*(f"g{i}" for i in range(columns)), "label"]) + "\n")
+        for i, row in enumerate(values):
+            f.write(",".join(map(str, row)) + f",{'ab'[i % 2]}\n")
+    data = {"format": "csv", "source": str(tmp_path / "wide"), "csv": {"test": None}}
+    start = time.perf_counter()
+    report, meta = fetch_and_prepare(data, tmp_path, prepare={"test_fraction": 0.35, "val_fraction": 0.15})
+    seconds = time.perf_counter() - start
+    assert meta.input_shape == (columns,) and meta.feature_names[-1] == f"g{columns - 1}"
+    x = np.concatenate([split(tmp_path, meta, part)[0] for part in ("train", "val", "test")])
+    assert sorted(map(tuple, x.astype(np.int64))) == sorted(map(tuple, values))  # every cell, in its column
+    assert seconds < 30, f"{seconds:.1f} s"
+
+
 def test_checksums_apply_to_any_format(tmp_path):
     data = write_csv_dataset(tmp_path / "table")
     data["csv"]["sha256"] = {"train.csv": "0" * 64}
