@@ -68,3 +68,14 @@ def offline(command: list[str]) -> list[str]:
         pytest.fail("unshare (util-linux) is needed to prove the Beam runner works offline")
     user = [] if os.geteuid() == 0 else ["-r"]
     return ["unshare", *user, "-n", "sh", "-c", f"ip link set lo up && exec {shlex.join(command)}"]
+
+
+def without_loopback(command: list[str]) -> list[str]:
+    """`command` in a network namespace of its own whose loopback stays down (`unshare -n` alone):
+    not even localhost answers, as in a sandbox that forgot `ip link set lo up`."""
+    import pytest
+
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed to cut loopback")
+    user = [] if os.geteuid() == 0 else ["-r"]
+    return ["unshare", *user, "-n", *command]
