@@ -33,6 +33,56 @@ def static_http(directory: str | Path):
         server.server_close()
 
 
+@contextlib.contextmanager
+def answering_http(answer):
+    """A real HTTP server on loopback whose every GET is `answer(handler)` (a BaseHTTPRequestHandler
+    to write the response to); yields its base URL (no trailing slash)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client hung up
+                answer(self)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def endless_body(sent: list[int], give_up: int):
+    """An `answering_http` answer that streams zeros with no Content-Length, as a server that never
+    ends does, until the client hangs up (or, so that an unbounded client's test ends too, `give_up`
+    bytes); `sent` gets the bytes each request sent."""
+
+    def answer(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.end_headers()
+        chunk, total = bytes(1 << 16), 0
+        try:
+            while total < give_up:
+                handler.wfile.write(chunk)
+                total += len(chunk)
+        finally:
+            sent.append(total)
+
+    return answer
+
+
+def redirect_loop(handler) -> None:
+    """An `answering_http` answer that sends every path to the other of /a and /b."""
+    handler.send_response(302)
+    handler.send_header("Location", "/b" if handler.path == "/a" else "/a")
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
