@@ -110,7 +110,7 @@ def write_model_repository(
     out_dir: str | Path,
     name: str,
     max_batch_size: int = 64,
-    max_queue_delay_us: int = 2000,
+    max_queue_delay_us: int = 0,
     instances: int = 1,
 ) -> Path:
     """`<out_dir>/<name>/` for the ONNX file at `onnx_path` (replaced whole if it exists, atomically);

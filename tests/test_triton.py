@@ -34,7 +34,7 @@ def test_config_parses_against_tritons_schema_and_matches_the_graph(make, tmp_pa
     from tritonclient.grpc import model_config_pb2 as mc
 
     source = make(tmp_path / "model.onnx")
-    repository = write_model_repository(source, tmp_path / "triton", "tiny", max_batch_size=32)
+    repository = write_model_repository(source, tmp_path / "triton", "tiny", max_batch_size=32, max_queue_delay_us=500)
     assert repository == tmp_path / "triton" / "tiny"
     config = parsed(repository / "config.pbtxt")
     assert config.name == "tiny" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
@@ -43,7 +43,7 @@ def test_config_parses_against_tritons_schema_and_matches_the_graph(make, tmp_pa
     # Triton's dims leave out the batch dimension (max_batch_size > 0): the graph's free first one.
     assert tensors == [(name, types[kind], dims[1:]) for name, kind, dims in graph_io(source)]
     assert all(dims[0] == -1 for _, _, dims in graph_io(source))
-    assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 500
     ((group),) = config.instance_group
     assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 1
     assert (repository / "1" / "model.onnx").read_bytes() == source.read_bytes()

@@ -29,7 +29,10 @@ SERVER_NAME = "pipeline-serve"
 @dataclass(frozen=True)
 class Settings:
     max_batch_size: int = 64  # rows (examples) in one runtime call
-    max_delay_ms: float = 2.0  # how long a lone request waits for others to batch with
+    # How long a lone request waits for others to batch with. 0: none; requests still merge with
+    # those that arrived while the runtime was busy, which is all the merging a loaded CPU server
+    # needs (a wait only adds latency when the runtime is idle). Triton's default is 0 too.
+    max_delay_ms: float = 0.0
     max_queue_rows: int = 4096  # examples waiting; past it requests get 503
     max_body_bytes: int = 64 * 2**20  # a request's body, decompressed too; past it 413
     batching: bool = True  # False: every request its own runtime call
