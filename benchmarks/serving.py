@@ -161,20 +161,21 @@ def binary_request(pixels: np.ndarray, model_name: str) -> Request:
     return Request(f"/v2/models/{model_name}/infer", body, headers, len(pixels))
 
 
+MALFORMED = ("a value of 256", "a wrong shape", "a wrong input name", "fractional pixels", "broken JSON")
+
+
 def malformed(pixels: np.ndarray) -> list[Request]:
-    """A value out of range, a wrong shape, a wrong input name, not JSON, a float where pixels go."""
+    """One request of each MALFORMED kind, in that order."""
     out_of_range = pixels.astype(int)
     out_of_range[0, 0, 0, 0] = 256
     bodies = [
-        {"inputs": {"image": out_of_range.tolist()}},
-        {"inputs": {"image": pixels[..., 0].tolist()}},
-        {"inputs": {"pixels": pixels.tolist()}},
-        {"inputs": {"image": (pixels + 0.5).tolist()}},
+        json.dumps({"inputs": {"image": out_of_range.tolist()}}).encode(),
+        json.dumps({"inputs": {"image": pixels[..., 0].tolist()}}).encode(),
+        json.dumps({"inputs": {"pixels": pixels.tolist()}}).encode(),
+        json.dumps({"inputs": {"image": (pixels + 0.5).tolist()}}).encode(),
+        b'{"inputs": {"image": [[',
     ]
-    requests = [Request("/invocations", json.dumps(b).encode(), {"Content-Type": "application/json"}, 0, False)
-                for b in bodies]  # fmt: skip
-    requests.append(Request("/invocations", b'{"inputs": {"image": [[', {"Content-Type": "application/json"}, 0, False))
-    return requests
+    return [Request("/invocations", body, {"Content-Type": "application/json"}, 0, False) for body in bodies]
 
 
 async def load(url: str, requests: list[Request], clients: int, seconds: float, warmup: float = 1.0) -> dict:
@@ -238,7 +239,7 @@ def answers_exactly(server: Server, pixels: np.ndarray, expected: np.ndarray, bi
         exact &= status == 200 and np.array_equal(
             np.frombuffer(body[length:], np.float32).reshape(expected.shape), expected
         )
-    codes = [post(server.url, bad)[0] for bad in malformed(pixels)]
+    codes = {kind: post(server.url, bad)[0] for kind, bad in zip(MALFORMED, malformed(pixels), strict=True)}
     return {"exact": bool(exact), "malformed_statuses": codes, "alive_after": server.alive()}
 
 
@@ -355,6 +356,7 @@ def main() -> None:
     parser.add_argument("--rss-seconds", type=float, default=60.0)
     parser.add_argument("--out", type=Path, default=REPO / "reports/serving.json")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # through `finally`: the servers are stopped too
     if args.make_model:
         args.model = make_model(args.make_model)
         print(f"made {args.model}")

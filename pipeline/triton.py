@@ -126,6 +126,8 @@ def write_model_repository(
         raise PipelineError("Triton max_batch_size and max_queue_delay_us must be >= 0, instances >= 1")
     from google.protobuf.message import DecodeError
 
+    if not onnx_path.is_file():
+        raise PipelineError(f"{onnx_path}: model file not found")
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except (OSError, DecodeError) as exc:
@@ -141,3 +143,27 @@ def write_model_repository(
         if names is not None:
             (tmp / LABELS).write_text("".join(f"{n}\n" for n in names))
     return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.triton", description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="the exported .onnx file")
+    parser.add_argument("out", help="the model repository (tritonserver --model-repository)")
+    parser.add_argument("name", help="the model's name in Triton")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    parser.add_argument("--instances", type=int, default=1, help="CPU instances of the model")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    written = write_model_repository(
+        args.model, args.out, args.name, args.max_batch_size, args.max_queue_delay_us, args.instances
+    )
+    print(f"wrote {written}/config.pbtxt, {written}/1/model.onnx")
+
+
+if __name__ == "__main__":
+    from pipeline.cli import run_cli
+
+    run_cli(main)

@@ -3,6 +3,10 @@ model-config schema (the protobuf tritonclient ships) and compared with the ONNX
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import onnx
 import pytest
 from google.protobuf import text_format
@@ -68,3 +72,14 @@ def test_a_bad_name_or_file_is_one_line(tmp_path):
     with pytest.raises(PipelineError, match="broken.onnx: not a readable ONNX file"):
         write_model_repository(tmp_path / "broken.onnx", tmp_path / "triton", "m")
     assert not (tmp_path / "triton" / "m").exists()
+
+
+def test_the_command_line_writes_it_and_a_missing_file_is_one_line(tmp_path):
+    source = image_onnx(tmp_path / "model.onnx")
+    command = [os.path.abspath(sys.executable), "-m", "pipeline.triton"]
+    subprocess.run([*command, str(source), str(tmp_path / "triton"), "tiny"], check=True, capture_output=True)
+    assert parsed(tmp_path / "triton" / "tiny" / "config.pbtxt").name == "tiny"
+    proc = subprocess.run(
+        [*command, str(tmp_path / "nope.onnx"), str(tmp_path / "t"), "m"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and proc.stderr == f"error: {tmp_path / 'nope.onnx'}: model file not found\n"
