@@ -365,3 +365,22 @@ def test_the_server_imports_no_tensorflow_and_bad_models_are_one_line(models, tm
             capture_output=True, text=True, cwd=tmp_path, env=tool_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/x.db"),
         )  # fmt: skip
         assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_binary_bytes_tensors_are_read_as_the_protocol_lays_them_out():
+    """BYTES (strings, for text models): each element a 4-byte little-endian length, then its bytes."""
+    from pipeline.serving.inputs import BadRequest
+    from pipeline.serving.v2 import byte_strings
+
+    assert byte_strings(b"\x02\x00\x00\x00hi\x00\x00\x00\x00\x03\x00\x00\x00\xc3\xa9!", 3, "t") == [
+        b"hi",
+        b"",
+        "é!".encode(),
+    ]
+    for data, says in (
+        (b"\x05\x00\x00\x00hi", "runs past"),
+        (b"\x00\x00\x00", "ends before"),
+        (bytes(9), "1 bytes follow"),
+    ):
+        with pytest.raises(BadRequest, match=says):
+            byte_strings(data, 2, "t")

@@ -95,8 +95,6 @@ def tensor_metadata(tensor: Tensor) -> dict:
 
 def as_numbers(values, where: str) -> np.ndarray:
     """JSON values (nested lists) as a NumPy array of numbers, or BadRequest."""
-    if isinstance(values, np.ndarray):
-        return values
     try:
         array = np.asarray(values)
     except (ValueError, TypeError, OverflowError):
@@ -145,6 +143,9 @@ def table_features(values, spec: Tensor, where: str) -> np.ndarray:
     return features
 
 
-# Text, when it lands: "text": a list of strings (or UTF-8 bytes already [n, max_bytes]), encoded
-# to UTF-8 and zero-padded to the model's [n, max_bytes] uint8, longer texts refused with a 400.
+# Text, when it lands: "text": a list of strings (JSON), or of bytes (an Open Inference Protocol BYTES
+# tensor), encoded to UTF-8 and zero-padded to the model's [n, max_bytes] uint8, longer texts refused
+# with a 400; and DATATYPES["text"] = {"BYTES", "UINT8"}.
 DECODERS = {"image": image_pixels, "table": table_features}
+# The Open Inference Protocol datatypes a request may declare for each kind's input.
+DATATYPES = {"image": {"UINT8"}, "table": {"FP32"}}

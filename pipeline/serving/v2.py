@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from pipeline.serving.inputs import V2_DATATYPES, BadRequest, ServedModel, as_numbers, model_input
+from pipeline.serving.inputs import DATATYPES, V2_DATATYPES, BadRequest, ServedModel, as_numbers, model_input
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -53,30 +53,54 @@ def input_tensor(model: ServedModel, tensor: dict, binary: memoryview | bytes) -
     where = f"input {name!r}"
     if name != spec.name:
         raise BadRequest(f"{where}: the model's input is {spec.name!r}")
-    if tensor.get("datatype") != spec.datatype:
-        raise BadRequest(f"{where}: datatype {tensor.get('datatype')!r} is not the model's {spec.datatype}")
+    datatype = tensor.get("datatype")
+    if datatype not in DATATYPES[model.kind]:
+        raise BadRequest(f"{where}: datatype {datatype!r} is not the model's {spec.datatype}")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
     count = math.prod(shape)
-    dtype = V2_DATATYPES[spec.datatype]
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > len(binary):
             raise BadRequest(f"{where}: binary_data_size {size!r} is more than the {len(binary)} bytes sent")
+        if datatype == "BYTES":
+            values = np.array(byte_strings(binary[:size], count, where), dtype=object).reshape(shape)
+            return model_input(model, values, where), size
+        dtype = V2_DATATYPES[datatype]
         if size != count * dtype.itemsize:
-            raise BadRequest(f"{where}: {size} bytes of binary data for shape {shape} of {spec.datatype}")
+            raise BadRequest(f"{where}: {size} bytes of binary data for shape {shape} of {datatype}")
         values = np.frombuffer(binary[:size], dtype=dtype).reshape(shape)
         return model_input(model, values, where), size
     if "data" not in tensor:
         raise BadRequest(f"{where}: neither data nor parameters.binary_data_size")
     data = tensor["data"]
     if not isinstance(data, list):
-        raise BadRequest(f"{where}: data must be a list of numbers")
+        raise BadRequest(f"{where}: data must be a list")
+    if datatype == "BYTES":  # strings, for the kind's decoder (text)
+        if len(data) != count or not all(isinstance(item, str) for item in data):
+            raise BadRequest(f"{where}: BYTES data must be {count} strings for shape {shape}")
+        return model_input(model, np.array(data, dtype=object).reshape(shape), where), 0
     values = as_numbers(data, where)
     if values.size != count:
         raise BadRequest(f"{where}: {values.size} values do not fill shape {shape}")
     return model_input(model, values.reshape(shape), where), 0
+
+
+def byte_strings(data: memoryview | bytes, count: int, where: str) -> list[bytes]:
+    """A binary BYTES tensor: each element a 4-byte little-endian length, then that many bytes."""
+    items, offset = [], 0
+    for _ in range(count):
+        if offset + 4 > len(data):
+            raise BadRequest(f"{where}: BYTES binary data ends before its {count} elements")
+        length = int.from_bytes(data[offset : offset + 4], "little")
+        if offset + 4 + length > len(data):
+            raise BadRequest(f"{where}: a BYTES element's length runs past the data")
+        items.append(bytes(data[offset + 4 : offset + 4 + length]))
+        offset += 4 + length
+    if offset != len(data):
+        raise BadRequest(f"{where}: {len(data) - offset} bytes follow the BYTES tensor's {count} elements")
+    return items
 
 
 def binary_output(model: ServedModel, request: dict) -> bool:
