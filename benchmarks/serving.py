@@ -391,7 +391,7 @@ def main() -> None:
         "mlflow_2_workers": ([*mlflow, "--workers", "2"], "/ping"),
         "pipeline_serve": (serve, "/v2/health/ready"),
         "pipeline_serve_no_batching": ([*serve, "--no-batching"], "/v2/health/ready"),
-        "pipeline_serve_1_thread": ([*serve, "--threads", "1"], "/v2/health/ready"),
+        "pipeline_serve_spinning": ([*serve, "--spin"], "/v2/health/ready"),
         "baseline_fastapi": ([sys.executable, str(REPO / "benchmarks/serving_baseline.py"), str(model), "{port}"],
                              "/ping"),
     }  # fmt: skip
@@ -412,7 +412,7 @@ def main() -> None:
                  for name in ("mlflow", "mlflow_2_workers", "pipeline_serve", "baseline_fastapi")]  # fmt: skip
         cells += [("pipeline_serve", "binary", clients, batch) for clients in CLIENTS for batch in BATCHES]
         cells += [("pipeline_serve_no_batching", encoding, 8, 1) for encoding in ("json", "binary")]
-        cells += [("pipeline_serve_1_thread", e, 8, batch) for e in ("json", "binary") for batch in BATCHES]
+        cells += [("pipeline_serve_spinning", e, 8, batch) for e in ("json", "binary") for batch in BATCHES]
         runs: dict[tuple, list[dict]] = {cell: [] for cell in cells}
         for round_ in range(args.rounds):
             for cell in cells:

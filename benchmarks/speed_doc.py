@@ -270,7 +270,7 @@ SERVERS = {
     "mlflow_2_workers": "the same, `--workers 2`",
     "pipeline_serve": "`pipeline-serve`",
     "pipeline_serve_no_batching": "`pipeline-serve --no-batching`",
-    "pipeline_serve_1_thread": "`pipeline-serve --threads 1`",
+    "pipeline_serve_spinning": "`pipeline-serve --spin` (onnxruntime's threads spinning)",
     "baseline_fastapi": "hand-written FastAPI + onnxruntime (`benchmarks/serving_baseline.py`)",
 }
 

@@ -384,3 +384,17 @@ def test_binary_bytes_tensors_are_read_as_the_protocol_lays_them_out():
     ):
         with pytest.raises(BadRequest, match=says):
             byte_strings(data, 2, "t")
+
+
+def test_onnxruntimes_threads_do_not_spin_unless_asked(models, tmp_path):
+    from pipeline.serving.cli import open_model
+
+    def spinning(model) -> str:
+        options = model.classifier.session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: onnxruntime's default, spinning
+            return "default"
+
+    assert spinning(open_model(str(models["image"]), None, None, tmp_path)) == "0"
+    assert spinning(open_model(str(models["image"]), None, None, tmp_path, spin=True)) == "default"

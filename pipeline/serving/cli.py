@@ -51,15 +51,19 @@ def registered_onnx(uri: str, directory: Path) -> tuple[Path, str, str]:
     return registry.download_onnx(name, version, directory), name, version
 
 
-def open_model(model: str, name: str | None, threads: int | None, directory: Path):
+def open_model(model: str, name: str | None, threads: int | None, directory: Path, spin: bool = False):
     from pipeline.classifier import open_classifier
-    from pipeline.serving.inputs import ServedModel
+    from pipeline.serving.inputs import ServedModel, without_spinning
 
+    version = "1"
     if model.startswith(REGISTRY_SCHEME):
         path, registered, version = registered_onnx(model, directory)
-        return ServedModel(open_classifier(path, threads), name or registered, version)
-    path = Path(model)
-    return ServedModel(open_classifier(path, threads), name or path.name.split(".")[0])
+        name = name or registered
+    else:
+        path = Path(model)
+        name = name or path.name.split(".")[0]
+    classifier = open_classifier(path, threads)
+    return ServedModel(classifier if spin else without_spinning(classifier, threads), name, version)
 
 
 def serve(app, host: str, port: int, log_level: str, access_log: bool) -> None:
@@ -105,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
         "--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20, help="request body limit (413 past it)"
     )
     parser.add_argument("--threads", type=int, default=None, help="the runtime's threads (default: every core)")
+    parser.add_argument(
+        "--spin", action="store_true", help="keep onnxruntime's threads spinning between calls (cores of its own)"
+    )
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="a line per request")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.serving.app import create_app
 
     with tempfile.TemporaryDirectory(prefix="pipeline-serve-") as scratch:
-        model = open_model(args.model, args.name, args.threads, Path(scratch))
+        model = open_model(args.model, args.name, args.threads, Path(scratch), args.spin)
         print(
             f"pipeline-serve: {model.name} v{model.version} ({model.platform}, {model.kind}: {model.input.name} "
             f"{model.input.datatype} {model.input.shape_text()}) on http://{args.host}:{args.port}",
