@@ -286,6 +286,38 @@ def request_steps(scoring_server, model, session, pixels: np.ndarray) -> dict[st
     }
 
 
+def batch_counts(server: Server) -> tuple[float, float]:
+    """(requests, runtime calls) so far, from the server's /metrics."""
+    found = batch_metrics(urllib.request.urlopen(server.url + "/metrics", timeout=30).read().decode(), raw=True)
+    return found.get("pipeline_serve_batch_requests_sum", 0.0), found.get("pipeline_serve_batch_requests_count", 0.0)
+
+
+def batching_ab(on: Server, off: Server, requests: dict[str, Request], pairs: int, seconds: float) -> dict:
+    """Dynamic batching on against off under 8 clients at batch 1, in pairs run back to back (the
+    order alternating), so that each ratio is measured within seconds; the requests merged per
+    runtime call from the server's own metrics."""
+    result = {}
+    for encoding, request in requests.items():
+        ratios, merged, rates = [], [], {"on": [], "off": []}
+        for i in range(pairs):
+            figures = {}
+            for label, server in (("on", on), ("off", off)) if i % 2 == 0 else (("off", off), ("on", on)):
+                before = batch_counts(server)
+                figures[label] = asyncio.run(load(server.url, [request], 8, seconds))["images_per_second"]
+                after = batch_counts(server)
+                if label == "on":
+                    merged.append((after[0] - before[0]) / max(1.0, after[1] - before[1]))
+                rates[label].append(figures[label])
+            ratios.append(figures["on"] / figures["off"])
+        result[encoding] = {
+            "median_ratio": round(statistics.median(ratios), 2),
+            "ratios": [round(r, 2) for r in ratios],
+            "images_per_second": {label: round(statistics.median(v), 1) for label, v in rates.items()},
+            "requests_per_runtime_call": round(statistics.median(merged), 2),
+        }
+    return result
+
+
 def runtime_alone(model: Path, shape: tuple) -> dict:
     """onnxruntime alone in this process, images/s by batch size: how much merging requests into
     larger calls can gain at most, on this machine and model."""
@@ -354,6 +386,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell and server")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rss-seconds", type=float, default=60.0)
+    parser.add_argument("--pairs", type=int, default=8, help="batching on/off pairs, 8 clients at batch 1")
     parser.add_argument("--out", type=Path, default=REPO / "reports/serving.json")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # through `finally`: the servers are stopped too
@@ -441,6 +474,11 @@ def main() -> None:
         report["rss"] = rss_run(servers["pipeline_serve"], [r for s in mixed_sets for r in s], args.rss_seconds)
         print("rss", {k: v for k, v in report["rss"].items() if k != "samples_mib"}, flush=True)
         report["metrics_after"] = urllib.request.urlopen(servers["pipeline_serve"].url + "/metrics").read().decode()
+        report["batching_ab"] = batching_ab(
+            servers["pipeline_serve"], servers["pipeline_serve_no_batching"],
+            {"json": json_request(pixels[1]), "binary": binary[1]}, args.pairs, args.seconds / 2,
+        )  # fmt: skip
+        print("batching", report["batching_ab"], flush=True)
     finally:
         for server in servers.values():
             server.stop()
@@ -464,7 +502,7 @@ def targets(cells: list[dict]) -> dict:
     base = cell(cells, "baseline_fastapi", "json", 8, 32)["images_per_second"]
     served = cell(cells, "pipeline_serve", "json", 8, 32)["images_per_second"]
     mlflow = cell(cells, "mlflow", "json", 8, 32)["images_per_second"]
-    gains = {
+    gains = {  # in the table's cells; batching_ab measures the same in close pairs
         encoding: round(
             cell(cells, "pipeline_serve", encoding, 8, 1)["images_per_second"]
             / cell(cells, "pipeline_serve_no_batching", encoding, 8, 1)["images_per_second"], 2)
@@ -478,7 +516,7 @@ def targets(cells: list[dict]) -> dict:
     }
 
 
-def batch_metrics(text: str) -> dict:
+def batch_metrics(text: str, raw: bool = False) -> dict:
     """pipeline-serve's own account of its runtime calls over the whole run (from /metrics)."""
     values = {}
     for line in text.splitlines():
@@ -486,6 +524,8 @@ def batch_metrics(text: str) -> dict:
                      "pipeline_serve_batch_size_sum"):  # fmt: skip
             if line.startswith(name + " "):
                 values[name] = float(line.split()[1])
+    if raw:
+        return values
     count = values.get("pipeline_serve_batch_requests_count") or 1
     return {
         "runtime_calls": int(values.get("pipeline_serve_batch_requests_count", 0)),
