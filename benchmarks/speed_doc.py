@@ -312,8 +312,23 @@ def serving_section() -> list[str]:
             f"Under 8 clients at batch 32 (JSON), `pipeline-serve` gives "
             f"**{t['pipeline_serve_vs_baseline_8_clients_batch_32_json']:.2f}×** the hand-written app's images/s, "
             f"`mlflow models serve` {t['mlflow_vs_baseline_8_clients_batch_32_json']:.2f}×. Dynamic batching against "
-            f"none under 8 clients at batch 1: {gains['json']:.2f}× (JSON), {gains['binary']:.2f}× (binary).",
+            f"none under 8 clients at batch 1, in the table's cells: {gains['json']:.2f}× (JSON), "
+            f"{gains['binary']:.2f}× (binary).",
         ]
+    ab = s.get("batching_ab")
+    if ab:
+        pairs = len(next(iter(ab.values()))["ratios"])
+        lines[-1] += (
+            f" Measured again in {pairs} pairs of runs back to back (the machine's speed swings between rounds), "
+            "the median of the pairs' ratios: "
+            + ", ".join(
+                f"**{a['median_ratio']:.2f}×** ({encoding}; {a['images_per_second']['on']:,.0f} against "
+                f"{a['images_per_second']['off']:,.0f} images/s, {a['requests_per_runtime_call']:.1f} requests "
+                "merged per runtime call)"
+                for encoding, a in ab.items()
+            )
+            + "."
+        )
     r = s.get("runtime_alone")
     if r:
         rates = r["images_per_second"]
