@@ -13,7 +13,7 @@ it against pipeline-serve with its RSS sampled every second. Also the request pa
 scoring server taken apart in-process (where a request's time goes). Writes reports/serving.json.
 
     python benchmarks/serving.py --model exported/model.onnx [--seconds 5] [--rounds 2] [--rss-seconds 60]
-    python benchmarks/serving.py --make-model /tmp/serving-model   # the default preset, one epoch, exported
+    python benchmarks/serving.py --make-model DIR   # first trains the default preset one epoch, exported into DIR
 """
 
 from __future__ import annotations
