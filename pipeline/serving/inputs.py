@@ -53,12 +53,8 @@ class Tensor:
 
 
 def model_kind(classifier: Classifier) -> str:
-    """What kind of data the model takes, from its input contract (exported metadata): images are
-    uint8 [h, w, c], tables float32 [features]. Text models (uint8 bytes [max_bytes]) add their
-    kind here and in `model_input` when they land."""
-    if len(classifier.input_shape) == 3:
-        return "image"
-    return "table"
+    """What kind of data the model takes (pipeline/kinds.py), as its exported metadata names it."""
+    return classifier.kind.name
 
 
 class ServedModel:
@@ -78,12 +74,16 @@ class ServedModel:
         return np.asarray(self.classifier.run(x), dtype=np.float32)
 
     def metadata(self) -> dict:
-        """The Open Inference Protocol's model metadata (also Triton's and KServe's)."""
+        """The Open Inference Protocol's model metadata (also Triton's and KServe's): a text model
+        takes its texts as a BYTES tensor (UINT8 rows of the encoded bytes work too)."""
+        inputs = [tensor_metadata(self.input)]
+        if self.kind == "text":
+            inputs = [{"name": self.input.name, "datatype": "BYTES", "shape": [-1]}]
         return {
             "name": self.name,
             "versions": [self.version],
             "platform": self.platform,
-            "inputs": [tensor_metadata(self.input)],
+            "inputs": inputs,
             "outputs": [tensor_metadata(self.output)],
             "parameters": {"kind": self.kind, "class_names": self.classifier.class_names},
         }
@@ -164,9 +164,28 @@ def table_features(values, spec: Tensor, where: str) -> np.ndarray:
     return features
 
 
-# Text, when it lands: "text": a list of strings (JSON), or of bytes (an Open Inference Protocol BYTES
-# tensor), encoded to UTF-8 and zero-padded to the model's [n, max_bytes] uint8, longer texts refused
-# with a 400; and DATATYPES["text"] = {"BYTES", "UINT8"}.
-DECODERS = {"image": image_pixels, "table": table_features}
+def text_bytes(values, spec: Tensor, where: str) -> np.ndarray:
+    """Texts: strings (JSON), or UTF-8 bytes (an Open Inference Protocol BYTES tensor), encoded as the
+    model takes them (pipeline/text.py: cut at max_bytes, zero-padded); or rows already encoded
+    (uint8 [n, max_bytes])."""
+    from pipeline.text import encode_texts
+
+    if isinstance(values, np.ndarray) and values.dtype == np.uint8:
+        return checked_shape(values, spec, where)
+    items = np.asarray(values, dtype=object).reshape(-1) if not isinstance(values, (str, bytes)) else [values]
+    texts = []
+    for item in items:
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"{where}: a text is not UTF-8") from None
+        if not isinstance(item, str):
+            raise BadRequest(f"{where}: texts must be strings, got {type(item).__name__}")
+        texts.append(item)
+    return encode_texts(texts, spec.shape[0])
+
+
+DECODERS = {"image": image_pixels, "table": table_features, "text": text_bytes}
 # The Open Inference Protocol datatypes a request may declare for each kind's input.
-DATATYPES = {"image": {"UINT8"}, "table": {"FP32"}}
+DATATYPES = {"image": {"UINT8"}, "table": {"FP32"}, "text": {"BYTES", "UINT8"}}
