@@ -6,7 +6,6 @@ answers the request in flight; LiteRT files, table models and the registry's cha
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
@@ -17,52 +16,18 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from email.message import Message
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers.commands import tool_env
-from helpers.servers import free_port, stop, wait_for_http
+from helpers.servers import post, post_json, serving
 from helpers.tiny_models import image_litert, image_onnx, table_onnx
 
 PYTHON = os.path.abspath(sys.executable)
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (5, 4, 4, 1), dtype=np.uint8)
-
-
-@contextlib.contextmanager
-def serving(model: str | Path, *options: str, log: Path, **env):
-    """`pipeline-serve --model <model> <options>` on a free loopback port; yields (base URL, process)."""
-    port = free_port()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "pipeline.serving.cli", "--model", str(model), "--port", str(port), *options],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=tool_env(**env),
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/v2/health/ready", proc, timeout=60)
-        yield url, proc
-    finally:
-        stop(proc)
-
-
-def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, Message, bytes]:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers, exc.read()
-
-
-def post_json(url: str, content) -> tuple[int, dict]:
-    status, _, body = post(url, json.dumps(content).encode())
-    return status, json.loads(body)
 
 
 def metric(url: str, name: str) -> float:

@@ -57,9 +57,7 @@ def text_model():
     from pipeline.model import build_model
 
     keras.utils.set_random_seed(3)
-    return build_model(
-        "text_bag", (MAX_BYTES,), 3, [vectorizer(16)], kind="text", vocabulary_size=len(VOCABULARY) + 2
-    )
+    return build_model("text_bag", (MAX_BYTES,), 3, [vectorizer(16)], kind="text", vocabulary_size=len(VOCABULARY) + 2)
 
 
 def test_onnx_holds_standard_ops_only_and_computes_what_keras_does(text_model, tmp_path):

@@ -1,10 +1,12 @@
-"""Servers the tests start on loopback (static files, MLflow, PostgreSQL): free ports, readiness, clean stop."""
+"""Servers the tests start on loopback (static files, MLflow, PostgreSQL, pipeline-serve): free ports, readiness,
+requests, clean stop."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -13,7 +15,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
+from email.message import Message
 from pathlib import Path
 
 from helpers.commands import tool_env
@@ -209,3 +213,36 @@ def postgres_cluster(directory: Path):
         stop(proc)
         if as_user:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(model: str | Path, *options: str, log: Path, **env):
+    """`pipeline-serve --model <model> <options>` on a free loopback port; yields (base URL, process)."""
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serving.cli", "--model", str(model), "--port", str(port), *options],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=tool_env(**env),
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/v2/health/ready", proc, timeout=60)
+        yield url, proc
+    finally:
+        stop(proc)
+
+
+def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, Message, bytes]:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def post_json(url: str, content) -> tuple[int, dict]:
+    status, _, body = post(url, json.dumps(content).encode())
+    return status, json.loads(body)
