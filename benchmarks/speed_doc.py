@@ -3,6 +3,10 @@ table naming the file and the script that wrote it. A figure is never typed by h
 benchmark, then this (tests/test_house.py fails while the page and the JSON disagree).
 
     python benchmarks/speed_doc.py [--check]
+
+`--check` compares the page with what the JSON gives. README command 1 (`dvc repro`) rewrites some of
+that JSON with this machine's timings; the committed page is then checked against the committed JSON
+instead (git show HEAD:...), never a run's figures against the committed page.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,9 +24,28 @@ REPORTS = REPO / "reports"
 OUT = REPO / "docs/speed.md"
 
 
+def worktree_text(relative: str) -> str | None:
+    path = REPO / relative
+    return path.read_text() if path.is_file() else None
+
+
+def committed_text(relative: str) -> str | None:
+    """The file as the last commit has it; None where there is none (or no git repository)."""
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"HEAD:./{relative}"], capture_output=True, text=True, check=False
+        )
+    except OSError:  # no git
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+_read: Callable[[str], str | None] = worktree_text  # where `load` reads reports/ (render sets it)
+
+
 def load(name: str) -> dict | None:
-    path = REPORTS / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    text = _read(f"{REPORTS.relative_to(REPO)}/{name}")
+    return json.loads(text) if text is not None else None
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
@@ -265,6 +290,145 @@ def inference_section() -> list[str]:
     return lines
 
 
+SERVERS = {
+    "mlflow": "`mlflow models serve` of the registered model",
+    "mlflow_2_workers": "the same, `--workers 2`",
+    "pipeline_serve": "`pipeline-serve`",
+    "pipeline_serve_no_batching": "`pipeline-serve --no-batching`",
+    "pipeline_serve_spinning": "`pipeline-serve --spin` (onnxruntime's threads spinning)",
+    "baseline_fastapi": "hand-written FastAPI + onnxruntime (`benchmarks/serving_baseline.py`)",
+}
+
+
+def serving_section() -> list[str]:
+    s = load("serving.json")
+    lines = ["## Serving", ""]
+    if s is None:
+        return lines + missing("serving.json", "serving.py")
+    m, cells = s["machine"], s["cells"]
+    rounds = len(cells[0]["rounds"])
+    flip = ", each image and its mirror" if s["model"].get("test_time_flip") else ""
+    lines += [
+        f"Servers of the same ONNX file (the default preset's graph{flip}) "
+        f"answering the same pre-encoded requests from concurrent clients, the servers taking turns cell by cell, "
+        f"{rounds} rounds, medians; the clients run in one aiohttp process on the same machine ({m['cpu']}, "
+        f"{m['logical_cpus']} logical CPUs, shared with other work: compare within a table, not with other pages). "
+        "JSON is MLflow's `/invocations` body of raw pixels; binary is the Open Inference Protocol's binary "
+        "tensor data as `tritonclient` sends it. " + source("serving.json", "serving.py"),
+        "",
+    ]
+    shapes = sorted({(c["clients"], c["batch"]) for c in cells})
+    rows = []
+    for server, label in SERVERS.items():
+        for encoding in ("json", "binary"):
+            found = {(c["clients"], c["batch"]): c for c in cells if (c["server"], c["encoding"]) == (server, encoding)}
+            if found:
+                rows.append([f"{label}, {encoding}", *[
+                    f"{found[k]['images_per_second']:,.0f} ({found[k]['p50_ms']:.0f} / {found[k]['p99_ms']:.0f})"
+                    if k in found and found[k]["p50_ms"] is not None else "–" for k in shapes
+                ]])  # fmt: skip
+    lines += table(["server", *[f"{c} client{'s' if c > 1 else ''}, batch {b}" for c, b in shapes]], rows)
+    lines += ["", "Each cell: images/s (p50 / p99 latency, ms)."]
+    t = s.get("targets")
+    if t:
+        gains = t["batching_on_vs_off_8_clients_batch_1"]
+        lines += [
+            "",
+            f"Under 8 clients at batch 32 (JSON), `pipeline-serve` gives "
+            f"**{t['pipeline_serve_vs_baseline_8_clients_batch_32_json']:.2f}×** the hand-written app's images/s, "
+            f"`mlflow models serve` {t['mlflow_vs_baseline_8_clients_batch_32_json']:.2f}×. Dynamic batching against "
+            f"none under 8 clients at batch 1, in the table's cells: {gains['json']:.2f}× (JSON), "
+            f"{gains['binary']:.2f}× (binary).",
+        ]
+    ab = s.get("batching_ab")
+    if ab:
+        pairs = len(next(iter(ab.values()))["ratios"])
+        lines[-1] += (
+            f" Measured again in {pairs} pairs of runs back to back (the machine's speed swings between rounds), "
+            "the median of the pairs' ratios: "
+            + ", ".join(
+                f"**{a['median_ratio']:.2f}×** ({encoding}; {a['images_per_second']['on']:,.0f} against "
+                f"{a['images_per_second']['off']:,.0f} images/s, {a['requests_per_runtime_call']:.1f} requests "
+                "merged per runtime call)"
+                for encoding, a in ab.items()
+            )
+            + "."
+        )
+    r = s.get("runtime_alone")
+    if r:
+        rates = r["images_per_second"]
+        lines += [
+            "",
+            "onnxruntime alone in the same run, images/s by batch size: "
+            + ", ".join(f"{k.removeprefix('batch_')}: {v:,.0f}" for k, v in rates.items())
+            + f" ({rates['batch_64'] / rates['batch_1']:.2f}× from batch 1 to 64): the most that merging "
+            "requests into one call can gain from the runtime itself on this CPU; the rest of the gain is "
+            "per-call overhead saved.",
+        ]
+    b = s.get("metrics_after")
+    if b:
+        lines += [
+            "",
+            f"Over the whole run `pipeline-serve` made {b['runtime_calls']:,} runtime calls of "
+            f"{b['requests_per_call']:.2f} requests ({b['images_per_call']:.1f} images) on average (its `/metrics`).",
+        ]
+    mixed, correctness = s.get("mixed"), s.get("correctness")
+    if mixed:
+        lines += [
+            "",
+            "The mixed load (8 clients; three requests in four of one image, one in four of 32; one in twenty "
+            "malformed: a value of 256, a wrong shape, a wrong input name, fractions, broken JSON): "
+            + "; ".join(
+                f"{SERVERS[name]} {f['images_per_second']:,.0f} images/s, statuses "
+                + ", ".join(f"{code}: {n}" for code, n in f["statuses"].items())
+                + (", alive after" if f["alive_after"] else ", **dead after**")
+                for name, f in mixed.items()
+            )
+            + ".",
+        ]
+    if correctness:
+        exact = all(c["exact"] for c in correctness.values())
+        accepted = {
+            SERVERS[name]: [kind for kind, code in c["malformed_statuses"].items() if not 400 <= code < 500]
+            for name, c in correctness.items()
+        }
+        lines += [
+            "",
+            f"Checked before timing: every server's answers {'equal' if exact else '**differ from**'} "
+            f"onnxruntime's probabilities exactly (JSON, and binary for `pipeline-serve`); of the malformed requests "
+            f"({', '.join(next(iter(correctness.values()))['malformed_statuses'])}) "
+            + "; ".join(f"{name} answered {', '.join(kinds)} with a 2xx" for name, kinds in accepted.items() if kinds)
+            + (
+                "; every other answer was a 4xx."
+                if any(accepted.values())
+                else "every one got a 4xx from every server."
+            ),
+        ]
+    rss = s.get("rss")
+    if rss:
+        lines += [
+            "",
+            f"Memory over {rss['seconds']:.0f} s of the mixed load ({rss['requests']:,} requests) against "
+            f"`pipeline-serve`: RSS {rss['rss_mib_first_tenth']:.0f} MiB in the first tenth, "
+            f"{rss['rss_mib_last_tenth']:.0f} MiB in the last, at most {rss['rss_mib_max']:.0f} MiB.",
+        ]
+    path = s.get("mlflow_request_path_ms")
+    if path:
+        steps = list(next(iter(path.values())))
+        lines += [
+            "",
+            "Where a request's time goes in MLflow's scoring server (`mlflow.pyfunc.scoring_server.invocations`, "
+            "which `mlflow models serve` runs for each request, timed whole in-process, then each step alone on "
+            "the same body), ms:",
+            "",
+            *table(
+                ["step", *[k.replace("_", " ") for k in path]],
+                [[s_.replace("_", " "), *[f"{path[k][s_]:.2f}" for k in path]] for s_ in steps],
+            ),  # fmt: skip
+        ]
+    return lines
+
+
 def presets_section() -> list[str]:
     p = load("presets.json")
     lines = ["## Presets", ""]
@@ -400,7 +564,28 @@ def other_section() -> list[str]:
     return lines
 
 
-def render() -> str:
+def render(read: Callable[[str], str | None] = worktree_text) -> str:
+    """The page from the reports `read` gives: the working tree's, or the last commit's."""
+    global _read
+    _read = read
+    try:
+        return _render()
+    finally:
+        _read = worktree_text
+
+
+def is_current() -> bool:
+    """Whether docs/speed.md is what its JSON gives: the working tree's page from the working tree's
+    JSON, or else, while the page is the committed one, the committed page from the committed JSON
+    (README command 1 rewrites reports/metrics.json, train.json, parity.json with this machine's run)."""
+    page = worktree_text(OUT.relative_to(REPO).as_posix())
+    if page is not None and page == render():
+        return True
+    committed = committed_text(OUT.relative_to(REPO).as_posix())
+    return committed is not None and page == committed and render(committed_text) == committed
+
+
+def _render() -> str:
     parts = [
         [
             "# Speed, memory and accuracy",
@@ -413,6 +598,7 @@ def render() -> str:
         stages_section(),
         default_run_section(),
         inference_section(),
+        serving_section(),
         presets_section(),
         text_section(),
         throughput_section(),
@@ -426,10 +612,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/speed.md is not what the JSON gives")
     args = parser.parse_args()
-    text = render()
     if args.check:
-        sys.exit(0 if OUT.is_file() and OUT.read_text() == text else 1)
-    OUT.write_text(text)
+        sys.exit(0 if is_current() else 1)
+    OUT.write_text(render())
     print(f"wrote {OUT.relative_to(REPO)}")
 
 

@@ -14,14 +14,20 @@ mount on a cluster).
 `prepare.beam_options` are Beam's own pipeline options. Without `--runner` (or with
 `--runner=DirectRunner`) the pipeline runs on Beam's in-process FnApiRunner, named explicitly:
 Beam's DirectRunner would first try its Prism runner, a binary it downloads (no use offline);
-`--direct_running_mode=multi_processing --direct_num_workers=N` spreads that over N processes.
+`--direct_running_mode=multi_processing --direct_num_workers=N` spreads that over N processes, which
+talk to this one over loopback: checked first, and a worker that exits before the pipeline ends
+stops it (Beam's runner itself would wait for it forever).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,68 @@ def beam_runner(options: list[str]):
 
         return FnApiRunner(), [o for o in options if not o.startswith("--runner=")]
     return None, options
+
+
+def check_loopback(options: list[str]) -> None:
+    """Beam's in-process runner in multi_processing (or multi_threading) mode serves its workers over
+    gRPC on localhost; where loopback does not answer (a network namespace without `lo` up), the
+    workers give up after two minutes and exit, and the runner waits for them forever."""
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    mode = PipelineOptions(options).view_as(DirectOptions).direct_running_mode
+    if mode not in ("multi_processing", "multi_threading"):
+        return
+    try:
+        with (
+            socket.create_server(("localhost", 0)) as server,
+            socket.create_connection(("localhost", server.getsockname()[1]), timeout=10),
+        ):
+            pass
+    except OSError as exc:
+        raise PipelineError(
+            f"prepare.beam_options: --direct_running_mode={mode} serves its workers on localhost, which does not "
+            f"answer here ({exc.strerror or exc}); bring loopback up (ip link set lo up) or leave the mode out"
+        ) from None
+
+
+class WorkerExited(BaseException):
+    """A worker process of Beam's in-process runner exited before the pipeline finished (a
+    BaseException, as KeyboardInterrupt is: no `except Exception` inside Beam holds it up)."""
+
+
+@contextlib.contextmanager
+def stop_if_a_worker_exits():
+    """Raise WorkerExited in this (the main) thread when a worker process of Beam's in-process runner
+    exits early: the runner's thread for it (named "run_worker") raises "Worker subprocess exited with
+    return code N", which nothing in Beam hears, while the runner waits on that worker's answers
+    forever. The exception reaches the waiting thread as a signal handler's (SIGUSR1), which
+    interrupts the wait, and Beam's own cleanup then stops the other workers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    exited: list[str] = []
+    previous_hook = threading.excepthook
+
+    def hook(args) -> None:
+        if args.thread is None or args.thread.name != "run_worker":
+            previous_hook(args)
+            return
+        exited.append(str(args.exc_value))
+        if len(exited) == 1:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+    def interrupt(signum, frame) -> None:
+        if len(exited) == 1:
+            exited.append("")  # raised once: the cleanup it starts is not interrupted again
+            raise WorkerExited(exited[0])
+
+    previous_handler = signal.signal(signal.SIGUSR1, interrupt)
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous_hook
+        signal.signal(signal.SIGUSR1, previous_handler)
 
 
 def ranges(scan, size: int) -> list[tuple[str, int, int]]:
@@ -157,10 +225,12 @@ def run(raw_dir: Path, data, scan, plan: dict[str, np.ndarray], out: Path, shard
     from pipeline.prepared import SPLITS, TEST, TRAIN, VAL
 
     runner, args = beam_runner(options)
+    if runner is not None:
+        check_loopback(args)
     results = out / RESULTS
     results.mkdir(parents=True)
     try:
-        with beam.Pipeline(runner=runner, options=PipelineOptions(args)) as pipeline:
+        with stop_if_a_worker_exits(), beam.Pipeline(runner=runner, options=PipelineOptions(args)) as pipeline:
             for name in SPLITS:
                 (out / name).mkdir()
             decoded = (
@@ -186,6 +256,11 @@ def run(raw_dir: Path, data, scan, plan: dict[str, np.ndarray], out: Path, shard
             )  # fmt: skip
     except PipelineError:
         raise
+    except WorkerExited as exc:
+        raise PipelineError(
+            f"prepare.runner: beam: a worker process exited before the pipeline finished ({exc}; its own "
+            "output, if any, is above)"
+        ) from None
     except Exception as exc:  # a worker's PipelineError arrives wrapped in the runner's own error
         message = str(exc)
         for line in message.splitlines():

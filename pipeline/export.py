@@ -10,6 +10,7 @@ and returns `probabilities` (float32 [batch, classes]):
     exported/model.int8.onnx onnxruntime static QDQ quantization, calibrated on a seeded raw train sample
     exported/model.tflite    LiteRT float32, and model.int8.tflite full-integer int8 on the same sample
                              (pipeline/litert.py); the metadata inside each file
+    exported/triton/<name>/  a Triton model repository for the ONNX file (pipeline/triton.py)
     exported/metadata.json   input spec, class names, opset, provenance, sizes and sha256 of files
 
 exported/ is this stage's alone and is replaced as a whole (the old set or the new one). The MLflow
@@ -33,7 +34,7 @@ from pipeline.kinds import OUTPUT_NAME
 from pipeline.onnx_export import BATCH_DIM, export_onnx, quantize_int8
 from pipeline.stage import Stage, StageResult, log_into_run, read_output, resume_training_run
 
-FILES = ("model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite", "saved_model")
+FILES = ("model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite", "saved_model", "triton")
 
 
 def model_input(model) -> tuple[str, str, tuple[int, ...]]:
@@ -172,9 +173,11 @@ def file_facts(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def build_exports(model, data, params, metadata: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Every exported form into `out` (a fresh directory), and metadata.json; returns the metadata."""
+def build_exports(model, data, params, metadata: dict[str, Any], out: Path, name: str) -> dict[str, Any]:
+    """Every exported form into `out` (a fresh directory), the ONNX file's Triton repository under
+    `name`, and metadata.json; returns the metadata."""
     from pipeline.litert import export_litert
+    from pipeline.triton import write_model_repository
 
     serve = serving_function(model)
     properties = onnx_properties(metadata)
@@ -183,6 +186,7 @@ def build_exports(model, data, params, metadata: dict[str, Any], out: Path) -> d
     batches = calibration_batches(sample)
     rewrites = export_onnx(serve, params.opset, properties, sample, out / "model.onnx")
     quantize_int8(out / "model.onnx", metadata["input"]["name"], batches, out / "model.int8.onnx", properties)
+    write_model_repository(out / "model.onnx", out / "triton", name)
     numeric = data.kind.name != "text"  # the exported SavedModel serves the raw input LiteRT converts
     in_float32 = export_litert(model, out / "saved_model" if numeric else None, write_numeric_saved_model, batches,
                                metadata["input"]["name"], properties, out)  # fmt: skip
@@ -249,7 +253,8 @@ def export(inputs: dict[str, Path], params, outputs: dict[str, Path], run) -> St
     data = PreparedData.open(inputs["prepared"])
     model = load_for_export(inputs["model"], data.meta)
     metadata = export_metadata(data.meta, model, run.run_id, params.export.opset)
-    built = build_exports(model, data, params.export, metadata, outputs["out"])
+    name = registered_model_name(params.mlflow.registered_model_name, data.meta)
+    built = build_exports(model, data, params.export, metadata, outputs["out"], name)
     record_saved_model_outputs(outputs["out"] / "saved_model", data, outputs["saved_model_outputs"])
     sizes = ", ".join(f"{file} {facts['bytes'] / 1024:,.0f} KiB" for file, facts in built["files"].items())
     return StageResult(

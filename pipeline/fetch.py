@@ -2,12 +2,14 @@
 
 `data.source` is a local directory (default: Debian's dataset-fashion-mnist), an http(s) URL prefix,
 or an archive (.tar.gz, .tgz, .tar, .zip; a path or a URL). The files the chosen format reads
-(`data.<format>`) are copied, downloaded (with a progress bar) or extracted, then checked against
+(`data.<format>`) are copied (symbolic links followed; a link loop is refused), downloaded (with a
+progress bar; each download stops at `data.max_extracted_bytes`) or extracted, then checked against
 `data.<format>.sha256`, the sha256 of each file's decompressed content. Does not import TensorFlow.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tarfile
@@ -39,17 +41,57 @@ def is_archive(source: str) -> bool:
     return source.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def download(url: str, dest: Path) -> None:
+def download(url: str, dest: Path, max_bytes: int) -> None:
+    """`url` into `dest`, never more than `max_bytes` (data.max_extracted_bytes): a server that
+    announces more is refused before its body is read, one that keeps sending is cut off there."""
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
+            if total is not None and total > max_bytes:
+                raise PipelineError(
+                    f"{url}: the server announces {total:,} bytes, more than data.max_extracted_bytes ({max_bytes:,})"
+                )
+            written = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None, file=sys.stderr) as bar:
                 while chunk := response.read(_DOWNLOAD_CHUNK):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise PipelineError(
+                            f"{url}: download stopped at {max_bytes:,} bytes (data.max_extracted_bytes), "
+                            "and the server was still sending"
+                        )
                     out.write(chunk)
                     bar.update(len(chunk))
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(exc, urllib.error.HTTPError) and 300 <= exc.code < 400:
+            # urllib stops a redirect loop (or the redirect past its maximum) with a 3-line reason
+            most = urllib.request.HTTPRedirectHandler.max_redirections
+            reason = f"the server redirects in a loop, or more than {most} times"
         raise PipelineError(f"{url}: download failed ({reason})") from None
+
+
+def link_loop(root: Path) -> Path | None:
+    """The first symbolic link under `root` that leads back to a folder holding it, or None.
+
+    shutil.copytree copies what links point to, so through such a link it would copy without end
+    (until the path grows too long for the system, then fail naming it). A link that leads above
+    `root` closes its loop deeper down; the link named is the last one on that path."""
+    above = {str(root): ((root.stat().st_dev, root.stat().st_ino),)}
+    for directory, subdirs, _ in os.walk(root, followlinks=True):
+        chain = above.pop(directory)
+        for name in subdirs:
+            path = os.path.join(directory, name)
+            try:
+                status = os.stat(path)
+            except OSError:
+                continue  # gone or unreadable: the copy names it
+            identity = (status.st_dev, status.st_ino)
+            if identity in chain:
+                found = Path(path)
+                return next((p for p in (found, *found.parents) if p.is_symlink()), found)
+            above[path] = (*chain, identity)
+    return None
 
 
 def copy_local(source_dir: Path, name: str, dest: Path, data: DataParams) -> None:
@@ -57,7 +99,22 @@ def copy_local(source_dir: Path, name: str, dest: Path, data: DataParams) -> Non
     if name.endswith("/"):
         if not src.is_dir():
             raise PipelineError(f"{src}: directory not found (data.{data.format} names it under data.source)")
-        shutil.copytree(src, dest)
+        loop = link_loop(src)
+        if loop is not None:
+            target = os.readlink(loop) if loop.is_symlink() else "a mount"
+            raise PipelineError(
+                f"{loop}: symbolic link loop (-> {target}, a folder that holds the link); "
+                "fetch copies what links point to: remove the link or point it elsewhere"
+            )
+        try:
+            shutil.copytree(src, dest)
+        except shutil.Error as exc:  # one (source, destination, reason) per file that failed: the first
+            failed = exc.args[0][0] if exc.args and isinstance(exc.args[0], list) and exc.args[0] else None
+            if failed is None or len(failed) != 3:
+                raise PipelineError(f"{src}: cannot copy ({first_line(exc)})") from None
+            raise PipelineError(f"{failed[0]}: cannot copy ({failed[2]})") from None
+        except OSError as exc:
+            raise PipelineError(f"{src}: cannot copy ({first_line(exc)})") from None
         return
     if not src.is_file():
         raise PipelineError(f"{src}: file not found (data.{data.format} names it under data.source)")
@@ -155,7 +212,7 @@ def gather(data: DataParams, dest: Path, scratch: Path) -> None:
     if is_archive(data.source):
         archive = scratch / Path(data.source.split("?")[0]).name
         if is_url(data.source):
-            download(data.source, archive)
+            download(data.source, archive, data.max_extracted_bytes)
         else:
             shutil.copyfile(data.source, archive)
         budget = ExtractionBudget(archive, data.max_extracted_bytes, data.max_compression_ratio)
@@ -168,7 +225,7 @@ def gather(data: DataParams, dest: Path, scratch: Path) -> None:
         target = dest / name.rstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         if root is None:
-            download(f"{data.source.rstrip('/')}/{name}", target)
+            download(f"{data.source.rstrip('/')}/{name}", target, data.max_extracted_bytes)
         else:
             copy_local(root, name, target, data)
 

@@ -20,6 +20,10 @@ from pipeline.schema import PRESET_NAMES, BatchSize, ClassNames, FormatSection, 
 # Archive bounds: real data sets compress by at most ~10x (CIFAR-10's tarball by 1.1x).
 MAX_EXTRACTED_BYTES = 16 * 2**30
 MAX_COMPRESSION_RATIO = 100
+# YAML aliases (`*name`) may repeat an anchored value, but not add more than this many values to
+# the file's own: nested aliases (a "billion laughs" file) multiply, and validation, tracking and
+# flattening would walk every copy (gigabytes, minutes) where the parsed file is a few kilobytes.
+MAX_ALIAS_VALUES = 1_000_000
 
 
 # --------------------------------------------------------------------------- data / fetch
@@ -56,7 +60,7 @@ Side = Annotated[int, Field(ge=1, le=4096)]
 
 
 class ImageFolderSection(FormatSection):
-    """`data.image_folder`: one subdirectory per class of PNG/JPEG files, under `train` (and `test`)."""
+    """`data.image_folder`: one subdirectory per class of image files, under `train` (and `test`)."""
 
     url_prefix_ok: ClassVar[bool] = False  # a folder tree has no file list to append to a URL
     train: str = "train"
@@ -135,7 +139,8 @@ class DataParams(Section):
     # The data set's name in MLflow (datasets, experiment, registered model); null: from data.source.
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")] | None = None
     # Archives (data.source ending in .zip, .tar.gz, ...) are refused before their content would
-    # exceed this many bytes, or expand more than this ratio of their own size (a zip bomb).
+    # exceed this many bytes, or expand more than this ratio of their own size (a zip bomb). Each
+    # download (an archive or a file under a URL prefix) stops at this many bytes too.
     max_extracted_bytes: Annotated[int, Field(ge=1)] = MAX_EXTRACTED_BYTES
     max_compression_ratio: Annotated[float, Field(ge=1)] = MAX_COMPRESSION_RATIO
     idx: IdxSection = IdxSection()
@@ -431,12 +436,82 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise PipelineError(format_validation_error(source, exc)) from None
 
 
+class AliasBomb(yaml.YAMLError):
+    """A document whose aliases expand it past MAX_ALIAS_VALUES, or one that holds itself."""
+
+
+def check_aliases(root: yaml.Node, limit: int = MAX_ALIAS_VALUES) -> None:
+    """Count the values of the composed document `root` with every alias expanded, in time linear in
+    its distinct nodes (each collection's expanded count is computed once); raise AliasBomb when the
+    aliases add more than `limit` values to the document's own, or a collection holds itself."""
+    size: dict[int, int] = {}  # id(collection) -> its values, aliases expanded
+    parents: dict[int, int] = {}  # id(collection) -> how many collections hold it (more than one: aliased)
+    nodes: dict[int, yaml.Node] = {}
+    scalars: set[int] = set()
+    active: set[int] = set()  # the collections on the path being expanded: one met again holds itself
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            return  # the document is one scalar
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        key = id(node)
+        if done:
+            total = 1
+            for child in children:
+                if isinstance(child, yaml.ScalarNode):
+                    scalars.add(id(child))
+                    total += 1
+                else:
+                    total += size[id(child)]
+            size[key] = total
+            active.discard(key)
+        elif key in active:
+            line = node.start_mark.line + 1
+            raise AliasBomb(f"the anchor on line {line} holds an alias to itself (a recursive value)")
+        elif key not in size:
+            active.add(key)
+            nodes[key] = node
+            stack.append((node, True))
+            for child in children:
+                if not isinstance(child, yaml.ScalarNode):
+                    parents[id(child)] = parents.get(id(child), 0) + 1
+                    stack.append((child, False))
+    added = size[id(root)] - len(size) - len(scalars)
+    if added > limit:
+        repeated = max((k for k, n in parents.items() if n > 1), key=size.__getitem__, default=None)
+        largest = (
+            f" (the anchor on line {nodes[repeated].start_mark.line + 1}, {size[repeated]:,} values, "
+            f"{parents[repeated]} times)"
+            if repeated is not None
+            else ""
+        )
+        raise AliasBomb(
+            f"its aliases expand it to {size[id(root)]:,} values{largest}, more than {limit:,} beyond its own "
+            '(a "billion laughs" file)'
+        )
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing before anything is constructed a document whose aliases
+    would expand it past MAX_ALIAS_VALUES (check_aliases)."""
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        check_aliases(node)
+        return self.construct_document(node)
+
+
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=ParamsLoader)  # a SafeLoader
     except FileNotFoundError:
         raise PipelineError(f"{path}: params file not found") from None
+    except AliasBomb as exc:
+        raise PipelineError(f"{path}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -5,16 +5,18 @@
 A .onnx model runs on onnxruntime, a .tflite model (exported/model.tflite, model.int8.tflite) on
 ai-edge-litert: the same inputs, the same output.
 
-INPUT is a PNG/JPEG file, a directory of them, or a .npy array of one image (h×w or h×w×c) or many
-(n×h×w or n×h×w×c) with pixel values 0..255. For a model trained on a CSV table, INPUT is a .csv
-file with a header naming the model's feature columns (other columns are ignored), or a .npy array
-of feature rows. For a text model, INPUT is a .txt file (one text), a directory of them, a .csv or
-.tsv file (its `--text-column`, one text per row), or `-`: one text per line of standard input.
-Class names and the input come from the model's own metadata; the model
+INPUT is an image file (PNG, JPEG, GIF, WebP, BMP, TIFF), a directory of them (hidden and system
+files left out, as prepare leaves them out of an image folder), or a .npy array of one image (h×w or
+h×w×c) or many (n×h×w or n×h×w×c) with pixel values 0..255. For a model trained on a CSV table,
+INPUT is a .csv file with a header naming the model's feature columns (other columns are ignored),
+or a .npy array of feature rows. For a text model, INPUT is a .txt file (one text), a directory of
+them, a .csv or .tsv file (its `--text-column`, one text per row), or `-`: one text per line of
+standard input. Class names and the input come from the model's own metadata; the model
 normalises its raw input itself, so this only decodes. An image of another size is resized
 (bilinear) and converted to the model's colour mode (grey: Pillow's "L", ITU-R 601 luma; colour:
-RGB), so any photo works. A bad input is reported on stderr, one line naming it; the others are
-still predicted.
+RGB), so any photo works; images are decoded exactly as prepare decodes them (EXIF orientation,
+16-bit scaling: pipeline/formats/image_folder.py). A bad input is reported on stderr, one line
+naming it; the others are still predicted.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from pipeline.classifier import Classifier, open_classifier
 from pipeline.cli import run_cli
 from pipeline.errors import PipelineError, first_line
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 MAX_ARRAY_ELEMENTS = 2**28  # 256 M values (1 GiB of uint8 pixels): larger arrays go in several files
 
 
@@ -183,9 +184,11 @@ def collect_inputs(
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            from pipeline.formats.image_folder import EXTENSIONS, is_image_file
+
+            files = sorted(p for p in path.iterdir() if is_image_file(p, path))
             if not files:
-                items.append(Item(raw, error=f"{path}: directory holds no PNG or JPEG files"))
+                items.append(Item(raw, error=f"{path}: directory holds no image files ({', '.join(EXTENSIONS)})"))
             targets = files
         else:
             targets = [path]
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="PNG/JPEG file, directory of them, .npy; .csv (table models); .txt, .csv/.tsv or - (text models)",
+        help="image file, directory of them, .npy; .csv (table models); .txt, .csv/.tsv or - (text models)",
     )
     parser.add_argument(
         "--model", default="exported/model.onnx", help=".onnx (onnxruntime) or .tflite (ai-edge-litert)"

@@ -20,9 +20,9 @@ else
     UV=.tools/bin/uv
 fi
 
-# --tests also installs the optional extra the tests drive (Apache Beam: prepare.runner beam).
+# --tests also installs the optional extras the tests drive (Apache Beam: prepare.runner beam; pipeline-serve).
 extras=(--extra pipeline)
-[ "${1:-}" = "--tests" ] && extras+=(--extra beam)
+[ "${1:-}" = "--tests" ] && extras+=(--extra beam --extra serve)
 # --compile-bytecode: Python then loads the packages' .pyc files instead of compiling their sources at
 # every start (TensorFlow's import: 9.4 s without them on this machine's 2 cores, 4.2 s with them);
 # it matters where PYTHONDONTWRITEBYTECODE is set, as here, so Python never caches them itself.

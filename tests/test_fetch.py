@@ -12,9 +12,9 @@ from pipeline.errors import PipelineError
 from pipeline.hashing import content_sha256
 
 from helpers.commands import committed_params, run
-from helpers.data import FILES, with_idx, write_csv_dataset, write_idx_dataset
+from helpers.data import FILES, with_idx, write_csv_dataset, write_idx_dataset, write_image_folder_dataset
 from helpers.data import fetch_into as fetch
-from helpers.servers import static_http
+from helpers.servers import answering_http, endless_body, redirect_loop, static_http
 
 
 def data_params(data: dict, **changes) -> dict:
@@ -80,6 +80,70 @@ def test_http_missing_file_is_one_line(tiny_data, tmp_path, http_source):
     with pytest.raises(PipelineError, match=r"absent\.gz: download failed \("):
         fetch(data, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_server_that_streams_without_end_is_stopped_at_the_limit(tiny_data, tmp_path):
+    """data.max_extracted_bytes bounds a download too: a server that never ends the body fills no disk."""
+    limit, sent = 1 << 20, []
+    with answering_http(endless_body(sent, give_up=64 << 20)) as url, pytest.raises(PipelineError) as info:
+        fetch(data_params(tiny_data, source=f"{url}/", max_extracted_bytes=limit), tmp_path / "raw")
+    message = str(info.value)
+    assert message == (
+        f"{url}/{FILES['train_images']}: download stopped at 1,048,576 bytes (data.max_extracted_bytes), "
+        "and the server was still sending"
+    )
+    assert sent and sent[0] < 16 * limit  # the client hung up, the server did not run out
+    assert not (tmp_path / "raw").exists() and list(tmp_path.glob(".raw*")) == []
+
+
+def test_a_download_larger_than_announced_limit_is_refused_before_reading(tiny_data, tmp_path, http_source):
+    with pytest.raises(PipelineError, match=r"^http://.*/train-images-idx3-ubyte\.gz: the server announces [\d,]+ "
+                       r"bytes, more than data\.max_extracted_bytes \(100\)$"):  # fmt: skip
+        fetch(data_params(tiny_data, source=http_source, max_extracted_bytes=100), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_redirect_loop_is_one_line_naming_the_url(tiny_data, tmp_path):
+    with answering_http(redirect_loop) as url, pytest.raises(PipelineError) as info:
+        fetch(data_params(tiny_data, source=f"{url}/a/"), tmp_path / "raw")
+    assert str(info.value) == (
+        f"{url}/a/{FILES['train_images']}: download failed (the server redirects in a loop, or more than 10 times)"
+    )
+    assert not (tmp_path / "raw").exists() and list(tmp_path.glob(".raw*")) == []
+
+
+def test_a_symlink_loop_in_the_source_folder_is_one_line_naming_the_link(tmp_path):
+    """Links are followed (their targets copied), so one that leads back to a folder above it would
+    copy without end: refused, naming the link. A link to a folder elsewhere is still followed."""
+    data = write_image_folder_dataset(tmp_path / "images", n_train=8, n_test=4)
+    write_image_folder_dataset(tmp_path / "elsewhere", n_train=4, n_test=4)
+    (tmp_path / "images/train/kind_b/more").symlink_to(tmp_path / "elsewhere/train/kind_b")
+    params = data_params(data)
+    fetch(params, tmp_path / "raw")
+    copied = sorted(p.name for p in (tmp_path / "raw/train/kind_b/more").iterdir())
+    assert copied == sorted(p.name for p in (tmp_path / "elsewhere/train/kind_b").iterdir()) != []
+
+    loop = tmp_path / "images/train/kind_a/loop"
+    loop.symlink_to("..")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "raw").rglob("*"))
+    with pytest.raises(PipelineError) as info:
+        fetch(params, tmp_path / "raw")
+    assert str(info.value) == (
+        f"{loop}: symbolic link loop (-> .., a folder that holds the link); fetch copies what links "
+        "point to: remove the link or point it elsewhere"
+    )
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "raw").rglob("*")) == before  # kept
+    assert list(tmp_path.glob(".raw*")) == []
+
+    loop.unlink()
+    loop.symlink_to(tmp_path / "images")  # above the copied folder: the loop closes deeper down
+    with pytest.raises(PipelineError, match=rf"^{loop}: symbolic link loop \(-> {tmp_path}/images, "):
+        fetch(params, tmp_path / "raw")
+
+    loop.unlink()
+    loop.symlink_to("loop")  # a link to itself: the copy fails on it
+    with pytest.raises(PipelineError, match=rf"^{loop}: cannot copy \(\[Errno 40\] Too many levels of symbolic links"):
+        fetch(params, tmp_path / "raw")
 
 
 def test_cli_does_not_import_tensorflow_and_reports_errors(tiny_data, tmp_path):

@@ -180,6 +180,157 @@ def test_image_folder_from_a_url_prefix_is_refused(tmp_path):
         fetch(data, tmp_path / "raw")
 
 
+# Files that a copy from a Mac or Windows brings along, and a hidden folder: none is an example.
+APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00" + bytes(16) + b"\x00\x00"  # the header of a ._x.png
+SYSTEM_FILES = {".DS_Store": b"\x00\x00\x00\x01Bud1" + bytes(64), "Thumbs.db": b"\xd0\xcf\x11\xe0" + bytes(60),
+                "desktop.ini": b"[.ShellClassInfo]\r\nIconResource=x\r\n"}  # fmt: skip
+
+
+def test_hidden_and_system_files_in_an_image_folder_are_not_examples(tmp_path):
+    from PIL import Image
+
+    data = write_image_folder_dataset(tmp_path / "images")
+    train, test = tmp_path / "images/train", tmp_path / "images/test"
+    for folder in (train, train / "kind_a", test / "kind_b"):
+        for name, content in SYSTEM_FILES.items():
+            (folder / name).write_bytes(content)
+    (train / "kind_a/._0004.png").write_bytes(APPLE_DOUBLE)
+    (test / "kind_c/._0002.jpg").write_bytes(APPLE_DOUBLE)
+    (train / "kind_b/.thumbnails").mkdir()  # a hidden folder's images, even decodable ones
+    Image.new("L", (28, 28)).save(train / "kind_b/.thumbnails/0001.png")
+    Image.new("L", (28, 28)).save(train / "kind_c/.hidden.png")
+    report, meta = fetch_and_prepare(data, tmp_path)
+    assert report["skipped"]["count"] == 0
+    assert meta.counts["train"] + meta.counts["val"] == 120 and meta.counts["test"] == 40
+
+
+def png_16_bit(path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG of (h, w, 1|3|4) uint16 pixels, written by hand: Pillow writes 16-bit grey only."""
+    import struct
+    import zlib
+
+    height, width, channels = pixels.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 3: 2, 4: 6}[channels], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))  # fmt: skip
+
+
+RAMP = np.arange(12 * 16, dtype=np.int64).reshape(12, 16) * 341  # 0..65131: every high byte 0..254
+
+
+def image_case(kind: str, path_stem):
+    """Write one image of Pillow mode (or file kind) `kind` beside `path_stem`; returns its path and the
+    (12, 16, 3) uint8 RGB pixels prepare must give it."""
+    from PIL import Image
+
+    high = (RAMP >> 8).astype(np.uint8)
+    grey = np.repeat(high[..., None], 3, axis=2)
+    colour = np.stack([high, high[::-1], 255 - high], axis=2)
+    if kind == "I;16":
+        path = path_stem.with_suffix(".png")
+        Image.fromarray(RAMP.astype(np.uint16)).save(path)
+        return path, grey
+    if kind == "RGB;16":
+        path = path_stem.with_suffix(".png")
+        png_16_bit(path, np.stack([RAMP, RAMP[::-1], 65535 - RAMP], axis=2))
+        return path, colour
+    if kind == "RGBA;16":
+        path = path_stem.with_suffix(".png")
+        png_16_bit(path, np.stack([RAMP, RAMP[::-1], 65535 - RAMP, RAMP], axis=2))
+        return path, colour
+    if kind == "I":
+        path = path_stem.with_suffix(".tif")
+        Image.fromarray(RAMP.astype(np.int32)).save(path)
+        return path, grey
+    if kind == "F":
+        path = path_stem.with_suffix(".tiff")
+        Image.fromarray(high.astype(np.float32) / 255).save(path)
+        return path, grey
+    if kind == "LA":
+        path = path_stem.with_suffix(".png")
+        Image.fromarray(np.stack([high, 255 - high], axis=2)).save(path)  # mode LA
+        return path, grey
+    if kind in ("RGBA", "P"):
+        path = path_stem.with_suffix(".webp" if kind == "RGBA" else ".gif")
+        image = Image.fromarray(np.concatenate([colour, high[..., None]], axis=2))
+        if kind == "RGBA":
+            image.save(path, lossless=True, exact=True)
+            return path, colour
+        palette = Image.fromarray(colour).quantize(256)  # a GIF: a palette, and a second frame after it
+        palette.save(path, save_all=True, append_images=[Image.new("P", (16, 12), 7)], transparency=0)
+        return path, np.asarray(palette.convert("RGB"))
+    if kind == "CMYK":
+        path = path_stem.with_suffix(".tif")
+        Image.fromarray(colour).convert("CMYK").save(path)
+        return path, colour
+    if kind == "BMP":
+        path = path_stem.with_suffix(".bmp")
+        Image.fromarray(colour).save(path)
+        return path, colour
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["I;16", "RGB;16", "RGBA;16", "I", "F", "LA", "P", "RGBA", "CMYK", "BMP"])
+def test_every_pillow_mode_becomes_8_bits_scaled_as_prepare_and_the_predictor_read_it(tmp_path, kind):
+    """16-bit images keep their high byte (Pillow's I;16 -> L conversion would clip them to 255), I is
+    read as 16-bit, F as 0..1; palette, alpha and CMYK images become RGB; an animated GIF its first
+    frame. prepare and the predictor share the decoder: the same pixels in grey and colour."""
+    from PIL import Image
+
+    from pipeline.formats.image_folder import load_image
+    from pipeline.predict import load_image as predictor_image
+
+    path, expected = image_case(kind, tmp_path / "image")
+    np.testing.assert_array_equal(load_image(path, (12, 16), "rgb"), expected)
+    grey = np.asarray(Image.fromarray(expected).convert("L"))[..., None]
+    np.testing.assert_array_equal(load_image(path, (12, 16), "grayscale"), grey)
+    np.testing.assert_array_equal(predictor_image(path, (12, 16, 1)), grey)
+
+
+def test_the_exif_orientation_is_applied_before_resizing(tmp_path):
+    """A phone stores a portrait photo landscape, with EXIF orientation 6 (turn 90 degrees clockwise)."""
+    from PIL import Image
+
+    from pipeline.formats.image_folder import load_image
+
+    stored = (RAMP >> 8).astype(np.uint8)  # 12 high, 16 wide, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "portrait.png", exif=exif)
+    shown = np.asarray(Image.fromarray(stored).transpose(Image.Transpose.ROTATE_270))  # 16 high, 12 wide
+    np.testing.assert_array_equal(load_image(tmp_path / "portrait.png", (16, 12), "grayscale")[..., 0], shown)
+
+
+def test_an_image_folder_of_16_bit_scans_and_every_extension_read_prepares_scaled(tmp_path):
+    """Scanners, microscopes: 16-bit grey PNGs, prepared as their 8-bit values (not 255); and the
+    README's other extensions (GIF, WebP, BMP, TIFF, any case) are examples too."""
+    from PIL import Image
+
+    levels = {"dark": 0x1234, "light": 0xC0DE}
+    for name, level in levels.items():
+        folder = tmp_path / "scans/train" / name
+        folder.mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((8, 8), level + i, np.uint16)).save(folder / f"{i:02d}.png")
+        eight = Image.fromarray(np.full((8, 8), level >> 8, np.uint8))
+        for suffix in (".gif", ".webp", ".bmp", ".tif", ".TIFF"):
+            eight.save(folder / f"more{suffix}", **({"lossless": True} if suffix == ".webp" else {}))
+    data = {"format": "image_folder", "source": str(tmp_path / "scans"),
+            "image_folder": {"image_size": [8, 8], "test": None}}  # fmt: skip
+    report, meta = fetch_and_prepare(data, tmp_path, prepare={"test_fraction": 0.25})
+    assert sum(meta.counts.values()) == 34 and report["skipped"]["count"] == 0
+    assert meta.class_names == ["dark", "light"]
+    for part in ("train", "val", "test"):
+        x, y = split(tmp_path, meta, part)
+        for label, name in enumerate(meta.class_names):
+            assert np.unique(x[y == label]).tolist() == [levels[name] >> 8], (part, name)
+
+
 # ----------------------------------------------------------------------------- CSV tables
 def test_csv_table_with_per_feature_standardisation(tmp_path):
     data = write_csv_dataset(tmp_path / "table")
@@ -258,6 +409,30 @@ def test_prepare_cli_reports_a_bad_csv_in_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: raw/test.csv: row 2, column 'f2': 'x' is not a number"
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "data.json").exists()
+
+
+@pytest.mark.timeout(60)  # quadratic, it took minutes (the header searched once per column)
+def test_a_wide_csv_prepares_in_time_linear_in_its_size(tmp_path):
+    """50,000 feature columns (gene expression, pixels as columns): each column's position is found
+    once, so prepare's time grows with the cells, not with the square of the columns."""
+    import time
+
+    columns, rows = 50_000, 12
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 1000, size=(rows, columns))
+    (tmp_path / "wide").mkdir()
+    with open(tmp_path / "wide/train.csv", "w") as f:
+        f.write(",".join([*(f"g{i}" for i in range(columns)), "label"]) + "\n")
+        for i, row in enumerate(values):
+            f.write(",".join(map(str, row)) + f",{'ab'[i % 2]}\n")
+    data = {"format": "csv", "source": str(tmp_path / "wide"), "csv": {"test": None}}
+    start = time.perf_counter()
+    report, meta = fetch_and_prepare(data, tmp_path, prepare={"test_fraction": 0.35, "val_fraction": 0.15})
+    seconds = time.perf_counter() - start
+    assert meta.input_shape == (columns,) and meta.feature_names[-1] == f"g{columns - 1}"
+    x = np.concatenate([split(tmp_path, meta, part)[0] for part in ("train", "val", "test")])
+    assert sorted(map(tuple, x.astype(np.int64))) == sorted(map(tuple, values))  # every cell, in its column
+    assert seconds < 30, f"{seconds:.1f} s"
 
 
 def test_checksums_apply_to_any_format(tmp_path):

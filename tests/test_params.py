@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from pipeline.errors import PipelineError
 from pipeline.params import flatten, load_params, parse_params
 
-from helpers.commands import REPO, committed_params
+from helpers.commands import REPO, committed_params, run
 
 BASE = {"data": {"format": "idx"}}
 
@@ -95,6 +95,53 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(PipelineError, match=r"bad\.yaml: not valid YAML \(line \d+\)"):
         load_params(bad)
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """A params file whose layer argument nests `levels` anchors, each aliasing the one before 9 times:
+    a few hundred bytes that expand to 9**levels strings."""
+    anchors = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    anchors += [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "data:\n  format: idx\ntrain:\n  model:\n    - Dense:\n        units: 8\n        name:\n" + "".join(
+        f"          - {anchor}\n" for anchor in anchors
+    )
+
+
+def test_a_billion_laughs_file_is_refused_while_parsing(tmp_path):
+    """Nested aliases would make validation, tracking and flattening walk ~490 million values (gigabytes:
+    train ran past its limit); the loader counts the expanded values from the parsed nodes, in time
+    linear in the file, and refuses them, in one line naming the file and the anchor."""
+    path = tmp_path / "params.yaml"
+    path.write_text(billion_laughs())
+    with pytest.raises(PipelineError) as info:
+        load_params(path)
+    assert str(info.value) == (
+        f"{path}: refused: its aliases expand it to 490,329,070 values (the anchor on line 15, 48,427,561 values, 10 "
+        'times), more than 1,000,000 beyond its own (a "billion laughs" file)'
+    )
+    proc = run(["python", "-m", "pipeline.fetch", "--params", str(path), "--out", "raw"], tmp_path, check=False)
+    assert (proc.returncode, proc.stderr) == (1, f"error: {info.value}\n")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_anchors_within_bounds_still_load_and_a_recursive_one_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "train:\n  model:\n"
+        "    - Conv2D: &conv {filters: 8, kernel_size: 3, activation: relu}\n"
+        "    - Conv2D: {<<: *conv, filters: 16}\n"
+        "    - Flatten: {}\n"
+        + billion_laughs(levels=6).split("  model:\n", 1)[1]  # 9**6: half a million values, within bounds
+    )
+    model = load_params(path).train.model
+    assert model[:3] == [
+        {"Conv2D": {"filters": 8, "kernel_size": 3, "activation": "relu"}},
+        {"Conv2D": {"filters": 16, "kernel_size": 3, "activation": "relu"}},
+        {"Flatten": {}},
+    ]
+    path.write_text("data: &data\n  idx: {train_images: *data}\n")
+    with pytest.raises(PipelineError, match=r"params\.yaml: refused: the anchor on line \d holds an alias to itself"):
+        load_params(path)
 
 
 def test_params_are_frozen_and_flatten_to_dotted_keys():

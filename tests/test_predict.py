@@ -80,6 +80,21 @@ def json_lines(text):
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def test_a_directory_s_hidden_and_system_files_are_not_inputs(tmp_path):
+    """A folder of photos copied from a Mac or Windows: the predictor lists it as prepare lists an
+    image folder (pipeline/formats/image_folder.py: is_image_file), every image extension read."""
+    from pipeline.predict import collect_inputs
+
+    Image.new("L", (28, 28)).save(tmp_path / "shoe.png")
+    Image.new("RGB", (28, 28)).save(tmp_path / "bag.webp")
+    (tmp_path / "._shoe.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00" + bytes(18))  # AppleDouble
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+    (tmp_path / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))
+    (tmp_path / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    items = collect_inputs([str(tmp_path)], (28, 28, 1))
+    assert [(Path(item.name).name, item.error) for item in items] == [("bag.webp", None), ("shoe.png", None)]
+
+
 def test_import_does_not_load_tensorflow_or_keras(exported, tmp_path):
     code = (
         "import sys; import pipeline.predict as p; p.main(['--json', '--model', sys.argv[1], sys.argv[2]]);"

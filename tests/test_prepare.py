@@ -288,6 +288,59 @@ def test_the_output_is_the_same_whatever_the_number_of_processes(tmp_path):
     assert len({tree_sha256(tmp_path / f"p{n}") for n in (1, 2, 3)}) == 1
 
 
+# A Beam worker that cannot start, for real: one whose interpreter exits at once (a sitecustomize that
+# only Beam's workers run: they alone have the runner's control address in their environment).
+WORKER_EXITS = """import os
+if "CONTROL_API_SERVICE_DESCRIPTOR" in os.environ:
+    os._exit(3)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", ["no loopback", "workers exit at start"])
+def test_beam_workers_that_cannot_start_stop_prepare_in_one_line(tmp_path, fault):
+    """Beam's in-process runner in multi-process mode waited forever for workers that had exited (with
+    loopback down they give up after two minutes; others at once). Loopback is now checked first, and a
+    worker's exit stops the pipeline: one line, exit status 1, nothing written."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from helpers.commands import tool_env, without_loopback
+    from helpers.data import write_image_folder_dataset
+
+    data = write_image_folder_dataset(tmp_path / "images", n_train=40, n_test=8)
+    fetch_into(data, tmp_path / "raw")
+    beam_options = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    params = {"data": data, "prepare": {"shard_size": 20, "runner": "beam", "beam_options": beam_options}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-m", "pipeline.prepare", "--params", "params.yaml", "--raw", "raw",
+               "--out", "prepared", "--report", "data.json"]  # fmt: skip
+    env = tool_env()
+    if fault == "no loopback":
+        command = without_loopback(command)
+        expected = (
+            "error: prepare.beam_options: --direct_running_mode=multi_processing serves its workers on localhost, "
+            "which does not answer here (Network is unreachable); bring loopback up (ip link set lo up) or leave "
+            "the mode out\n"
+        )
+    else:
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site/sitecustomize.py").write_text(WORKER_EXITS)
+        env["PYTHONPATH"] = str(tmp_path / "site")
+        expected = (
+            "error: prepare.runner: beam: a worker process exited before the pipeline finished (Worker subprocess "
+            "exited with return code 3; its own output, if any, is above)\n"
+        )
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (1, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "params.yaml", "raw"] + (
+        ["site"] if fault != "no loopback" else []
+    )
+
+
 @pytest.mark.slow
 def test_beam_on_two_worker_processes_offline_gives_the_local_runner_s_splits(tmp_path):
     """`prepare.runner: beam` with Beam's in-process runner in multi-process mode, two workers, the

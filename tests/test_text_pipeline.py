@@ -133,3 +133,29 @@ def invoke_status(port: int, body: dict) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def test_pipeline_serve_answers_texts_over_both_protocols(text_project, tmp_path):
+    """`pipeline-serve` on the text model: MLflow's JSON strings and Triton's client sending a BYTES
+    tensor both get the ONNX file's own probabilities for the texts; a text that is no string is a 400."""
+    import tritonclient.http as triton
+
+    from pipeline.classifier import open_classifier
+
+    from helpers.servers import post_json, serving
+
+    model = text_project / "exported/model.onnx"
+    classifier = open_classifier(model)
+    texts = ["rain and wind", "", "Привет 日本語 😀", "goal " * 400]
+    expected = classifier.probabilities(classifier.encode(texts))
+    with serving(model, log=tmp_path / "serve.log") as (url, _):
+        status, answer = post_json(f"{url}/invocations", {"inputs": {"text": texts}})
+        assert status == 200, answer
+        np.testing.assert_allclose(answer["predictions"]["probabilities"], expected, atol=1e-6)
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        tensor = triton.InferInput("text", [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(np.asarray([t.encode() for t in texts], dtype=object))
+        probs = client.infer("model", [tensor]).as_numpy("probabilities")
+        np.testing.assert_allclose(probs, expected, atol=1e-6)
+        status, answer = post_json(f"{url}/invocations", {"inputs": {"text": [1, 2]}})
+        assert status == 400 and "texts must be strings" in answer["message"]

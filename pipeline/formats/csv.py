@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ def chunks(raw_dir: Path, section, scan: Scan, part: str, start: int = 0, stop: 
     path = raw_dir / (section.train if part == "train" else section.test)
     stop = len(scan.parts[part]) if stop is None else stop
     with open_table(path) as (header, rows):
-        feature_at = [header.index(name) for name in scan.feature_names]
+        feature_at = column_positions(header, scan.feature_names)
         block, first = [], start
         for position, (number, row) in enumerate(rows):
             if position < start:
@@ -94,7 +95,7 @@ def open_table(path: Path) -> Iterator[tuple[list[str], Iterator]]:
             header = [cell.strip() for cell in next(reader, [])]
             if not any(header):
                 raise PipelineError(f"{path}: empty file, expected a header row")
-            repeated = sorted({name for name in header if header.count(name) > 1})
+            repeated = sorted(name for name, count in Counter(header).items() if count > 1)
             if repeated:
                 raise PipelineError(
                     f"{path}: header names column {repeated[0]!r} more than once "
@@ -123,14 +124,22 @@ def feature_columns_of(
     if label_column is not None and label_column not in header:
         raise PipelineError(f"{path}: no label column {label_column!r} (data.csv.label_column); columns are {header}")
     names = feature_columns if feature_columns is not None else [c for c in header if c != label_column]
+    columns = set(header)
     for name in names:
-        if name not in header:
+        if name not in columns:
             raise PipelineError(f"{path}: no feature column {name!r} ({columns_from}); columns are {header}")
     if label_column in names:
         raise PipelineError(f"{path}: data.csv.feature_columns includes the label column {label_column!r}")
     if not names:
         raise PipelineError(f"{path}: no feature columns besides the label column {label_column!r}")
     return list(names)
+
+
+def column_positions(header: list[str], names: list[str]) -> list[int]:
+    """Where each of `names` is in `header` (names unique, each in it), in time linear in both: a table
+    can have tens of thousands of columns, and list.index per name would be quadratic."""
+    at = {name: i for i, name in enumerate(header)}
+    return [at[name] for name in names]
 
 
 def to_features(path, rows: list[tuple[int, list[str]]], names: list[str]) -> np.ndarray:
@@ -163,7 +172,7 @@ def scan_table(
     with open_table(path) as (header, rows):
         names = feature_columns_of(path, header, label_column, feature_columns, columns_from)
         label_at = header.index(label_column) if label_column is not None else None
-        feature_at = [header.index(n) for n in names]
+        feature_at = column_positions(header, names)
         labels, numbers, cells = [], [], []
         for number, row in rows:
             if label_at is not None:

@@ -19,14 +19,20 @@ def is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") or part.lower() in SYSTEM_FILES for part in path.relative_to(root).parts)
 
 
-def class_folders(root: Path, class_names: list[str] | None, where: str) -> list[str]:
+def is_example(path: Path, folder: Path, suffixes: tuple[str, ...]) -> bool:
+    """Whether `path`, found under `folder`, is an example: a file ending in one of `suffixes` (any
+    case), neither hidden nor a system file (nor below a hidden folder)."""
+    return path.suffix.lower() in suffixes and not is_hidden(path, folder) and path.is_file()
+
+
+def class_folders(root: Path, class_names: list[str] | None, where: str, what: str = "file") -> list[str]:
     """The class names: the folders under `root`, checked against `class_names` when params give
-    them (`where`: the params section, for the message)."""
+    them (`where`: the params section, `what` an example's kind, for the messages)."""
     if not root.is_dir():
-        raise PipelineError(f"{root}: folder not found")
+        raise PipelineError(f"{root}: {what} folder not found")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p, root))
     if not found:
-        raise PipelineError(f"{root}: no class subdirectories (expected {root}/<class>/<file>)")
+        raise PipelineError(f"{root}: no class subdirectories (expected {root}/<class>/<{what}>)")
     if class_names is None:
         return found
     if sorted(class_names) != found:
@@ -36,20 +42,17 @@ def class_folders(root: Path, class_names: list[str] | None, where: str) -> list
 
 
 def class_files(raw_dir: Path, folder: str, class_names: list[str] | None, suffixes: tuple[str, ...],
-                where: str) -> tuple[list[str], np.ndarray, list[str]]:  # fmt: skip
+                where: str, what: str = "file") -> tuple[list[str], np.ndarray, list[str]]:  # fmt: skip
     """Class names, each file's label and its path relative to `raw_dir`, class by class, sorted:
-    the files ending in `suffixes` (any case), hidden and system files left out."""
+    the files ending in `suffixes` (any case) at any depth, hidden and system files left out."""
     root = raw_dir / folder
-    names = class_folders(root, class_names, where)
+    names = class_folders(root, class_names, where, what)
     labels, keys = [], []
     for label, name in enumerate(names):
         directory = root / name
-        files = sorted(
-            p for p in directory.rglob("*")
-            if p.suffix.lower() in suffixes and not is_hidden(p, directory) and p.is_file()
-        )  # fmt: skip
+        files = sorted(p for p in directory.rglob("*") if is_example(p, directory, suffixes))
         if not files:
-            raise PipelineError(f"{directory}: no files ({', '.join(suffixes)}) for class {name!r}")
+            raise PipelineError(f"{directory}: no {what}s ({', '.join(suffixes)}) for class {name!r}")
         keys += [p.relative_to(raw_dir).as_posix() for p in files]
         labels += [label] * len(files)
     return names, np.asarray(labels, dtype=np.int64), keys

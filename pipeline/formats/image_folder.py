@@ -1,7 +1,14 @@
-"""Data format `image_folder`: <root>/<class name>/<image>.png|.jpg|.jpeg, decoded with Pillow, converted to the
+"""Data format `image_folder`: <root>/<class name>/<image>, decoded with Pillow, converted to the
 colour mode and resized to the size in params. Class names are the folder names, in sorted order,
 unless params give them. An image that cannot be decoded stops the stage, or is skipped and
 reported, as `data.image_folder.unreadable` says.
+
+The images are the files named *.png, *.jpg, *.jpeg, *.gif, *.webp, *.bmp, *.tif, *.tiff (any case),
+in the class folder or below it; an animated GIF, WebP or PNG, or a multi-page TIFF, gives its first
+frame. Hidden files and folders (a name starting with `.`: macOS's .DS_Store and AppleDouble `._x.png`)
+and Windows' Thumbs.db and desktop.ini are not examples. The EXIF orientation (a phone's rotation)
+is applied. Pixels become 8 bits: 16-bit images (Pillow's I;16 and 16-bit RGB/RGBA) keep their high
+byte, 32-bit integer images (I) are read as 16-bit, float images (F) as 0..1; alpha is dropped.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ import numpy as np
 
 from pipeline.errors import PipelineError, first_line
 from pipeline.formats.base import Decoded, Part, Scan
+from pipeline.formats.folders import class_files, is_example
 
 NAME = "image_folder"
 KIND = "image"  # the kind of data it yields (pipeline/kinds.py)
-EXTENSIONS = (".png", ".jpg", ".jpeg")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 
 DECODE_IN_PROCESSES = True  # decoding and resizing are the work: prepare spreads them over every core
@@ -35,16 +43,12 @@ def scan(raw_dir: Path, section) -> Scan:
 
 def list_images(raw_dir: Path, folder: str, class_names: list[str] | None) -> tuple[list[str], np.ndarray, list]:
     """Class names, each image's label and its path relative to `raw_dir`, class by class, sorted."""
-    root = raw_dir / folder
-    names = class_folders(root, class_names)
-    labels, keys = [], []
-    for label, name in enumerate(names):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
-        if not files:
-            raise PipelineError(f"{root / name}: no images ({', '.join(EXTENSIONS)}) for class {name!r}")
-        keys += [p.relative_to(raw_dir).as_posix() for p in files]
-        labels += [label] * len(files)
-    return names, np.asarray(labels, dtype=np.int64), keys
+    return class_files(raw_dir, folder, class_names, EXTENSIONS, "data.image_folder", "image")
+
+
+def is_image_file(path: Path, folder: Path) -> bool:
+    """Whether `path`, found under `folder`, is an example (the predictor lists folders with it)."""
+    return is_example(path, folder, EXTENSIONS)
 
 
 def chunks(raw_dir: Path, section, scan: Scan, part: str, start: int = 0, stop: int | None = None):
@@ -83,22 +87,6 @@ def decode(payload: list[str], raw_dir: Path, options: dict) -> Decoded:
     return Decoded(images[:kept], skipped)
 
 
-def class_folders(root: Path, class_names: list[str] | None) -> list[str]:
-    if not root.is_dir():
-        raise PipelineError(f"{root}: image folder not found")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not found:
-        raise PipelineError(f"{root}: no class subdirectories (expected {root}/<class>/<image>.png)")
-    if class_names is None:
-        return found
-    if sorted(class_names) != found:
-        extra = sorted(set(found) - set(class_names)) or sorted(set(class_names) - set(found))
-        raise PipelineError(
-            f"{root}: class folders {found} do not match data.image_folder.class_names (differ in {extra[0]!r})"
-        )
-    return list(class_names)
-
-
 class UnreadableImage(OSError):
     """An image Pillow cannot or must not decode (corrupt, truncated, or a decompression bomb)."""
 
@@ -127,8 +115,13 @@ def load_image(path: Path, size: tuple[int, int], color_mode: str) -> np.ndarray
 
 
 def _decode(image, size: tuple[int, int], color_mode: str) -> np.ndarray:
-    from PIL import Image
+    from PIL import ExifTags, Image, ImageOps
 
+    # A phone's rotation, before anything is resized; read first, so that the usual image (no
+    # orientation, or 1) is not copied by exif_transpose.
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in (2, 3, 4, 5, 6, 7, 8):
+        image = ImageOps.exif_transpose(image)
+    image = _eight_bits(image)
     mode = "L" if color_mode == "grayscale" else "RGB"
     if image.mode != mode:
         image = image.convert(mode)
@@ -137,3 +130,22 @@ def _decode(image, size: tuple[int, int], color_mode: str) -> np.ndarray:
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _eight_bits(image):
+    """`image` in a mode of 8 bits per channel, scaled, where Pillow's own convert would clip: it
+    maps I;16, I and F to L by clipping at 255 (a 16-bit scan would come out white). 16-bit values
+    keep their high byte, as Pillow's decoder does for 16-bit RGB; I is read as 16-bit; F as 0..1.
+    Palette images go through RGBA, which carries a transparency Pillow would otherwise warn about."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        grey = np.asarray(image).astype(np.int64)
+        return Image.fromarray((np.clip(grey, 0, 65535) >> 8).astype(np.uint8))
+    if mode == "F":
+        grey = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        return Image.fromarray(np.round(np.clip(grey, 0.0, 1.0) * 255).astype(np.uint8))
+    if mode in ("P", "PA"):
+        return image.convert("RGBA")
+    return image

@@ -32,10 +32,10 @@ class UnreadableText(ValueError):
 def scan(raw_dir: Path, section) -> Scan:
     """Every text file's class (its folder) and path; nothing is read yet."""
     where = "data.text_folder"
-    names, labels, keys = class_files(raw_dir, section.train, section.class_names, SUFFIXES, where)
+    names, labels, keys = class_files(raw_dir, section.train, section.class_names, SUFFIXES, where, "text")
     parts = {"train": Part("train", labels, keys)}
     if section.test:
-        _, labels, keys = class_files(raw_dir, section.test, names, SUFFIXES, where)
+        _, labels, keys = class_files(raw_dir, section.test, names, SUFFIXES, where, "text")
         parts["test"] = Part("test", labels, keys)
     return Scan(parts, names, (section.max_bytes,), KIND)
 

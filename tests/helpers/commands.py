@@ -117,3 +117,14 @@ def call_core(stage, params: dict, inputs: dict | None = None, outputs: dict | N
         raise
     places.commit()
     return result
+
+
+def without_loopback(command: list[str]) -> list[str]:
+    """`command` in a network namespace of its own whose loopback stays down (`unshare -n` alone):
+    not even localhost answers, as in a sandbox that forgot `ip link set lo up`."""
+    import pytest
+
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed to cut loopback")
+    user = [] if os.geteuid() == 0 else ["-r"]
+    return ["unshare", *user, "-n", *command]

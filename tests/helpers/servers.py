@@ -1,10 +1,12 @@
-"""Servers the tests start on loopback (static files, MLflow, PostgreSQL): free ports, readiness, clean stop."""
+"""Servers the tests start on loopback (static files, MLflow, PostgreSQL, pipeline-serve): free ports, readiness,
+requests, clean stop."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -13,7 +15,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
+from email.message import Message
 from pathlib import Path
 
 from helpers.commands import tool_env
@@ -31,6 +35,56 @@ def static_http(directory: str | Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def answering_http(answer):
+    """A real HTTP server on loopback whose every GET is `answer(handler)` (a BaseHTTPRequestHandler
+    to write the response to); yields its base URL (no trailing slash)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client hung up
+                answer(self)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def endless_body(sent: list[int], give_up: int):
+    """An `answering_http` answer that streams zeros with no Content-Length, as a server that never
+    ends does, until the client hangs up (or, so that an unbounded client's test ends too, `give_up`
+    bytes); `sent` gets the bytes each request sent."""
+
+    def answer(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.end_headers()
+        chunk, total = bytes(1 << 16), 0
+        try:
+            while total < give_up:
+                handler.wfile.write(chunk)
+                total += len(chunk)
+        finally:
+            sent.append(total)
+
+    return answer
+
+
+def redirect_loop(handler) -> None:
+    """An `answering_http` answer that sends every path to the other of /a and /b."""
+    handler.send_response(302)
+    handler.send_header("Location", "/b" if handler.path == "/a" else "/a")
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
 
 
 def free_port() -> int:
@@ -159,3 +213,36 @@ def postgres_cluster(directory: Path):
         stop(proc)
         if as_user:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(model: str | Path, *options: str, log: Path, **env):
+    """`pipeline-serve --model <model> <options>` on a free loopback port; yields (base URL, process)."""
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serving.cli", "--model", str(model), "--port", str(port), *options],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=tool_env(**env),
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/v2/health/ready", proc, timeout=60)
+        yield url, proc
+    finally:
+        stop(proc)
+
+
+def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, Message, bytes]:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def post_json(url: str, content) -> tuple[int, dict]:
+    status, _, body = post(url, json.dumps(content).encode())
+    return status, json.loads(body)
