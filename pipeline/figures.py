@@ -164,9 +164,10 @@ def plot_worst_texts(worst: list[Mistake], class_names: list[str], out: Path, wi
 
     from pipeline.text import decode_text
 
+    drawable = font_characters("monospace")
     lines = []
     for m in worst:
-        text = " ".join(decode_text(m.image).split())
+        text = "".join(c if ord(c) in drawable else "?" for c in " ".join(decode_text(m.image).split()))
         head = f"{short(class_names[m.label])} → {short(class_names[m.predicted])} ({m.confidence:.2f}): "
         lines.append(head + textwrap.shorten(text, width=width, placeholder=" …") if text else head + "(empty)")
     fig, ax = plt.subplots(figsize=(12, 0.3 * max(len(lines), 2) + 1.0), layout="constrained")
@@ -177,3 +178,12 @@ def plot_worst_texts(worst: list[Mistake], class_names: list[str], out: Path, wi
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return len(worst)
+
+
+def font_characters(family: str) -> set[int]:
+    """The code points the font matplotlib draws `family` with has glyphs for: others are shown as
+    "?" (matplotlib would warn of each missing glyph and draw a box: CJK, emoji)."""
+    from matplotlib import font_manager
+
+    path = font_manager.findfont(font_manager.FontProperties(family=family))
+    return set(font_manager.get_font(path).get_charmap())

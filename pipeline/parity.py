@@ -7,6 +7,7 @@ loaded already (`record_saved_model_outputs`), and verify measures that record l
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def recorded_array(path: Path, stage: str, meta, allow_pickle: bool = False, key
         probs = loaded[key] if key is not None else loaded
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found (run `dvc repro {stage}`)") from None
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
         problem = f"{first_line(exc)}; rerun `dvc repro {stage}`"
         raise PipelineError(f"{path}: not the NumPy file {stage} writes ({problem})") from None
     expected = (expected_rows(meta), meta.num_classes)
@@ -109,6 +110,9 @@ class Recorded:
     def __init__(self, path: Path, meta):
         self.outputs = recorded_array(path, "export", meta, key="test")
         with np.load(path) as recorded:
+            missing = [f"batch_{size}" for size in RECORDED_BATCH_SIZES if f"batch_{size}" not in recorded]
+            if missing:
+                raise PipelineError(f"{path}: holds no {missing[0]} (rerun `dvc repro export`)")
             self.batch_outputs = [recorded[f"batch_{size}"] for size in RECORDED_BATCH_SIZES]
         self.position = 0
 

@@ -161,7 +161,12 @@ class PreparedData:
         if split not in self.meta.shards:
             raise PipelineError(f"{self.directory / META_FILE}: has no split {split!r}")
         paths = [posixpath.join(str(self.directory), split, name) for name in self.meta.shards[split]]
-        for path, size in zip(paths, self.meta.shard_bytes.get(split, []), strict=False):
+        sizes = self.meta.shard_bytes.get(split, [])
+        if len(sizes) != len(paths):
+            raise PipelineError(
+                f"{self.directory / META_FILE}: {len(paths)} {split} shards, {len(sizes)} sizes ({RERUN})"
+            )
+        for path, size in zip(paths, sizes, strict=True):
             try:
                 actual = Path(path).stat().st_size
             except FileNotFoundError:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers.commands import run_stages, tool_env
+from helpers.commands import REPO, run_stages, tool_env
 from helpers.data import write_text_folder_dataset
 
 pytestmark = pytest.mark.slow
@@ -159,3 +159,43 @@ def test_pipeline_serve_answers_texts_over_both_protocols(text_project, tmp_path
         np.testing.assert_allclose(probs, expected, atol=1e-6)
         status, answer = post_json(f"{url}/invocations", {"inputs": {"text": [1, 2]}})
         assert status == 400 and "texts must be strings" in answer["message"]
+
+
+def deployment_snippet(language: str, containing: str) -> str:
+    """The docs/deploying.md code block in `language` that holds `containing`."""
+    import re
+
+    blocks = re.findall(rf"```{language}\n(.*?)```", (REPO / "docs/deploying.md").read_text(), re.S)
+    return next(block for block in blocks if containing in block)
+
+
+def test_the_deployment_guide_s_text_snippets_run_as_written_in_python_and_node(text_project, tmp_path):
+    """docs/deploying.md's text snippets, each with the ONNX file alone: onnxruntime in Python, and
+    onnxruntime for Node.js in JavaScript, name the classes the project's classifier names."""
+    import shutil
+
+    from pipeline.classifier import open_classifier
+
+    from helpers.commands import missing_tool
+
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        missing_tool("Node.js and npm", "apt-get install nodejs npm")
+    model = text_project / "exported/model.onnx"
+    shutil.copy(model, tmp_path / "model.onnx")
+    classifier = open_classifier(model)
+    texts = ["Ein Text auf Deutsch", "и один по-русски"]
+    expected = [classifier.class_names[i] for i in classifier.probabilities(classifier.encode(texts)).argmax(1)]
+
+    (tmp_path / "snippet.py").write_text(deployment_snippet("python", "max_bytes"))
+    python = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert python.stdout.strip() == repr(expected)
+
+    # onnxruntime-node's install script fetches GPU libraries from NuGet (not reachable here): skipped.
+    npm = ["npm", "install", "--no-audit", "--no-fund", "--silent", "onnxruntime-node@1.31.1"]
+    subprocess.run(npm, cwd=tmp_path, env=tool_env(ONNXRUNTIME_NODE_INSTALL="skip"), check=True, capture_output=True)
+    metadata = json.loads((text_project / "exported/metadata.json").read_text())
+    call = (f"classify({json.dumps(texts)}, {metadata['text']['max_bytes']}, {json.dumps(metadata['class_names'])})"
+            ".then((names) => console.log(JSON.stringify(names)));")  # fmt: skip
+    (tmp_path / "snippet.js").write_text(deployment_snippet("javascript", "onnxruntime-node") + call + "\n")
+    node = subprocess.run(["node", "snippet.js"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert json.loads(node.stdout) == expected

@@ -3,7 +3,6 @@ the raw test split, each damaged form or record failing it with one line. On the
 an untrained model with hand-set weights (tests/helpers/exports.py): no training here."""
 
 import shutil
-import zipfile
 
 import numpy as np
 import onnx
@@ -119,22 +118,13 @@ def test_a_reference_that_does_not_describe_the_test_split_is_one_line(content, 
         verified(tiny_exports, recorded, reference=path)
 
 
-# Pipeline bugs (reported; the xfails turn into failures once fixed, to be dropped then):
-# parity.recorded_array catches ValueError, OSError and KeyError, not the zipfile.BadZipFile NumPy
-# raises for a damaged .npz; parity.Recorded reads the batch_<size> records with no check at all.
-BAD_ZIP = pytest.mark.xfail(
-    strict=True, raises=zipfile.BadZipFile, reason="parity.recorded_array lets BadZipFile through"
-)
-NO_BATCH_CHECK = pytest.mark.xfail(strict=True, raises=KeyError, reason="parity.Recorded: a missing batch record")
-
-
 @pytest.mark.parametrize(
     "damage",
     [
         "missing",
-        pytest.param("garbage", marks=BAD_ZIP),
+        "garbage",
         "another-split",
-        pytest.param("no-batch-record", marks=NO_BATCH_CHECK),
+        "no-batch-record",
     ],
 )
 def test_a_damaged_saved_model_record_is_one_line(damage, tiny_exports, recorded, tmp_path):

@@ -40,7 +40,7 @@ def export_forms(model, data, out: Path, run_id: str | None = None, **export) ->
     params = parse_params({"export": {"calibration_size": 40, **export}}).export
     metadata = export_metadata(data.meta, model, run_id, params.opset)
     out.mkdir(parents=True)
-    return build_exports(model, data, params, metadata, out)
+    return build_exports(model, data, params, metadata, out, "tiny-classifier")
 
 
 @dataclass(frozen=True)
