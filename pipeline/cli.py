@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -90,6 +91,9 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
     if quiet:
         settings["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's own INFO/WARNING after absl's start-up
         settings["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+        # MLflow's SQL store logs a database error with its traceback, then raises it: the stage's
+        # one line says what it was.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     with stage_environment(settings), quiet_native_logs() if quiet else contextlib.nullcontext():
         _run(main, argv)
 

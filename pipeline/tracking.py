@@ -172,9 +172,7 @@ class Run:
                     pass  # the store was reset since: start afresh
             experiment_id = cls._experiment_id(client, experiment_name, uri)
             run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
-        except MlflowException as exc:
-            raise PipelineError(f"MLflow tracking URI {uri}: {first_line(exc)}") from None
-        except Exception as exc:  # unreachable server, damaged store: fail before any training
+        except Exception as exc:  # unreachable server, damaged or locked store: fail before any training
             problem = store_problem(exc)
             if problem is None:
                 raise
