@@ -28,6 +28,13 @@ def static_http(directory: str | Path):
     """A real HTTP server over `directory`; yields its base URL (no trailing slash)."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     handler.log_message = lambda *a: None
+    with loopback_server(handler) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def loopback_server(handler):
+    """A threading HTTP server on a free loopback port with `handler`; yields its base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -50,13 +57,8 @@ def answering_http(answer):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        yield url
 
 
 def endless_body(sent: list[int], give_up: int):
