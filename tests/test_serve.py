@@ -6,6 +6,7 @@ answers the request in flight; LiteRT files, table models and the registry's cha
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -293,6 +294,7 @@ def test_a_table_model_takes_float32_features(models, tmp_path):
 
 
 def test_the_registrys_champion_serves_by_its_models_uri(models, tmp_path):
+    from pipeline.mlflow_model import save_mlflow_model
     from pipeline.tracking import Run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -301,7 +303,8 @@ def test_the_registrys_champion_serves_by_its_models_uri(models, tmp_path):
         "input": {"name": "image", "dtype": "uint8", "shape": ["batch", 4, 4, 1]},
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", 3]},
     }
-    version = run.registry.register_onnx(run.run_id, models["image"], "tiny-classifier", contract)
+    save = functools.partial(save_mlflow_model, models["image"], metadata=contract)
+    version = run.registry.register(run.run_id, save, "tiny-classifier")
     run.registry.set_alias("tiny-classifier", "champion", version)
     run.end()
     expected = onnxruntime_probabilities(models["image"], "image", PIXELS)

@@ -141,131 +141,145 @@ def invocations_input(model: ServedModel, body: bytes, content_type: str) -> np.
     return model_input(model, values, f"input {name!r}")
 
 
-def create_app(model: ServedModel, settings: Settings = Settings()) -> Starlette:
-    metrics = Metrics(settings.max_batch_size)
-    batcher: Batcher | None = None
+def mlflow_error(message: str) -> dict:
+    return {"error_code": "BAD_REQUEST", "message": message}
 
-    async def infer(x: np.ndarray) -> np.ndarray:
-        if not len(x):
-            return np.zeros((0, *model.output.shape), np.float32)
-        metrics.queued.inc(len(x))
+
+def v2_error(message: str) -> dict:
+    return {"error": message}
+
+
+def server_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("keras-classifier-pipeline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Endpoints:
+    """The app's request handlers for one model: each inference request goes through the batcher,
+    which the app's lifespan starts and stops; every answer is counted in `metrics`."""
+
+    def __init__(self, model: ServedModel, settings: Settings):
+        self.model, self.settings = model, settings
+        self.metrics = Metrics(settings.max_batch_size)
+        self.batcher: Batcher | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette):
+        s = self.settings
+        self.batcher = Batcher(
+            self.model.run, s.max_batch_size if s.batching else 1, s.max_delay_ms / 1000, s.max_queue_rows,
+            self.metrics.observe_batch,
+        )  # fmt: skip
+        self.batcher.start()
         try:
-            return await batcher.infer(x)
+            yield
         finally:
-            metrics.queued.dec(len(x))
+            await self.batcher.stop()
 
-    async def observed(endpoint: str, request: Request, handle, error_body) -> Response:
+    async def infer(self, x: np.ndarray) -> np.ndarray:
+        if not len(x):
+            return np.zeros((0, *self.model.output.shape), np.float32)
+        self.metrics.queued.inc(len(x))
+        try:
+            return await self.batcher.infer(x)
+        finally:
+            self.metrics.queued.dec(len(x))
+
+    async def observed(self, endpoint: str, request: Request, handle, error_body) -> Response:
+        """`handle(body)`'s response, a BadRequest as `error_body(message)`, counted and timed."""
         started = time.perf_counter()
         try:
-            body = await read_body(request, settings.max_body_bytes)
+            body = await read_body(request, self.settings.max_body_bytes)
             response = await handle(body)
         except BadRequest as exc:
             response = json_response(error_body(str(exc)), exc.status)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        self.metrics.requests.labels(endpoint, str(response.status_code)).inc()
         if response.status_code >= 400:
-            metrics.errors.labels(endpoint).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.errors.labels(endpoint).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         return response
 
-    def mlflow_error(message: str) -> dict:
-        return {"error_code": "BAD_REQUEST", "message": message}
-
-    def v2_error(message: str) -> dict:
-        return {"error": message}
-
-    async def invocations(request: Request) -> Response:
+    async def invocations(self, request: Request) -> Response:
         async def handle(body: bytes) -> Response:
-            x = invocations_input(model, body, request.headers.get("content-type", ""))
-            return json_response({"predictions": {model.output.name: await infer(x)}})
+            x = invocations_input(self.model, body, request.headers.get("content-type", ""))
+            return json_response({"predictions": {self.model.output.name: await self.infer(x)}})
 
-        return await observed("invocations", request, handle, mlflow_error)
+        return await self.observed("invocations", request, handle, mlflow_error)
 
-    def checked_model(request: Request) -> None:
+    def checked_model(self, request: Request) -> None:
         name, version = request.path_params["name"], request.path_params.get("version")
+        model = self.model
         if name != model.name or version not in (None, model.version):
             label = name if version is None else f"{name} version {version}"
             served = f"{model.name!r} version {model.version}"
             raise BadRequest(f"model {label!r} is not served here (serving {served})", 404)
 
-    async def v2_infer(request: Request) -> Response:
+    async def v2_infer(self, request: Request) -> Response:
         async def handle(body: bytes) -> Response:
-            checked_model(request)
-            parsed = parse_infer_request(model, body, request.headers.get(HEADER_LENGTH))
-            content, headers = infer_response(model, parsed, await infer(parsed.inputs))
+            self.checked_model(request)
+            parsed = parse_infer_request(self.model, body, request.headers.get(HEADER_LENGTH))
+            content, headers = infer_response(self.model, parsed, await self.infer(parsed.inputs))
             return Response(content, 200, headers=headers)
 
-        return await observed("v2_infer", request, handle, v2_error)
+        return await self.observed("v2_infer", request, handle, v2_error)
 
-    async def v2_model(request: Request) -> Response:
+    async def v2_model(self, request: Request) -> Response:
         try:
-            checked_model(request)
+            self.checked_model(request)
         except BadRequest as exc:
             return json_response(v2_error(str(exc)), exc.status)
-        return json_response(model.metadata())
+        return json_response(self.model.metadata())
 
-    async def v2_model_ready(request: Request) -> Response:
+    async def v2_model_ready(self, request: Request) -> Response:
         try:
-            checked_model(request)
+            self.checked_model(request)
         except BadRequest as exc:
             return json_response(v2_error(str(exc)), exc.status)
-        return readiness()
+        return await self.ready(request)
 
-    def readiness() -> Response:
-        return Response(status_code=503 if app.state.draining or batcher is None else 200)
+    async def ready(self, request: Request) -> Response:
+        return Response(status_code=503 if request.app.state.draining or self.batcher is None else 200)
 
-    async def ready(request: Request) -> Response:
-        return readiness()
-
-    async def live(request: Request) -> Response:
+    async def live(self, request: Request) -> Response:
         return Response(status_code=200)
 
-    async def ping(request: Request) -> Response:  # MLflow's /ping and /health
+    async def ping(self, request: Request) -> Response:  # MLflow's /ping and /health
         return Response("\n", 200, media_type="application/json")
 
-    async def server_metadata(request: Request) -> Response:
-        from importlib.metadata import PackageNotFoundError, version
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response({"name": SERVER_NAME, "version": server_version(), "extensions": ["binary_tensor_data"]})
 
-        try:
-            own = version("keras-classifier-pipeline")
-        except PackageNotFoundError:
-            own = "unknown"
-        return json_response({"name": SERVER_NAME, "version": own, "extensions": ["binary_tensor_data"]})
-
-    async def metrics_page(request: Request) -> Response:
+    async def metrics_page(self, request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return Response(generate_latest(metrics.registry), 200, media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.metrics.registry), 200, media_type=CONTENT_TYPE_LATEST)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        nonlocal batcher
-        batcher = Batcher(
-            model.run, settings.max_batch_size if settings.batching else 1, settings.max_delay_ms / 1000,
-            settings.max_queue_rows, metrics.observe_batch,
-        )  # fmt: skip
-        batcher.start()
-        try:
-            yield
-        finally:
-            await batcher.stop()
-
-    model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
-    routes = [
-        Route("/invocations", invocations, methods=["POST"]),
-        Route("/ping", ping, methods=["GET"]),
-        Route("/health", ping, methods=["GET"]),
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/metrics", metrics_page, methods=["GET"]),
-    ]
-    for path in model_paths:
-        routes += [
-            Route(path, v2_model, methods=["GET"]),
-            Route(f"{path}/ready", v2_model_ready, methods=["GET"]),
-            Route(f"{path}/infer", v2_infer, methods=["POST"]),
+    def routes(self) -> list[Route]:
+        routes = [
+            Route("/invocations", self.invocations, methods=["POST"]),
+            Route("/ping", self.ping, methods=["GET"]),
+            Route("/health", self.ping, methods=["GET"]),
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/metrics", self.metrics_page, methods=["GET"]),
         ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+        for path in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            routes += [
+                Route(path, self.v2_model, methods=["GET"]),
+                Route(f"{path}/ready", self.v2_model_ready, methods=["GET"]),
+                Route(f"{path}/infer", self.v2_infer, methods=["POST"]),
+            ]
+        return routes
+
+
+def create_app(model: ServedModel, settings: Settings = Settings()) -> Starlette:
+    endpoints = Endpoints(model, settings)
+    app = Starlette(routes=endpoints.routes(), lifespan=endpoints.lifespan)
     app.state.draining = False
-    app.state.metrics = metrics
+    app.state.metrics = endpoints.metrics
     return app
