@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,52 +209,68 @@ def merge_side(parts) -> dict[str, Any]:
     return {"digests": digests, "counts": counts, "moments": moments}
 
 
-def run(raw_dir: Path, data, scan, plan: dict[str, np.ndarray], out: Path, shard_size: int, options: list[str]):
-    """Write the splits into `out` on Beam; returns (shards per split, counts, class counts per split,
-    digests per split, train Moments, skipped files), what the local runner knows at its end."""
+def imported_beam():
     try:
-        beam = _quiet_import()
+        return _quiet_import()
     except ImportError:
         raise PipelineError(
             "prepare.runner: beam needs Apache Beam, an optional extra: `uv sync --extra pipeline --extra beam` "
             "(or pip install 'apache-beam')"
         ) from None
-    import pickle
 
+
+def run(raw_dir: Path, data, scan, plan: dict[str, np.ndarray], out: Path, shard_size: int, options: list[str]):
+    """Write the splits into `out` on Beam; returns (shards per split, counts, class counts per split,
+    digests per split, train Moments, skipped files), what the local runner knows at its end."""
+    beam = imported_beam()
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.prepared import SPLITS, TEST, TRAIN, VAL
+    from pipeline.prepared import SPLITS
 
     runner, args = beam_runner(options)
     if runner is not None:
         check_loopback(args)
     results = out / RESULTS
     results.mkdir(parents=True)
+    with worker_errors(), stop_if_a_worker_exits(), beam.Pipeline(runner=runner, options=PipelineOptions(args)) as p:
+        for name in SPLITS:
+            (out / name).mkdir()
+        decode_and_write(beam, p, DecodeRange(data.format, str(raw_dir), data.selected, scan, plan, str(out)),
+                         ranges(scan, shard_size), results)  # fmt: skip
+    return collected_results(out, results)
+
+
+def decode_and_write(beam, pipeline, decode: DecodeRange, work: list, results: Path) -> None:
+    """The graph: ranges spread over the workers, each decoded and written as its own shards; what the
+    workers learn (class counts, digests, moments; skipped files) merged into `results`."""
+    import pickle
+
+    decoded = (
+        pipeline
+        | "ranges" >> beam.Create(work)
+        | "spread" >> beam.Reshuffle()
+        | "decode and write" >> beam.FlatMap(decode).with_outputs("skipped", "side")
+    )
+    _ = (
+        decoded.side
+        | "merge" >> beam.combiners.ToList()
+        | "side results" >> beam.Map(lambda parts: (results / "side.pickle").write_bytes(
+            pickle.dumps(merge_side(parts))))
+    )  # fmt: skip
+    _ = (
+        decoded.skipped
+        | "skipped" >> beam.combiners.ToList()
+        | "skipped results" >> beam.Map(lambda keys: (results / "skipped.json").write_text(
+            json.dumps(sorted(keys))))
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def worker_errors() -> Iterator[None]:
+    """A worker's PipelineError, which arrives wrapped in the runner's own error, or a worker's exit,
+    as one line."""
     try:
-        with stop_if_a_worker_exits(), beam.Pipeline(runner=runner, options=PipelineOptions(args)) as pipeline:
-            for name in SPLITS:
-                (out / name).mkdir()
-            decoded = (
-                pipeline
-                | "ranges" >> beam.Create(ranges(scan, shard_size))
-                | "spread" >> beam.Reshuffle()
-                | "decode and write"
-                >> beam.FlatMap(
-                    DecodeRange(data.format, str(raw_dir), data.selected, scan, plan, str(out))
-                ).with_outputs("skipped", "side")
-            )
-            _ = (
-                decoded.side
-                | "merge" >> beam.combiners.ToList()
-                | "side results" >> beam.Map(lambda parts: (results / "side.pickle").write_bytes(
-                    pickle.dumps(merge_side(parts))))
-            )  # fmt: skip
-            _ = (
-                decoded.skipped
-                | "skipped" >> beam.combiners.ToList()
-                | "skipped results" >> beam.Map(lambda keys: (results / "skipped.json").write_text(
-                    json.dumps(sorted(keys))))
-            )  # fmt: skip
+        yield
     except PipelineError:
         raise
     except WorkerExited as exc:
@@ -261,21 +278,28 @@ def run(raw_dir: Path, data, scan, plan: dict[str, np.ndarray], out: Path, shard
             f"prepare.runner: beam: a worker process exited before the pipeline finished ({exc}; its own "
             "output, if any, is above)"
         ) from None
-    except Exception as exc:  # a worker's PipelineError arrives wrapped in the runner's own error
-        message = str(exc)
-        for line in message.splitlines():
+    except Exception as exc:
+        for line in str(exc).splitlines():
             if "PipelineError: " in line:
                 raise PipelineError(line.split("PipelineError: ", 1)[1].strip()) from None
         raise
+
+
+def collected_results(out: Path, results: Path) -> dict:
+    """What the local runner's prepare returns, from the merged results the pipeline left in `results`
+    (removed) and the shards it wrote (named in range order)."""
+    import pickle
+
+    from pipeline.prepared import SPLITS, TEST, TRAIN, VAL
+
     side = pickle.loads((results / "side.pickle").read_bytes())
     skipped = json.loads((results / "skipped.json").read_text())
     for path in results.iterdir():
         path.unlink()
     results.rmdir()
-    shards = {name: name_shards(out / name) for name in SPLITS}
     counts = side["counts"]
     return {
-        "shards": shards,
+        "shards": {name: name_shards(out / name) for name in SPLITS},
         "counts": {name: int(counts[code].sum()) for code, name in enumerate(SPLITS)},
         "class_counts": {name: counts[code].tolist() for code, name in enumerate(SPLITS)},
         "digests": {SPLITS[code]: side["digests"].get(code, b"") for code in (TRAIN, VAL, TEST)},
