@@ -43,7 +43,7 @@ BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE", "CAST", "RESHAPE", "SHAPE", "STRIDED_S
 
 def litert_ready(model):
     """The model as LiteRT converts it: recurrent layers unrolled (the same weights and arithmetic)."""
-    from pipeline.model import layer_configs, rebuilt
+    from pipeline.rebuild import layer_configs, rebuilt
 
     def unrolled(config) -> None:
         for layer in layer_configs(config):  # Bidirectional's RNNs too

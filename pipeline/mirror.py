@@ -63,7 +63,7 @@ def averages_mirrors(model) -> bool:
 def single_pass(model):
     """The same network without the mirror pair (one pass an image, the same weights): what
     `test_time_flip: false` would have exported, for timing the difference."""
-    from pipeline.model import rebuilt
+    from pipeline.rebuild import rebuilt
 
     def without_mirrors(config) -> None:
         config["layers"] = [
@@ -76,7 +76,7 @@ def single_pass(model):
 def with_mirrors(model):
     """The same network with the mirror pair around its body (the same weights): what
     `test_time_flip: true` would have exported. The model itself when it holds the pair already."""
-    from pipeline.model import rebuilt
+    from pipeline.rebuild import rebuilt
 
     def add_mirrors(config) -> None:
         layers = config["layers"]

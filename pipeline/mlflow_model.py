@@ -2,11 +2,11 @@
 `mlflow models serve` answers a wrong input with MLflow's schema error):
 
 - images and tables: MLflow's own ONNX flavor (their raw input is a tensor MLflow carries as it is);
-- text: a pyfunc model (TextClassifierModel) that runs the ONNX file with onnxruntime through
+- text: a pyfunc model (pipeline/text_model_code.py) that runs the ONNX file with onnxruntime through
   pipeline/classifier.py and takes the texts themselves, so `mlflow models serve` answers
   `{"inputs": {"text": ["...", "..."]}}` and `mlflow.pyfunc.load_model(...).predict` takes strings.
   The project's `pipeline` package travels in the MLflow model (code_paths); MLflow loads the model
-  by running pipeline/text_model_code.py (models from code: nothing pickled).
+  by running that file (models from code: nothing pickled).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
-import pandas as pd
 
 
 def save_mlflow_model(onnx_path: Path, local: Path, metadata: dict) -> None:
@@ -58,26 +57,3 @@ def save_text_model(onnx_path: Path, local: Path, input_name: str, outputs) -> N
         signature=ModelSignature(inputs=Schema([ColSpec("string", input_name)]), outputs=outputs),
         input_example={input_name: ["an example text"]},
     )
-
-
-class TextClassifierModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
-        from pipeline.classifier import open_classifier
-
-        self.classifier = open_classifier(context.artifacts["model"])
-
-    # The DataFrame MLflow makes of a request for a column signature (typed: MLflow warns otherwise).
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> dict[str, np.ndarray]:
-        texts = texts_of(model_input, self.classifier.kind.input_name)
-        return {"probabilities": self.classifier.probabilities(self.classifier.encode(texts))}
-
-
-def texts_of(model_input, name: str) -> list[str]:
-    """The texts of a request as MLflow hands them over: a DataFrame's column, a dict's entry, a list."""
-    if hasattr(model_input, "columns"):
-        values = model_input[name] if name in model_input.columns else model_input.iloc[:, 0]
-    elif isinstance(model_input, dict):
-        values = model_input[name]
-    else:
-        values = model_input
-    return [str(value) for value in np.asarray(values, dtype=object).reshape(-1)]

@@ -263,38 +263,11 @@ def applied_normalization(model) -> dict | None:
     return {"formula": "input * scale + offset", "scale": first.scale, "offset": first.offset}
 
 
-def rebuilt(model, edit):
-    """The same Sequential with its config changed by `edit(config)` (in place) and its weights: how
-    the float32 copy, the one-pass copy and the LiteRT-ready copy are made. The model itself when
-    `edit` changes nothing."""
-    import copy
-
-    import keras
-
-    config = model.get_config()
-    edited = copy.deepcopy(config)
-    edit(edited)
-    if edited == config:
-        return model
-    clone = keras.Sequential.from_config(edited)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
-def layer_configs(config: dict):
-    """Every layer's serialized form in a Sequential's config, a wrapper's inner layers (Bidirectional's
-    forward and backward RNNs) included: what `rebuilt`'s edits change."""
-    todo = list(config["layers"])
-    while todo:
-        layer = todo.pop(0)
-        yield layer
-        inner = layer.get("config", {}).values()  # layers, not initializers: a layer's config has `trainable`
-        todo += [v for v in inner if isinstance(v, dict) and "trainable" in v.get("config", {})]
-
-
 def float32_model(model):
     """The same model with float32 layers: a model trained in mixed precision is saved, evaluated and
     exported in float32 (its weights are float32 already; only the arithmetic changes)."""
+
+    from pipeline.rebuild import layer_configs, rebuilt
 
     def in_float32(config) -> None:
         for layer in layer_configs(config):
