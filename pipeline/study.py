@@ -36,6 +36,7 @@ from pipeline.errors import PipelineError, first_line
 
 SCHEMA = "optuna"  # the PostgreSQL schema of a study kept in the tracking store's database
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60  # a trial whose process stopped beating this long is failed and retried
+POLL_SECONDS = 2  # how often a process waiting for other workers' trials looks again
 
 
 # ----------------------------------------------------------------------------- where it lives
@@ -269,7 +270,7 @@ def run_again(study, trial) -> None:
     )  # fmt: skip
 
 
-def fail_dead_trials(study, settle: float = 30) -> None:
+def fail_dead_trials(study, settle: float = 5) -> None:
     """Trials left running by a process of this machine that no longer exists (a killed search) are
     failed and queued again at once; other machines' once their heartbeat is stale (Optuna). A trial
     started in the last `settle` seconds is left alone: its process may not have named itself yet."""
@@ -343,26 +344,35 @@ class Search:
         resolved = filled_from_preset(self.base).epochs
         return min(resolved, self.tune.epochs) if self.tune.epochs else resolved
 
-    def run_trials(self, tracking, seconds: float | None = None, out=sys.stdout) -> int:
-        """Trials one at a time until the study has its trials (counting those other processes run
-        or are running), `seconds` have passed, or a grid is done; returns how many ran here."""
-        import optuna
+    def run_trials(self, tracking, seconds: float | None = None, wait: bool = False, out=sys.stdout) -> int:
+        """Trials one at a time until the study has its trials, counting those other processes run or
+        are running (`wait`: and until theirs have finished too, taking over any whose process died),
+        `seconds` have passed, or a grid is done; returns how many ran here."""
 
-        started = time.monotonic()
+        started, said = time.monotonic(), False
         while seconds is None or time.monotonic() - started < seconds:
             fail_dead_trials(self.study)
             now = counts(self.study)
-            if self.budget is not None and now.finished + now.running >= self.budget:
+            if self.budget is not None and now.finished >= self.budget:
                 break
+            if self.budget is not None and now.finished + now.running >= self.budget:
+                if not wait:
+                    break
+                if not said:
+                    print(f"tune: waiting for {now.running} trial(s) other workers are running", file=out, flush=True)
+                    said = True
+                time.sleep(POLL_SECONDS)
+                continue
             before = len(self.trials_run)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.study.optimize(
-                    lambda trial: self.objective(trial, tracking, out), n_trials=1, catch=(TrialFailed,),
-                    gc_after_trial=True,
-                )  # fmt: skip
+            self.study.optimize(
+                lambda trial: self.objective(trial, tracking, out), n_trials=1, catch=(TrialFailed,),
+                gc_after_trial=True,
+            )  # fmt: skip
             if len(self.trials_run) == before:
                 break  # the sampler had nothing to give (a grid sampled through)
+        while wait and counts(self.study).running:  # out of time: the trials under way still count
+            time.sleep(POLL_SECONDS)
+            fail_dead_trials(self.study)
         return len(self.trials_run)
 
     def objective(self, trial, tracking, out) -> float:
@@ -422,19 +432,6 @@ class Search:
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
             clear_keras()
-
-    def wait_for_others(self, poll: float = 5.0, out=sys.stdout) -> None:
-        """Until no trial of the study runs (other machines' trials finish, or their heartbeats stop)."""
-        said = False
-        while True:
-            fail_dead_trials(self.study)
-            running = counts(self.study).running
-            if not running:
-                return
-            if not said:
-                print(f"tune: waiting for {running} trial(s) other workers are running", file=out, flush=True)
-                said = True
-            time.sleep(poll)
 
     def best(self):
         """The best complete trial, or one line saying why there is none."""

@@ -119,11 +119,10 @@ def tune_stage(inputs: dict[str, Path], params, outputs: dict[str, Path], tracki
     workers = start_workers(search, tune.workers - 1, inputs["prepared"], tracking.tracking_uri)
     failed = True
     try:
-        search.run_trials(tracking, tune.timeout)
+        search.run_trials(tracking, tune.timeout, wait=True)
         failed = False
     finally:
         stop_workers(workers, failed)
-    search.wait_for_others()
     best = search.best()
     report = search_report(search, time.perf_counter() - started, best)
     best_facts = {**report["best"], "value": best.value}
