@@ -150,8 +150,12 @@ def make_pruner(tune, max_epochs: int):
 
     if tune.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs)
+    first = max(1, tune.warmup_epochs)  # the first rung: no trial stops before it
+    if tune.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
     if tune.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+        last = max(first, max_epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=last, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
