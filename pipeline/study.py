@@ -74,27 +74,55 @@ def shown_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def connect_args(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite:"):
+        return {"timeout": 60}  # two processes writing at once wait for each other
+    if url.startswith("postgresql"):
+        return {"options": f"-csearch_path={SCHEMA}"}
+    return {}
+
+
 def open_storage(url: str):
     """Optuna's RDB storage at `url` (PostgreSQL: in the schema `optuna`, made if missing), with
-    heartbeats, so a trial whose process died is failed and run again by whoever looks next."""
+    heartbeats, so a trial whose process died is failed and run again by whoever looks next. The
+    stage opens it first (it makes the tables); a worker waits until the stage's study is there
+    (`has_study`): two processes making the same tables at once can both fail."""
     import optuna
     from optuna.storages import RDBStorage
 
     # Heartbeats and the matplotlib plots are marked experimental (since Optuna 2.8 and 2.2): said once.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": 60}  # two processes writing at once wait for each other
     elif url.startswith("postgresql"):
         create_schema(url)
-        kwargs["connect_args"] = {"options": f"-csearch_path={SCHEMA}"}
+    kwargs = {"connect_args": connect_args(url)}
     try:
         return RDBStorage(
             url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
             heartbeat_stale_trial_callback=run_again,
         )  # fmt: skip
     except Exception as exc:  # a URL SQLAlchemy cannot open, a server that does not answer, a missing driver
+        raise PipelineError(f"tune storage {shown_url(url)}: {first_line(exc)}") from None
+
+
+def has_study(url: str, name: str) -> bool:
+    """Whether the study `name` is in the storage yet, asked without making Optuna's tables (a
+    server that does not answer is one line)."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args(url))
+        try:
+            schema = SCHEMA if url.startswith("postgresql") else None
+            if not sqlalchemy.inspect(engine).has_table("studies", schema=schema):
+                return False
+            with engine.connect() as connection:
+                query = sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :name")
+                return connection.execute(query, {"name": name}).first() is not None
+        finally:
+            engine.dispose()
+    except Exception as exc:
         raise PipelineError(f"tune storage {shown_url(url)}: {first_line(exc)}") from None
 
 
@@ -498,12 +526,14 @@ def join_search(url: str, name: str, data, index: int | None, wait: float = 600,
     from pipeline.params import Params
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(url)
+    storage = None
     deadline, said = time.monotonic() + wait, False
     while True:
+        if storage is None and has_study(url, name):  # the stage has made the tables: open them
+            storage = open_storage(url)
         try:
-            probe = optuna.load_study(study_name=name, storage=storage)
-            if "settings" in probe.user_attrs and probe.user_attrs["settings"].get("parent_run_id"):
+            probe = optuna.load_study(study_name=name, storage=storage) if storage is not None else None
+            if probe is not None and probe.user_attrs.get("settings", {}).get("parent_run_id"):
                 break
         except KeyError:
             pass

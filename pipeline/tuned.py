@@ -91,3 +91,37 @@ def apply_tuned(train, tuned: Tuned, source: str):
         return Params.model_validate({"train": merged(train.model_dump(mode="json"), tuned.train)}).train
     except ValidationError as exc:
         raise PipelineError(format_validation_error(source, exc)) from None
+
+
+def set_arguments(tuned: Tuned) -> list[str]:
+    """`dvc exp run` options setting the tuned values in params.yaml's train section, one `-S` each."""
+    from pipeline.params import dotted
+
+    return [arg for key, value in dotted(tuned.train, "train.").items() for arg in ("-S", f"{key}={yaml_value(value)}")]
+
+
+def yaml_value(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipeline.tuned models/tuned.yaml`: the best values as `dvc exp run` options, to train
+    on them with the search off (README: Tuning)."""
+    import argparse
+    import shlex
+
+    from pipeline.cli import run_cli
+
+    def show(args: list[str] | None) -> None:
+        parser = argparse.ArgumentParser(prog="python -m pipeline.tuned", description=main.__doc__.splitlines()[0])
+        parser.add_argument("file", type=Path, help="the tune stage's best values (models/tuned.yaml)")
+        path = parser.parse_args(args).file
+        if not path.is_file():
+            raise PipelineError(f"{path}: not found (run `dvc repro tune` with tune.enabled true)")
+        print(shlex.join(set_arguments(read_tuned(path))))
+
+    run_cli(show, argv)
+
+
+if __name__ == "__main__":
+    main()
