@@ -29,8 +29,9 @@ from typing import Any
 from pipeline.errors import PipelineError, first_line
 
 RUN_FILE_KEYS = ("run_id", "experiment_id", "tracking_uri")
-# What the MLflow UI opens an experiment as: this kind lands on its runs and models (model training),
-# not on the GenAI view of traces it opens an experiment of no kind on (MLflow 3.17).
+# The experiment's kind as MLflow knows it: model training (runs and models), not GenAI (traces).
+# MLflow 3.17's UI reads it where its own per-browser GenAI / model-training switch is off; the README
+# links the model-training view (`?workflowType=machine_learning`).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
