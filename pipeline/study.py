@@ -428,7 +428,9 @@ class Search:
             epochs.append(row[metric])
             trial.set_user_attr("epochs_run", epoch)
             trial.report(row[metric], epoch)
-            if trial.should_prune():
+            # After its last epoch a trial is done: stopping it then would save nothing and lose its
+            # value (successive halving's rungs run past any trial's length).
+            if epoch < p.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
         try:
