@@ -149,7 +149,19 @@ class SearchTracking(WorkerTracking):
         for plot in plots:
             run.log_artifact(plot, "search")
         run.log_text(facts["trials_csv"], "search/trials.csv")
+        self.end_lost_trials(facts["study"])
         run.end()
+
+    def end_lost_trials(self, study) -> None:
+        """The runs of trials whose process died (killed, or its machine lost) end as killed, failed."""
+        import optuna
+
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if run_id and self.run.client.get_run(run_id).info.status == "RUNNING":
+                lost = Run(self.run.client, run_id, self.run.experiment_id, self.tracking_uri)
+                lost.set_tags({"tune.state": "failed"})
+                lost.end("KILLED")
 
     def tuned_search(self, search, best: dict[str, Any]) -> dict[str, Any]:
         """The provenance models/tuned.yaml records with the best values."""

@@ -511,11 +511,10 @@ def create_search(tune, train, data, experiment: str, tracking_uri: str, seed: i
         study_name=name, storage=storage, direction=direction(tune.metric), load_if_exists=True,
         sampler=make_sampler(tune, tune.seed if seed is None else seed), pruner=make_pruner(tune, probe.max_epochs()),
     )  # fmt: skip
-    known = study.user_attrs
-    if "settings" in known:
-        settings = Settings.from_attrs(known["settings"])
-    else:
-        study.set_user_attr("settings", settings.to_attrs())
+    # A resumed study keeps its MLflow run; the budget (trials, timeout, workers) is this run's, which
+    # the workers read from here.
+    settings.parent_run_id = study.user_attrs.get("settings", {}).get("parent_run_id")
+    study.set_user_attr("settings", settings.to_attrs())
     return Search(study, settings, tune, train, data, url)
 
 

@@ -96,6 +96,7 @@ def test_a_rerun_continues_the_study_and_an_interrupted_one_resumes(searching):
     """Raising tune.trials continues the same study (its trials kept, the same MLflow run); a search
     killed mid-trial resumes: the finished trials stay, the one it lost is run again."""
     import optuna
+    from mlflow.tracking import MlflowClient
 
     set_params(searching, "tune", trials=2, pruner="none")
     run_stages(searching, "tune")
@@ -108,7 +109,7 @@ def test_a_rerun_continues_the_study_and_an_interrupted_one_resumes(searching):
     proc = subprocess.Popen(stage_argv("tune"), cwd=searching, env=tool_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 300
-    while not any(t.number == 3 and "worker" in t.user_attrs for t in study.get_trials()):  # trial 3 under way
+    while not any(t.number == 3 and "mlflow_run_id" in t.user_attrs for t in study.get_trials()):  # trial 3 under way
         assert proc.poll() is None and time.monotonic() < deadline, "the search ended before trial 3 began"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -124,6 +125,8 @@ def test_a_rerun_continues_the_study_and_an_interrupted_one_resumes(searching):
     assert states[3] == "FAIL"  # the killed one, whose values ran again as the next trial
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == 3]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE" and retried[0].params == trials[3].params
+    lost = MlflowClient(tracking_uri(searching)).get_run(trials[3].user_attrs["mlflow_run_id"])
+    assert lost.info.status == "KILLED" and lost.data.tags["tune.state"] == "failed"
     assert yaml.safe_load((searching / "models/tuned.yaml").read_text())["search"]["mlflow_parent_run_id"] == parent
 
 
