@@ -52,12 +52,15 @@ def storage_url(configured: str | None, tracking_uri: str) -> str:
             store = Path(tracking_uri[len("sqlite:///") :])
             return f"sqlite:///{store.with_name(store.stem + '.optuna.db')}"
         if tracking_uri.startswith(("postgresql://", "postgresql+")):
-            return tracking_uri
-        raise PipelineError(
-            f"params.yaml: tune.storage is null and the tracking store is {tracking_uri}, whose database a "
-            "search cannot reach through it: set tune.storage to that database (postgresql://host/database; "
-            "the study goes into its schema optuna)"
-        )
+            url = tracking_uri
+        else:
+            raise PipelineError(
+                f"params.yaml: tune.storage is null and the tracking store is {tracking_uri}, whose database a "
+                "search cannot reach through it: set tune.storage to that database (postgresql://host/database; "
+                "the study goes into its schema optuna)"
+            )
+    if url.startswith("postgresql://"):  # SQLAlchemy 2.1 would take psycopg 3; the project installs psycopg2
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         return f"sqlite:///{project_root() / url[len('sqlite:///') :]}"  # relative: at the project root
     return url

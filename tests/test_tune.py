@@ -223,8 +223,9 @@ def test_in_dvc_the_search_is_a_stage_train_depends_on_and_nothing_reruns_unchan
 def test_a_study_database_that_does_not_answer_is_one_line(project):
     from helpers.servers import free_port
 
-    storage = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing"
-    set_params(project, "tune", **SEARCH, storage=storage)
+    where = f"nobody@127.0.0.1:{free_port()}/nothing"
+    set_params(project, "tune", **SEARCH, storage=f"postgresql://{where}")  # the driver installed: psycopg2
     proc = run(stage_argv("tune"), project, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith(f"error: tune storage {storage}: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: tune storage postgresql+psycopg2://{where}: "), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Connection refused" in proc.stderr, proc.stderr
