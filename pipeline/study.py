@@ -307,8 +307,9 @@ def run_again(study, trial) -> None:
 
 def fail_dead_trials(study, settle: float = 5) -> None:
     """Trials left running by a process of this machine that no longer exists (a killed search) are
-    failed and queued again at once; other machines' once their heartbeat is stale (Optuna). A trial
-    started in the last `settle` seconds is left alone: its process may not have named itself yet."""
+    failed and queued again at once; other machines' once their heartbeat is stale (Optuna); a trial
+    a Ctrl-C stopped (Optuna failed it) is queued again too. A trial started in the last `settle`
+    seconds is left alone: its process may not have named itself yet."""
     import optuna
     from optuna.storages import fail_stale_trials
 
@@ -321,6 +322,12 @@ def fail_dead_trials(study, settle: float = 5) -> None:
             continue
         with contextlib.suppress(RuntimeError, ValueError):  # another process failed it first
             run_again(study, study.tell(trial.number, state=optuna.trial.TrialState.FAIL))
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    for trial in trials:  # interrupted by Ctrl-C: failed by Optuna as it stopped, queued again here
+        interrupted = trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("interrupted")
+        if interrupted and trial.number not in retried:
+            run_again(study, trial)
     fail_stale_trials(study)
 
 
@@ -452,7 +459,11 @@ class Search:
             print(f"tune: trial {trial.number} complete: {metric} {value:.4f} in {len(epochs)} epochs ({shown})",
                   file=out, flush=True)  # fmt: skip
             return value
-        except (optuna.TrialPruned, KeyboardInterrupt):
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C: Optuna fails the trial; the next run of the search runs it again
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("interrupted", True)
             raise
         except Exception as exc:
             from pipeline.tracking import store_problem

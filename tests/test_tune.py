@@ -92,9 +92,10 @@ def test_a_search_prunes_logs_nested_runs_and_train_takes_its_best(searching):
     assert client.get_run(run_id).data.tags["tune.study"] == report["study"]
 
 
-def test_a_rerun_continues_the_study_and_an_interrupted_one_resumes(searching):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_a_rerun_continues_the_study_and_an_interrupted_one_resumes(searching, stop):
     """Raising tune.trials continues the same study (its trials kept, the same MLflow run); a search
-    killed mid-trial resumes: the finished trials stay, the one it lost is run again."""
+    killed or interrupted mid-trial resumes: the finished trials stay, the one it lost runs again."""
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -112,8 +113,8 @@ def test_a_rerun_continues_the_study_and_an_interrupted_one_resumes(searching):
     while not any(t.number == 3 and "mlflow_run_id" in t.user_attrs for t in study.get_trials()):  # trial 3 under way
         assert proc.poll() is None and time.monotonic() < deadline, "the search ended before trial 3 began"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, stop)
+    assert proc.wait(timeout=60) in (-signal.SIGKILL, 130)
 
     run_stages(searching, "tune")
     report = json.loads((searching / "reports/search.json").read_text())
