@@ -149,10 +149,31 @@ IDENTITY = ("space", "epochs", "metric", "sampler", "seed", "startup_trials", "p
 
 def study_name(experiment: str, tune: dict, train: dict, data_identity: str) -> str:
     """`<experiment>-tune-<hash>`: the same search (space, settings, train section, data) has the same
-    study, so a rerun after an interruption resumes it and a changed search starts a new one."""
+    study, so a rerun after an interruption resumes it and a changed search starts a new one. Of
+    `train.epochs` only what the trials train counts: set for the final model once a search is
+    done, it reruns `train` on the same best values, not the search."""
     settings = {key: tune[key] for key in IDENTITY}
-    blob = json.dumps({"tune": settings, "train": train, "data": data_identity}, sort_keys=True)
+    searched = {**train, "epochs": trial_epochs(tune, train)}
+    blob = json.dumps({"tune": settings, "train": searched, "data": data_identity}, sort_keys=True)
     return f"{experiment}-tune-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def trial_epochs(tune: dict, train: dict) -> dict[str, Any]:
+    """The epochs the trials train, for each model they may train (`tune.epochs` bounding the train
+    section's, or the preset's where it is null), or the train section's own when epochs is searched."""
+    from pipeline.params import Params
+    from pipeline.presets import filled_from_preset
+
+    checked = Params.model_validate({"tune": tune, "train": train})
+    model = checked.tune.dimensions.get("model")
+    if "epochs" in checked.tune.dimensions:
+        return {"searched": train["epochs"]}
+    bound = checked.tune.epochs
+    epochs = {}
+    for name in model.choices if model else [checked.train.model]:
+        resolved = filled_from_preset(checked.train.model_copy(update={"model": name})).epochs
+        epochs[name if isinstance(name, str) else "layers"] = min(resolved, bound) if bound else resolved
+    return epochs
 
 
 def direction(metric: str) -> str:

@@ -211,12 +211,20 @@ def test_in_dvc_the_search_is_a_stage_train_depends_on_and_nothing_reruns_unchan
     assert "Running stage 'tune'" in first.stdout and "no search" in first.stdout
     assert "Running stage" not in run(["dvc", "repro", "train"], repo).stdout
 
-    set_params(repo, "tune", enabled=True, trials=2, startup_trials=1,
+    set_params(repo, "tune", enabled=True, trials=2, startup_trials=1, epochs=2,
                space={"learning_rate": {"choices": [0.02, 0.03]}})  # fmt: skip
     searched = run(["dvc", "repro", "train"], repo).stdout
     assert "Running stage 'tune'" in searched and "Running stage 'train'" in searched, searched
     assert json.loads((repo / "reports/train.json").read_text())["hyperparameters"]["learning_rate"] in (0.02, 0.03)
     assert "Running stage" not in run(["dvc", "repro", "train"], repo).stdout
+
+    # The final model trained longer: the same study (its trials train tune.epochs), no trial again.
+    best = (repo / "models/tuned.yaml").read_text()
+    set_params(repo, "train", epochs=4)
+    longer = run(["dvc", "repro", "train"], repo).stdout
+    assert "Running stage 'train'" in longer and (repo / "models/tuned.yaml").read_text() == best, longer
+    assert json.loads((repo / "reports/search.json").read_text())["trials_run_here"] == 0
+    assert json.loads((repo / "reports/train.json").read_text())["epochs_run"] == 4
     assert (repo / "mlflow.optuna.db").is_file()  # the study, beside the store (never committed: .gitignore)
     assert "/mlflow.optuna.db" in (REPO / ".gitignore").read_text().splitlines()
 
