@@ -515,6 +515,57 @@ def text_section() -> list[str]:
     return lines
 
 
+def tune_section() -> list[str]:
+    t = load("tune.json")
+    lines = ["## Tuning", ""]
+    if t is None:
+        return lines + missing("tune.json", "tune.py")
+    budget, data, m = t["budget"], t["data"], t["machine"]
+    seeds = ", ".join(map(str, budget["seeds"]))
+    counts = data["counts"]
+    lines += [
+        f"The `tune` stage's search against random search without pruning (a hand-written sweep: every point "
+        f"trains every epoch) on the same budget: {budget['trials']} trials of at most {budget['epochs_per_trial']} "
+        f"epochs over `params.yaml`'s `tune.space`, seed {seeds}, one process, on a {data['examples']:,}-example "
+        f"subset of Fashion-MNIST ({counts['train']:,} train, {counts['val']:,} validation; the search never sees "
+        f"the {counts['test']:,} test examples), on {m['cpu']} ({m['cpus']} logical CPUs, shared with other work: "
+        f"compare the seconds within this table only). Medians over the seeds. " + source("tune.json", "tune.py"),
+        "",
+    ]
+    names = {"adaptive": "TPE + median pruner (the default)", "adaptive_halving": "TPE + successive halving",
+             "random": "random, no pruning"}  # fmt: skip
+    rows = []
+    for kind, s in t["summary"].items():
+        run = next(iter(t["searches"].values()))[kind]
+        saved = s.get("epochs_saved_vs_random_median")
+        rows.append([
+            names.get(kind, kind), f"{s['best_val_accuracy_median']:.4f}", f"{s['epochs_median']:.0f}",
+            "" if saved is None else f"{saved:.0%}", f"{run['trials']['complete']} / {run['trials']['pruned']}",
+            f"{s['seconds_median'] / 60:.1f}", f"{s['trial_seconds_median']:.0f}",
+            "" if "goal_met" not in s else ("yes" if s["goal_met"] else "no"),
+        ])  # fmt: skip
+    lines += table(["search", "best validation accuracy", "epochs run", "fewer epochs than random",
+                    "trials complete / pruned", "minutes", "s per trial", "goal met"], rows)  # fmt: skip
+    lines += ["", "The goal: a best validation accuracy at least random search's with at least 40 % fewer epochs."]
+    final = t.get("final") or {}
+    if "tuned" in final:
+        rows = []
+        labels = {"default_preset": "the default preset", "tuned": f"the best values of {final['tuned_from']}"}
+        for name, label in labels.items():
+            f = final[name]
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in f["values"].items())
+            trained = f"`{f['model']}`" + (f" ({shown})" if shown else "")
+            scores = [f"{f['test_accuracy']:.4f}", f"{f['test_macro_f1']:.4f}", f"{f['training_seconds']:.0f}"]
+            rows.append([label, trained, f["epochs_run"], *scores])
+        lines += [
+            "",
+            "Then `train` as the pipeline runs it (each model's own epochs) and `evaluate` on the test split:",
+            "",
+            *table(["model", "trained as", "epochs", "test accuracy", "macro F1", "training s"], rows),
+        ]
+    return lines
+
+
 def scale_section() -> list[str]:
     s = load("scale.json")
     lines = ["## Scale", ""]
@@ -602,6 +653,7 @@ def _render() -> str:
         presets_section(),
         text_section(),
         throughput_section(),
+        tune_section(),
         scale_section(),
         other_section(),
     ]

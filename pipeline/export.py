@@ -283,9 +283,16 @@ def register(result: StageResult, run, outputs: dict[str, Path]) -> dict[str, An
     extra = tuple(out / file for file in ("model.int8.onnx", "model.tflite", "model.int8.tflite"))
     from pipeline.mlflow_model import save_mlflow_model
 
+    # The version's logged model carries the test metrics evaluate measured (verify proves every form
+    # gives the Keras model's outputs), linked to the test split as evaluate's dataset names it.
+    evaluation = facts["evaluation"]
+    test = {f"test.{k}": v for k, v in evaluation["test"].items() if isinstance(v, (int, float)) and k != "examples"}
+    digest = evaluation.get("data", {}).get("test_sha256", meta.split_sha256["test"])[:32]
     version = registry.register(
-        run.run_id, lambda local: save_mlflow_model(out / "model.onnx", local, facts["metadata"]), name, extra
-    )
+        run, lambda local: save_mlflow_model(out / "model.onnx", local, facts["metadata"]), name, extra,
+        metrics=test, datasets=dict.fromkeys(test, (f"{meta.name}/test", digest)),
+        params={"opset": facts["metadata"]["opset"], "input": facts["metadata"]["input"]["name"]},
+    )  # fmt: skip
     registry.tag_version(name, version, version_tags(facts["evaluation"], run.run_id, meta.name))
     registry.set_alias(name, CHALLENGER, version)
     result.summary += f"; registered {name} v{version} as {CHALLENGER}"

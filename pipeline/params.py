@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import PipelineError
 from pipeline.schema import PRESET_NAMES, BatchSize, ClassNames, FormatSection, Section, Seed
@@ -333,6 +334,187 @@ class PromoteParams(Section):
     require_significant: bool = False
 
 
+# --------------------------------------------------------------------------- tune
+# The search space: train's own keys (nested as in the train section), each a range or a list of
+# choices. What a search tries by default, on the default preset's data: README, Tuning.
+DEFAULT_SPACE = {
+    "model": {"choices": ["cnn", "cnn2", "mlp"]},
+    "learning_rate": {"low": 0.0003, "high": 0.01, "log": True},
+    "batch_size": {"choices": [64, 128, 256]},
+    "label_smoothing": {"low": 0.0, "high": 0.2},
+}
+RANGE_KEYS, CHOICE_KEYS = {"low", "high", "log", "step"}, {"choices"}
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One key of the search space: `key` dotted below train (`learning_rate`, `augment.translate`);
+    `kind` int or float (a range: low, high, log, step) or choice (choices)."""
+
+    key: str
+    kind: Literal["int", "float", "choice"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+
+
+def _number_kind(annotation: Any) -> str | None:
+    """int or float when a train key takes numbers (bool is not one), else None."""
+    if annotation is bool:
+        return None
+    if annotation in (int, float):
+        return annotation.__name__
+    kinds = {_number_kind(arg) for arg in get_args(annotation)} - {None}
+    return "int" if "int" in kinds else ("float" if "float" in kinds else None)
+
+
+def _accepts(key: str, value: Any) -> str | None:
+    """Why train.<key> (dotted) cannot take `value`, in the schema's own words; None when it can."""
+    *sections, leaf = key.split(".")
+    raw: dict[str, Any] = {leaf: value}
+    for section in reversed(sections):
+        raw = {section: raw}
+    try:
+        TrainParams.model_validate(raw)
+    except ValidationError as exc:
+        return _describe(exc.errors()[0])
+    return None
+
+
+def space_dimensions(space: dict[str, Any], prefix: str = "", model=None) -> dict[str, Dimension]:
+    """The space's keys as dimensions, each checked against the train key it sets: a key that is not
+    train's, a range on a key of fixed choices, or a bound or choice the key refuses is a ValueError
+    whose text starts with its dotted place (`.space.learning_rate.low must be > 0, got 0`)."""
+    model = model or TrainParams
+    found: dict[str, Dimension] = {}
+    for name, spec in space.items():
+        key, place = f"{prefix}{name}", f".space.{prefix}{name}"
+        field = model.model_fields.get(name)
+        if field is None:
+            raise ValueError(f"{place} is not a key of train")
+        section = field.annotation if isinstance(field.annotation, type) else None
+        if section is not None and issubclass(section, BaseModel):
+            if not isinstance(spec, dict) or set(spec) & (RANGE_KEYS | CHOICE_KEYS):
+                raise ValueError(f"{place} is a section of train: give its keys' ranges or choices")
+            found.update(space_dimensions(spec, f"{key}.", section))
+            continue
+        if not isinstance(spec, dict) or not spec or not (set(spec) <= RANGE_KEYS or set(spec) <= CHOICE_KEYS):
+            raise ValueError(f"{place} must be {{low, high[, log][, step]}} or {{choices: [...]}}, got {spec!r}")
+        found[key] = _dimension(key, place, spec, _number_kind(field.annotation))
+    return found
+
+
+def _dimension(key: str, place: str, spec: dict[str, Any], number: str | None) -> Dimension:
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ValueError(f"{place}.choices must be a non-empty list, got {choices!r}")
+        for i, choice in enumerate(choices):
+            if choice is not None and not isinstance(choice, (bool, int, float, str)):
+                raise ValueError(f"{place}.choices[{i}] must be a number, a string, true/false or null, got {choice!r}")
+            problem = _accepts(key, choice)
+            if problem:
+                raise ValueError(f"{place}.choices[{i}] {problem}")
+        if len(set(map(repr, choices))) != len(choices):
+            raise ValueError(f"{place}.choices must not repeat a value, got {choices!r}")
+        return Dimension(key, "choice", choices=tuple(choices))
+    if number is None:
+        raise ValueError(f"{place} takes no range (it is not a number): give {{choices: [...]}}")
+    if "low" not in spec or "high" not in spec:
+        raise ValueError(f"{place} needs both low and high")
+    for bound in ("low", "high"):
+        value = spec[bound]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{place}.{bound} must be a number, got {value!r}")
+        problem = _accepts(key, value)
+        if problem:
+            raise ValueError(f"{place}.{bound} {problem}")
+    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
+    if not low < high:
+        raise ValueError(f"{place}.low must be below high ({high!r}), got {low!r}")
+    if not isinstance(log, bool):
+        raise ValueError(f"{place}.log must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise ValueError(f"{place}.low must be > 0 for a log range, got {low!r}")
+    if step is not None:
+        whole = number == "int" and (isinstance(step, bool) or not isinstance(step, int))
+        if whole or isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
+            kind = "integer" if number == "int" else "number"
+            raise ValueError(f"{place}.step must be a positive {kind}, got {step!r}")
+        if log:
+            raise ValueError(f"{place}: a range is either log or stepped, not both")
+    return Dimension(key, number, low=low, high=high, log=log, step=step)
+
+
+def grid_points(dimension: Dimension) -> list:
+    """The values a grid search tries of one dimension (choices, or a stepped or integer range)."""
+    if dimension.kind == "choice":
+        return list(dimension.choices)
+    step = dimension.step or 1
+    count = int((dimension.high - dimension.low) / step + 1e-9) + 1
+    values = [dimension.low + i * step for i in range(count)]
+    return [int(v) for v in values] if dimension.kind == "int" else [round(v, 12) for v in values]
+
+
+class TuneParams(Section):
+    """`tune`: the adaptive hyperparameter search (pipeline/tune.py). Off, the stage writes no best
+    params and train takes its own section as it is."""
+
+    enabled: bool = False
+    space: dict[str, Any] = DEFAULT_SPACE
+    # Finished trials (complete or pruned) of the study; null: as many as `timeout` allows.
+    trials: Annotated[int, Field(ge=1, le=100_000)] | None = 24
+    # Seconds this run of the search may start trials for (null: until `trials`).
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    # Epochs each trial trains at most (null: train's own); the best params never include it
+    # unless `epochs` is in the space.
+    epochs: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # Of the validation split, never the test split: val_accuracy is maximised, val_loss minimised.
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    seed: Seed = 42
+    # Trials sampled at random before TPE models the results, and before the median pruner compares.
+    startup_trials: Annotated[int, Field(ge=0, le=100_000)] = 5
+    # median: stop a trial whose best so far is below the median of the others' at the same epoch;
+    # halving: successive halving (ASHA), only the best third of the trials at each rung of epochs
+    # (warmup_epochs × 3^k) go on; hyperband: successive halving over several such brackets; none.
+    pruner: Literal["median", "halving", "hyperband", "none"] = "median"
+    # Epochs a trial trains before the pruner may stop it.
+    warmup_epochs: Annotated[int, Field(ge=0, le=100_000)] = 1
+    # Processes running trials on this machine (each one a share of its cores); more machines join
+    # with `python -m pipeline.tune_worker` (README: Tuning).
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    # Where the study lives: null is beside the tracking store (a SQLite file next to it, or the
+    # schema `optuna` of its PostgreSQL database); else an SQLAlchemy URL, e.g. postgresql://host/db.
+    storage: str | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _database_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^(sqlite|postgresql|mysql)(\+\w+)?://", url):
+            raise ValueError(f"must be a database URL (sqlite:///path, postgresql://host/database), got {url!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _space_fits_train(self) -> TuneParams:
+        dimensions = space_dimensions(self.space)
+        if not dimensions:
+            raise ValueError(".space must name at least one train key")
+        if self.trials is None and self.timeout is None:
+            raise ValueError(".trials is null and so is timeout: the search would never end")
+        if self.sampler == "grid":
+            for dimension in dimensions.values():
+                if dimension.kind == "float" and dimension.step is None or dimension.log:
+                    raise ValueError(f".space.{dimension.key}: a grid needs choices or a stepped range")
+        return self
+
+    @property
+    def dimensions(self) -> dict[str, Dimension]:
+        return space_dimensions(self.space)
+
+
 # --------------------------------------------------------------------------- mlflow
 NAME = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -352,6 +534,7 @@ class Params(Section):
     export: ExportParams = ExportParams()
     verify: VerifyParams = VerifyParams()
     promote: PromoteParams = PromoteParams()
+    tune: TuneParams = TuneParams()
     mlflow: MlflowParams = MlflowParams()
 
 

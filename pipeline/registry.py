@@ -1,6 +1,10 @@
 """The MLflow model registry: versions of a registered model, its aliases (`champion` in
 production, `challenger` the newest candidate: pipeline/promote.py), their tags and descriptions,
-and ONNX files logged and registered, all through an explicit client (pipeline/tracking.py)."""
+and ONNX files logged and registered, all through an explicit client (pipeline/tracking.py).
+
+A version points at an MLflow 3 logged model (`onnx-model`, source `models:/<model id>`), which
+holds the files, the test metrics and the run it came from; versions registered before that point
+at the run's `onnx_model/` artifacts (`runs:/...`), and both are read alike."""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from typing import Any
 from pipeline.errors import PipelineError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-MODEL_DIR = "onnx_model"  # where the run keeps the registered MLflow model
+MODEL_DIR = "onnx_model"  # where a run kept the registered MLflow model, before logged models
 EXTRA_DIR = "files"  # inside it: the version's other exported files (int8 ONNX, LiteRT)
+ONNX_MODEL = "onnx-model"  # the registered model's name among the experiment's logged models
 
 
 def registered_model_name(configured: str | None, meta) -> str:
@@ -54,19 +59,26 @@ class Registry:
     def set_description(self, name: str, version: str, text: str) -> None:
         self.client.update_model_version(name, str(version), description=text)
 
-    def register(self, run_id: str, save, name: str, extra_files: tuple[Path, ...] = ()) -> str:
-        """A new version of `name`: the MLflow model `save(directory)` writes (pipeline/mlflow_model.py),
-        logged into the run (`onnx_model/`) and registered; returns the version. `extra_files` (the
-        other exported forms: int8 ONNX, LiteRT) travel in the version's directory under `files/`, so
-        the version holds every deployable file.
+    def register(self, run, save, name: str, extra_files: tuple[Path, ...] = (), metrics: dict | None = None,
+                 datasets: dict | None = None, params: dict | None = None) -> str:  # fmt: skip
+        """A new version of `name`: the MLflow model `save(directory)` writes (pipeline/mlflow_model.py)
+        as the run's (tracking.Run) logged model `onnx-model`, with `metrics` linked to their `datasets`
+        (Run.log_metrics) and `params`; the version points at it. Returns the version. `extra_files`
+        (the other exported forms: int8 ONNX, LiteRT) travel in the model's directory under `files/`,
+        so the version holds every deployable file.
 
         Saved locally, then logged and registered through this registry's client: MLflow's
         `log_model` would need the global tracking URI and an active run."""
+        import json
         import shutil
         import tempfile
 
         from mlflow.exceptions import MlflowException
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+        model_id = run.logged_model(ONNX_MODEL, params or {}, "onnx")
+        if metrics:
+            run.log_metrics(metrics, model_id=model_id, datasets=datasets)
         with tempfile.TemporaryDirectory(prefix="onnx-model-") as tmp:
             local = Path(tmp) / MODEL_DIR
             save(local)
@@ -74,18 +86,33 @@ class Registry:
                 (local / EXTRA_DIR).mkdir()
                 for extra in extra_files:
                     shutil.copy2(extra, local / EXTRA_DIR / extra.name)
-            self.client.log_artifacts(run_id, str(local), MODEL_DIR)
+            run.finish_model(model_id, local)
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = self.client.create_model_version(name, f"runs:/{run_id}/{MODEL_DIR}", run_id=run_id)
+        # An embedded store resolves a `models:/` source through a client of the global tracking URI
+        # (MLflow 3.17's SQLAlchemy registry: "TODO: propagate tracking URI"): this store's, for the call.
+        with _use_tracking_uri(self.tracking_uri):
+            version = self.client.create_model_version(name, f"models:/{model_id}", run_id=run.run_id,
+                                                       model_id=model_id)  # fmt: skip
+        # What MLflow's own register_model records: the logged model lists the versions made of it.
+        known = json.loads(self.client.get_logged_model(model_id).tags.get("mlflow.modelVersions", "[]"))
+        versions = [*known, {"name": name, "version": str(version.version)}]
+        self.client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(versions)})
         return str(version.version)
 
     def download(self, name: str, version: str, directory: Path) -> Path:
         """The registered version's MLflow model directory, through this registry's client."""
         source = self.version(name, version).source
+        if source.startswith("models:/m-"):  # a logged model (MLflow 3): its files, found by this client
+            import mlflow.artifacts
+
+            location = self.client.get_logged_model(source[len("models:/") :]).artifact_location
+            directory.mkdir(parents=True, exist_ok=True)
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(directory),
+                                                            tracking_uri=self.tracking_uri))  # fmt: skip
         if not source.startswith("runs:/"):
             raise PipelineError(f"registered model {name} v{version} was not logged by this pipeline ({source})")
         run_id, _, artifact = source[len("runs:/") :].partition("/")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,10 @@ from typing import Any
 from pipeline.errors import PipelineError, first_line
 
 RUN_FILE_KEYS = ("run_id", "experiment_id", "tracking_uri")
+# The experiment's kind as MLflow knows it: model training (runs and models), not GenAI (traces).
+# MLflow 3.17's UI reads it where its own per-browser GenAI / model-training switch is off; the README
+# links the model-training view (`?workflowType=machine_learning`).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def project_root() -> Path:
@@ -183,11 +189,14 @@ class Run:
     def _experiment_id(client, name: str, uri: str) -> str:
         from mlflow.exceptions import MlflowException
 
+        kind, value = EXPERIMENT_KIND
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
+            if kind not in experiment.tags:  # an experiment made before this: its kind, unless someone chose one
+                client.set_experiment_tag(experiment.experiment_id, kind, value)
             return experiment.experiment_id
         try:
-            return client.create_experiment(name, artifact_location=artifact_root(uri))
+            return client.create_experiment(name, artifact_location=artifact_root(uri), tags={kind: value})
         except MlflowException as exc:
             # Another training created it between our look-up and our create: use theirs.
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -248,12 +257,17 @@ class Run:
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-
+    def log_metrics(
+        self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None,
+        datasets: dict[str, tuple[str, str]] | None = None,
+    ) -> None:  # fmt: skip
+        """Metrics at `step`; with `model_id` also the logged model's, each linked to the dataset
+        (name, digest) `datasets` gives its key (MLflow 3: the Models tab shows them by dataset)."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in sorted(metrics.items())]
+        now, datasets = int(time.time() * 1000), datasets or {}
+        items = [Metric(k, float(v), now, step or 0, model_id, *datasets.get(k, (None, None)))
+                 for k, v in sorted(metrics.items())]  # fmt: skip
         for start in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
@@ -287,6 +301,32 @@ class Run:
         monitor.start()
         return monitor
 
+    # ------------------------------------------------------------------ logged models (MLflow 3)
+    def logged_model(self, name: str, params: dict[str, Any], model_type: str) -> str:
+        """The id of this run's MLflow 3 logged model `name` (the experiment's Models tab): its pending
+        one (a resumed training goes on with it), else a new one with `params`. Its metrics are logged
+        through `log_metrics(..., model_id=)`, its files by `finish_model`."""
+        from mlflow.entities import LoggedModelStatus
+
+        found = self.client.search_logged_models(
+            [self.experiment_id], filter_string=f"source_run_id = '{self.run_id}' AND name = '{name}'"
+        )
+        for model in found:
+            if model.status == LoggedModelStatus.PENDING:
+                return model.model_id
+        params = {k: str(v)[:6000] for k, v in params.items()}
+        model = self.client.create_logged_model(self.experiment_id, name, self.run_id, params=params,
+                                                model_type=model_type)  # fmt: skip
+        return model.model_id
+
+    def finish_model(self, model_id: str, directory: Path) -> None:
+        """The logged model's files (what `directory` holds), then READY and linked as the run's output."""
+        from mlflow.entities import LoggedModelOutput
+
+        self.client.log_model_artifacts(model_id, str(directory))
+        self.client.finalize_logged_model(model_id, "READY")
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model_id, step=0)])
+
     @property
     def registry(self):
         """The model registry of this run's store (pipeline/registry.py)."""
@@ -298,16 +338,23 @@ class Run:
         self.client.set_terminated(self.run_id, status=status)
 
 
+KERAS_MODEL = "keras-model"  # the trained model's name among the experiment's logged models
+
+
 class TrainingRun:
     """The chief's MLflow run for one training: opened once Keras has built the model (a bad layer
     list leaves no run), fed each epoch, finished with the outcome (or failed: killed or failed).
-    Other workers of a multi-machine training open none."""
+    Other workers of a multi-machine training open none. The trained model is the run's MLflow 3
+    logged model (`keras-model`): each epoch's metrics are its too, linked to the split they were
+    measured on, and its files are the saved model and its summary."""
 
     def __init__(self, configured_uri: str | None, experiment_name: str | None):
         self.configured_uri, self.experiment_name = configured_uri, experiment_name
         self.run: Run | None = None
         self.monitor = None
         self.unlogged: list[tuple[int, dict[str, float]]] = []  # epochs the store did not take
+        self.model_id: str | None = None
+        self.splits: dict[str, tuple[str, str]] = {}  # metric → the dataset (name, digest) it was measured on
 
     @property
     def tracking_uri(self) -> str:
@@ -346,6 +393,9 @@ class TrainingRun:
         if not resumed:
             hashes = {split: meta.split_sha256[split] for split in ("train", "val")}
             log_dataset_inputs(self.run, meta.name, meta.source, split_inputs(meta, hashes))
+        train, val = ((f"{meta.name}/{split}", meta.split_sha256[split][:32]) for split in ("train", "val"))
+        self.splits = {"loss": train, "accuracy": train, "val_loss": val, "val_accuracy": val}
+        self.model_id = self.run.logged_model(KERAS_MODEL, dotted(p.model_dump(mode="json"), "train."), "keras")
 
     def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
         """The epoch's metrics into the run. A store that stops answering does not stop the training:
@@ -357,7 +407,7 @@ class TrainingRun:
             self.unlogged.append((epoch, metrics))
             return
         try:
-            self.run.log_metrics(metrics, step=epoch)
+            self.run.log_metrics(metrics, step=epoch, model_id=self.model_id, datasets=self.splits)
         except Exception as exc:
             problem = store_problem(exc)
             if problem is None:
@@ -380,6 +430,8 @@ class TrainingRun:
                 self.stop_monitor()
                 if self.run is not None:
                     self.run.end("KILLED" if interrupted else "FAILED")
+                    if self.model_id is not None and not interrupted:  # killed: a rerun resumes it
+                        self.run.client.finalize_logged_model(self.model_id, "FAILED")
 
         ending = threading.Thread(target=end, daemon=True)
         ending.start()
@@ -390,7 +442,7 @@ class TrainingRun:
         self.stop_monitor()
         run, devices, report = self.run, result.devices, result.report
         for epoch, metrics in self.unlogged:
-            run.log_metrics(metrics, step=epoch)
+            run.log_metrics(metrics, step=epoch, model_id=self.model_id, datasets=self.splits)
         self.unlogged = []
         run.set_tags({
             "train.strategy": devices.strategy,
@@ -412,6 +464,10 @@ class TrainingRun:
         run.log_text(result.summary, "model/summary.txt")
         for option, path in artifacts.items():
             run.log_artifact(path, "model" if option == "model" else "training")
+        with tempfile.TemporaryDirectory(prefix="keras-model-") as tmp:
+            shutil.copy2(artifacts["model"], Path(tmp) / Path(artifacts["model"]).name)
+            (Path(tmp) / "summary.txt").write_text(result.summary)
+            run.finish_model(self.model_id, Path(tmp))
         run.end()
 
     def run_file(self) -> dict[str, str]:

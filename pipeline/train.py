@@ -3,8 +3,9 @@ visible, resumable after a kill, tracked in MLflow (pipeline/training.py trains;
 stage around it).
 
 Writes the model, its history (one row per epoch), the training report and the MLflow run file that
-later stages log into. Under TF_CONFIG it is one worker of several: the chief writes the outputs and
-the run, the others only train.
+later stages log into. The train section is params.yaml's with the best values of a search over it
+(`--tuned`, models/tuned.yaml: `train: {}` when there was none; pipeline/tuned.py). Under TF_CONFIG
+it is one worker of several: the chief writes the outputs and the run, the others only train.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pipeline.errors import PipelineError
 from pipeline.presets import check_fits, filled_from_preset
 from pipeline.stage import Stage, StageResult, json_text
 from pipeline.training import CHECKPOINTS, TrainResult, train, write_history
+from pipeline.tuned import apply_tuned, read_tuned
 
 CHIEF_STATE = "fingerprint.json"  # in the work directory: which training it holds, and its MLflow run
 
@@ -80,7 +82,8 @@ def train_stage(inputs: dict[str, Path], params, outputs: dict[str, Path], run) 
     and its report; `run` (tracking.TrainingRun) is opened once Keras has built the model."""
     from pipeline.devices import cluster_spec, is_chief
 
-    p = filled_from_preset(params.train)
+    tuned = read_tuned(inputs.get("tuned"))
+    p = filled_from_preset(apply_tuned(params.train, tuned, str(inputs.get("tuned"))))
     data = checked_data(p, inputs["prepared"])
     chief = is_chief(cluster_spec())
     # The chief keeps the resumable state in the shared place; other workers keep their own (the
@@ -91,6 +94,9 @@ def train_stage(inputs: dict[str, Path], params, outputs: dict[str, Path], run) 
 
     def started(model) -> None:
         run.start(p, data, model, resume_id)
+        if tuned.search:  # trained on a search's best values: which search, which trial
+            keys = ("study", "trial", "mlflow_parent_run_id")
+            run.run.set_tags({f"tune.{key}": value for key, value in tuned.search.items() if key in keys})
         state.remember(run.run_id)
 
     try:
@@ -150,7 +156,7 @@ STAGE = Stage(
     "train",
     __doc__,
     params=("train", "mlflow.tracking_uri", "mlflow.experiment_name"),
-    inputs=("prepared",),
+    inputs=("prepared", "tuned"),
     outputs=("model", "history", "report", "run_file"),
     state=("work_dir",),
     core=train_stage,
