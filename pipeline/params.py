@@ -8,130 +8,25 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pipeline import format_sections as sections
 from pipeline.errors import PipelineError
-from pipeline.schema import PRESET_NAMES, BatchSize, ClassNames, FormatSection, Section, Seed
+from pipeline.format_sections import FORMAT_SECTIONS
+from pipeline.safe_yaml import AliasBomb, BoundedLoader
+from pipeline.schema import PRESET_NAMES, BatchSize, FormatSection, Section, Seed, describe_error, key_of
+from pipeline.search_space import DEFAULT_SPACE, Dimension, space_dimensions
 
 # Archive bounds: real data sets compress by at most ~10x (CIFAR-10's tarball by 1.1x).
 MAX_EXTRACTED_BYTES = 16 * 2**30
 MAX_COMPRESSION_RATIO = 100
-# YAML aliases (`*name`) may repeat an anchored value, but not add more than this many values to
-# the file's own: nested aliases (a "billion laughs" file) multiply, and validation, tracking and
-# flattening would walk every copy (gigabytes, minutes) where the parsed file is a few kilobytes.
-MAX_ALIAS_VALUES = 1_000_000
 
 
 # --------------------------------------------------------------------------- data / fetch
-# One section per data format (`data.<format>`): which files, how to read them. The readers are
-# pipeline/formats/<format>.py; these classes are only the schema, so no stage depends on a reader
-# it does not run.
-class IdxSection(FormatSection):
-    """`data.idx`: images (n, h, w) or (n, h, w, c) and labels (n,), gzip'd or plain."""
-
-    url_prefix_ok: ClassVar[bool] = True  # data.source may be an http(s) prefix the file names are appended to
-    train_images: str = "train-images-idx3-ubyte.gz"
-    train_labels: str = "train-labels-idx1-ubyte.gz"
-    test_images: str = "t10k-images-idx3-ubyte.gz"
-    test_labels: str = "t10k-labels-idx1-ubyte.gz"
-
-    def files(self) -> list[str]:
-        return [self.train_images, self.train_labels, self.test_images, self.test_labels]
-
-
-class Cifar10Section(FormatSection):
-    """`data.cifar10`: batch files of records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32)."""
-
-    url_prefix_ok: ClassVar[bool] = True
-    train: Annotated[list[str], Field(min_length=1)] = [f"data_batch_{i}.bin" for i in range(1, 6)]
-    test: Annotated[list[str], Field(min_length=1)] = ["test_batch.bin"]
-    class_names: ClassNames | None = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                      "ship", "truck"]  # fmt: skip
-
-    def files(self) -> list[str]:
-        return [*self.train, *self.test]
-
-
-Side = Annotated[int, Field(ge=1, le=4096)]
-
-
-class ImageFolderSection(FormatSection):
-    """`data.image_folder`: one subdirectory per class of image files, under `train` (and `test`)."""
-
-    url_prefix_ok: ClassVar[bool] = False  # a folder tree has no file list to append to a URL
-    train: str = "train"
-    test: str | None = "test"  # null: prepare.test_fraction of `train` becomes the test split
-    image_size: tuple[Side, Side] = (28, 28)
-    color_mode: Literal["grayscale", "rgb"] = "grayscale"
-    unreadable: Literal["fail", "skip"] = "fail"  # an image that cannot be decoded: stop, or skip and report
-
-    def files(self) -> list[str]:
-        return [f"{self.train}/"] + ([f"{self.test}/"] if self.test else [])
-
-    def known_files(self) -> list[str] | None:
-        return None  # any image under the folders may be named
-
-
-class CsvSection(FormatSection):
-    """`data.csv`: a table with a header row, numeric feature columns and a label column."""
-
-    url_prefix_ok: ClassVar[bool] = True
-    train: str = "train.csv"
-    test: str | None = "test.csv"  # null: prepare.test_fraction of `train` becomes the test split
-    label_column: str = "label"
-    feature_columns: Annotated[list[str], Field(min_length=1)] | None = None  # null: every column but the label
-
-    def files(self) -> list[str]:
-        return [self.train] + ([self.test] if self.test else [])
-
-
-# A text's UTF-8 bytes the model reads (longer texts are cut, shorter ones zero-padded): its input width.
-MaxBytes = Annotated[int, Field(ge=16, le=65_536)]
-Unreadable = Literal["fail", "skip"]
-
-
-class TextFolderSection(FormatSection):
-    """`data.text_folder`: one subdirectory per class of UTF-8 .txt files (one text each), under
-    `train` (and `test`): the layout of the IMDB reviews and 20 Newsgroups archives."""
-
-    url_prefix_ok: ClassVar[bool] = False  # a folder tree has no file list to append to a URL
-    train: str = "train"
-    test: str | None = "test"  # null: prepare.test_fraction of `train` becomes the test split
-    max_bytes: MaxBytes = 1024
-    unreadable: Unreadable = "fail"  # a file that is not a text (bad UTF-8, empty, too long): stop, or skip and report
-
-    def files(self) -> list[str]:
-        return [f"{self.train}/"] + ([f"{self.test}/"] if self.test else [])
-
-    def known_files(self) -> list[str] | None:
-        return None  # any text under the folders may be named
-
-
-class TextTableSection(FormatSection):
-    """`data.text_table`: texts and labels in a table: CSV (.csv), TSV (.tsv) or JSON lines (.jsonl),
-    by each file's suffix."""
-
-    url_prefix_ok: ClassVar[bool] = True
-    train: str = "train.csv"
-    test: str | None = "test.csv"  # null: prepare.test_fraction of `train` becomes the test split
-    text_column: str = "text"
-    label_column: str = "label"
-    max_bytes: MaxBytes = 1024
-    unreadable: Unreadable = "fail"  # a row without a text or label, or a text too long: stop, or skip and report
-
-    def files(self) -> list[str]:
-        return [self.train] + ([self.test] if self.test else [])
-
-
-FORMAT_SECTIONS = {"idx": IdxSection, "cifar10": Cifar10Section, "image_folder": ImageFolderSection,
-                   "csv": CsvSection, "text_folder": TextFolderSection, "text_table": TextTableSection}  # fmt: skip
-
-
 class DataParams(Section):
     # Which format's reader prepare uses; its section below says which files and how to read them.
     format: Literal[tuple(FORMAT_SECTIONS)] = "idx"  # type: ignore[valid-type]
@@ -144,12 +39,12 @@ class DataParams(Section):
     # download (an archive or a file under a URL prefix) stops at this many bytes too.
     max_extracted_bytes: Annotated[int, Field(ge=1)] = MAX_EXTRACTED_BYTES
     max_compression_ratio: Annotated[float, Field(ge=1)] = MAX_COMPRESSION_RATIO
-    idx: IdxSection = IdxSection()
-    cifar10: Cifar10Section = Cifar10Section()
-    image_folder: ImageFolderSection = ImageFolderSection()
-    csv: CsvSection = CsvSection()
-    text_folder: TextFolderSection = TextFolderSection()
-    text_table: TextTableSection = TextTableSection()
+    idx: sections.IdxSection = sections.IdxSection()
+    cifar10: sections.Cifar10Section = sections.Cifar10Section()
+    image_folder: sections.ImageFolderSection = sections.ImageFolderSection()
+    csv: sections.CsvSection = sections.CsvSection()
+    text_folder: sections.TextFolderSection = sections.TextFolderSection()
+    text_table: sections.TextTableSection = sections.TextTableSection()
 
     @property
     def dataset_name(self) -> str:
@@ -335,129 +230,6 @@ class PromoteParams(Section):
 
 
 # --------------------------------------------------------------------------- tune
-# The search space: train's own keys (nested as in the train section), each a range or a list of
-# choices. What a search tries by default, on the default preset's data: README, Tuning.
-DEFAULT_SPACE = {
-    "model": {"choices": ["cnn", "cnn2", "mlp"]},
-    "learning_rate": {"low": 0.0003, "high": 0.01, "log": True},
-    "batch_size": {"choices": [64, 128, 256]},
-    "label_smoothing": {"low": 0.0, "high": 0.2},
-}
-RANGE_KEYS, CHOICE_KEYS = {"low", "high", "log", "step"}, {"choices"}
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One key of the search space: `key` dotted below train (`learning_rate`, `augment.translate`);
-    `kind` int or float (a range: low, high, log, step) or choice (choices)."""
-
-    key: str
-    kind: Literal["int", "float", "choice"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple = ()
-
-
-def _number_kind(annotation: Any) -> str | None:
-    """int or float when a train key takes numbers (bool is not one), else None."""
-    if annotation is bool:
-        return None
-    if annotation in (int, float):
-        return annotation.__name__
-    kinds = {_number_kind(arg) for arg in get_args(annotation)} - {None}
-    return "int" if "int" in kinds else ("float" if "float" in kinds else None)
-
-
-def _accepts(key: str, value: Any) -> str | None:
-    """Why train.<key> (dotted) cannot take `value`, in the schema's own words; None when it can."""
-    *sections, leaf = key.split(".")
-    raw: dict[str, Any] = {leaf: value}
-    for section in reversed(sections):
-        raw = {section: raw}
-    try:
-        TrainParams.model_validate(raw)
-    except ValidationError as exc:
-        return _describe(exc.errors()[0])
-    return None
-
-
-def space_dimensions(space: dict[str, Any], prefix: str = "", model=None) -> dict[str, Dimension]:
-    """The space's keys as dimensions, each checked against the train key it sets: a key that is not
-    train's, a range on a key of fixed choices, or a bound or choice the key refuses is a ValueError
-    whose text starts with its dotted place (`.space.learning_rate.low must be > 0, got 0`)."""
-    model = model or TrainParams
-    found: dict[str, Dimension] = {}
-    for name, spec in space.items():
-        key, place = f"{prefix}{name}", f".space.{prefix}{name}"
-        field = model.model_fields.get(name)
-        if field is None:
-            raise ValueError(f"{place} is not a key of train")
-        section = field.annotation if isinstance(field.annotation, type) else None
-        if section is not None and issubclass(section, BaseModel):
-            if not isinstance(spec, dict) or set(spec) & (RANGE_KEYS | CHOICE_KEYS):
-                raise ValueError(f"{place} is a section of train: give its keys' ranges or choices")
-            found.update(space_dimensions(spec, f"{key}.", section))
-            continue
-        if not isinstance(spec, dict) or not spec or not (set(spec) <= RANGE_KEYS or set(spec) <= CHOICE_KEYS):
-            raise ValueError(f"{place} must be {{low, high[, log][, step]}} or {{choices: [...]}}, got {spec!r}")
-        found[key] = _dimension(key, place, spec, _number_kind(field.annotation))
-    return found
-
-
-def _dimension(key: str, place: str, spec: dict[str, Any], number: str | None) -> Dimension:
-    if "choices" in spec:
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise ValueError(f"{place}.choices must be a non-empty list, got {choices!r}")
-        for i, choice in enumerate(choices):
-            if choice is not None and not isinstance(choice, (bool, int, float, str)):
-                raise ValueError(f"{place}.choices[{i}] must be a number, a string, true/false or null, got {choice!r}")
-            problem = _accepts(key, choice)
-            if problem:
-                raise ValueError(f"{place}.choices[{i}] {problem}")
-        if len(set(map(repr, choices))) != len(choices):
-            raise ValueError(f"{place}.choices must not repeat a value, got {choices!r}")
-        return Dimension(key, "choice", choices=tuple(choices))
-    if number is None:
-        raise ValueError(f"{place} takes no range (it is not a number): give {{choices: [...]}}")
-    if "low" not in spec or "high" not in spec:
-        raise ValueError(f"{place} needs both low and high")
-    for bound in ("low", "high"):
-        value = spec[bound]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{place}.{bound} must be a number, got {value!r}")
-        problem = _accepts(key, value)
-        if problem:
-            raise ValueError(f"{place}.{bound} {problem}")
-    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
-    if not low < high:
-        raise ValueError(f"{place}.low must be below high ({high!r}), got {low!r}")
-    if not isinstance(log, bool):
-        raise ValueError(f"{place}.log must be true or false, got {log!r}")
-    if log and low <= 0:
-        raise ValueError(f"{place}.low must be > 0 for a log range, got {low!r}")
-    if step is not None:
-        whole = number == "int" and (isinstance(step, bool) or not isinstance(step, int))
-        if whole or isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
-            kind = "integer" if number == "int" else "number"
-            raise ValueError(f"{place}.step must be a positive {kind}, got {step!r}")
-        if log:
-            raise ValueError(f"{place}: a range is either log or stepped, not both")
-    return Dimension(key, number, low=low, high=high, log=log, step=step)
-
-
-def grid_points(dimension: Dimension) -> list:
-    """The values a grid search tries of one dimension (choices, or a stepped or integer range)."""
-    if dimension.kind == "choice":
-        return list(dimension.choices)
-    step = dimension.step or 1
-    count = int((dimension.high - dimension.low) / step + 1e-9) + 1
-    values = [dimension.low + i * step for i in range(count)]
-    return [int(v) for v in values] if dimension.kind == "int" else [round(v, 12) for v in values]
-
-
 class TuneParams(Section):
     """`tune`: the adaptive hyperparameter search (pipeline/tune.py). Off, the stage writes no best
     params and train takes its own section as it is."""
@@ -499,7 +271,7 @@ class TuneParams(Section):
 
     @model_validator(mode="after")
     def _space_fits_train(self) -> TuneParams:
-        dimensions = space_dimensions(self.space)
+        dimensions = space_dimensions(self.space, TrainParams)
         if not dimensions:
             raise ValueError(".space must name at least one train key")
         if self.trials is None and self.timeout is None:
@@ -512,7 +284,7 @@ class TuneParams(Section):
 
     @property
     def dimensions(self) -> dict[str, Dimension]:
-        return space_dimensions(self.space)
+        return space_dimensions(self.space, TrainParams)
 
 
 # --------------------------------------------------------------------------- mlflow
@@ -539,72 +311,19 @@ class Params(Section):
 
 
 # --------------------------------------------------------------------------- loading
-_TEMPLATES = {
-    "greater_than_equal": "must be >= {ge}",
-    "greater_than": "must be > {gt}",
-    "less_than_equal": "must be <= {le}",
-    "less_than": "must be < {lt}",
-    "missing": "is required",
-    "extra_forbidden": "is not a known key",
-    "literal_error": "must be {expected}",
-    "int_type": "must be an integer",
-    "int_parsing": "must be an integer",
-    "int_from_float": "must be an integer",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "finite_number": "must be a finite number",
-    "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false",
-    "string_type": "must be a string",
-    "list_type": "must be a list",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping",
-    "too_short": "must have at least {min_length} items",
-    "string_pattern_mismatch": "must match {pattern}",
-}
-
-
-def _key_of(loc: tuple) -> str:
-    # Union branches put their tag ("list[...]", "literal[...]") in the location: drop it.
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif "[" in str(part) or str(part).startswith("function-"):
-            continue
-        else:
-            path += f".{part}" if path else str(part)
-    return path
-
-
-def _describe(error: dict) -> str:
-    kind = error["type"]
-    ctx = error.get("ctx", {})
-    if kind == "value_error":
-        text = str(ctx.get("error", error["msg"]))
-    elif kind in _TEMPLATES:
-        text = _TEMPLATES[kind].format(**ctx)
-    else:
-        text = error["msg"][0].lower() + error["msg"][1:]
-    value = error.get("input")
-    quiet = kind in ("missing", "extra_forbidden") or isinstance(value, dict)
-    got = "" if quiet else f", got {value!r}"
-    return f"{text}{got}"
-
-
 def format_validation_error(source: str, exc: ValidationError) -> str:
     errors = exc.errors()
     # A union reports every branch; the most specific (deepest) one is the useful one.
     errors.sort(key=lambda e: -len(e["loc"]))
     first = errors[0]
-    key = _key_of(first["loc"])
+    key = key_of(first["loc"])
     if first["type"] == "value_error" and str(first.get("ctx", {}).get("error", "")).startswith(("[", ".")):
         # A validator of a whole section names the key inside it: "[3] ..." or ".sha256 ...".
         key, _, rest = f"{key}{first['ctx']['error']}".partition(" ")
         line = f"{source}: {key} {rest}"
     else:
-        line = f"{source}: {key} {_describe(first)}"
-    others = {_key_of(e["loc"]) for e in errors} - {_key_of(first["loc"])}
+        line = f"{source}: {key} {describe_error(first)}"
+    others = {key_of(e["loc"]) for e in errors} - {key_of(first["loc"])}
     if others:
         line += f" (and {len(others)} more)"
     return line
@@ -619,78 +338,10 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise PipelineError(format_validation_error(source, exc)) from None
 
 
-class AliasBomb(yaml.YAMLError):
-    """A document whose aliases expand it past MAX_ALIAS_VALUES, or one that holds itself."""
-
-
-def check_aliases(root: yaml.Node, limit: int = MAX_ALIAS_VALUES) -> None:
-    """Count the values of the composed document `root` with every alias expanded, in time linear in
-    its distinct nodes (each collection's expanded count is computed once); raise AliasBomb when the
-    aliases add more than `limit` values to the document's own, or a collection holds itself."""
-    size: dict[int, int] = {}  # id(collection) -> its values, aliases expanded
-    parents: dict[int, int] = {}  # id(collection) -> how many collections hold it (more than one: aliased)
-    nodes: dict[int, yaml.Node] = {}
-    scalars: set[int] = set()
-    active: set[int] = set()  # the collections on the path being expanded: one met again holds itself
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        if isinstance(node, yaml.ScalarNode):
-            return  # the document is one scalar
-        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
-        key = id(node)
-        if done:
-            total = 1
-            for child in children:
-                if isinstance(child, yaml.ScalarNode):
-                    scalars.add(id(child))
-                    total += 1
-                else:
-                    total += size[id(child)]
-            size[key] = total
-            active.discard(key)
-        elif key in active:
-            line = node.start_mark.line + 1
-            raise AliasBomb(f"the anchor on line {line} holds an alias to itself (a recursive value)")
-        elif key not in size:
-            active.add(key)
-            nodes[key] = node
-            stack.append((node, True))
-            for child in children:
-                if not isinstance(child, yaml.ScalarNode):
-                    parents[id(child)] = parents.get(id(child), 0) + 1
-                    stack.append((child, False))
-    added = size[id(root)] - len(size) - len(scalars)
-    if added > limit:
-        repeated = max((k for k, n in parents.items() if n > 1), key=size.__getitem__, default=None)
-        largest = (
-            f" (the anchor on line {nodes[repeated].start_mark.line + 1}, {size[repeated]:,} values, "
-            f"{parents[repeated]} times)"
-            if repeated is not None
-            else ""
-        )
-        raise AliasBomb(
-            f"its aliases expand it to {size[id(root)]:,} values{largest}, more than {limit:,} beyond its own "
-            '(a "billion laughs" file)'
-        )
-
-
-class ParamsLoader(yaml.SafeLoader):
-    """yaml.safe_load's loader, refusing before anything is constructed a document whose aliases
-    would expand it past MAX_ALIAS_VALUES (check_aliases)."""
-
-    def get_single_data(self):
-        node = self.get_single_node()
-        if node is None:
-            return None
-        check_aliases(node)
-        return self.construct_document(node)
-
-
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=ParamsLoader)  # a SafeLoader
+        raw = yaml.load(path.read_text(), Loader=BoundedLoader)  # a SafeLoader
     except FileNotFoundError:
         raise PipelineError(f"{path}: params file not found") from None
     except AliasBomb as exc:

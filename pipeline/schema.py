@@ -81,3 +81,57 @@ def positive_class_problem(positive: str | None, class_names: list[str] | None) 
     if positive not in class_names:
         return f"{positive!r} is not one of the classes {class_names}"
     return None
+
+
+# How a validation error reads: `<dotted key> <what it must be>, got <value>`.
+TEMPLATES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "missing": "is required",
+    "extra_forbidden": "is not a known key",
+    "literal_error": "must be {expected}",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "too_short": "must have at least {min_length} items",
+    "string_pattern_mismatch": "must match {pattern}",
+}
+
+
+def key_of(loc: tuple) -> str:
+    # Union branches put their tag ("list[...]", "literal[...]") in the location: drop it.
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif "[" in str(part) or str(part).startswith("function-"):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def describe_error(error: dict) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    if kind == "value_error":
+        text = str(ctx.get("error", error["msg"]))
+    elif kind in TEMPLATES:
+        text = TEMPLATES[kind].format(**ctx)
+    else:
+        text = error["msg"][0].lower() + error["msg"][1:]
+    value = error.get("input")
+    quiet = kind in ("missing", "extra_forbidden") or isinstance(value, dict)
+    got = "" if quiet else f", got {value!r}"
+    return f"{text}{got}"

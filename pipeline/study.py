@@ -185,7 +185,7 @@ def make_sampler(tune, seed: int | None):
     or a grid of the choices and stepped ranges."""
     import optuna
 
-    from pipeline.params import grid_points
+    from pipeline.search_space import grid_points
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -212,7 +212,7 @@ def make_pruner(tune, max_epochs: int):
 
 
 def grid_size(tune) -> int | None:
-    from pipeline.params import grid_points
+    from pipeline.search_space import grid_points
 
     if tune.sampler != "grid":
         return None
@@ -223,7 +223,7 @@ def grid_size(tune) -> int | None:
 
 
 def suggest(trial, dimensions: dict) -> dict[str, Any]:
-    """The trial's value of each dimension (params.Dimension), by dotted key below train."""
+    """The trial's value of each dimension (search_space.Dimension), by dotted key below train."""
     values = {}
     for key, d in dimensions.items():
         if d.kind == "choice":
