@@ -79,7 +79,7 @@ def checked_data(p, prepared: Path):
 
 def train_stage(inputs: dict[str, Path], params, outputs: dict[str, Path], run) -> StageResult:
     """Train (resuming an interrupted run of the same training) and write the model, its history
-    and its report; `run` (tracking.TrainingRun) is opened once Keras has built the model."""
+    and its report; `run` (training_run.TrainingRun) is opened once Keras has built the model."""
     from pipeline.devices import cluster_spec, is_chief
 
     tuned = read_tuned(inputs.get("tuned"))
@@ -147,7 +147,7 @@ def publish(result: StageResult, run, outputs: dict[str, Path]) -> dict:
 
 
 def open_training_run(params, inputs: dict[str, Path]):
-    from pipeline.tracking import TrainingRun
+    from pipeline.training_run import TrainingRun
 
     return TrainingRun(params.mlflow.tracking_uri, params.mlflow.experiment_name)
 
