@@ -8,11 +8,12 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from pipeline.errors import PipelineError
+from pipeline.errors import INTERRUPTED, PipelineError
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:
@@ -121,7 +122,27 @@ def environment_kept(*names: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _interrupt(signum, frame) -> None:
+    INTERRUPTED.set()  # remembered: the exception may land where Python drops it (errors.INTERRUPTED)
+    raise KeyboardInterrupt
+
+
+def _unraisable(hook):
+    """sys.unraisablehook that keeps quiet about a Ctrl-C Python dropped (the stage ends at its next
+    check of errors.INTERRUPTED, with one line); anything else goes to `hook`."""
+
+    def report(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+
+    return report
+
+
 def _run(main: Callable[[list[str] | None], None], argv: list[str] | None) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt)
+        if not debug_enabled(argv):
+            sys.unraisablehook = _unraisable(sys.unraisablehook)
     try:
         main(argv)
     except PipelineError as exc:

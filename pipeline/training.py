@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_file
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, raise_if_interrupted
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 CHECKPOINTS = "checkpoints"  # the custom loop's checkpoints, under the work directory
@@ -272,10 +272,23 @@ def fit(model, strategy, inputs: Inputs, p, devices, recorder, work_dir: Path, s
                 monitor="val_loss", patience=p.early_stopping_patience, restore_best_weights=True
             )
         )
+    callbacks.append(interrupt_check())  # last: after the epoch's backup
     started = time.perf_counter()
     with prepared_data_faults(inputs):
         run_loop(model, strategy, inputs, p, devices, callbacks, work_dir, shared_dir, custom, verbose)
     return time.perf_counter() - started
+
+
+def interrupt_check():
+    """A callback ending the training at the epoch's end when a Ctrl-C came whose KeyboardInterrupt a
+    library swallowed (errors.INTERRUPTED); the epoch's backup is written by then."""
+    import keras
+
+    class InterruptCheck(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise_if_interrupted()
+
+    return InterruptCheck()
 
 
 @contextlib.contextmanager

@@ -85,7 +85,7 @@ def test_ctrl_c_mid_epoch_is_one_line_ends_the_run_killed_and_keeps_what_resumes
         text=True,
     )
     deadline = time.time() + 300
-    while time.time() < deadline and not (state / "history.csv").exists():
+    while time.time() < deadline and not ((state / "history.csv").exists() and (state / "backup").exists()):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
