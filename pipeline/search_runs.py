@@ -11,6 +11,7 @@ import contextlib
 import json
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,8 @@ class SearchTracking(WorkerTracking):
     def open(self, search) -> None:
         from pipeline.lineage import dvc_experiment_tags, git_state, log_dataset_inputs, split_inputs
         from pipeline.params import dotted
-        from pipeline.study import record_parent, shown_url
+        from pipeline.study import record_parent
+        from pipeline.study_storage import shown_url
 
         meta = search.data.meta
         tags = {
@@ -165,7 +167,7 @@ class SearchTracking(WorkerTracking):
 
     def tuned_search(self, search, best: dict[str, Any]) -> dict[str, Any]:
         """The provenance models/tuned.yaml records with the best values."""
-        from pipeline.study import shown_url
+        from pipeline.study_storage import shown_url
 
         return {
             "study": search.study.study_name,
@@ -177,3 +179,54 @@ class SearchTracking(WorkerTracking):
             "mlflow_trial_run_id": best["run_id"],
             "tracking_uri": portable_uri(self.tracking_uri),
         }
+
+
+# ----------------------------------------------------------------------------- what the study found
+def write_plots(study, directory: Path, metric: str) -> list[Path]:
+    """The study as images a person looks at: the optimisation history (each trial's value and the
+    best so far), the parameters' importances (fANOVA, from two complete trials on) and every
+    trial's curve of `metric` by epoch (where the pruned ones stopped). Matplotlib, no browser."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    made = []
+    directory.mkdir(parents=True, exist_ok=True)
+    drawings = {
+        "optimization_history.png": lambda: plots.plot_optimization_history(study, target_name=metric),
+        "param_importances.png": lambda: plots.plot_param_importances(study),
+        "intermediate_values.png": lambda: plots.plot_intermediate_values(study),
+    }
+    for name, draw in drawings.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            try:
+                axes = draw()
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # e.g. importances of fewer than two complete trials: nothing to draw
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_size_inches(9, 5.5)
+        figure.tight_layout()
+        figure.savefig(directory / name, dpi=100)
+        plt.close(figure)
+        made.append(directory / name)
+    return made
+
+
+def trials_csv(study) -> str:
+    """Every trial of the study: number, state, value, epochs, its values, its MLflow run and worker."""
+    import csv
+    import io
+
+    trials = study.get_trials(deepcopy=False)
+    keys = sorted({key for t in trials for key in t.params})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["trial", "state", "value", "epochs_run", *keys, "mlflow_run_id", "worker"])
+    for t in trials:
+        writer.writerow([t.number, t.state.name.lower(), "" if t.value is None else t.value,
+                         t.user_attrs.get("epochs_run", ""), *[t.params.get(k, "") for k in keys],
+                         t.user_attrs.get("mlflow_run_id", ""), t.user_attrs.get("worker", "")])  # fmt: skip
+    return out.getvalue()

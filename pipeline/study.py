@@ -1,14 +1,9 @@
 """The search's study (Optuna): where it lives, what it is called, how it samples and prunes, and
-the loop every process of a search runs, the `tune` stage and each `tune_worker` alike: one trial at
+the loop every process of a search runs (where the study lives: pipeline/study_storage.py; its
+name, sampler and pruner: pipeline/study_design.py), the `tune` stage and each `tune_worker` alike: one trial at
 a time against the shared database, until the study has its trials. Optuna's own distributed mode:
 the processes share nothing but the database, so any number of them, on any machines, run one
 study, and none needs to know of the others.
-
-Storage. Optuna's tables and MLflow's cannot share one database schema: both keep their Alembic
-revision in a table named `alembic_version`, and each refuses the other's revision (MLflow: "Can't
-locate revision"; Optuna: "no longer compatible with the table schema"). So the study lives beside
-the tracking store: for an embedded SQLite store in a sibling file (`mlflow.db` → `mlflow.optuna.db`),
-for a PostgreSQL store in the schema `optuna` of the same database; `tune.storage` names another.
 
 Trials. Each is a training (pipeline/training.py) of the params.yaml train section with the
 trial's values over it, for at most `tune.epochs` epochs, reporting the validation metric after every
@@ -20,231 +15,29 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import socket
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError, first_line
+from pipeline.study_design import (
+    direction,
+    grid_size,
+    make_pruner,
+    make_sampler,
+    study_name,
+    suggest,
+    trial_train_params,
+)
+from pipeline.study_storage import has_study, open_storage, run_again, shown_url, storage_url
 
-SCHEMA = "optuna"  # the PostgreSQL schema of a study kept in the tracking store's database
-HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60  # a trial whose process stopped beating this long is failed and retried
 POLL_SECONDS = 2  # how often a process waiting for other workers' trials looks again
-
-
-# ----------------------------------------------------------------------------- where it lives
-def storage_url(configured: str | None, tracking_uri: str) -> str:
-    """`tune.storage`, else beside the tracking store: a sibling SQLite file of an embedded store, the
-    same PostgreSQL database (schema `optuna`) of a PostgreSQL store. A tracking server (http) keeps
-    its database to itself: then `tune.storage` must name it."""
-    from pipeline.tracking import project_root
-
-    url = configured
-    if url is None:
-        if tracking_uri.startswith("sqlite:///"):
-            store = Path(tracking_uri[len("sqlite:///") :])
-            return f"sqlite:///{store.with_name(store.stem + '.optuna.db')}"
-        if tracking_uri.startswith(("postgresql://", "postgresql+")):
-            url = tracking_uri
-        else:
-            raise PipelineError(
-                f"params.yaml: tune.storage is null and the tracking store is {tracking_uri}, whose database a "
-                "search cannot reach through it: set tune.storage to that database (postgresql://host/database; "
-                "the study goes into its schema optuna)"
-            )
-    if url.startswith("postgresql://"):  # SQLAlchemy 2.1 would take psycopg 3; the project installs psycopg2
-        return "postgresql+psycopg2://" + url[len("postgresql://") :]
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        return f"sqlite:///{project_root() / url[len('sqlite:///') :]}"  # relative: at the project root
-    return url
-
-
-def shown_url(url: str) -> str:
-    """A storage URL as the console and reports show it: no password, a project file relative."""
-    from sqlalchemy.engine import make_url
-
-    from pipeline.tracking import portable_uri
-
-    if url.startswith("sqlite:"):
-        return portable_uri(url)
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def connect_args(url: str) -> dict[str, Any]:
-    if url.startswith("sqlite:"):
-        return {"timeout": 60}  # two processes writing at once wait for each other
-    if url.startswith("postgresql"):
-        return {"options": f"-csearch_path={SCHEMA}"}
-    return {}
-
-
-def open_storage(url: str):
-    """Optuna's RDB storage at `url` (PostgreSQL: in the schema `optuna`, made if missing), with
-    heartbeats, so a trial whose process died is failed and run again by whoever looks next. The
-    stage opens it first (it makes the tables); a worker waits until the stage's study is there
-    (`has_study`): two processes making the same tables at once can both fail."""
-    import optuna
-    from optuna.storages import RDBStorage
-
-    # Heartbeats and the matplotlib plots are marked experimental (since Optuna 2.8 and 2.2): said once.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if url.startswith("sqlite:"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    elif url.startswith("postgresql"):
-        create_schema(url)
-    kwargs = {"connect_args": connect_args(url)}
-    try:
-        return RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=run_again,
-        )  # fmt: skip
-    except Exception as exc:  # a URL SQLAlchemy cannot open, a server that does not answer, a missing driver
-        raise PipelineError(f"tune storage {shown_url(url)}: {first_line(exc)}") from None
-
-
-def has_study(url: str, name: str) -> bool:
-    """Whether the study `name` is in the storage yet, asked without making Optuna's tables (a
-    server that does not answer is one line)."""
-    import sqlalchemy
-
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args=connect_args(url))
-        try:
-            schema = SCHEMA if url.startswith("postgresql") else None
-            if not sqlalchemy.inspect(engine).has_table("studies", schema=schema):
-                return False
-            with engine.connect() as connection:
-                query = sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :name")
-                return connection.execute(query, {"name": name}).first() is not None
-        finally:
-            engine.dispose()
-    except Exception as exc:
-        raise PipelineError(f"tune storage {shown_url(url)}: {first_line(exc)}") from None
-
-
-def create_schema(url: str) -> None:
-    import sqlalchemy
-
-    try:
-        engine = sqlalchemy.create_engine(url)
-        with engine.begin() as connection:
-            connection.execute(sqlalchemy.text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-        engine.dispose()
-    except Exception as exc:
-        raise PipelineError(f"tune storage {shown_url(url)}: {first_line(exc)}") from None
-
-
-# ----------------------------------------------------------------------------- what it is
-# The tune settings that make a study what it is; trials, timeout, workers and storage only say how
-# long and where it runs (raising `trials` continues the same study).
-IDENTITY = ("space", "epochs", "metric", "sampler", "seed", "startup_trials", "pruner", "warmup_epochs")
-
-
-def study_name(experiment: str, tune: dict, train: dict, data_identity: str) -> str:
-    """`<experiment>-tune-<hash>`: the same search (space, settings, train section, data) has the same
-    study, so a rerun after an interruption resumes it and a changed search starts a new one. Of
-    `train.epochs` only what the trials train counts: set for the final model once a search is
-    done, it reruns `train` on the same best values, not the search."""
-    settings = {key: tune[key] for key in IDENTITY}
-    searched = {**train, "epochs": trial_epochs(tune, train)}
-    blob = json.dumps({"tune": settings, "train": searched, "data": data_identity}, sort_keys=True)
-    return f"{experiment}-tune-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
-
-
-def trial_epochs(tune: dict, train: dict) -> dict[str, Any]:
-    """The epochs the trials train, for each model they may train (`tune.epochs` bounding the train
-    section's, or the preset's where it is null), or the train section's own when epochs is searched."""
-    from pipeline.params import Params
-    from pipeline.presets import filled_from_preset
-
-    checked = Params.model_validate({"tune": tune, "train": train})
-    model = checked.tune.dimensions.get("model")
-    if "epochs" in checked.tune.dimensions:
-        return {"searched": train["epochs"]}
-    bound = checked.tune.epochs
-    epochs = {}
-    for name in model.choices if model else [checked.train.model]:
-        resolved = filled_from_preset(checked.train.model_copy(update={"model": name})).epochs
-        epochs[name if isinstance(name, str) else "layers"] = min(resolved, bound) if bound else resolved
-    return epochs
-
-
-def direction(metric: str) -> str:
-    return "minimize" if metric.endswith("loss") else "maximize"
-
-
-def make_sampler(tune, seed: int | None):
-    """TPE (seeded; the constant liar keeps parallel workers from sampling the same point), random,
-    or a grid of the choices and stepped ranges."""
-    import optuna
-
-    from pipeline.search_space import grid_points
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if tune.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if tune.sampler == "grid":
-            space = {key: grid_points(d) for key, d in tune.dimensions.items()}
-            return optuna.samplers.GridSampler(space, seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=tune.startup_trials, constant_liar=True)
-
-
-def make_pruner(tune, max_epochs: int):
-    import optuna
-
-    if tune.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs)
-    first = max(1, tune.warmup_epochs)  # the first rung: no trial stops before it
-    if tune.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
-    if tune.pruner == "hyperband":
-        last = max(first, max_epochs)
-        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=last, reduction_factor=3)
-    return optuna.pruners.NopPruner()
-
-
-def grid_size(tune) -> int | None:
-    from pipeline.search_space import grid_points
-
-    if tune.sampler != "grid":
-        return None
-    size = 1
-    for dimension in tune.dimensions.values():
-        size *= len(grid_points(dimension))
-    return size
-
-
-def suggest(trial, dimensions: dict) -> dict[str, Any]:
-    """The trial's value of each dimension (search_space.Dimension), by dotted key below train."""
-    values = {}
-    for key, d in dimensions.items():
-        if d.kind == "choice":
-            values[key] = trial.suggest_categorical(key, list(d.choices))
-        elif d.kind == "int":
-            values[key] = trial.suggest_int(key, int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
-        else:
-            values[key] = trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
-    return values
-
-
-def trial_train_params(base, values: dict[str, Any], epochs: int | None):
-    """The resolved train params of a trial: `base` (params.TrainParams) with the trial's values
-    over it, the preset's values filled in, at most `epochs` epochs unless epochs is searched."""
-    from pipeline.presets import filled_from_preset
-    from pipeline.tuned import Tuned, apply_tuned, nested
-
-    p = filled_from_preset(apply_tuned(base, Tuned(nested(values), None), "tune.space"))
-    if epochs is not None and "epochs" not in values:
-        p = p.model_copy(update={"epochs": min(p.epochs, epochs)})
-    return p
 
 
 # ----------------------------------------------------------------------------- the search
@@ -308,22 +101,6 @@ def counts(study) -> Counts:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def run_again(study, trial) -> None:
-    """Queue the values of a trial whose process died, once: the study gets the trial it lost. The
-    new trial names the lost one (`failed_trial`, as Optuna's own retry callback does), which is then
-    not counted among the failures."""
-    import optuna
-
-    if "failed_trial" in trial.system_attrs:
-        return  # a retry that died too: not again
-    study.add_trial(
-        optuna.create_trial(
-            state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            system_attrs={"failed_trial": trial.number},
-        )
-    )  # fmt: skip
 
 
 def fail_dead_trials(study, settle: float = 5) -> None:
@@ -487,17 +264,7 @@ class Search:
                 trial.set_user_attr("interrupted", True)
             raise
         except Exception as exc:
-            from pipeline.tracking import store_problem
-
-            if store_problem(exc) is not None:
-                raise  # the tracking store or the study's database, not this trial: the search stops
-            message = first_line(exc)
-            trial.set_user_attr("error", message)
-            if run is not None:
-                with contextlib.suppress(Exception):
-                    run.end("failed", len(epochs))
-            print(f"tune: trial {trial.number} failed: {message} ({shown})", file=out, flush=True)
-            raise TrialFailed(message) from exc
+            raise trial_failed(trial, run, exc, len(epochs), shown, out) from exc
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
             clear_keras()
@@ -516,6 +283,22 @@ class Search:
                 f"{self.study.study_name}"
             )
         return self.study.best_trial
+
+
+def trial_failed(trial, run, exc: Exception, epochs: int, shown: str, out) -> TrialFailed:
+    """A trial's own failure, recorded on the trial and its run and printed; the store's or the
+    study database's is re-raised: it is no trial's, and the search stops."""
+    from pipeline.tracking import store_problem
+
+    if store_problem(exc) is not None:
+        raise exc
+    message = first_line(exc)
+    trial.set_user_attr("error", message)
+    if run is not None:
+        with contextlib.suppress(Exception):
+            run.end("failed", epochs)
+    print(f"tune: trial {trial.number} failed: {message} ({shown})", file=out, flush=True)
+    return TrialFailed(message)
 
 
 def format_value(value: Any) -> str:
@@ -605,54 +388,3 @@ def worker_seed(base: int, index: int | None) -> int:
     if index is not None:
         return (base + index) % 2**32
     return int(hashlib.sha256(f"{base}:{worker_name()}".encode()).hexdigest()[:8], 16)
-
-
-# ----------------------------------------------------------------------------- what it found
-def write_plots(study, directory: Path, metric: str) -> list[Path]:
-    """The study as images a person looks at: the optimisation history (each trial's value and the
-    best so far), the parameters' importances (fANOVA, from two complete trials on) and every
-    trial's curve of `metric` by epoch (where the pruned ones stopped). Matplotlib, no browser."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
-
-    made = []
-    directory.mkdir(parents=True, exist_ok=True)
-    drawings = {
-        "optimization_history.png": lambda: plots.plot_optimization_history(study, target_name=metric),
-        "param_importances.png": lambda: plots.plot_param_importances(study),
-        "intermediate_values.png": lambda: plots.plot_intermediate_values(study),
-    }
-    for name, draw in drawings.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-            try:
-                axes = draw()
-            except (ValueError, RuntimeError, ZeroDivisionError):
-                continue  # e.g. importances of fewer than two complete trials: nothing to draw
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figure.set_size_inches(9, 5.5)
-        figure.tight_layout()
-        figure.savefig(directory / name, dpi=100)
-        plt.close(figure)
-        made.append(directory / name)
-    return made
-
-
-def trials_csv(study) -> str:
-    """Every trial of the study: number, state, value, epochs, its values, its MLflow run and worker."""
-    import csv
-    import io
-
-    trials = study.get_trials(deepcopy=False)
-    keys = sorted({key for t in trials for key in t.params})
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["trial", "state", "value", "epochs_run", *keys, "mlflow_run_id", "worker"])
-    for t in trials:
-        writer.writerow([t.number, t.state.name.lower(), "" if t.value is None else t.value,
-                         t.user_attrs.get("epochs_run", ""), *[t.params.get(k, "") for k in keys],
-                         t.user_attrs.get("mlflow_run_id", ""), t.user_attrs.get("worker", "")])  # fmt: skip
-    return out.getvalue()

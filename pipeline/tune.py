@@ -69,7 +69,8 @@ def stop_workers(procs: list[subprocess.Popen], failed: bool) -> None:
 
 def search_report(search, seconds: float, best) -> dict[str, Any]:
     """reports/search.json: the trials' outcomes, the epochs pruning saved, the best trial."""
-    from pipeline.study import counts, direction
+    from pipeline.study import counts
+    from pipeline.study_design import direction
 
     now = counts(search.study)
     budget_epochs = now.finished * search.max_epochs()
@@ -106,7 +107,9 @@ def tune_stage(inputs: dict[str, Path], params, outputs: dict[str, Path], tracki
         outputs["best"].write_text(tuned_text({}, None))
         outputs["report"].write_text(json_text(OFF))
         return StageResult("no search (tune.enabled is false): train takes params.yaml's train section as it is")
-    from pipeline.study import create_search, format_value, limit_threads, shown_url, trials_csv
+    from pipeline.search_runs import trials_csv
+    from pipeline.study import create_search, format_value, limit_threads
+    from pipeline.study_storage import shown_url
 
     data = checked_search_data(params.train, tune, inputs["prepared"])
     experiment = params.mlflow.experiment_name or data.meta.name
@@ -141,7 +144,7 @@ def tune_stage(inputs: dict[str, Path], params, outputs: dict[str, Path], tracki
 
 def publish(result: StageResult, tracking, outputs: dict[str, Path]) -> dict:
     """The search's outcome into its MLflow run: the best trial, the counts, the study's plots."""
-    from pipeline.study import write_plots
+    from pipeline.search_runs import write_plots
 
     if tracking is None:
         return {}

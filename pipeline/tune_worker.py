@@ -36,7 +36,8 @@ def study_of(args) -> tuple[str, str]:
     from pipeline.errors import PipelineError
     from pipeline.params import load_params
     from pipeline.prepared import PreparedData
-    from pipeline.study import storage_url, study_name
+    from pipeline.study_design import study_name
+    from pipeline.study_storage import storage_url
     from pipeline.tracking import resolve_tracking_uri
 
     if args.params is None:
