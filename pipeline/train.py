@@ -19,9 +19,10 @@ from pathlib import Path
 
 from pipeline.cli import end_process
 from pipeline.errors import PipelineError
+from pipeline.history import write_history
 from pipeline.presets import check_fits, filled_from_preset
 from pipeline.stage import Stage, StageResult, json_text
-from pipeline.training import CHECKPOINTS, TrainResult, train, write_history
+from pipeline.training import CHECKPOINTS, TrainResult, train
 from pipeline.tuned import apply_tuned, read_tuned
 
 CHIEF_STATE = "fingerprint.json"  # in the work directory: which training it holds, and its MLflow run

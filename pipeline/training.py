@@ -10,7 +10,6 @@ knows nothing of files other than its work directory, nor of MLflow (it calls th
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import re
 import shutil
@@ -22,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_file
-from pipeline.errors import PipelineError, raise_if_interrupted
+from pipeline.errors import PipelineError
+from pipeline.history import HISTORY_COLUMNS, epoch_recorder, interrupt_check
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 CHECKPOINTS = "checkpoints"  # the custom loop's checkpoints, under the work directory
 # `train.steps_per_execution: auto` runs this many examples' batches per call of the compiled train
 # step: at batch 32 Keras' per-step Python and dispatch cost ~1 ms, more than the step itself on a
@@ -139,22 +137,6 @@ def class_weights(meta) -> list[float]:
     return [total / (len(present) * c) if c else 1.0 for c in counts]
 
 
-def read_history(path: Path) -> list[dict[str, float]]:
-    """Rows by epoch; an epoch redone after a kill (recorded, then killed before its backup) keeps its last row."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = {int(row["epoch"]): {k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)}
-    return [rows[epoch] for epoch in sorted(rows)]
-
-
-def write_history(rows: list[dict[str, float]], path: Path) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({**row, "epoch": int(row["epoch"])} for row in rows)
-
-
 def model_summary(model) -> str:
     lines: list[str] = []
     model.summary(print_fn=lambda line, **_: lines.append(line))
@@ -235,31 +217,6 @@ def compiled_model(p, data, devices, strategy, inputs: Inputs, custom: bool, voc
     return model, fitted
 
 
-def epoch_recorder(history_path: Path, on_epoch: Callable | None):
-    """A Keras callback that adds the learning rate to each epoch's logs and keeps the history in the
-    work directory, so a resumed training continues it (an epoch redone after a kill replaces its
-    row); its `rows` are the epochs an interrupted run of this training finished, then this run's."""
-    import keras
-
-    class EpochRecorder(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.rows = {int(row["epoch"]): row for row in read_history(history_path)}
-
-        def on_epoch_end(self, epoch, logs=None):
-            row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-            row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            self.rows[epoch + 1] = row
-            write_history(self.history(), history_path)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, row)
-
-        def history(self) -> list[dict[str, float]]:
-            return [self.rows[e] for e in sorted(self.rows)]
-
-    return EpochRecorder()
-
-
 def fit(model, strategy, inputs: Inputs, p, devices, recorder, work_dir: Path, shared_dir: Path | None,
         custom: bool, verbose: int) -> float:  # fmt: skip
     """Train for `p.epochs` (resuming from the work directory's state); returns the seconds it took."""
@@ -277,18 +234,6 @@ def fit(model, strategy, inputs: Inputs, p, devices, recorder, work_dir: Path, s
     with prepared_data_faults(inputs):
         run_loop(model, strategy, inputs, p, devices, callbacks, work_dir, shared_dir, custom, verbose)
     return time.perf_counter() - started
-
-
-def interrupt_check():
-    """A callback ending the training at the epoch's end when a Ctrl-C came whose KeyboardInterrupt a
-    library swallowed (errors.INTERRUPTED); the epoch's backup is written by then."""
-    import keras
-
-    class InterruptCheck(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            raise_if_interrupted()
-
-    return InterruptCheck()
 
 
 @contextlib.contextmanager

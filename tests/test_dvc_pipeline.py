@@ -116,6 +116,7 @@ def test_dvc_shows_the_metrics_and_the_plots(reproduced):
 
 
 def test_the_plots_page_draws_offline_in_chromium(reproduced, chromium, tmp_path):
+    """`dvc plots show` on the page template `python -m pipeline.plots_page` wrote (Vega inlined)."""
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], reproduced.repo)
     assert_plots_draw_offline(tmp_path / "plots/index.html", tmp_path / "plots.png", chromium)
 

@@ -200,3 +200,110 @@ def test_the_docs_guard_survives_readme_command_1_and_still_catches_drift(tmp_pa
     run([sys.executable, "benchmarks/speed_doc.py"], tmp_path)
     assert "1211 s of training" in (tmp_path / "docs/speed.md").read_text()
     assert check() == 0
+
+
+# ----------------------------------------------------------------------------- the house's shape
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def pipeline_modules() -> list[str]:
+    """Every module of the package, dotted below `pipeline` ("train", "formats", "formats.idx")."""
+    found = []
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        parts = path.relative_to(REPO / "pipeline").with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if name:
+            found.append(name)
+    return found
+
+
+def test_the_import_graph_has_no_circle():
+    """No module imports (even lazily, inside a function) one that imports it back; a submodule's
+    import of its own package is not a dependency on it."""
+    graph = {m: {i for i in pipeline_imports(m) if not m.startswith(f"{i}.")} - {m} for m in pipeline_modules()}
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for child in sorted(graph.get(module, ())):
+            assert state.get(child) != "open", f"import circle: {' -> '.join(path + [module, child])}"
+            if child not in state:
+                visit(child, path + [module])
+        state[module] = "done"
+
+    for module in graph:
+        if module not in state:
+            visit(module, [])
+
+
+def test_no_module_or_function_is_longer_than_a_reader_holds():
+    for module in pipeline_modules():
+        path = source_of(module)
+        text = path.read_text()
+        assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{path.relative_to(REPO)}: split it"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                assert size <= MAX_FUNCTION_LINES, f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {size} lines"
+
+
+def test_every_stage_has_one_edge():
+    """Each dvc.yaml stage's module declares its STAGE (pipeline/stage.py): the one place its paths,
+    params, outputs and tracking meet."""
+    from pipeline.stage import Stage
+
+    for name, (_, declared) in stage_modules().items():
+        assert isinstance(declared, Stage), name
+
+
+# Modules proved by a test file named for another one: the test file's imports reach the module.
+PROVED_BY = {
+    "errors": "test_cli",
+    "plots_page": "test_dvc_pipeline",
+    "hashing": "test_fetch",
+    "formats.base": "test_formats", "formats.cifar10": "test_formats", "formats.csv": "test_formats",
+    "formats.folders": "test_formats", "formats.image_folder": "test_formats",
+    "normalization": "test_model", "rebuild": "test_model",
+    "onnx_export": "test_onnx_graph",
+    "format_sections": "test_params", "safe_yaml": "test_params", "schema": "test_params",
+    "mlflow_model": "test_predict", "text_model_code": "test_predict",
+    "beam": "test_prepare",
+    "presets": "test_presets_pipeline",
+    "registry": "test_promote",
+    "multi_worker": "test_scale_out",
+    "serving": "test_serve", "serving.app": "test_serve", "serving.batching": "test_serve",
+    "serving.cli": "test_serve", "serving.inputs": "test_serve", "serving.v2": "test_serve",
+    "formats.text_folder": "test_text_folder",
+    "formats.text_table": "test_text_table",
+    "lineage": "test_tracking",
+    "history": "test_train", "training": "test_train", "training_run": "test_train",
+    "search_runs": "test_tune", "search_space": "test_tune", "study": "test_tune", "study_design": "test_tune",
+    "tuned": "test_tune",
+    "study_storage": "test_tune_storage", "tune_worker": "test_tune_storage",
+}  # fmt: skip
+
+
+def has_behaviour(module: str) -> bool:
+    tree = ast.parse(source_of(module).read_text())
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) for node in ast.walk(tree))
+
+
+def test_every_module_with_behaviour_has_a_test_file():
+    """tests/test_<module>.py, or the test file PROVED_BY names, whose imports (transitively), command
+    lines (`python -m pipeline.<module>`) or stages run (`stage_argv("train")`) reach the module."""
+    for module in filter(has_behaviour, pipeline_modules()):
+        own = REPO / "tests" / f"test_{module.rsplit('.', 1)[-1]}.py"
+        if own.is_file():
+            continue
+        assert module in PROVED_BY, f"pipeline/{module}: no tests/{own.name} and no entry in PROVED_BY"
+        test = REPO / "tests" / f"{PROVED_BY[module]}.py"
+        text = test.read_text()
+        reached = set()
+        named = re.findall(r"pipeline\.([\w.]+)", text) + re.findall(r"from pipeline import (\w+)", text)
+        for imported in named + re.findall(r"stage_argv\(\"(\w+)\"", text):
+            name = imported.rstrip(".")
+            while name and not source_of(name).is_file() and not (REPO / "pipeline" / name.replace(".", "/")).is_dir():
+                name = name.rpartition(".")[0]
+            if name:
+                reached |= closure(name)
+        assert module in reached, f"pipeline/{module}: {test.name} does not reach it"

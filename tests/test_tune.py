@@ -136,10 +136,11 @@ def test_the_pruner_stops_training_after_an_epoch_on_both_loops(project, tmp_pat
     """The pruning hook lives in training's on_epoch, which Keras' fit and the multi-worker loop both call."""
     import optuna
 
+    from pipeline.history import read_history
     from pipeline.params import parse_params
     from pipeline.prepared import PreparedData
     from pipeline.presets import filled_from_preset
-    from pipeline.training import read_history, train
+    from pipeline.training import train
 
     p = filled_from_preset(parse_params({"train": {**yaml.safe_load((project / "params.yaml").read_text())["train"],
                                                    "epochs": 4, "early_stopping_patience": 0}}).train)  # fmt: skip
