@@ -99,8 +99,15 @@ def dotted(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def test_the_readme_is_a_guide_that_starts_with_its_two_commands():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines: move reference material to docs/"
+    first_block = lines[lines.index("```bash") + 1 : lines.index("```", lines.index("```bash") + 1)]
+    assert [line.split()[:2] for line in first_block] == [["bash", "scripts/repro.sh"], ["bash", "scripts/test.sh"]]
+
+
 def test_every_command_and_key_the_readme_names_exists():
-    readme = (REPO / "README.md").read_text()
+    readme = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     modules = set(re.findall(r"python -m pipeline\.(\w+)", readme)) - {"X", "stage"}
     assert modules and all((REPO / "pipeline" / f"{m}.py").is_file() for m in modules), modules
     flat = dotted(parse_params(committed_params()).model_dump(mode="json"))  # every format's section too
