@@ -164,9 +164,9 @@ def test_onnx_file_carries_what_a_deployer_needs(prepared, tmp_path, monkeypatch
 
     metadata = json.loads((tmp_path / "exported/metadata.json").read_text())
     assert set(metadata["files"]) == {"model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite",
-                                      "saved_model"}  # fmt: skip
+                                      "saved_model", "triton"}  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == [
-        "metadata.json", "model.int8.onnx", "model.int8.tflite", "model.onnx", "model.tflite", "saved_model"
+        "metadata.json", "model.int8.onnx", "model.int8.tflite", "model.onnx", "model.tflite", "saved_model", "triton"
     ]  # fmt: skip
     assert metadata["input"]["shape"] == ["batch", 28, 28, 1] and metadata["opset"] == 17
     assert metadata == info and metadata["mlflow_run_id"] == mlflow_run.run_id

@@ -22,7 +22,8 @@ def shown_metric(page, key: str) -> float:
     """The value the run page's metrics table shows in the row whose name cell is `key`."""
     row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=key, exact=True)).first
     row.wait_for(timeout=30_000)
-    name, value = (cell.inner_text() for cell in row.get_by_role("cell").all())
+    # MLflow 3's metrics table: name, value, and the logged model a metric belongs to (if any).
+    name, value, *_ = (cell.inner_text() for cell in row.get_by_role("cell").all())
     assert name == key
     return float(value)
 

@@ -297,7 +297,7 @@ def test_mlflow_serves_the_registered_model_with_the_same_classes(exported, tmp_
     run = Run.start(uri, "serving")
     metadata = json.loads((exported["model"].parent / "metadata.json").read_text())
     save = lambda local: save_mlflow_model(exported["model"], local, metadata)  # noqa: E731
-    version = run.registry.register(run.run_id, save, "tiny-classifier")
+    version = run.registry.register(run, save, "tiny-classifier")
     run.registry.set_alias("tiny-classifier", "champion", version)  # served by alias, as the README does
     run.end()
 

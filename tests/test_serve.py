@@ -304,7 +304,7 @@ def test_the_registrys_champion_serves_by_its_models_uri(models, tmp_path):
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", 3]},
     }
     save = functools.partial(save_mlflow_model, models["image"], metadata=contract)
-    version = run.registry.register(run.run_id, save, "tiny-classifier")
+    version = run.registry.register(run, save, "tiny-classifier")
     run.registry.set_alias("tiny-classifier", "champion", version)
     run.end()
     expected = onnxruntime_probabilities(models["image"], "image", PIXELS)
