@@ -8,4 +8,6 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "test: ruff check and ruff format --check (lint and format, pyproject.toml [tool.ruff])" >&2
 ruff check --quiet .
 ruff format --check --quiet .
-exec python -m pytest "$@"
+# Two processes, each taking whole test files (a file's fixtures are built once, in its process): the
+# suite's stages wait on subprocesses, servers and browsers about half the time. PYTEST_WORKERS=0: one.
+exec python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
