@@ -1,6 +1,6 @@
 """Every task shape users bring, through the real stages on data made here: skewed classes with and
 without class weights, a thousand classes in a table, a hundred class folders of images. (Two
-classes run through `dvc repro` as the README's data switches: tests/test_experiments.py.)"""
+classes run through `dvc repro` as the README's data switches: tests/test_readme_commands.py.)"""
 
 import csv
 import json

@@ -1,7 +1,7 @@
 """Text through every stage on tiny data made here: a folder of .txt files trained with the bag of
 words, every exported form proven on the test split and the awkward texts, then deployed as users
 deploy it: `pipeline-predict` on .txt, CSV and standard input, and `mlflow models serve` answering
-texts. (The README's text data switches run through `dvc exp run`: tests/test_experiments.py.)"""
+texts. (The README's text data switches run through `dvc exp run`: tests/test_readme_commands.py.)"""
 
 import json
 import subprocess

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import shlex
 import shutil
@@ -128,3 +129,20 @@ def without_loopback(command: list[str]) -> list[str]:
         pytest.fail("unshare (util-linux) is needed to cut loopback")
     user = [] if os.geteuid() == 0 else ["-r"]
     return ["unshare", *user, "-n", *command]
+
+
+def experiments(repo) -> dict[str, dict]:
+    """name -> {params, metrics} from `dvc exp show --json`."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for revision in exp.get("revs", []):
+                data = revision.get("data") or {}
+                metrics = data.get("metrics", {})
+                found[revision.get("name") or exp.get("name")] = {
+                    "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
+                    "metrics": metrics.get("reports/metrics.json", {}).get("data", {}),
+                    "parity": metrics.get("reports/parity.json", {}).get("data", {}),
+                }
+    return found
