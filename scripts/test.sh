@@ -8,6 +8,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "test: ruff check and ruff format --check (lint and format, pyproject.toml [tool.ruff])" >&2
 ruff check --quiet .
 ruff format --check --quiet .
-# Two processes, each taking whole test files (a file's fixtures are built once, in its process): the
-# suite's stages wait on subprocesses, servers and browsers about half the time. PYTEST_WORKERS=0: one.
-exec python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+# Two processes (pytest-xdist): the suite's stages wait on subprocesses, servers and browsers about
+# half the time. worksteal: a process that runs out of tests takes some of the other's, so the long
+# files at the end do not leave one process idle. PYTEST_WORKERS=0: one process.
+exec python -m pytest -n "${PYTEST_WORKERS:-2}" --dist worksteal "$@"
