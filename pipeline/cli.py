@@ -127,24 +127,36 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _unraisable(hook):
-    """sys.unraisablehook that keeps quiet about a Ctrl-C Python dropped (the stage ends at its next
-    check of errors.INTERRUPTED, with one line); anything else goes to `hook`."""
+@contextlib.contextmanager
+def interrupts_remembered(quiet: bool) -> Iterator[None]:
+    """For the stage's run only: Ctrl-C sets errors.INTERRUPTED as well as raising, and (`quiet`)
+    Python's report of a Ctrl-C it dropped is kept quiet (the stage ends at its next check of
+    INTERRUPTED, with one line); the previous handler, hook and flag come back afterwards, so a
+    process that runs several stages (the tests) starts each one as the first."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    hook = sys.unraisablehook
 
     def report(unraisable) -> None:
         if not isinstance(unraisable.exc_value, KeyboardInterrupt):
             hook(unraisable)
 
-    return report
+    INTERRUPTED.clear()
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    sys.unraisablehook = report if quiet else hook
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = hook
+        INTERRUPTED.clear()
 
 
 def _run(main: Callable[[list[str] | None], None], argv: list[str] | None) -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _interrupt)
-        if not debug_enabled(argv):
-            sys.unraisablehook = _unraisable(sys.unraisablehook)
     try:
-        main(argv)
+        with interrupts_remembered(quiet=not debug_enabled(argv)):
+            main(argv)
     except PipelineError as exc:
         if debug_enabled(argv):
             raise

@@ -264,6 +264,10 @@ class Search:
                 trial.set_user_attr("interrupted", True)
             raise
         except Exception as exc:
+            from pipeline.tracking import store_problem
+
+            if store_problem(exc) is not None:
+                raise  # the tracking store or the study's database, not this trial: the search stops
             raise trial_failed(trial, run, exc, len(epochs), shown, out) from exc
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -286,12 +290,7 @@ class Search:
 
 
 def trial_failed(trial, run, exc: Exception, epochs: int, shown: str, out) -> TrialFailed:
-    """A trial's own failure, recorded on the trial and its run and printed; the store's or the
-    study database's is re-raised: it is no trial's, and the search stops."""
-    from pipeline.tracking import store_problem
-
-    if store_problem(exc) is not None:
-        raise exc
+    """A trial's own failure, recorded on the trial and its run and printed."""
     message = first_line(exc)
     trial.set_user_attr("error", message)
     if run is not None:
