@@ -6,10 +6,12 @@ from __future__ import annotations
 import configparser
 import contextlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,9 +123,12 @@ def chromium() -> str:
 
 
 @pytest.fixture
-def dvc_repo(tmp_path, tiny_data) -> Path:
-    """A fresh git + DVC repo holding this project's pipeline, pointed at the tiny data set."""
-    return make_dvc_repo(tmp_path / "repo", tiny_data)
+def dvc_repo(tmp_path, tiny_data, empty_mlflow_store) -> Path:
+    """A fresh git + DVC repo holding this project's pipeline, pointed at the tiny data set; its
+    embedded MLflow store (never committed) a copy of an empty one (`reproduced` makes its own)."""
+    repo = make_dvc_repo(tmp_path / "repo", tiny_data)
+    shutil.copy(empty_mlflow_store, repo / "mlflow.db")
+    return repo
 
 
 # A whole pipeline on the tiny data that trains to a real model (the tiny task is learnt in 6 epochs),
@@ -148,12 +153,62 @@ def reproduced(tmp_path_factory) -> Reproduced:
     """One repo, `dvc repro`-ed once on the tiny data, shared by the tests that only read what the
     pipeline made (outputs, metrics, plots, the MLflow store and registry): `reproduced_copy` for a
     test that changes anything."""
-    root = tmp_path_factory.mktemp("reproduced")
+    root = built_once(tmp_path_factory, "reproduced", reproduce)
+    console = subprocess.CompletedProcess(**json.loads((root / "console.json").read_text()))
+    return Reproduced(root / "repo", root / "source", console)
+
+
+def reproduce(root: Path) -> None:
+    """The tiny data set at `root`/source, `root`/repo after `dvc repro`, what it printed in
+    `root`/console.json."""
     data = write_idx_dataset(root / "source")
     repo = make_dvc_repo(root / "repo", data, **REPRODUCED)
     # Sampled every 0.2 s, the few seconds of tiny training still give system metrics.
     console = run(["dvc", "repro"], repo, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2")
-    return Reproduced(repo, Path(data["source"]), console)
+    fields = {"args": console.args, "returncode": 0, "stdout": console.stdout, "stderr": console.stderr}
+    (root / "console.json").write_text(json.dumps(fields))
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None], rewrite: tuple[str, ...] = ()) -> Path:
+    """A directory `build(root)` makes once for the whole run (a session or module fixture's). Under
+    pytest-xdist, where such fixtures run once per process, the first process that needs it builds
+    it (the others wait for it) and each process gets a copy of its own: any MLflow store in it
+    pointed at its project's copy (the directory it is in), and the files `rewrite` names (relative
+    to the root) at the copy's paths."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        root = tmp_path_factory.mktemp(name)
+        build(root)
+        return root
+    shared = tmp_path_factory.getbasetemp().parent  # the run's directory, above each process's own
+    built, done = shared / name, shared / f"{name}.built"
+    with exclusive(shared / f"{name}.lock"):
+        if not done.is_file():
+            shutil.rmtree(built, ignore_errors=True)
+            built.mkdir()
+            build(built)
+            done.touch()
+    own = tmp_path_factory.mktemp(name)
+    shutil.copytree(built, own, symlinks=True, dirs_exist_ok=True)
+    for store in own.rglob("mlflow.db"):  # its artifacts are those of the project it is in
+        project = store.parent.relative_to(own)
+        relocate_store(store, built / project, own / project)
+    for path in rewrite:
+        text = (own / path).read_text()
+        (own / path).write_text(text.replace(f"{built}/", f"{own}/"))
+    return own
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path):
+    """Held by one process at a time (an flock on `lock`)."""
+    import fcntl
+
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture
@@ -183,8 +238,8 @@ def relocate_store(db: Path, old: Path, new: Path) -> None:
 
 @pytest.fixture(scope="session")
 def empty_mlflow_store(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its tables made (MLflow's migrations take ~9 s), never written to:
-    `mlflow_run` copies it."""
+    """An MLflow SQLite store with its tables made (MLflow's migrations take 2-9 s), never written to:
+    `mlflow_run`, `project` and `dvc_repo` copy it."""
     from mlflow.tracking import MlflowClient
 
     path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
@@ -217,10 +272,12 @@ def tiny_exports(tmp_path_factory):
 
 
 @pytest.fixture
-def project(tiny_data, tmp_path, tmp_path_factory):
+def project(tiny_data, tmp_path, tmp_path_factory, empty_mlflow_store):
     """A working directory with prepared tiny data and params, as DVC would run the stage in; its
-    MLflow store lives elsewhere (as a team's would), so the run file names it by its full URI."""
+    MLflow store lives elsewhere (as a team's would), so the run file names it by its full URI. The
+    store is a copy of an empty one (MLflow makes its tables in ~2 s)."""
     store = tmp_path_factory.mktemp("store")
+    shutil.copy(empty_mlflow_store, store / "mlflow.db")
     params = {
         "data": tiny_data,
         "prepare": {"shard_size": 50},

@@ -4,6 +4,7 @@ README tells people to type. Each one fails the moment the two sides drift apart
 from __future__ import annotations
 
 import ast
+import functools
 import re
 
 import yaml
@@ -25,7 +26,8 @@ def with_packages(module: str) -> set[str]:
     return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
 
 
-def pipeline_imports(module: str) -> set[str]:
+@functools.cache  # the files do not change while the tests read them
+def pipeline_imports(module: str) -> frozenset[str]:
     """The `pipeline` modules `module` imports anywhere in its file (lazy imports in functions too)."""
     tree = ast.parse(source_of(module).read_text())
     found = set()
@@ -42,7 +44,7 @@ def pipeline_imports(module: str) -> set[str]:
             for alias in node.names:
                 if alias.name.startswith("pipeline."):
                     found |= with_packages(alias.name.removeprefix("pipeline."))
-    return found
+    return frozenset(found)
 
 
 def closure(module: str) -> set[str]:

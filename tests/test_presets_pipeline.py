@@ -6,6 +6,7 @@ the preset brings its own optimizer, batch size and normalisation.
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ DATA = {
     "text_table_jsonl": lambda d: write_text_table_dataset(d, suffix=".jsonl"),
 }
 # Text: a vocabulary and texts the size of the tiny data sets (the presets' own are for real corpora).
-TINY_TEXT = {"vocabulary_size": 64, "sequence_length": 24}
+TINY_TEXT = {"vocabulary_size": 64, "sequence_length": 12}  # the tiny texts are 8 words
 
 CASES = [
     ("cnn", "idx"),
@@ -70,8 +71,9 @@ def test_every_preset_has_a_case():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset, data_kind", CASES)
-def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, monkeypatch):
+def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, monkeypatch, empty_mlflow_store):
     data = DATA[data_kind](tmp_path / "source")
+    shutil.copy(empty_mlflow_store, tmp_path / "mlflow.db")
     params = {
         "data": data,
         "prepare": {"shard_size": 64},

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import built_once
 from helpers.commands import REPO, run_stages, tool_env
 from helpers.data import write_text_folder_dataset
 
@@ -22,7 +23,10 @@ TRAIN = {"model": "text_bag", "epochs": 6, "batch_size": 16, "learning_rate": 0.
 
 @pytest.fixture(scope="module")
 def text_project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("text")
+    return built_once(tmp_path_factory, "text", build_text_project, rewrite=("params.yaml",))
+
+
+def build_text_project(root: Path) -> None:
     data = write_text_folder_dataset(root / "source")
     params = {
         "data": data,
@@ -34,7 +38,6 @@ def text_project(tmp_path_factory) -> Path:
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_stages(root, "fetch", "prepare", "train", "evaluate", "export", "verify")
-    return root
 
 
 def test_every_form_scores_the_test_split_and_the_awkward_texts_as_keras_does(text_project):
