@@ -36,9 +36,12 @@ def save_mlflow_model(onnx_path: Path, local: Path, metadata: dict) -> None:
     example = {inp["name"]: np.zeros((1, *inp["shape"][1:]), dtype=inp["dtype"])}
     # The providers this machine has (CPU only on a CPU machine: no warning about a missing CUDA).
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    # The flavor's own requirements (onnx, onnxruntime, pinned to this machine's; MLflow adds itself),
+    # not MLflow's inference, which loads the model in a new Python to see what it imports (~4 s).
     mlflow.onnx.save_model(onnx.load(str(onnx_path)), str(local), signature=ModelSignature(inputs, outputs),
                            input_example=example, save_as_external_data=False,
-                           onnx_execution_providers=providers)  # fmt: skip
+                           onnx_execution_providers=providers,
+                           pip_requirements=mlflow.onnx.get_default_pip_requirements())  # fmt: skip
 
 
 def save_text_model(onnx_path: Path, local: Path, input_name: str, outputs) -> None:
