@@ -532,14 +532,21 @@ def tune_section() -> list[str]:
         f"compare the seconds within this table only). Medians over the seeds. " + source("tune.json", "tune.py"),
         "",
     ]
-    names = {"adaptive": "TPE + median pruner (the default)", "adaptive_halving": "TPE + successive halving",
-             "random": "random, no pruning"}  # fmt: skip
+    from pipeline.params import TuneParams
+
+    default = TuneParams.model_fields["pruner"].default
+    pruners = {"halving": "successive halving", "median": "median pruner", "hyperband": "Hyperband"}
     rows = []
     for kind, s in t["summary"].items():
         run = next(iter(t["searches"].values()))[kind]
         saved = s.get("epochs_saved_vs_random_median")
+        settings = run["settings"]
+        label = "random, no pruning" if settings["sampler"] == "random" else (
+            f"TPE + {pruners.get(settings['pruner'], settings['pruner'])}"
+            + (" (the default)" if settings["pruner"] == default else "")
+        )  # fmt: skip
         rows.append([
-            names.get(kind, kind), f"{s['best_val_accuracy_median']:.4f}", f"{s['epochs_median']:.0f}",
+            label, f"{s['best_val_accuracy_median']:.4f}", f"{s['epochs_median']:.0f}",
             "" if saved is None else f"{saved:.0%}", f"{run['trials']['complete']} / {run['trials']['pruned']}",
             f"{s['seconds_median'] / 60:.1f}", f"{s['trial_seconds_median']:.0f}",
             "" if "goal_met" not in s else ("yes" if s["goal_met"] else "no"),

@@ -249,10 +249,10 @@ class TuneParams(Section):
     seed: Seed = 42
     # Trials sampled at random before TPE models the results, and before the median pruner compares.
     startup_trials: Annotated[int, Field(ge=0, le=100_000)] = 5
-    # median: stop a trial whose best so far is below the median of the others' at the same epoch;
-    # halving: successive halving (ASHA), only the best third of the trials at each rung of epochs
-    # (warmup_epochs × 3^k) go on; hyperband: successive halving over several such brackets; none.
-    pruner: Literal["median", "halving", "hyperband", "none"] = "median"
+    # halving: successive halving (ASHA), the best third of the trials at each rung of epochs
+    # (warmup_epochs × 3^k) go on; median: stop a trial below the others' median at the same epoch
+    # (TPE's rarely are: docs/speed.md); hyperband: halving over several brackets; none.
+    pruner: Literal["median", "halving", "hyperband", "none"] = "halving"
     # Epochs a trial trains before the pruner may stop it.
     warmup_epochs: Annotated[int, Field(ge=0, le=100_000)] = 1
     # Processes running trials on this machine (each one a share of its cores); more machines join

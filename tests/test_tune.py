@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 # A search the tiny data decides quickly: a learning rate that learns and one that cannot, so the
 # pruner has trials to stop, and two batch sizes.
 SPACE = {"learning_rate": {"choices": [0.03, 1e-7]}, "batch_size": {"choices": [8, 16]}}
-SEARCH = {"enabled": True, "space": SPACE, "trials": 6, "epochs": 3, "startup_trials": 2, "seed": 4}
+SEARCH = {"enabled": True, "space": SPACE, "trials": 6, "epochs": 3, "startup_trials": 2, "seed": 4, "pruner": "median"}
 
 
 @pytest.fixture
@@ -155,6 +155,37 @@ def test_the_pruner_stops_training_after_an_epoch_on_both_loops(project, tmp_pat
     with pytest.raises(optuna.TrialPruned):
         train(p, PreparedData.open(project / "data/prepared"), tmp_path / loop, on_epoch=on_epoch, verbose=0, loop=loop)
     assert [row["epoch"] for row in read_history(tmp_path / loop / "history.csv")] == [1]
+
+
+def test_successive_halving_the_default_stops_all_but_the_best_third_at_each_rung():
+    """The default pruner as the stage makes it (rungs at warmup_epochs × 3^k: epochs 1, 3, 9): fed
+    the epoch values of trials, it stops a trial below the best third of those that reached a rung
+    and lets the best go on to the last epoch."""
+    import optuna
+
+    from pipeline.params import Params
+    from pipeline.study_design import make_pruner
+
+    tune = Params.model_validate({"tune": {}}).tune
+    assert tune.pruner == "halving" and tune.warmup_epochs == 1
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(tune, max_epochs=9))
+
+    def stopped_after(curve: list[float]) -> int:
+        """The epoch the trial stopped after: the pruner's verdict or its last."""
+        trial = study.ask()
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, epoch)
+            if epoch < len(curve) and trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return epoch
+        study.tell(trial, curve[-1])
+        return len(curve)
+
+    first = stopped_after([0.5 + 0.01 * e for e in range(9)])  # alone at every rung: goes on
+    assert first == 9
+    assert stopped_after([0.6 + 0.01 * e for e in range(9)]) == 9  # better at each rung than the first
+    assert stopped_after([0.2] * 9) == 1  # below the best third after epoch 1
+    assert stopped_after([0.7, 0.7, 0.3] + [0.3] * 6) == 3  # passes epoch 1, falls behind by epoch 3
 
 
 def test_off_the_stage_writes_no_values_and_starts_nothing_heavy(project):
