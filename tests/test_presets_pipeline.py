@@ -1,7 +1,7 @@
 """Every preset, on a tiny data set of its kind, through the real stages in order:
 fetch → prepare → train → evaluate → export → verify; then the ONNX model alone, as deployed.
 
-Only `train.model` and the `data` section change between cases (plus 3 epochs, to stay quick):
+Only `train.model` and the `data` section change between cases (plus 2 epochs, to stay quick):
 the preset brings its own optimizer, batch size and normalisation.
 """
 
@@ -79,7 +79,7 @@ def test_preset_runs_end_to_end_with_onnx_parity(preset, data_kind, tmp_path, mo
         "prepare": {"shard_size": 64},
         "train": {
             "model": preset,
-            "epochs": 3,
+            "epochs": 2,
             "shuffle_buffer": 256,
             **({"text": TINY_TEXT} if data_kind.startswith("text") else {}),
         },  # fmt: skip

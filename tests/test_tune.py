@@ -249,16 +249,26 @@ def test_in_dvc_the_search_is_a_stage_train_depends_on_and_nothing_reruns_unchan
     assert "Running stage 'tune'" in searched and "Running stage 'train'" in searched, searched
     assert json.loads((repo / "reports/train.json").read_text())["hyperparameters"]["learning_rate"] in (0.02, 0.03)
     assert "Running stage" not in run(["dvc", "repro", "train"], repo).stdout
-
-    # The final model trained longer: the same study (its trials train tune.epochs), no trial again.
-    best = (repo / "models/tuned.yaml").read_text()
-    set_params(repo, "train", epochs=4)
-    longer = run(["dvc", "repro", "train"], repo).stdout
-    assert "Running stage 'train'" in longer and (repo / "models/tuned.yaml").read_text() == best, longer
-    assert json.loads((repo / "reports/search.json").read_text())["trials_run_here"] == 0
-    assert json.loads((repo / "reports/train.json").read_text())["epochs_run"] == 4
     assert (repo / "mlflow.optuna.db").is_file()  # the study, beside the store (never committed: .gitignore)
     assert "/mlflow.optuna.db" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_training_the_final_model_longer_keeps_the_search_s_study():
+    """The study's name counts of train.epochs only what the trials train (bounded by tune.epochs):
+    raising train.epochs for the final model reruns train on the same study's best values (a rerun
+    of the same study runs no trial again: test_a_rerun_continues_the_study...), while a change to
+    what the trials train is another search."""
+    from pipeline.params import Params
+    from pipeline.study_design import study_name
+
+    def name(tune: dict, train: dict) -> str:
+        checked = Params.model_validate({"tune": {**SEARCH, **tune}, "train": train})
+        return study_name("e", checked.tune.model_dump(mode="json"), checked.train.model_dump(mode="json"), "d")
+
+    trials = name({"epochs": 2}, {"epochs": 2})
+    assert name({"epochs": 2}, {"epochs": 4}) == trials
+    assert name({"epochs": 3}, {"epochs": 4}) != trials
+    assert name({"epochs": 2}, {"epochs": 2, "learning_rate": 0.5}) != trials
 
 
 def test_a_study_database_that_does_not_answer_is_one_line(project):
