@@ -187,11 +187,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None], rewri
             built.mkdir()
             build(built)
             done.touch()
-    own = tmp_path_factory.mktemp(name)
-    shutil.copytree(built, own, symlinks=True, dirs_exist_ok=True)
-    for store in own.rglob("mlflow.db"):  # its artifacts are those of the project it is in
-        project = store.parent.relative_to(own)
-        relocate_store(store, built / project, own / project)
+    own = copied(built, tmp_path_factory.mktemp(name))
     for path in rewrite:
         text = (own / path).read_text()
         (own / path).write_text(text.replace(f"{built}/", f"{own}/"))
@@ -214,9 +210,16 @@ def exclusive(lock: Path):
 @pytest.fixture
 def reproduced_copy(reproduced, tmp_path) -> Path:
     """A copy of the reproduced repo (git, DVC cache, outputs, its own MLflow store) to change."""
-    copy = tmp_path / "repo"
-    shutil.copytree(reproduced.repo, copy, symlinks=True)
-    relocate_store(copy / "mlflow.db", reproduced.repo, copy)
+    return copied(reproduced.repo, tmp_path / "repo")
+
+
+def copied(source: Path, copy: Path) -> Path:
+    """`source` copied to `copy` (which may exist, empty), each MLflow store in it pointed at its
+    project's copy (the directory the store is in)."""
+    shutil.copytree(source, copy, symlinks=True, dirs_exist_ok=True)
+    for store in copy.rglob("mlflow.db"):
+        project = store.parent.relative_to(copy)
+        relocate_store(store, source / project, copy / project)
     return copy
 
 
