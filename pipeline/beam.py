@@ -98,7 +98,8 @@ def stop_if_a_worker_exits():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    exited: list[str] = []
+    exited: list[str] = []  # each exited worker's message, in the order their threads heard it
+    raised = False
     previous_hook = threading.excepthook
 
     def hook(args) -> None:
@@ -110,8 +111,11 @@ def stop_if_a_worker_exits():
             signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
 
     def interrupt(signum, frame) -> None:
-        if len(exited) == 1:
-            exited.append("")  # raised once: the cleanup it starts is not interrupted again
+        # Raised once (the cleanup it starts is not interrupted again), whether or not another worker
+        # exited between the signal and this handler: both exiting at start is the common case.
+        nonlocal raised
+        if exited and not raised:
+            raised = True
             raise WorkerExited(exited[0])
 
     previous_handler = signal.signal(signal.SIGUSR1, interrupt)
