@@ -24,6 +24,13 @@ def registered_model_name(configured: str | None, meta) -> str:
     return configured or f"{meta.name}-classifier"
 
 
+def duplicate_key(exc: BaseException) -> bool:
+    """An MLflow store error caused by a unique key another writer took first (SQLite, PostgreSQL,
+    MySQL; through a tracking server, the server's message)."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    return any(mark in text for mark in ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry"))
+
+
 class Registry:
     """The model registry's versions, aliases (`champion`, `challenger`) and their tags."""
 
@@ -50,7 +57,18 @@ class Registry:
             raise PipelineError(f"registered model {name} has no version {version}") from None
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(name, alias, str(version))
+        """Point `alias` at `version`. MLflow's store reads the alias, then inserts it when it was
+        absent: a second writer (`dvc queue start -j 2`: two exports at once) that sets it between
+        the two makes the insert a unique-key error. The alias then exists, so setting it again is
+        an update; the last writer wins, as with any alias move."""
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(3):
+            try:
+                return self.client.set_registered_model_alias(name, alias, str(version))
+            except MlflowException as exc:
+                if attempt == 2 or not duplicate_key(exc):
+                    raise
 
     def tag_version(self, name: str, version: str, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
