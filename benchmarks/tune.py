@@ -6,7 +6,7 @@ the model trained on the adaptive search's best values against the default prese
 trains them (the preset's own epochs), on the test split, which no search ever sees. Writes
 reports/tune.json, the figures of docs/speed.md's Tuning section.
 
-    python benchmarks/tune.py [--examples 10000] [--trials 24] [--epochs 9] [--seeds 42]
+    python benchmarks/tune.py [--examples 10000] [--trials 24] [--epochs 9] [--seeds 42] [--only SEARCH ...]
 
 Trials of 9 epochs give successive halving its rungs (after epochs 1, 3 and 9); with 3 the most a
 pruned trial can save is 2 epochs (measured: 17 % fewer epochs at 24 trials on 20,000 examples).
@@ -41,7 +41,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # helpers.writers, helpers.data: the tests' own IDX writer and fetch/prepare
 
 SEARCHES = {
-    "adaptive": {"sampler": "tpe", "pruner": "halving"},  # the stage's defaults: the best third go on
+    "adaptive": {"sampler": "tpe", "pruner": "halving", "reduction_factor": 3},  # the best third go on
+    "adaptive_quarter": {"sampler": "tpe", "pruner": "halving", "reduction_factor": 4},  # the best quarter
+    "adaptive_hyperband": {"sampler": "tpe", "pruner": "hyperband", "reduction_factor": 3},
     "adaptive_median": {"sampler": "tpe", "pruner": "median"},  # stops what is below the others' median
     "random": {"sampler": "random", "pruner": "none"},  # a sweep: every point trains every epoch
 }
@@ -122,6 +124,7 @@ def run_search(kind: str, base: dict, work: Path, prepared: Path, trials: int, e
     per_trial = trial_seconds(directory)
     return {
         "settings": settings,
+        "commit": commit(),
         "seconds": round(seconds, 1),
         "trial_seconds_median": round(statistics.median(per_trial), 1),
         "best_val_accuracy": report["best"]["value"],
@@ -157,13 +160,36 @@ def final_model(base: dict, work: Path, prepared: Path, tuned: str | None) -> di
     }
 
 
+def earlier_runs(out: Path, budget: dict, examples: int, rerun: list[str]) -> tuple[dict, dict]:
+    """The searches of the report at `out` that this run does not repeat, and its final models, when
+    it measured the same budget on the same data (else nothing): the same search at the same seed
+    trains the same trials, so only its seconds would differ. Each search records its commit."""
+    if not out.exists():
+        return {}, {}
+    report = json.loads(out.read_text())
+    if report.get("budget") != budget or report.get("data", {}).get("examples") != examples:
+        return {}, {}
+    kept = {seed: {kind: run for kind, run in searches.items() if kind not in rerun and kind in SEARCHES}
+            for seed, searches in report["searches"].items()}  # fmt: skip
+    return kept, report.get("final") or {}
+
+
+def commit() -> str:
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipeline"], cwd=REPO, capture_output=True, text=True)
+    return found.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=10_000, help="training examples drawn from the train files")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=9, help="epochs each trial trains at most")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="one pair of searches per seed")
-    parser.add_argument("--no-final", action="store_true", help="skip the two final trainings")
+    parser.add_argument("--no-final", action="store_true", help="skip the two final trainings (keep the report's)")
+    parser.add_argument("--only", nargs="+", choices=sorted(SEARCHES), default=sorted(SEARCHES),
+                        help="run these searches; the report keeps the others' figures from its last run "
+                             "when the budget and data are the same")  # fmt: skip
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--out", default=str(REPO / "reports/tune.json"))
     args = parser.parse_args()
@@ -172,7 +198,8 @@ def main() -> None:
 
     base = yaml.safe_load(Path(args.params).read_text())
     space = base["tune"]["space"]  # params.yaml's, for both searches
-    runs: dict[str, dict] = {}
+    budget = {"trials": args.trials, "epochs_per_trial": args.epochs, "seeds": args.seeds, "space": space}
+    runs, kept_final = earlier_runs(Path(args.out), budget, args.examples, args.only)
     tuned_files: dict[tuple[int, str], str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as scratch:
         root = Path(scratch)
@@ -181,17 +208,17 @@ def main() -> None:
         _, meta = fetch_and_prepare(data, root / "data", prepare={"shard_size": 10_000})
         prepared = root / "data/prepared"
         for seed in args.seeds:
-            for kind in SEARCHES:
+            for kind in args.only:
                 print(f"== {kind} search, seed {seed}", flush=True)
                 runs.setdefault(str(seed), {})[kind], tuned_files[(seed, kind)] = run_search(
                     kind, base, root / f"{kind}-{seed}", prepared, args.trials, args.epochs, seed
                 )
                 print(json.dumps(runs[str(seed)][kind]), flush=True)
-        final = {}
-        if not args.no_final:
-            adaptive = [kind for kind in SEARCHES if kind != "random"]
+        final = kept_final
+        adaptive = [kind for kind in args.only if kind != "random"]
+        if adaptive and not args.no_final:
             chosen = max(adaptive, key=lambda kind: runs[str(args.seeds[0])][kind]["best_val_accuracy"])
-            final["tuned_from"] = chosen  # the adaptive search whose best validation accuracy was highest
+            final = {"tuned_from": chosen}  # the adaptive search whose best validation accuracy was highest
             best = tuned_files[(args.seeds[0], chosen)]
             for name, tuned in (("default_preset", None), ("tuned", best)):
                 print(f"== final model: {name}", flush=True)
@@ -202,7 +229,8 @@ def main() -> None:
         return statistics.median(run[kind][key] for run in runs.values())
 
     summary = {}
-    for kind in sorted(SEARCHES, key=lambda kind: kind != "random"):  # the baseline first
+    measured = [kind for kind in SEARCHES if all(kind in run for run in runs.values())]
+    for kind in sorted(measured, key=lambda kind: kind != "random"):  # the baseline first
         summary[kind] = {
             "best_val_accuracy_median": median(kind, "best_val_accuracy"),
             "epochs_median": median(kind, "epochs_run"),
@@ -218,7 +246,7 @@ def main() -> None:
             )
     report = {
         "data": {"examples": args.examples, "counts": meta.counts, "source": "Fashion-MNIST (Debian's package)"},
-        "budget": {"trials": args.trials, "epochs_per_trial": args.epochs, "seeds": args.seeds, "space": space},
+        "budget": budget,
         "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "searches": runs,
         "summary": summary,

@@ -253,6 +253,9 @@ class TuneParams(Section):
     # (warmup_epochs × 3^k) go on; median: stop a trial below the others' median at the same epoch
     # (TPE's rarely are: docs/speed.md); hyperband: halving over several brackets; none.
     pruner: Literal["median", "halving", "hyperband", "none"] = "halving"
+    # halving and hyperband: 1 in this many trials at a rung goes on, and each rung is this many
+    # times the epochs of the one before (3: rungs after 1, 3, 9 epochs; 4: after 1, 4, 16).
+    reduction_factor: Annotated[int, Field(ge=2, le=10)] = 3
     # Epochs a trial trains before the pruner may stop it.
     warmup_epochs: Annotated[int, Field(ge=0, le=100_000)] = 1
     # Processes running trials on this machine (each one a share of its cores); more machines join

@@ -81,6 +81,7 @@ def search_report(search, seconds: float, best) -> dict[str, Any]:
         "direction": direction(search.tune.metric),
         "sampler": search.tune.sampler,
         "pruner": search.tune.pruner,
+        "reduction_factor": search.tune.reduction_factor if search.tune.pruner in ("halving", "hyperband") else None,
         "trials": {"complete": now.complete, "pruned": now.pruned, "failed": now.failed, "budget": search.budget},
         "epochs": {
             "run": now.epochs,

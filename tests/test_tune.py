@@ -188,6 +188,33 @@ def test_successive_halving_the_default_stops_all_but_the_best_third_at_each_run
     assert stopped_after([0.7, 0.7, 0.3] + [0.3] * 6) == 3  # passes epoch 1, falls behind by epoch 3
 
 
+def test_a_reduction_factor_of_4_keeps_the_best_quarter_at_rungs_after_1_and_4_epochs():
+    import optuna
+
+    from pipeline.params import Params
+    from pipeline.study_design import make_pruner
+
+    tune = Params.model_validate({"tune": {"reduction_factor": 4}}).tune
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(tune, max_epochs=9))
+
+    def stopped_after(curve: list[float]) -> int:
+        trial = study.ask()
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, epoch)
+            if epoch < len(curve) and trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return epoch
+        study.tell(trial, curve[-1])
+        return len(curve)
+
+    for start in (0.5, 0.6, 0.7):  # each better than those before at every rung: on to the end
+        assert stopped_after([start + 0.01 * e for e in range(9)]) == 9
+    # Not the best of four at epoch 1 (only the top quarter goes on): stopped there.
+    assert stopped_after([0.55] + [0.9] * 8) == 1
+    # Best at epoch 1, then below the best quarter at epoch 4 (a rung a factor of 3 does not have).
+    assert stopped_after([0.95, 0.5, 0.5, 0.5] + [0.5] * 5) == 4
+
+
 def test_off_the_stage_writes_no_values_and_starts_nothing_heavy(project):
     script = (
         "import sys; from pipeline import tune; tune.main(sys.argv[1:]); "
