@@ -11,8 +11,17 @@ from typing import Any
 
 # The tune settings that make a study what it is; trials, timeout, workers and storage only say how
 # long and where it runs (raising `trials` continues the same study).
-IDENTITY = ("space", "epochs", "metric", "sampler", "seed", "startup_trials", "pruner", "reduction_factor",
-            "warmup_epochs")
+IDENTITY = (
+    "space",
+    "epochs",
+    "metric",
+    "sampler",
+    "seed",
+    "startup_trials",
+    "pruner",
+    "reduction_factor",
+    "warmup_epochs",
+)
 
 
 def study_name(experiment: str, tune: dict, train: dict, data_identity: str) -> str:
@@ -75,8 +84,9 @@ def make_pruner(tune, max_epochs: int):
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=tune.reduction_factor)
     if tune.pruner == "hyperband":
         last = max(first, max_epochs)
-        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=last,
-                                              reduction_factor=tune.reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=first, max_resource=last, reduction_factor=tune.reduction_factor
+        )
     return optuna.pruners.NopPruner()
 
 

@@ -29,9 +29,10 @@ def test_an_alias_another_writer_sets_between_mlflows_read_and_insert_is_moved_n
         # MLflow has read that no alias exists and is about to insert it: the other export's
         # process sets it now, in its own connection, and commits.
         if statement.startswith("INSERT INTO registered_model_aliases") and not interleaved:
+            alias = ("INSERT INTO registered_model_aliases (workspace, name, alias, version) "
+                     "SELECT workspace, name, ?, 1 FROM registered_models WHERE name = 'm'")  # fmt: skip
             with sqlite3.connect(store_file(mlflow_run)) as other:
-                other.execute("INSERT INTO registered_model_aliases (workspace, name, alias, version) "
-                              "SELECT workspace, name, ?, 1 FROM registered_models WHERE name = 'm'", (CHALLENGER,))  # fmt: skip
+                other.execute(alias, (CHALLENGER,))
             interleaved.append(statement)
 
     event.listen(engine, "before_cursor_execute", other_writer_first)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
 import yaml
@@ -157,6 +158,21 @@ def test_the_pruner_stops_training_after_an_epoch_on_both_loops(project, tmp_pat
     assert [row["epoch"] for row in read_history(tmp_path / loop / "history.csv")] == [1]
 
 
+def stopped_after_epoch(study, curve: list[float]) -> int:
+    """A trial of `study` reporting `curve` epoch by epoch: the epoch it stopped after, the pruner's
+    verdict or its last."""
+    import optuna
+
+    trial = study.ask()
+    for epoch, value in enumerate(curve, start=1):
+        trial.report(value, epoch)
+        if epoch < len(curve) and trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return epoch
+    study.tell(trial, curve[-1])
+    return len(curve)
+
+
 def test_successive_halving_the_default_stops_all_but_the_best_third_at_each_rung():
     """The default pruner as the stage makes it (rungs at warmup_epochs × 3^k: epochs 1, 3, 9): fed
     the epoch values of trials, it stops a trial below the best third of those that reached a rung
@@ -170,17 +186,7 @@ def test_successive_halving_the_default_stops_all_but_the_best_third_at_each_run
     assert tune.pruner == "halving" and tune.warmup_epochs == 1
     study = optuna.create_study(direction="maximize", pruner=make_pruner(tune, max_epochs=9))
 
-    def stopped_after(curve: list[float]) -> int:
-        """The epoch the trial stopped after: the pruner's verdict or its last."""
-        trial = study.ask()
-        for epoch, value in enumerate(curve, start=1):
-            trial.report(value, epoch)
-            if epoch < len(curve) and trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                return epoch
-        study.tell(trial, curve[-1])
-        return len(curve)
-
+    stopped_after = partial(stopped_after_epoch, study)
     first = stopped_after([0.5 + 0.01 * e for e in range(9)])  # alone at every rung: goes on
     assert first == 9
     assert stopped_after([0.6 + 0.01 * e for e in range(9)]) == 9  # better at each rung than the first
@@ -197,16 +203,7 @@ def test_a_reduction_factor_of_4_keeps_the_best_quarter_at_rungs_after_1_and_4_e
     tune = Params.model_validate({"tune": {"reduction_factor": 4}}).tune
     study = optuna.create_study(direction="maximize", pruner=make_pruner(tune, max_epochs=9))
 
-    def stopped_after(curve: list[float]) -> int:
-        trial = study.ask()
-        for epoch, value in enumerate(curve, start=1):
-            trial.report(value, epoch)
-            if epoch < len(curve) and trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                return epoch
-        study.tell(trial, curve[-1])
-        return len(curve)
-
+    stopped_after = partial(stopped_after_epoch, study)
     for start in (0.5, 0.6, 0.7):  # each better than those before at every rung: on to the end
         assert stopped_after([start + 0.01 * e for e in range(9)]) == 9
     # Not the best of four at epoch 1 (only the top quarter goes on): stopped there.
