@@ -515,6 +515,22 @@ def text_section() -> list[str]:
     return lines
 
 
+def search_label(settings: dict) -> str:
+    """`TPE + successive halving, best quarter (the default)` for a search of benchmarks/tune.py."""
+    from pipeline.params import TuneParams
+
+    if settings["sampler"] == "random":
+        return "random, no pruning"
+    defaults = {key: TuneParams.model_fields[key].default for key in ("pruner", "reduction_factor")}
+    pruners = {"halving": "successive halving", "median": "median pruner", "hyperband": "Hyperband"}
+    # Reports written before the factor was a setting measured 3, its value then.
+    factor = settings.get("reduction_factor", 3) if settings["pruner"] in ("halving", "hyperband") else None
+    is_default = settings["pruner"] == defaults["pruner"] and factor in (None, defaults["reduction_factor"])
+    kept = {3: ", best third", 4: ", best quarter"}.get(factor, f", 1 in {factor}") if factor else ""
+    pruner = pruners.get(settings["pruner"], settings["pruner"])
+    return f"TPE + {pruner}{kept}" + (" (the default)" if is_default else "")
+
+
 def tune_section() -> list[str]:
     t = load("tune.json")
     lines = ["## Tuning", ""]
@@ -529,22 +545,15 @@ def tune_section() -> list[str]:
         f"epochs over `params.yaml`'s `tune.space`, seed {seeds}, one process, on a {data['examples']:,}-example "
         f"subset of Fashion-MNIST ({counts['train']:,} train, {counts['val']:,} validation; the search never sees "
         f"the {counts['test']:,} test examples), on {m['cpu']} ({m['cpus']} logical CPUs, shared with other work: "
-        f"compare the seconds within this table only). Medians over the seeds. " + source("tune.json", "tune.py"),
+        f"compare the seconds within this table only). Medians over the seeds. A search rerun alone (`--only`) "
+        f"keeps the others' rows; each records the commit it ran at. " + source("tune.json", "tune.py"),
         "",
     ]
-    from pipeline.params import TuneParams
-
-    default = TuneParams.model_fields["pruner"].default
-    pruners = {"halving": "successive halving", "median": "median pruner", "hyperband": "Hyperband"}
     rows = []
     for kind, s in t["summary"].items():
         run = next(iter(t["searches"].values()))[kind]
         saved = s.get("epochs_saved_vs_random_median")
-        settings = run["settings"]
-        label = "random, no pruning" if settings["sampler"] == "random" else (
-            f"TPE + {pruners.get(settings['pruner'], settings['pruner'])}"
-            + (" (the default)" if settings["pruner"] == default else "")
-        )  # fmt: skip
+        label = search_label(run["settings"])
         rows.append([
             label, f"{s['best_val_accuracy_median']:.4f}", f"{s['epochs_median']:.0f}",
             "" if saved is None else f"{saved:.0%}", f"{run['trials']['complete']} / {run['trials']['pruned']}",
@@ -557,7 +566,8 @@ def tune_section() -> list[str]:
     final = t.get("final") or {}
     if "tuned" in final:
         rows = []
-        labels = {"default_preset": "the default preset", "tuned": f"the best values of {final['tuned_from']}"}
+        chosen = next(iter(t["searches"].values()))[final["tuned_from"]]["settings"]
+        labels = {"default_preset": "the default preset", "tuned": f"the best values of {search_label(chosen)}"}
         for name, label in labels.items():
             f = final[name]
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in f["values"].items())

@@ -1,15 +1,17 @@
 """The adaptive search against a plain one on the same budget: on a subset of Fashion-MNIST, the same
 search space (params.yaml's `tune.space`), the same number of trials of at most the same epochs and
-the same seed, `tune` with TPE and successive halving (the default) or the median pruner against
-random search without pruning (what a hand-written sweep does: every point runs every epoch). Then
-the model trained on the adaptive search's best values against the default preset, both as `train`
+the same seed, `tune` with TPE and successive halving (the best quarter at each rung, the default;
+or the best third), Hyperband or the median pruner against random search without pruning (what a
+hand-written sweep does: every point runs every epoch). Then the model trained on the best values of
+the adaptive search that found the best against the default preset, both as `train`
 trains them (the preset's own epochs), on the test split, which no search ever sees. Writes
 reports/tune.json, the figures of docs/speed.md's Tuning section.
 
     python benchmarks/tune.py [--examples 10000] [--trials 24] [--epochs 9] [--seeds 42] [--only SEARCH ...]
 
-Trials of 9 epochs give successive halving its rungs (after epochs 1, 3 and 9); with 3 the most a
-pruned trial can save is 2 epochs (measured: 17 % fewer epochs at 24 trials on 20,000 examples).
+Trials of 9 epochs give successive halving its rungs (after epochs 1 and 4; 1, 3 and 9 for the best
+third); with 3 the most a pruned trial can save is 2 epochs (measured: 17 % fewer epochs for the
+best third at 24 trials on 20,000 examples).
 
 Each search is the real stage, `python -m pipeline.tune` with the command line dvc.yaml gives it, in
 a scratch project with its own MLflow store and study; the final models go through `train` and
@@ -42,7 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))  # helpers.writers, helpers.data: the te
 
 SEARCHES = {
     "adaptive": {"sampler": "tpe", "pruner": "halving", "reduction_factor": 3},  # the best third go on
-    "adaptive_quarter": {"sampler": "tpe", "pruner": "halving", "reduction_factor": 4},  # the best quarter
+    "adaptive_quarter": {"sampler": "tpe", "pruner": "halving", "reduction_factor": 4},  # the default
     "adaptive_hyperband": {"sampler": "tpe", "pruner": "hyperband", "reduction_factor": 3},
     "adaptive_median": {"sampler": "tpe", "pruner": "median"},  # stops what is below the others' median
     "random": {"sampler": "random", "pruner": "none"},  # a sweep: every point trains every epoch

@@ -240,8 +240,7 @@ class TuneParams(Section):
     trials: Annotated[int, Field(ge=1, le=100_000)] | None = 24
     # Seconds this run of the search may start trials for (null: until `trials`).
     timeout: Annotated[float, Field(gt=0)] | None = None
-    # Epochs each trial trains at most (null: train's own); the best params never include it
-    # unless `epochs` is in the space.
+    # Epochs each trial trains at most (null: train's own); never a best param unless in the space.
     epochs: Annotated[int, Field(ge=1, le=100_000)] | None = None
     # Of the validation split, never the test split: val_accuracy is maximised, val_loss minimised.
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
@@ -249,13 +248,11 @@ class TuneParams(Section):
     seed: Seed = 42
     # Trials sampled at random before TPE models the results, and before the median pruner compares.
     startup_trials: Annotated[int, Field(ge=0, le=100_000)] = 5
-    # halving: successive halving (ASHA), the best third of the trials at each rung of epochs
-    # (warmup_epochs × 3^k) go on; median: stop a trial below the others' median at the same epoch
-    # (TPE's rarely are: docs/speed.md); hyperband: halving over several brackets; none.
+    # halving: successive halving (ASHA); median: stop a trial below the others' median at the same
+    # epoch (TPE's rarely are: docs/speed.md); hyperband: halving over several brackets; none.
     pruner: Literal["median", "halving", "hyperband", "none"] = "halving"
-    # halving and hyperband: 1 in this many trials at a rung goes on, and each rung is this many
-    # times the epochs of the one before (3: rungs after 1, 3, 9 epochs; 4: after 1, 4, 16).
-    reduction_factor: Annotated[int, Field(ge=2, le=10)] = 3
+    # halving, hyperband: 1 trial in this many at a rung goes on; rungs after warmup × this^k epochs.
+    reduction_factor: Annotated[int, Field(ge=2, le=10)] = 4
     # Epochs a trial trains before the pruner may stop it.
     warmup_epochs: Annotated[int, Field(ge=0, le=100_000)] = 1
     # Processes running trials on this machine (each one a share of its cores); more machines join

@@ -252,6 +252,7 @@ def test_committed_params_leave_the_hyperparameters_to_the_preset():
         ),
         ("export", {"calibration_size": 10**12}, "params.yaml: export.calibration_size must be <= 100000"),
         ("train", {"epochs": 10**9}, "params.yaml: train.epochs must be <= 100000"),
+        ("tune", {"reduction_factor": 1}, "params.yaml: tune.reduction_factor must be >= 2, got 1"),
     ],
 )
 def test_params_outside_safe_ranges_name_the_key_before_any_work(section, values, message):

@@ -173,9 +173,9 @@ def stopped_after_epoch(study, curve: list[float]) -> int:
     return len(curve)
 
 
-def test_successive_halving_the_default_stops_all_but_the_best_third_at_each_rung():
-    """The default pruner as the stage makes it (rungs at warmup_epochs × 3^k: epochs 1, 3, 9): fed
-    the epoch values of trials, it stops a trial below the best third of those that reached a rung
+def test_successive_halving_the_default_keeps_the_best_quarter_at_rungs_after_1_and_4_epochs():
+    """The default pruner as the stage makes it (rungs at warmup_epochs × 4^k: epochs 1, 4, 16): fed
+    the epoch values of trials, it stops a trial below the best quarter of those that reached a rung
     and lets the best go on to the last epoch."""
     import optuna
 
@@ -183,24 +183,7 @@ def test_successive_halving_the_default_stops_all_but_the_best_third_at_each_run
     from pipeline.study_design import make_pruner
 
     tune = Params.model_validate({"tune": {}}).tune
-    assert tune.pruner == "halving" and tune.warmup_epochs == 1
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(tune, max_epochs=9))
-
-    stopped_after = partial(stopped_after_epoch, study)
-    first = stopped_after([0.5 + 0.01 * e for e in range(9)])  # alone at every rung: goes on
-    assert first == 9
-    assert stopped_after([0.6 + 0.01 * e for e in range(9)]) == 9  # better at each rung than the first
-    assert stopped_after([0.2] * 9) == 1  # below the best third after epoch 1
-    assert stopped_after([0.7, 0.7, 0.3] + [0.3] * 6) == 3  # passes epoch 1, falls behind by epoch 3
-
-
-def test_a_reduction_factor_of_4_keeps_the_best_quarter_at_rungs_after_1_and_4_epochs():
-    import optuna
-
-    from pipeline.params import Params
-    from pipeline.study_design import make_pruner
-
-    tune = Params.model_validate({"tune": {"reduction_factor": 4}}).tune
+    assert (tune.pruner, tune.reduction_factor, tune.warmup_epochs) == ("halving", 4, 1)
     study = optuna.create_study(direction="maximize", pruner=make_pruner(tune, max_epochs=9))
 
     stopped_after = partial(stopped_after_epoch, study)
@@ -210,6 +193,23 @@ def test_a_reduction_factor_of_4_keeps_the_best_quarter_at_rungs_after_1_and_4_e
     assert stopped_after([0.55] + [0.9] * 8) == 1
     # Best at epoch 1, then below the best quarter at epoch 4 (a rung a factor of 3 does not have).
     assert stopped_after([0.95, 0.5, 0.5, 0.5] + [0.5] * 5) == 4
+
+
+def test_a_reduction_factor_of_3_keeps_the_best_third_at_rungs_after_1_3_and_9_epochs():
+    import optuna
+
+    from pipeline.params import Params
+    from pipeline.study_design import make_pruner
+
+    tune = Params.model_validate({"tune": {"reduction_factor": 3}}).tune
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(tune, max_epochs=9))
+
+    stopped_after = partial(stopped_after_epoch, study)
+    first = stopped_after([0.5 + 0.01 * e for e in range(9)])  # alone at every rung: goes on
+    assert first == 9
+    assert stopped_after([0.6 + 0.01 * e for e in range(9)]) == 9  # better at each rung than the first
+    assert stopped_after([0.2] * 9) == 1  # below the best third after epoch 1
+    assert stopped_after([0.7, 0.7, 0.3] + [0.3] * 6) == 3  # passes epoch 1, falls behind by epoch 3
 
 
 def test_off_the_stage_writes_no_values_and_starts_nothing_heavy(project):
