@@ -23,6 +23,8 @@ IDENTITY = (
     "warmup_epochs",
 )
 
+RUNGS = ("halving", "hyperband")  # the pruners whose rungs tune.reduction_factor sets
+
 
 def study_name(experiment: str, tune: dict, train: dict, data_identity: str) -> str:
     """`<experiment>-tune-<hash>`: the same search (space, settings, train section, data) has the same
@@ -30,6 +32,8 @@ def study_name(experiment: str, tune: dict, train: dict, data_identity: str) -> 
     `train.epochs` only what the trials train counts: set for the final model once a search is
     done, it reruns `train` on the same best values, not the search."""
     settings = {key: tune[key] for key in IDENTITY}
+    if tune["pruner"] not in RUNGS:  # the factor only shapes halving's and Hyperband's rungs
+        del settings["reduction_factor"]
     searched = {**train, "epochs": trial_epochs(tune, train)}
     blob = json.dumps({"tune": settings, "train": searched, "data": data_identity}, sort_keys=True)
     return f"{experiment}-tune-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

@@ -70,7 +70,7 @@ def stop_workers(procs: list[subprocess.Popen], failed: bool) -> None:
 def search_report(search, seconds: float, best) -> dict[str, Any]:
     """reports/search.json: the trials' outcomes, the epochs pruning saved, the best trial."""
     from pipeline.study import counts
-    from pipeline.study_design import direction
+    from pipeline.study_design import RUNGS, direction
 
     now = counts(search.study)
     budget_epochs = now.finished * search.max_epochs()
@@ -81,7 +81,7 @@ def search_report(search, seconds: float, best) -> dict[str, Any]:
         "direction": direction(search.tune.metric),
         "sampler": search.tune.sampler,
         "pruner": search.tune.pruner,
-        "reduction_factor": search.tune.reduction_factor if search.tune.pruner in ("halving", "hyperband") else None,
+        "reduction_factor": search.tune.reduction_factor if search.tune.pruner in RUNGS else None,
         "trials": {"complete": now.complete, "pruned": now.pruned, "failed": now.failed, "budget": search.budget},
         "epochs": {
             "run": now.epochs,

@@ -293,6 +293,10 @@ def test_training_the_final_model_longer_keeps_the_search_s_study():
     assert name({"epochs": 2}, {"epochs": 4}) == trials
     assert name({"epochs": 3}, {"epochs": 4}) != trials
     assert name({"epochs": 2}, {"epochs": 2, "learning_rate": 0.5}) != trials
+    # The reduction factor sets halving's rungs (another search), and nothing of the median pruner's.
+    halving = name({"epochs": 2, "pruner": "halving"}, {"epochs": 2})
+    assert name({"epochs": 2, "pruner": "halving", "reduction_factor": 3}, {"epochs": 2}) != halving
+    assert name({"epochs": 2, "reduction_factor": 3}, {"epochs": 2}) == trials  # SEARCH's pruner: median
 
 
 def test_a_study_database_that_does_not_answer_is_one_line(project):
