@@ -1,5 +1,5 @@
 """pipeline/registry.py against a real MLflow SQLite store: aliases set while another writer sets
-them too (two exports of `dvc queue start -j 2` registering at once)."""
+them too (two exports of `dvc exp run --run-all -j 2` registering at once)."""
 
 import sqlite3
 
