@@ -63,12 +63,12 @@ class Registry:
         an update; the last writer wins, as with any alias move."""
         from mlflow.exceptions import MlflowException
 
-        for attempt in range(3):
-            try:
-                return self.client.set_registered_model_alias(name, alias, str(version))
-            except MlflowException as exc:
-                if attempt == 2 or not duplicate_key(exc):
-                    raise
+        try:
+            self.client.set_registered_model_alias(name, alias, str(version))
+        except MlflowException as exc:
+            if not duplicate_key(exc):
+                raise
+            self.client.set_registered_model_alias(name, alias, str(version))
 
     def tag_version(self, name: str, version: str, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
