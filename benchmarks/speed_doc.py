@@ -518,13 +518,14 @@ def text_section() -> list[str]:
 def search_label(settings: dict) -> str:
     """`TPE + successive halving, best quarter (the default)` for a search of benchmarks/tune.py."""
     from pipeline.params import TuneParams
+    from pipeline.study_design import RUNGS
 
     if settings["sampler"] == "random":
         return "random, no pruning"
     defaults = {key: TuneParams.model_fields[key].default for key in ("pruner", "reduction_factor")}
     pruners = {"halving": "successive halving", "median": "median pruner", "hyperband": "Hyperband"}
     # Reports written before the factor was a setting measured 3, its value then.
-    factor = settings.get("reduction_factor", 3) if settings["pruner"] in ("halving", "hyperband") else None
+    factor = settings.get("reduction_factor", 3) if settings["pruner"] in RUNGS else None
     is_default = settings["pruner"] == defaults["pruner"] and factor in (None, defaults["reduction_factor"])
     kept = {3: ", best third", 4: ", best quarter"}.get(factor, f", 1 in {factor}") if factor else ""
     pruner = pruners.get(settings["pruner"], settings["pruner"])

@@ -158,6 +158,18 @@ def test_the_pruner_stops_training_after_an_epoch_on_both_loops(project, tmp_pat
     assert [row["epoch"] for row in read_history(tmp_path / loop / "history.csv")] == [1]
 
 
+def pruned_as_the_stage_prunes(tune: dict, max_epochs: int = 9):
+    """The pruner the stage makes from the `tune` section, on a study of its own: returns
+    `stopped_after(curve)`, a new trial reporting `curve` epoch by epoch and the epoch it stopped after."""
+    import optuna
+
+    from pipeline.params import Params
+    from pipeline.study_design import make_pruner
+
+    pruner = make_pruner(Params.model_validate({"tune": tune}).tune, max_epochs=max_epochs)
+    return partial(stopped_after_epoch, optuna.create_study(direction="maximize", pruner=pruner))
+
+
 def stopped_after_epoch(study, curve: list[float]) -> int:
     """A trial of `study` reporting `curve` epoch by epoch: the epoch it stopped after, the pruner's
     verdict or its last."""
@@ -177,16 +189,11 @@ def test_successive_halving_the_default_keeps_the_best_quarter_at_rungs_after_1_
     """The default pruner as the stage makes it (rungs at warmup_epochs × 4^k: epochs 1, 4, 16): fed
     the epoch values of trials, it stops a trial below the best quarter of those that reached a rung
     and lets the best go on to the last epoch."""
-    import optuna
-
     from pipeline.params import Params
-    from pipeline.study_design import make_pruner
 
     tune = Params.model_validate({"tune": {}}).tune
     assert (tune.pruner, tune.reduction_factor, tune.warmup_epochs) == ("halving", 4, 1)
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(tune, max_epochs=9))
-
-    stopped_after = partial(stopped_after_epoch, study)
+    stopped_after = pruned_as_the_stage_prunes({})
     for start in (0.5, 0.6, 0.7):  # each better than those before at every rung: on to the end
         assert stopped_after([start + 0.01 * e for e in range(9)]) == 9
     # Not the best of four at epoch 1 (only the top quarter goes on): stopped there.
@@ -196,15 +203,7 @@ def test_successive_halving_the_default_keeps_the_best_quarter_at_rungs_after_1_
 
 
 def test_a_reduction_factor_of_3_keeps_the_best_third_at_rungs_after_1_3_and_9_epochs():
-    import optuna
-
-    from pipeline.params import Params
-    from pipeline.study_design import make_pruner
-
-    tune = Params.model_validate({"tune": {"reduction_factor": 3}}).tune
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(tune, max_epochs=9))
-
-    stopped_after = partial(stopped_after_epoch, study)
+    stopped_after = pruned_as_the_stage_prunes({"reduction_factor": 3})
     first = stopped_after([0.5 + 0.01 * e for e in range(9)])  # alone at every rung: goes on
     assert first == 9
     assert stopped_after([0.6 + 0.01 * e for e in range(9)]) == 9  # better at each rung than the first
